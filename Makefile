@@ -1,0 +1,38 @@
+# The README's commands. `make demo` and `make test` work on a fresh clone: they create .venv and install.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+CONFIG ?= experiments/toy.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all lint format ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install  ## the main job, end to end, on the toy experiment
+	HF_HUB_OFFLINE=1 $(PY) -m albert_exp main --config $(CONFIG)
+
+test: install  ## the default test run (fast; `slow` tests excluded)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install  ## every test, slow ones included
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check albert_exp tests benchmarks
+	$(VENV)/bin/ruff format --check albert_exp tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff format albert_exp tests benchmarks
+
+ui: install  ## the MLflow UI on 127.0.0.1:5000 over mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf runs mlruns/* mlflow.db optuna.db

@@ -1,0 +1,136 @@
+"""One CLI, one table of commands: `albert-exp <stage> [options]` or `python -m albert_exp <stage>`.
+
+    albert-exp corpus --config experiments/toy.yaml --toy
+    albert-exp finetune --config experiments/toy.yaml --epochs 3 --set finetune.learning_rate=3e-4
+    albert-exp main --config experiments/toy.yaml
+
+Config stages take `--config` (an experiments/*.yaml), `--set KEY=VALUE` overrides and one typed flag per
+field of their config section (`--learning-rate` is `finetune.learning_rate`). An empty value ("") means "as
+in the config", so MLproject parameters can default to it. Bad input exits 2 with one line; `--debug` shows
+the traceback. Stage modules are imported only when their command runs, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import typing
+from dataclasses import dataclass
+
+from albert_exp.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # exposes run(cfg) -> dict; or, when section is None, add_arguments(parser) and main(args)
+    help: str
+    section: str | None = ""  # config section whose fields become flags; "" = top-level only; None = custom
+
+
+# The table. tests/test_project.py keeps it, the MLproject entry points and the README in sync.
+COMMANDS: dict[str, Command] = {
+    "corpus": Command("albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus"),
+    "vocab": Command("albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab"),
+    "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
+    "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
+}
+
+
+def _field_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    from albert_exp.config import ExperimentConfig, config_fields
+
+    hints = typing.get_type_hints(ExperimentConfig)
+    cls = hints[section]
+    group = parser.add_argument_group(f"{section} settings (override the config's `{section}:` section)")
+    sub_hints = typing.get_type_hints(cls)
+    for name, f in config_fields(cls).items():
+        tp = sub_hints[name]
+        if dataclasses.is_dataclass(tp):
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
+        help_text = f"default: {default!r}" + (f"; one of {', '.join(choices)}" if choices else "")
+        if tp is bool:
+            group.add_argument(flag, dest=f"{section}.{name}", nargs="?", const="true", default=None,
+                               metavar="BOOL", help=help_text)
+        else:
+            group.add_argument(flag, dest=f"{section}.{name}", default=None, metavar=name.upper(), help=help_text)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="", help="experiment YAML (default: built-in defaults)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config key, e.g. finetune.epochs=3 (repeatable; space-separated pairs ok)")
+    parser.add_argument("--seed", dest="top.seed", default=None, help="random seed for every stage")
+    parser.add_argument("--workdir", dest="top.workdir", default=None, help="outputs go to WORKDIR/<stage>/")
+
+
+def build_stage_parser(name: str, cmd: Command) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"albert-exp {name}", description=cmd.help)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    if cmd.section is None:
+        importlib.import_module(cmd.module).add_arguments(parser)
+        return parser
+    _common(parser)
+    if cmd.section:
+        _field_flags(parser, cmd.section)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build the ExperimentConfig from --config, --set and the typed flags."""
+    from albert_exp.config import load_config
+
+    overrides: list[str] = []
+    for raw in args.overrides:
+        overrides.extend(p for p in raw.split() if p)  # MLproject passes all pairs in one string
+    for dest, value in vars(args).items():
+        if "." in dest and value not in (None, ""):
+            key = dest.removeprefix("top.")
+            overrides.append(f"{key}={value}")
+    return load_config(args.config or None, overrides)
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(map(len, COMMANDS))
+    listing = "\n".join(f"  {n.ljust(width)}  {c.help}" for n, c in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="albert-exp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pretrain ALBERT on your own corpus, fine-tune it to tag phrases, track it all in MLflow.",
+        epilog=f"commands:\n{listing}\n\n`albert-exp <command> --help` shows a command's options.")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="command")
+    parser.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser().parse_args(argv[:1] or ["--help"])
+    cmd = COMMANDS[top.command]
+    parser = build_stage_parser(top.command, cmd)
+    args = parser.parse_args(argv[1:])
+    try:
+        module = importlib.import_module(cmd.module)
+        if cmd.section is None:
+            result = module.main(args)
+        else:
+            result = module.run(config_from_args(args))
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc.format()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if isinstance(result, dict) and result.get("print_json", True):
+        print(json.dumps({k: v for k, v in result.items() if k != "print_json"}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

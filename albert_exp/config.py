@@ -1,0 +1,340 @@
+"""Typed configuration: one dataclass per concern, loaded from an experiment YAML plus overrides.
+
+An experiment YAML is a *sparse* override of the defaults below (see experiments/toy.yaml):
+
+    name: toy                 # MLflow experiment name
+    finetune:
+      epochs: 4
+
+Command-line overrides use dotted keys (`--set finetune.epochs=4`) or the stage's own flags
+(`albert-exp finetune --epochs 4`). An unknown key or a bad value is a ConfigError naming the key,
+the file and the allowed values. Nothing here imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from albert_exp.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """ALBERT architecture for a model built from scratch (ignored when a model directory is given)."""
+
+    vocab_size: int | None = None  # None: taken from the tokenizer
+    embedding_size: int = 128
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    num_hidden_groups: int = 1
+    max_position_embeddings: int = 512
+    hidden_dropout_prob: float = 0.0  # ALBERT v2 uses no dropout
+    attention_probs_dropout_prob: float = 0.0
+
+    def validate(self, key: str) -> None:
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{key}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class CorpusConfig:
+    """Corpus stage: shard real text files, or generate the synthetic toy corpus (`toy: true`)."""
+
+    toy: bool = False
+    inputs: list[str] = field(default_factory=list)  # files or globs (plain or .gz) for a real corpus
+    lines_per_shard: int = 1_000_000
+    # Toy generator: sizes of the pretraining corpus and of the labelled splits.
+    toy_documents: int = 3000
+    toy_train_rows: int = 4000
+    toy_val_rows: int = 600
+    toy_test_rows: int = 600
+    negative_share: float = 0.5  # share of reviews without any dish (the recipe: about half)
+    max_dishes_per_review: int = 3
+
+    def validate(self, key: str) -> None:
+        _require(0.0 <= self.negative_share <= 1.0, f"{key}.negative_share", "must be in [0, 1]")
+        for name in ("lines_per_shard", "toy_documents", "toy_train_rows", "toy_val_rows", "toy_test_rows",
+                     "max_dishes_per_review"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+
+
+@dataclass
+class VocabConfig:
+    """SentencePiece vocabulary with ALBERT's special tokens, plus a Hugging Face tokenizer directory."""
+
+    vocab_size: int = 30000
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    # One normalisation used everywhere (pretraining data, fine-tuning, serving): stored with the tokenizer.
+    lowercase: bool = True
+    keep_accents: bool = False
+    character_coverage: float = 0.9995
+    sample_sentences: int = 2_000_000  # SentencePiece trains on a seeded sample of this many sentences
+
+    def validate(self, key: str) -> None:
+        _require(self.vocab_size >= 16, f"{key}.vocab_size", "must be >= 16")
+        _require(0.9 <= self.character_coverage <= 1.0, f"{key}.character_coverage", "must be in [0.9, 1]")
+
+
+@dataclass
+class PretrainConfig:
+    """Pretraining settings shared by `pretrain` (PyTorch) and `tpu-logs command` (google's run_pretraining.py).
+
+    Steps, warm-up and learning rate left empty are derived from the batch size by the linear scaling rule
+    (albert_exp/scaling.py) from the reference run below.
+    """
+
+    input: list[str] = field(default_factory=list)  # TFRecord files or globs; empty: <workdir>/pretraining_data
+    init_from: str | None = None  # HF dir, TF checkpoint or TF-Hub module dir
+    max_seq_length: int = 64
+    max_predictions_per_seq: int = 10
+    batch_size: int = 512
+    num_train_steps: int | None = None
+    num_warmup_steps: int | None = None
+    learning_rate: float | None = None
+    reference_batch_size: int = 4096
+    reference_steps: int = 125_000
+    reference_warmup_steps: int = 3_125
+    reference_learning_rate: float = 0.00176
+    save_checkpoints_steps: int = 1000
+    output_dir: str | None = None  # None: <workdir>/pretrain (for TPU: a gs:// URI)
+
+    def validate(self, key: str) -> None:
+        for name in ("max_seq_length", "max_predictions_per_seq", "batch_size", "reference_batch_size",
+                     "reference_steps", "save_checkpoints_steps"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+
+    def scaled(self):
+        """Steps, warm-up and lr: explicit values win, the rest follow the batch-size scaling rule."""
+        from albert_exp.scaling import Scaled, scale_for_batch
+
+        s = scale_for_batch(self.batch_size, reference_batch_size=self.reference_batch_size,
+                            reference_steps=self.reference_steps,
+                            reference_warmup_steps=self.reference_warmup_steps,
+                            reference_learning_rate=self.reference_learning_rate)
+        return Scaled(s.batch_size, self.num_train_steps or s.num_train_steps,
+                      s.num_warmup_steps if self.num_warmup_steps is None else self.num_warmup_steps,
+                      self.learning_rate or s.learning_rate)
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning AlbertForTokenClassification (2 labels: outside / inside the wanted phrase)."""
+
+    model_dir: str | None = None  # HF ALBERT dir to start from; None: a fresh model from `model:`
+    tokenizer_dir: str | None = None  # None: <workdir>/vocab/tokenizer
+    train_csv: str | None = None  # None: <workdir>/corpus/train.csv (and val/test alike)
+    val_csv: str | None = None
+    test_csv: str | None = None
+    text_column: str = "text"
+    phrase_column: str = "phrase"
+    phrase_separator: str = "|"
+    case_insensitive: bool = True  # match phrases in the text ignoring case
+    on_missing_phrase: Literal["drop", "error"] = "drop"
+    max_seq_length: int = 64
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    epochs: int = 5
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    train_encoder: bool = True  # false: only the classification head is trained
+    max_train_rows: int | None = None  # cap for quick runs
+    torch_threads: int = 0  # 0: torch's default
+
+    def validate(self, key: str) -> None:
+        for name in ("max_seq_length", "batch_size", "eval_batch_size", "epochs"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.max_seq_length >= 8, f"{key}.max_seq_length", "must be >= 8")
+        _require(0 < self.learning_rate < 1, f"{key}.learning_rate", "must be in (0, 1)")
+        _require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
+        _require(self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be > 0")
+        _require(len(self.phrase_separator) >= 1, f"{key}.phrase_separator", "must not be empty")
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: shared settings plus one section per stage."""
+
+    name: str = "albert-exp"  # MLflow experiment name
+    description: str = ""
+    seed: int = 42
+    workdir: str | None = None  # None: runs/<name>
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    # Where the config came from (not a config key): shown in errors and logged as a tag.
+    source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})
+
+    @property
+    def root(self) -> Path:
+        return Path(self.workdir or f"runs/{self.name}")
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage.replace("-", "_")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading, overriding and validating
+
+
+def _require(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"bad value for '{key}': {what}")
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc.what)
+        raise ConfigError(errors[0] if errors else f"bad value for '{key}'")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {', '.join(map(str, allowed))}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, list):
+            raise ConfigError(f"bad value for '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value for '{key}': expected a mapping of keys, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"bad value for '{key}': {value!r} is not a boolean", fix="allowed values: true, false")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"bad value for '{key}': {value!r} is not a number")
+        try:
+            out = tp(value) if not isinstance(value, str) or tp is float else int(value, 10)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad value for '{key}': {value!r} is not {'an integer' if tp is int else 'a number'}")
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"bad value for '{key}': {value!r} is not an integer")
+        return out
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"bad value for '{key}': expected text, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp} for {key}")  # a programming error, not user input
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    fields = config_fields(cls)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            raise ConfigError(f"unknown key '{key}'", fix=f"allowed keys{' in ' + prefix if prefix else ''}: "
+                              f"{', '.join(fields)}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix or cls.__name__)
+    return obj
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str, where: str) -> dict:
+    """`finetune.epochs=4` -> {'finetune': {'epochs': 4}} (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"bad override {text!r}", where=where, fix="write KEY=VALUE, e.g. finetune.epochs=4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Defaults <- experiment YAML <- overrides. Errors name the key and the file."""
+    data: dict = {}
+    source = "<defaults>"
+    if path:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError("config file not found", where=source, fix="give an existing experiments/*.yaml")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not valid YAML: {str(exc).splitlines()[0]}", where=source) from None
+        if not isinstance(data, dict):
+            raise ConfigError("the top level must be a mapping of keys", where=source)
+    for ov in overrides or []:
+        data = _merge(data, parse_override(ov, "command line"))
+    try:
+        cfg = _build(ExperimentConfig, data, "")
+    except ConfigError as exc:
+        raise ConfigError(exc.what, where=source + (" + command line" if overrides else ""), fix=exc.fix) from None
+    cfg.source = source
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return {f: (to_dict(v) if dataclasses.is_dataclass(v) else v)
+            for f in config_fields(type(cfg)) for v in [getattr(cfg, f)]}
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'hidden_size': 32}} -> {'model.hidden_size': 32} (for MLflow params)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,79 @@
+"""The project's own consistency: CLI table == MLproject entry points == README; pins in sync; fast --help."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from albert_exp.cli import COMMANDS, build_stage_parser
+from tests.conftest import ROOT
+
+
+def _mlproject() -> dict:
+    return yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+def test_cli_table_matches_mlproject_entry_points():
+    entry_points = _mlproject()["entry_points"]
+    assert set(entry_points) == set(COMMANDS)
+    for name, ep in entry_points.items():
+        command = ep["command"]
+        assert command.startswith(f"python -m albert_exp {name}"), f"{name}: not a one-line call into the CLI"
+        assert "\n" not in command.strip() and "&&" not in command and ";" not in command
+        for param, spec in ep.get("parameters", {}).items():
+            assert "{" + param + "}" in command, f"{name}: parameter {param} unused in the command"
+            assert "default" in spec and "type" in spec, f"{name}.{param}: typed and defaulted"
+
+
+def test_mlproject_flags_exist_in_the_stage_parsers():
+    for name, ep in _mlproject()["entry_points"].items():
+        parser = build_stage_parser(name, COMMANDS[name])
+        known = {opt for action in parser._actions for opt in action.option_strings}
+        for flag in re.findall(r"(--[a-z][a-z0-9-]*)", ep["command"]):
+            assert flag in known, f"MLproject {name} passes {flag}, which `albert-exp {name}` does not know"
+
+
+def test_readme_lists_every_command():
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z-]+)` \|", readme, flags=re.M))
+    assert listed == set(COMMANDS)
+    assert "make demo" in readme and "make test" in readme
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_conda_and_pyproject_pins_agree():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert sorted(deps) == sorted(p for p in pip_section if not p.startswith("-"))
+    assert "torch==2.13.0" in deps, "torch must stay pinned to the CPU wheel available on disk"
+    assert all("==" in d for d in deps), "every runtime dependency is pinned"
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys, time; t=time.perf_counter(); from albert_exp.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy=[m for m in ('torch','transformers','mlflow','pandas','tensorflow') if m in sys.modules]\n"
+            "print(time.perf_counter()-t, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    seconds, heavy = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert heavy == "[]", f"--help imported {heavy}"
+    assert float(seconds) < 1.0
+
+
+def test_every_experiment_yaml_loads_and_has_a_header():
+    from albert_exp.config import load_config
+
+    files = sorted((ROOT / "experiments").glob("*.yaml"))
+    assert files
+    for f in files:
+        text = f.read_text()
+        assert text.startswith("#") and "Command:" in text and "Purpose:" in text and "Expected:" in text, f
+        load_config(f)
