@@ -217,7 +217,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {', '.join(map(str, allowed))}")
+            allowed_text = ", ".join(map(str, allowed))
+            raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {allowed_text}")
         return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -242,7 +243,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         try:
             out = tp(value) if not isinstance(value, str) or tp is float else int(value, 10)
         except (TypeError, ValueError):
-            raise ConfigError(f"bad value for '{key}': {value!r} is not {'an integer' if tp is int else 'a number'}")
+            kind = "an integer" if tp is int else "a number"
+            raise ConfigError(f"bad value for '{key}': {value!r} is not {kind}") from None
         if tp is int and isinstance(value, float) and value != out:
             raise ConfigError(f"bad value for '{key}': {value!r} is not an integer")
         return out

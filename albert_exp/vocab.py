@@ -1,0 +1,112 @@
+"""Vocabulary stage: a SentencePiece model with ALBERT's special tokens, and a Hugging Face tokenizer directory.
+
+    albert-exp vocab --config experiments/toy.yaml
+
+Reads the corpus shards listed in <workdir>/corpus/manifest.json, trains SentencePiece on a seeded sample of
+sentences, and writes <workdir>/vocab/spiece.model (+ .vocab) and <workdir>/vocab/tokenizer/ (loadable with
+`AlbertTokenizer.from_pretrained(dir)`, spiece.model copied in). Ids 0-4 are `<pad> <unk> [CLS] [SEP] [MASK]`
+as in google's ALBERT. The normalisation (lower-case, accents) is one setting: the sample is normalised the way
+the tokenizer normalises at run time, and the tokenizer stores the setting, so pretraining data, fine-tuning
+and serving all tokenise identically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from albert_exp.config import ExperimentConfig
+from albert_exp.errors import UserError
+from albert_exp.tracking import stage_run, write_results
+
+SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def normalize(text: str, *, lowercase: bool, keep_accents: bool) -> str:
+    """What AlbertTokenizer does before SentencePiece: strip accents (NFKD, drop marks) unless kept; lower-case."""
+    if not keep_accents:
+        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return text.lower() if lowercase else text
+
+
+def corpus_sentences(manifest_path: Path) -> Iterator[str]:
+    if not manifest_path.is_file():
+        raise UserError("corpus manifest not found", where=str(manifest_path),
+                        fix="run `albert-exp corpus` first, or point --workdir at its output")
+    manifest = json.loads(manifest_path.read_text())
+    for shard in manifest["shards"]:
+        with open(manifest_path.parent / shard["path"], encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield line.strip()
+
+
+def sample(sentences: Iterator[str], k: int, seed: int) -> list[str]:
+    """Reservoir sample of k sentences: one pass, memory bounded by k whatever the corpus size."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for i, s in enumerate(sentences):
+        if i < k:
+            out.append(s)
+        else:
+            j = rng.randint(0, i)
+            if j < k:
+                out[j] = s
+    return out
+
+
+def train_sentencepiece(lines: list[str], prefix: Path, vocab_size: int, model_type: str,
+                        character_coverage: float) -> None:
+    import sentencepiece as spm
+
+    if not lines:
+        raise UserError("the corpus has no sentences", where=str(prefix.parent), fix="check the corpus stage output")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    text_file = prefix.parent / "sample.txt"
+    text_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(text_file), model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
+            character_coverage=character_coverage, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
+            control_symbols=SPECIALS[2:], hard_vocab_limit=False, shuffle_input_sentence=False,
+            num_threads=1, minloglevel=2)  # one thread, no shuffling: the same model on every run
+    finally:
+        text_file.unlink(missing_ok=True)
+
+
+def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_accents: bool):
+    from transformers import AlbertTokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(spm_model, out_dir / "spiece.model")
+    tok = AlbertTokenizer.from_pretrained(str(out_dir), do_lower_case=lowercase, keep_accents=keep_accents)
+    tok.save_pretrained(str(out_dir))
+    return tok
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    v = cfg.vocab
+    out = cfg.stage_dir("vocab")
+    with stage_run(cfg, "vocab", f"{v.model_type} {v.vocab_size}") as tracker:
+        lines = sample(corpus_sentences(cfg.stage_dir("corpus") / "manifest.json"), v.sample_sentences, cfg.seed)
+        lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
+        train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
+        tok = build_hf_tokenizer(out / "spiece.model", out / "tokenizer", lowercase=v.lowercase,
+                                 keep_accents=v.keep_accents)
+        assert tok.convert_ids_to_tokens(list(range(5))) == SPECIALS, "special token ids differ from ALBERT's"
+        unk = sum(t == tok.unk_token_id for s in lines[:2000] for t in tok(s)["input_ids"])
+        total = sum(len(tok(s)["input_ids"]) for s in lines[:2000])
+        metrics = {"vocab/size": len(tok), "vocab/sample_sentences": len(lines), "vocab/unk_rate": unk / max(total, 1)}
+        tracker.log_metrics(metrics, step=0)
+        tracker.log_artifacts(out / "tokenizer", "tokenizer")
+        results = {"output_dir": str(out), "tokenizer_dir": str(out / "tokenizer"),
+                   "spm_model": str(out / "spiece.model"), "vocab_size": len(tok),
+                   "unk_rate": metrics["vocab/unk_rate"],
+                   "run_id": tracker.run_id}
+        write_results(out, results, tracker)
+    return results
