@@ -1,0 +1,569 @@
+"""TFRecord files of `tf.train.Example`s, read and written without TensorFlow at run time.
+
+    from albert_exp.tfrecord import FEATURES, encode_example, decode_example, write_records, iter_records
+
+    info = write_records("out.tfrecord", [encode_example({"input_ids": ids, ...})])   # temp file + rename
+    for offset, payload in iter_records("out.tfrecord"):            # GZIP files are detected by magic
+        features = decode_example(payload)                          # {"input_ids": np.int64 array, ...}
+
+A TFRecord is `uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`, all
+little-endian. The protobuf wire format of `tf.train.Example` is written by hand because the generated
+classes cost microseconds per field and the pretraining-data stage writes ~100k examples a second per core:
+`encode_batch` builds a whole batch of examples with numpy (every tag, key byte and length is a varint item of
+a fixed layout, so lengths are column sums), and `frame_records` adds the record framing.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import crc32c as _crc32c
+import numpy as np
+
+from albert_exp.errors import UserError
+
+# google-research/albert create_pretraining_data.py: name -> (kind, length), where "seq" is max_seq_length
+# and "pred" is max_predictions_per_seq. Order as google writes them (the map order does not matter to TF).
+FEATURES: dict[str, tuple[str, str | int]] = {
+    "input_ids": ("int64", "seq"),
+    "input_mask": ("int64", "seq"),
+    "segment_ids": ("int64", "seq"),
+    "token_boundary": ("int64", "seq"),
+    "masked_lm_positions": ("int64", "pred"),
+    "masked_lm_ids": ("int64", "pred"),
+    "masked_lm_weights": ("float", "pred"),
+    "next_sentence_labels": ("int64", 1),
+}
+
+_MASK_DELTA = 0xA282EAD8
+_GZIP_MAGIC = b"\x1f\x8b"
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+# Protobuf tags (field << 3 | wire type): Example.features=1, Features.feature=1 (map entry key=1, value=2),
+# Feature.bytes_list=1 / float_list=2 / int64_list=3, XList.value=1 (packed: wire type 2).
+_LEN = 2
+_TAG_BYTES, _TAG_FLOAT, _TAG_INT64 = (1 << 3) | _LEN, (2 << 3) | _LEN, (3 << 3) | _LEN
+_TAG_1 = (1 << 3) | _LEN  # field 1, length-delimited (Example.features, map entry, key, packed values)
+_TAG_2 = (2 << 3) | _LEN  # field 2, length-delimited (map entry value)
+
+
+class CorruptRecordError(UserError):
+    """A TFRecord whose framing or checksum is wrong: names the file, the byte offset and what is wrong."""
+
+
+def masked_crc(data: bytes | memoryview) -> int:
+    """TFRecord's masked CRC-32C (rotated so that CRCs of CRCs stay distinct)."""
+    crc = _crc32c.crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Varints
+
+
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
+def _varint_sizes(v: np.ndarray) -> np.ndarray:
+    """Bytes taken by each uint64 as a varint (1..10)."""
+    return 1 + (v[..., None] >= _VARINT_LIMITS).sum(axis=-1, dtype=np.int64)
+
+
+def _emit(items: np.ndarray, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode a flat uint64 array as varints (or as single raw bytes where `raw`). Returns (bytes, sizes)."""
+    sizes = _varint_sizes(items)
+    if raw is not None:
+        sizes[raw] = 1
+    total = int(sizes.sum())
+    starts = np.cumsum(sizes) - sizes
+    rep = np.repeat(items, sizes)
+    j = (np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)).astype(np.uint64)
+    out = (rep >> (np.uint64(7) * j)) & np.uint64(0x7F)
+    cont = j < np.repeat(sizes - 1, sizes).astype(np.uint64)
+    out |= cont.astype(np.uint64) << np.uint64(7)
+    if raw is not None:
+        rraw = np.repeat(raw, sizes)
+        out[rraw] = rep[rraw] & np.uint64(0xFF)
+    return out.astype(np.uint8), sizes
+
+
+def _varint(n: int) -> bytes:
+    n &= 0xFFFFFFFFFFFFFFFF  # negative int64 -> 10-byte two's complement, as protobuf does
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _as_u64(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64).reshape(-1).view(np.uint64)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tf.train.Example encoding
+
+
+def _feature_kind(name: str, values) -> str:
+    if name in FEATURES:
+        return FEATURES[name][0]
+    arr = np.asarray(values)
+    return "float" if arr.dtype.kind == "f" else "int64"
+
+
+def encode_example(features: dict[str, np.ndarray | list]) -> bytes:
+    """One serialized `tf.train.Example` (int64 or float lists; kind from FEATURES, else from the dtype)."""
+    body = bytearray()
+    for name, values in features.items():
+        if _feature_kind(name, values) == "float":
+            packed = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
+            tag = _TAG_FLOAT
+        else:
+            packed = _emit(_as_u64(values))[0].tobytes()
+            tag = _TAG_INT64
+        lst = (bytes([_TAG_1]) + _varint(len(packed)) + packed) if packed else b""
+        feat = bytes([tag]) + _varint(len(lst)) + lst
+        key = name.encode("utf-8")
+        entry = bytes([_TAG_1]) + _varint(len(key)) + key + bytes([_TAG_2]) + _varint(len(feat)) + feat
+        body += bytes([_TAG_1]) + _varint(len(entry)) + entry
+    return bytes([_TAG_1]) + _varint(len(body)) + bytes(body)
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(spec: tuple[tuple[str, int, bool], ...]):
+    """The fixed item layout of an Example with features `spec` = ((name, length, is_float), ...).
+
+    Every byte of the message is an item: a varint (tags, key bytes, lengths, int64 values) or a raw byte
+    (float values). Returns (template row, raw mask, total-length column, per feature (entry, feature, list,
+    packed length columns, data columns lo:hi, key length))."""
+    row: list[int] = []
+    raw: list[bool] = []
+
+    def put(values, is_raw=False) -> int:
+        row.extend(values)
+        raw.extend([is_raw] * len(values))
+        return len(row) - 1
+
+    put([_TAG_1])
+    total_col = put([0])
+    plan = []
+    for name, length, is_float in spec:
+        key = name.encode("utf-8")
+        put([_TAG_1])
+        entry_col = put([0])
+        put([_TAG_1, len(key), *key, _TAG_2])
+        feat_col = put([0])
+        put([_TAG_FLOAT if is_float else _TAG_INT64])
+        list_col = put([0])
+        put([_TAG_1])
+        packed_col = put([0])
+        lo = len(row)
+        put([0] * (4 * length if is_float else length), is_raw=is_float)
+        plan.append((entry_col, feat_col, list_col, packed_col, lo, len(row), len(key)))
+    return np.array(row, dtype=np.uint64), np.array(raw), total_col, tuple(plan)
+
+
+def _sizes_upto(v: np.ndarray, limit: int) -> np.ndarray:
+    """Varint sizes, checking only the thresholds below `limit` (max value + 1)."""
+    sizes = np.ones(v.shape, dtype=np.int64)
+    for t in _VARINT_LIMITS.tolist():
+        if t >= limit:
+            break
+        sizes += v >= np.uint64(t)
+    return sizes
+
+
+def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (int64, or float32 for float
+    features); every row must be non-empty. Returns (bytes as uint8, offsets [N+1]): example i is
+    `buf[offsets[i]:offsets[i+1]]`. Byte-identical to `encode_example` row by row."""
+    n = len(next(iter(arrays.values())))
+    spec = []
+    for name, a in arrays.items():
+        if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0:
+            raise ValueError(f"encode_batch: {name} has shape {a.shape}, expected [{n}, L>0]")
+        spec.append((name, a.shape[1], _feature_kind(name, a) == "float"))
+    template, raw, total_col, plan = _layout(tuple(spec))
+    items = np.empty((n, template.size), dtype=np.uint64)
+    items[:] = template
+    for (name, _, is_float), (*_, lo, hi, _) in zip(spec, plan, strict=True):
+        a = arrays[name]
+        if is_float:
+            items[:, lo:hi] = np.ascontiguousarray(a, dtype="<f4").view(np.uint8).reshape(n, -1)
+        else:
+            items[:, lo:hi] = np.asarray(a, dtype=np.int64).view(np.uint64)
+    # Only columns holding values >= 128 need more than one byte: ids, lengths (never raw float bytes).
+    colmax = items.max(axis=0) if n else np.zeros(template.size, dtype=np.uint64)
+    multi = np.flatnonzero((colmax >= 128) & ~raw)
+    # The length columns depend on the data: always treat them as multi-byte.
+    len_cols = np.array([c for p in plan for c in p[:4]] + [total_col])
+    multi = np.union1d(multi, len_cols)
+    sizes = np.ones(items.shape, dtype=np.int64)
+    sub = items[:, multi]
+    sizes[:, multi] = _sizes_upto(sub, int(colmax[multi].max()) + 1 if n else 1)
+    features_len = np.zeros(n, dtype=np.int64)
+    for entry_col, feat_col, list_col, packed_col, lo, hi, klen in plan:
+        packed = sizes[:, lo:hi].sum(axis=1)
+        lst = 1 + _sizes_upto(packed, 1 << 63) + packed
+        feat = 1 + _sizes_upto(lst, 1 << 63) + lst
+        entry = 2 + klen + 1 + _sizes_upto(feat, 1 << 63) + feat
+        for col, val in ((packed_col, packed), (list_col, lst), (feat_col, feat), (entry_col, entry)):
+            items[:, col] = val
+            sizes[:, col] = _sizes_upto(val, 1 << 63)
+        features_len += 1 + sizes[:, entry_col] + entry
+    items[:, total_col] = features_len
+    sizes[:, total_col] = _sizes_upto(features_len, 1 << 63)
+    # Bytes: every item's first byte goes to its position in the output; only `multi` columns (ids,
+    # lengths; never raw float bytes) can have more bytes, which are scattered after it.
+    pos = np.cumsum(sizes.reshape(-1)).reshape(sizes.shape)
+    pos -= sizes
+    buf = np.empty(int(pos[-1, -1] + sizes[-1, -1]) if n else 0, dtype=np.uint8)
+    sub = items[:, multi]
+    sub_sizes = sizes[:, multi]
+    first = items.astype(np.uint8)
+    first[:, multi] = (sub & np.uint64(0x7F)).astype(np.uint8) | ((sub_sizes > 1).astype(np.uint8) << 7)
+    buf[pos.reshape(-1)] = first.reshape(-1)
+    width = int(sub_sizes.max()) if n else 1
+    sub_pos = pos[:, multi]
+    for j in range(1, width):
+        more = sub_sizes > j
+        vals = sub[more]
+        buf[sub_pos[more] + j] = ((vals >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8) \
+            | ((sub_sizes[more] > j + 1).astype(np.uint8) << 7)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes.sum(axis=1), out=offsets[1:])
+    return buf, offsets
+
+
+def frame_records(buf: np.ndarray | bytes, offsets: np.ndarray) -> bytes:
+    """TFRecord framing for consecutive payloads `buf[offsets[i]:offsets[i+1]]`, as one bytes object."""
+    mv = memoryview(np.asarray(buf, dtype=np.uint8) if not isinstance(buf, bytes) else buf).cast("B")
+    parts = []
+    pack_q, pack_i = _U64.pack, _U32.pack
+    for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+        head = pack_q(hi - lo)
+        data = mv[lo:hi]
+        parts += (head, pack_i(masked_crc(head)), data, pack_i(masked_crc(data)))
+    return b"".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# tf.train.Example decoding
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _decode_varints(chunk: bytes) -> np.ndarray:
+    """Packed varints -> int64, vectorised (a value ends at each byte below 0x80)."""
+    b = np.frombuffer(chunk, dtype=np.uint8)
+    if chunk.isascii():  # every byte < 0x80: one value per byte (ids < 128, masks, labels)
+        return b.astype(np.int64)
+    if b[-1] & 0x80:
+        raise ValueError("truncated varint")
+    ends = np.flatnonzero(b < 0x80)
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    idx = np.arange(b.size)
+    shift = (idx - np.repeat(starts, ends - starts + 1)).astype(np.uint64) * np.uint64(7)
+    vals = (b.astype(np.uint64) & np.uint64(0x7F)) << shift
+    return np.add.reduceat(vals, starts).view(np.int64)
+
+
+def _fields(data: bytes, lo: int, hi: int) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value) of a protobuf message; length-delimited values as (start, end)."""
+    pos = lo
+    while pos < hi:
+        tag, pos = _read_varint(data, pos)
+        field, wt = tag >> 3, tag & 7
+        if wt == 0:
+            val, pos = _read_varint(data, pos)
+            yield field, wt, val
+        elif wt == 2:
+            n, pos = _read_varint(data, pos)
+            if pos + n > hi:
+                raise ValueError("length-delimited field runs past its message")
+            yield field, wt, (pos, pos + n)
+            pos += n
+        elif wt == 5:
+            yield field, wt, data[pos:pos + 4]
+            pos += 4
+        elif wt == 1:
+            yield field, wt, data[pos:pos + 8]
+            pos += 8
+        else:
+            raise ValueError(f"unsupported wire type {wt}")
+    if pos != hi:
+        raise ValueError("message runs past its length")
+
+
+def _decode_list(data: bytes, lo: int, hi: int, kind: int):
+    if kind != 1 and lo < hi and data[lo] == _TAG_1:  # the usual packed list: one field 1 with all values
+        _, _, plo, phi = _len_field(data, lo, hi)
+        if phi == hi:
+            return (_decode_varints(data[plo:phi]) if kind == 3
+                    else np.frombuffer(data[plo:phi], dtype="<f4").astype(np.float32))
+    ints: list[np.ndarray] = []
+    for field, wt, val in _fields(data, lo, hi):
+        if field != 1:
+            continue
+        if kind == 3:  # Int64List: packed (wt 2) or one varint per value (wt 0)
+            ints.append(_decode_varints(data[val[0]:val[1]]) if wt == 2
+                        else np.array([val], dtype=np.uint64).view(np.int64))
+        elif kind == 2:  # FloatList: packed fixed32 or one fixed32 per value
+            ints.append(np.frombuffer(data[val[0]:val[1]] if wt == 2 else val, dtype="<f4"))
+        else:  # BytesList
+            ints.append(data[val[0]:val[1]])
+    if kind == 1:
+        return ints
+    dtype = np.int64 if kind == 3 else np.float32
+    return np.concatenate(ints).astype(dtype, copy=False) if ints else np.zeros(0, dtype=dtype)
+
+
+def _len_field(data: bytes, pos: int, hi: int) -> tuple[int, int, int, int]:
+    """(field, wire type, start, end) of a length-delimited field at `pos`; other wire types are skipped."""
+    tag = data[pos]
+    pos += 1
+    if tag >= 0x80:
+        tag, pos = _read_varint(data, pos - 1)
+    wt = tag & 7
+    if wt == 2:
+        n = data[pos]
+        pos += 1
+        if n >= 0x80:
+            n, pos = _read_varint(data, pos - 1)
+        if pos + n > hi:
+            raise ValueError("length-delimited field runs past its message")
+        return tag >> 3, wt, pos, pos + n
+    if wt == 0:
+        _, pos = _read_varint(data, pos)
+    elif wt in (1, 5):
+        pos += 8 if wt == 1 else 4
+    else:
+        raise ValueError(f"unsupported wire type {wt}")
+    return tag >> 3, wt, pos, pos
+
+
+def decode_example(data: bytes) -> dict[str, np.ndarray]:
+    """A serialized `tf.train.Example` -> {name: np.int64 array | np.float32 array | list of bytes}."""
+    data = bytes(data)
+    out: dict[str, np.ndarray] = {}
+    try:
+        pos, end = 0, len(data)
+        while pos < end:  # Example: field 1 = Features
+            f, wt, flo, fhi = _len_field(data, pos, end)
+            pos = fhi
+            if f != 1 or wt != 2:
+                continue
+            while flo < fhi:  # Features: field 1 = map entry {1: key, 2: Feature}
+                f2, w2, elo, ehi = _len_field(data, flo, fhi)
+                flo = ehi
+                if f2 != 1 or w2 != 2:
+                    continue
+                key, value = "", None
+                while elo < ehi:
+                    f3, w3, vlo, vhi = _len_field(data, elo, ehi)
+                    elo = vhi
+                    if f3 == 1 and w3 == 2:
+                        key = data[vlo:vhi].decode("utf-8")
+                    elif f3 == 2 and w3 == 2:
+                        while vlo < vhi:  # Feature: oneof bytes_list=1, float_list=2, int64_list=3
+                            kind, w4, llo, lhi = _len_field(data, vlo, vhi)
+                            vlo = lhi
+                            if w4 == 2:
+                                value = _decode_list(data, llo, lhi, kind)
+                out[key] = value if value is not None else np.zeros(0, dtype=np.int64)
+            if flo != fhi:
+                raise ValueError("message runs past its length")
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a valid tf.train.Example: {exc}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files
+
+
+class _HashingFile:
+    def __init__(self, f):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.sha.update(b)
+        self.bytes += len(b)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class RecordWriter:
+    """Streams records to `path` through a temporary file that is renamed on a clean close.
+
+    GZIP output (compress=True) has a fixed header (mtime 0, no name), so equal records give equal bytes.
+    `close()` returns {"records", "sha256", "bytes"} of the file as written (compressed bytes if compressed).
+    """
+
+    def __init__(self, path: str | Path, compress: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._hash = _HashingFile(self._raw)
+        self._out = gzip.GzipFile(fileobj=self._hash, mode="wb", compresslevel=6, mtime=0, filename="") \
+            if compress else self._hash
+        self.records = 0
+
+    def write(self, payload: bytes) -> None:
+        head = _U64.pack(len(payload))
+        self._out.write(head + _U32.pack(masked_crc(head)) + payload + _U32.pack(masked_crc(payload)))
+        self.records += 1
+
+    def write_framed(self, framed: bytes, count: int) -> None:
+        """Append `count` records already framed by `frame_records`."""
+        self._out.write(framed)
+        self.records += count
+
+    def close(self) -> dict:
+        if self._out is not self._hash:
+            self._out.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        os.replace(self.tmp, self.path)
+        return {"records": self.records, "sha256": self._hash.sha.hexdigest(), "bytes": self._hash.bytes}
+
+    def abort(self) -> None:
+        self._raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def write_records(path: str | Path, payloads: Iterable[bytes], compress: bool = False) -> dict:
+    """Write TFRecords (temp file + rename). Returns {"records", "sha256", "bytes"} of the file."""
+    writer = RecordWriter(path, compress=compress)
+    try:
+        for p in payloads:
+            writer.write(p)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def _open(path: Path):
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
+
+
+class RecordIterator:
+    """Iterator of (byte offset, payload); `corrupt` counts records skipped with skip_corrupt=True.
+
+    Offsets are positions in the uncompressed record stream (for GZIP files too). After a bad length CRC the
+    length cannot be trusted, so with skip_corrupt the reader scans forward for the next valid header.
+    """
+
+    def __init__(self, path: str | Path, check_crc: bool = True, skip_corrupt: bool = False,
+                 start_offset: int = 0):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError("TFRecord file not found", where=str(self.path), fix="check the path")
+        self.check_crc, self.skip_corrupt = check_crc, skip_corrupt
+        self.corrupt = 0
+        self.errors: list[str] = []
+        self._f = _open(self.path)
+        self._pos = start_offset
+        if start_offset:
+            self._f.seek(start_offset)
+
+    def __iter__(self) -> RecordIterator:
+        return self
+
+    def _fail(self, offset: int, what: str) -> None:
+        err = CorruptRecordError(what, where=f"{self.path}@{offset}",
+                                 fix="rewrite the file, or read with skip_corrupt=True to skip it")
+        if not self.skip_corrupt:
+            self.close()
+            raise err
+        self.corrupt += 1
+        self.errors.append(err.format())
+
+    def _resync(self, offset: int) -> bool:
+        """Find the next offset > `offset` with a valid header and data CRC; position the file there."""
+        self._f.seek(offset + 1)
+        rest = self._f.read()
+        for i in range(len(rest) - 12 + 1):
+            head = rest[i:i + 8]
+            if _U32.unpack_from(rest, i + 8)[0] != masked_crc(head):
+                continue
+            (n,) = _U64.unpack(head)
+            end = i + 12 + n + 4
+            if end <= len(rest) and _U32.unpack_from(rest, end - 4)[0] == masked_crc(rest[i + 12:end - 4]):
+                self._pos = offset + 1 + i
+                self._f.seek(self._pos)
+                return True
+        self._pos = offset + 1 + len(rest)
+        return False
+
+    def __next__(self) -> tuple[int, bytes]:
+        while True:
+            offset = self._pos
+            head = self._f.read(12)
+            if not head:
+                self.close()
+                raise StopIteration
+            if len(head) < 12:
+                self._fail(offset, f"truncated record header ({len(head)} of 12 bytes)")
+                self.close()
+                raise StopIteration
+            (n,) = _U64.unpack_from(head)
+            if self.check_crc and _U32.unpack_from(head, 8)[0] != masked_crc(head[:8]):
+                self._fail(offset, "bad length CRC")
+                if not self._resync(offset):
+                    self.close()
+                    raise StopIteration
+                continue
+            data = self._f.read(n)
+            tail = self._f.read(4)
+            self._pos = offset + 12 + len(data) + len(tail)
+            if len(data) < n or len(tail) < 4:
+                self._fail(offset, f"truncated record (length {n}, {len(data) + len(tail)} of {n + 4} "
+                                   "bytes after the header)")
+                self.close()
+                raise StopIteration
+            if self.check_crc and _U32.unpack(tail)[0] != masked_crc(data):
+                self._fail(offset, "bad data CRC")
+                continue
+            return offset, data
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def iter_records(path: str | Path, *, check_crc: bool = True, skip_corrupt: bool = False,
+                 start_offset: int = 0) -> RecordIterator:
+    """(byte offset, payload) of each record in a TFRecord file, plain or GZIP (detected by magic)."""
+    return RecordIterator(path, check_crc=check_crc, skip_corrupt=skip_corrupt, start_offset=start_offset)

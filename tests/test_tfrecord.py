@@ -1,0 +1,166 @@
+"""TFRecord I/O without TensorFlow: wire format, framing, corruption, and compatibility both ways with
+google-research/albert (its fixture file parses here; our files parse with TF's own parser and google's
+feature spec)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+
+from albert_exp.tfrecord import (
+    FEATURES,
+    CorruptRecordError,
+    decode_example,
+    encode_batch,
+    encode_example,
+    frame_records,
+    iter_records,
+    write_records,
+)
+from tests.conftest import require_reference
+
+SEQ, PRED = 16, 4
+
+
+def _batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = {"seq": SEQ, "pred": PRED, 1: 1}
+    out = {}
+    for name, (kind, length) in FEATURES.items():
+        shape = (n, lengths[length])
+        out[name] = (rng.integers(0, 2, shape).astype(np.float32) if kind == "float"
+                     else rng.integers(0, 30000 if "ids" in name else 2, shape))
+    return out
+
+
+def _row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+    return {k: v[i] for k, v in batch.items()}
+
+
+def test_encode_decode_round_trip_with_extreme_values():
+    ex = {"input_ids": np.array([0, 1, 127, 128, 16383, 16384, 2**40, -1, -(2**63), 2**63 - 1]),
+          "masked_lm_weights": np.array([0.0, 1.0, -2.5, 1e-30], dtype=np.float32),
+          "empty": np.zeros(0, dtype=np.int64)}
+    d = decode_example(encode_example(ex))
+    assert d["input_ids"].dtype == np.int64 and d["masked_lm_weights"].dtype == np.float32
+    np.testing.assert_array_equal(d["input_ids"], ex["input_ids"])
+    np.testing.assert_array_equal(d["masked_lm_weights"], ex["masked_lm_weights"])
+    assert d["empty"].size == 0
+
+
+def test_batch_encoding_is_byte_identical_to_single_examples():
+    batch = _batch(50)
+    batch["input_ids"][3, 0] = 2**35  # a 6-byte varint in one row only
+    batch["input_ids"][4, 1] = -7  # a 10-byte varint
+    buf, offsets = encode_batch(batch)
+    assert offsets[0] == 0 and offsets[-1] == buf.size
+    for i in range(50):
+        assert buf[offsets[i]:offsets[i + 1]].tobytes() == encode_example(_row(batch, i))
+
+
+def test_write_and_read_back_plain_and_gzip(tmp_path):
+    batch = _batch(30)
+    payloads = [encode_example(_row(batch, i)) for i in range(30)]
+    plain = write_records(tmp_path / "a.tfrecord", payloads)
+    assert plain["records"] == 30
+    data = (tmp_path / "a.tfrecord").read_bytes()
+    assert plain["bytes"] == len(data) and plain["sha256"] == hashlib.sha256(data).hexdigest()
+    buf, offsets = encode_batch(batch)
+    assert frame_records(buf, offsets) == data  # the batch framing writes the same bytes
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed
+
+    gz = write_records(tmp_path / "a.tfrecord.gz", payloads, compress=True)
+    gz2 = write_records(tmp_path / "b.tfrecord.gz", payloads, compress=True)
+    assert gz["sha256"] == gz2["sha256"]  # no time stamp or name in the GZIP header: reproducible bytes
+    assert gzip.decompress((tmp_path / "a.tfrecord.gz").read_bytes()) == data
+    for path in ("a.tfrecord", "a.tfrecord.gz"):
+        got = list(iter_records(tmp_path / path))
+        assert [p for _, p in got] == payloads
+        assert got[1][0] == 12 + len(payloads[0]) + 4  # offsets in the (uncompressed) record stream
+    # Resume from an offset.
+    rest = list(iter_records(tmp_path / "a.tfrecord.gz", start_offset=got[10][0]))
+    assert [p for _, p in rest] == payloads[10:]
+
+
+def test_corrupt_records_are_named_or_counted(tmp_path):
+    payloads = [encode_example(_row(_batch(5), i)) for i in range(5)]
+    path = tmp_path / "c.tfrecord"
+    write_records(path, payloads)
+    good = path.read_bytes()
+    offsets = [o for o, _ in iter_records(path)]
+
+    bad_data = bytearray(good)
+    bad_data[offsets[2] + 12 + 3] ^= 0xFF
+    path.write_bytes(bytes(bad_data))
+    with pytest.raises(CorruptRecordError, match=rf"c.tfrecord@{offsets[2]}: bad data CRC"):
+        list(iter_records(path))
+    it = iter_records(path, skip_corrupt=True)
+    assert [p for _, p in it] == payloads[:2] + payloads[3:] and it.corrupt == 1
+    assert len(list(iter_records(path, check_crc=False))) == 5
+
+    bad_len = bytearray(good)
+    bad_len[offsets[1] + 9] ^= 0x01  # the length's CRC: the length cannot be trusted, resync to record 2
+    path.write_bytes(bytes(bad_len))
+    with pytest.raises(CorruptRecordError, match="bad length CRC"):
+        list(iter_records(path))
+    it = iter_records(path, skip_corrupt=True)
+    assert [o for o, _ in it] == [offsets[0]] + offsets[2:] and it.corrupt == 1
+
+    path.write_bytes(good[:-7])
+    with pytest.raises(CorruptRecordError, match=rf"@{offsets[4]}: truncated record"):
+        list(iter_records(path))
+    it = iter_records(path, skip_corrupt=True)
+    assert len(list(it)) == 4 and it.corrupt == 1
+
+
+def test_reads_googles_reference_file():
+    ref = require_reference() / "restaurant_review_train"
+    records = [decode_example(p) for _, p in iter_records(ref)]
+    assert len(records) == 40
+    seq, pred = len(records[0]["input_ids"]), len(records[0]["masked_lm_positions"])
+    lengths = {"seq": seq, "pred": pred, 1: 1}
+    for r in records:
+        assert set(r) == set(FEATURES)
+        for name, (kind, length) in FEATURES.items():
+            assert r[name].shape == (lengths[length],), name
+            assert r[name].dtype == (np.float32 if kind == "float" else np.int64)
+        n_tokens = int(r["input_mask"].sum())
+        assert set(np.unique(r["input_mask"])) <= {0, 1} and r["input_mask"][:n_tokens].all()
+        n_masked = int(r["masked_lm_weights"].sum())
+        assert (r["masked_lm_positions"][:n_masked] < n_tokens).all()
+        assert r["next_sentence_labels"][0] in (0, 1)
+    assert len({int(r["input_ids"][0]) for r in records}) == 1  # every instance starts with [CLS]
+
+
+def test_tensorflow_parses_our_files_with_googles_feature_spec(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    batch = _batch(20, seed=3)
+    buf, offsets = encode_batch(batch)
+    payloads = [buf[offsets[i]:offsets[i + 1]].tobytes() for i in range(20)]
+    write_records(tmp_path / "x.tfrecord", payloads)
+    write_records(tmp_path / "x.tfrecord.gz", payloads, compress=True)
+    # google-research/albert run_pretraining.py input_fn_builder (with and without masked_lm_budget).
+    spec = {
+        "input_ids": tf.io.FixedLenFeature([SEQ], tf.int64),
+        "input_mask": tf.io.FixedLenFeature([SEQ], tf.int64),
+        "segment_ids": tf.io.FixedLenFeature([SEQ], tf.int64),
+        "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+        "token_boundary": tf.io.FixedLenFeature([SEQ], tf.int64),
+        "masked_lm_positions": tf.io.FixedLenFeature([PRED], tf.int64),
+        "masked_lm_ids": tf.io.FixedLenFeature([PRED], tf.int64),
+        "masked_lm_weights": tf.io.FixedLenFeature([PRED], tf.float32),
+    }
+    for name, comp in (("x.tfrecord", None), ("x.tfrecord.gz", "GZIP")):
+        ds = tf.data.TFRecordDataset(str(tmp_path / name), compression_type=comp)
+        parsed = [tf.io.parse_single_example(r, spec) for r in ds]
+        assert len(parsed) == 20
+        for i, p in enumerate(parsed):
+            for k in spec:
+                np.testing.assert_array_equal(p[k].numpy(), batch[k][i])
+    # And TF's own serialization decodes here.
+    ex = tf.train.Example()
+    ex.ParseFromString(payloads[0])
+    assert ex.SerializeToString() != b"" and decode_example(ex.SerializeToString()).keys() == set(FEATURES)
