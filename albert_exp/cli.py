@@ -34,6 +34,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "corpus": Command("albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus"),
     "vocab": Command("albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab"),
+    "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
+    "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
     "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
 }

@@ -1,0 +1,58 @@
+"""`albert-exp convert`: ALBERT checkpoints between TF-Hub, google-research/albert (TF1) and Hugging Face.
+
+    albert-exp convert hub-to-tf --source albert_base/ --out runs/init_tf
+    albert-exp convert tf-to-hf  --source runs/init_tf/model.ckpt-0 --out runs/init_hf [--albert-config CFG]
+    albert-exp convert hf-to-tf  --source runs/toy/pretrain/best --out runs/toy/tf_export
+
+`hub-to-tf` gives a checkpoint google's run_pretraining.py can initialise from (prefix `module/` removed,
+zero adam_m/adam_v, int64 global_step, SOP head added as zeros if missing). `tf-to-hf` / `hf-to-tf` map
+between that layout and `AlbertForPreTraining`; both check the outputs numerically (see hf.py). Each writes
+results.json into --out. Nothing heavy is imported here (the CLI's --help must stay fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+SUBCOMMANDS = {
+    "hub-to-tf": "TF-Hub module (or module/-prefixed checkpoint) -> trainable TF checkpoint",
+    "tf-to-hf": "TF checkpoint or TF-Hub module -> Hugging Face AlbertForPreTraining dir",
+    "hf-to-tf": "Hugging Face AlbertForPreTraining dir -> TF checkpoint + albert_config.json",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    listing = "; ".join(f"{k}: {v}" for k, v in SUBCOMMANDS.items())
+    parser.add_argument("direction", choices=list(SUBCOMMANDS), help=listing)
+    parser.add_argument("--source", required=True, help="input checkpoint prefix, checkpoint dir or model dir")
+    parser.add_argument("--out", required=True, help="output directory (results.json goes there too)")
+    parser.add_argument("--albert-config", default="",
+                        help="tf-to-hf: google's albert_config.json (default: the one next to the checkpoint)")
+    parser.add_argument("--global-step", default="0", help="hub-to-tf, hf-to-tf: value of global_step written")
+
+
+def main(args: argparse.Namespace) -> dict:
+    from albert_exp.errors import UserError
+    from albert_exp.tracking import write_results
+
+    try:  # a string flag so MLproject can pass "" for the default
+        step = int(args.global_step or 0)
+    except ValueError:
+        raise UserError(f"--global-step {args.global_step!r} is not an integer") from None
+
+    if args.direction == "hub-to-tf":
+        from albert_exp.convert.tf_checkpoint import hub_to_tf
+
+        result = hub_to_tf(args.source, args.out, global_step=step)
+    elif args.direction == "tf-to-hf":
+        from albert_exp.convert.hf import tf_to_hf
+
+        result = tf_to_hf(args.source, args.out, albert_config=args.albert_config or None)
+    else:
+        from albert_exp.convert.hf import hf_to_tf
+
+        result = hf_to_tf(args.source, args.out, global_step=step)
+    result = {"direction": args.direction, **result}
+    write_results(Path(args.out), result)
+    return result
