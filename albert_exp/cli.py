@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
+    "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
 }
 

@@ -106,6 +106,13 @@ class PretrainConfig:
     reference_learning_rate: float = 0.00176
     save_checkpoints_steps: int = 1000
     output_dir: str | None = None  # None: <workdir>/pretrain (for TPU: a gs:// URI)
+    # Cloud TPU: `albert-exp tpu-logs command` prints google's run_pretraining.py command from this section
+    # (input: gs:// TFRecord globs; init_from: a TF checkpoint; output_dir: a gs:// URI).
+    tpu_name: str | None = None
+    tpu_zone: str | None = None
+    gcp_project: str | None = None
+    num_tpu_cores: int = 8  # a v2-8 or v3-8
+    iterations_per_loop: int = 100  # steps per TPU loop; the console prints the loss once per loop
 
     def validate(self, key: str) -> None:
         for name in ("max_seq_length", "max_predictions_per_seq", "batch_size", "reference_batch_size",
