@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "corpus": Command("albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus"),
     "vocab": Command("albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab"),
+    "pretraining-data": Command("albert_exp.pretraining_data", "make TFRecord shards for ALBERT pretraining "
+                                "(SOP, n-gram masking), in parallel or on Ray", "pretraining_data"),
     "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
@@ -110,8 +113,15 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library progress bars and chatter that bury our own (weight loading, artifact downloads); users can re-enable.
+QUIET_DEFAULTS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     top = _top_parser().parse_args(argv[:1] or ["--help"])
     cmd = COMMANDS[top.command]
     parser = build_stage_parser(top.command, cmd)

@@ -85,6 +85,38 @@ class VocabConfig:
 
 
 @dataclass
+class PretrainingDataConfig:
+    """TFRecord shards with google-research/albert's features (SOP, n-gram whole-word masking), one per
+    corpus shard, in parallel over local processes or a Ray cluster."""
+
+    input: str | None = None  # corpus manifest.json; None: <workdir>/corpus/manifest.json
+    tokenizer_dir: str | None = None  # None: <workdir>/vocab/tokenizer
+    output_dir: str | None = None  # None: <workdir>/pretraining_data
+    max_seq_length: int | None = None  # None: pretrain.max_seq_length (the two must agree)
+    max_predictions_per_seq: int | None = None  # None: pretrain.max_predictions_per_seq
+    masked_lm_prob: float = 0.15
+    short_seq_prob: float = 0.1
+    dupe_factor: int = 40  # passes over the corpus, each with fresh masks and segment splits
+    ngram: int = 3  # longest n-gram (in words) masked as one span
+    favor_shorter_ngram: bool = True  # p(n) ~ 1/n
+    whole_word_mask: bool = True
+    block_lines: int = 20000  # lines per block of documents (instances are shuffled within a block)
+    compress: bool = False  # GZIP TFRecords (TF reads them with compression_type="GZIP")
+    workers: int = 0  # local processes; 0: one per CPU
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # Ray cluster address (ray executor); None: a local Ray instance
+
+    def validate(self, key: str) -> None:
+        _require(0.0 < self.masked_lm_prob < 1.0, f"{key}.masked_lm_prob", "must be in (0, 1)")
+        _require(0.0 <= self.short_seq_prob <= 1.0, f"{key}.short_seq_prob", "must be in [0, 1]")
+        for name in ("dupe_factor", "ngram", "block_lines"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.workers >= 0, f"{key}.workers", "must be >= 0 (0: one per CPU)")
+        for name in ("max_seq_length", "max_predictions_per_seq"):
+            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+
+
+@dataclass
 class PretrainConfig:
     """Pretraining settings shared by `pretrain` (PyTorch) and `tpu-logs command` (google's run_pretraining.py).
 
@@ -113,11 +145,43 @@ class PretrainConfig:
     gcp_project: str | None = None
     num_tpu_cores: int = 8  # a v2-8 or v3-8
     iterations_per_loop: int = 100  # steps per TPU loop; the console prints the loss once per loop
+    # PyTorch loop (albert_exp/pretrain/). Optimisation as google's ALBERT: LAMB, weight decay except
+    # LayerNorm and biases, global-norm clipping, linear warm-up then polynomial (power 1) decay to 0.
+    eval_input: list[str] = field(default_factory=list)  # held-out TFRecords; empty: no eval/ metrics
+    albert_config: str | None = None  # google's albert_config.json for a TF init_from without one beside it
+    gradient_accumulation_steps: int = 1  # batch_size is per optimiser step; micro-batch = batch / this
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    poly_power: float = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    log_every_steps: int = 100
+    eval_every_steps: int = 1000
+    eval_batches: int = 20
+    keep_checkpoints: int = 3  # the last K are kept, plus the best
+    log_checkpoints: bool = True  # each checkpoint's HF model as an MLflow artifact
+    num_workers: int = 2  # loader processes = data streams; a resumed run must use the same number
+    shuffle_block: int = 4096  # records read from a shard and shuffled together
+    skip_corrupt: bool = False  # false: a corrupt record stops the run, naming file and offset
+    resume: bool = True  # continue from the last checkpoint in output_dir if there is one
+    plateau_window: int = 0  # steps; 0 = no plateau early stopping
+    plateau_min_improvement: float = 0.01  # relative drop of the smoothed loss required over the window
+    plateau_smoothing: float = 0.98  # EMA factor of the smoothed training loss
+    max_steps: int | None = None  # stop (and checkpoint) here even if the schedule is longer
+    torch_threads: int = 0  # 0: torch's default
+    compile: bool = False  # torch.compile the model (GPU runs)
 
     def validate(self, key: str) -> None:
         for name in ("max_seq_length", "max_predictions_per_seq", "batch_size", "reference_batch_size",
-                     "reference_steps", "save_checkpoints_steps"):
+                     "reference_steps", "save_checkpoints_steps", "gradient_accumulation_steps",
+                     "log_every_steps", "eval_every_steps", "eval_batches", "keep_checkpoints", "shuffle_block"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.batch_size % self.gradient_accumulation_steps == 0, f"{key}.gradient_accumulation_steps",
+                 f"must divide batch_size={self.batch_size}")
+        _require(self.num_workers >= 0 and self.plateau_window >= 0, f"{key}.num_workers/plateau_window",
+                 "must be >= 0")
+        _require(0.0 <= self.plateau_smoothing < 1.0, f"{key}.plateau_smoothing", "must be in [0, 1)")
+        _require(self.max_grad_norm > 0 and self.weight_decay >= 0, f"{key}.max_grad_norm/weight_decay",
+                 "max_grad_norm must be > 0, weight_decay >= 0")
 
     def scaled(self):
         """Steps, warm-up and lr: explicit values win, the rest follow the batch-size scaling rule."""
@@ -155,6 +219,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     train_encoder: bool = True  # false: only the classification head is trained
+    select_metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # picks the best epoch on val
     max_train_rows: int | None = None  # cap for quick runs
     torch_threads: int = 0  # 0: torch's default
 
@@ -179,6 +244,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
+    pretraining_data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 

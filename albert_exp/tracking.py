@@ -83,8 +83,12 @@ class MlflowTracker(NoopTracker):
 
     def log_input(self, df: Any, name: str, source: str, context: str) -> None:
         import mlflow.data
+        from mlflow.data.dataset_source_registry import get_registered_sources
 
-        dataset = mlflow.data.from_pandas(df, source=source, name=name)
+        # an explicit source object: a bare path is ambiguous to MLflow's source registry (it warns)
+        local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+        src = local(str(Path(source).resolve()))
+        dataset = mlflow.data.from_pandas(df, source=src, name=name)
         self._mlflow.log_input(dataset, context=context)
 
 

@@ -36,3 +36,17 @@ def require_reference():
     if not REFERENCE.is_dir():
         pytest.skip(f"../shared/fixtures/albert_reference not found at {REFERENCE}: compatibility test skipped")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A real SentencePiece + AlbertTokenizer trained on a few generated reviews (seconds, offline)."""
+    from albert_exp import toy
+    from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
+
+    d = tmp_path_factory.mktemp("tok")
+    lines = [s for doc in toy.pretraining_documents(0, 300) for s in doc]
+    lines += ["Spicy Lamb Dumplings", "café crème brûlée"]
+    train_sentencepiece([normalize(s, lowercase=True, keep_accents=False) for s in lines], d / "spiece", 300,
+                        "unigram", 1.0)
+    return build_hf_tokenizer(d / "spiece.model", d / "tokenizer", lowercase=True, keep_accents=False)

@@ -1,0 +1,252 @@
+"""Fine-tuning stage: AlbertForTokenClassification (2 labels) tags the tokens of the wanted phrase.
+
+    albert-exp finetune --config experiments/toy.yaml --epochs 4
+
+A plain PyTorch loop rather than HF Trainer: the recipe's loss (mean cross-entropy over all real tokens of all
+samples in a batch) and per-epoch validation map onto a few lines, the Optuna objective gets a per-epoch hook
+for pruning, and the loop logs to MLflow itself (HF's MLflowCallback breaks run nesting under a search).
+
+Starts from an HF ALBERT directory (`model_dir`, e.g. a pretraining checkpoint) or a fresh model from the
+`model:` section. AdamW with weight-decay groups (no decay on biases and LayerNorm), linear schedule with
+warm-up, gradient clipping, seeded. After every epoch the state is checkpointed (model, optimiser, scheduler,
+RNG, epoch); a rerun of the same config on the same data and code resumes from it. The best epoch (by
+`select_metric` on val) is evaluated on test and logged twice: as an HF model and as a phrase-extractor pyfunc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from albert_exp.config import ExperimentConfig, to_dict
+from albert_exp.tracking import NoopTracker, git_commit, stage_run, write_results
+
+EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
+
+
+def _paths(cfg: ExperimentConfig) -> dict[str, Path]:
+    f, corpus = cfg.finetune, cfg.stage_dir("corpus")
+    return {"tokenizer": Path(f.tokenizer_dir or f.model_dir or cfg.stage_dir("vocab") / "tokenizer"),
+            "train": Path(f.train_csv or corpus / "train.csv"), "val": Path(f.val_csv or corpus / "val.csv"),
+            "test": Path(f.test_csv or corpus / "test.csv")}
+
+
+def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
+    from transformers import AlbertConfig, AlbertForTokenClassification
+
+    labels = {"id2label": {0: "O", 1: "PHRASE"}, "label2id": {"O": 0, "PHRASE": 1}}
+    if cfg.finetune.model_dir:
+        return AlbertForTokenClassification.from_pretrained(cfg.finetune.model_dir, num_labels=2, use_safetensors=True,
+                                                            **labels)
+    m = cfg.model
+    config = AlbertConfig(vocab_size=m.vocab_size or len(tokenizer), embedding_size=m.embedding_size,
+                          hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+                          num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
+                          num_hidden_groups=m.num_hidden_groups, max_position_embeddings=m.max_position_embeddings,
+                          hidden_dropout_prob=m.hidden_dropout_prob, classifier_dropout_prob=0.1,
+                          attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+                          pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels)
+    return AlbertForTokenClassification(config)
+
+
+def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple[Any, Any]:
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    f = cfg.finetune
+    if not f.train_encoder:  # head only: the encoder stays as pretrained
+        for p in model.albert.parameters():
+            p.requires_grad_(False)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": f.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=f.learning_rate)
+    sched = get_linear_schedule_with_warmup(opt, int(f.warmup_ratio * total_steps), total_steps)
+    return opt, sched
+
+
+def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[str, float], list[list[int]]]:
+    """Mean token loss, the metrics of albert_exp.metrics, and the predicted tags per sample."""
+    import torch
+
+    from albert_exp.data import collate
+    from albert_exp.metrics import token_metrics
+
+    model.eval()
+    preds: list[list[int]] = []
+    loss_sum = tokens = 0.0
+    with torch.no_grad():
+        for i in range(0, len(data), batch_size):
+            batch = collate(data.input_ids[i: i + batch_size], data.labels[i: i + batch_size], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            n = int((batch["labels"] != -100).sum())
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, 2), batch["labels"].view(-1), ignore_index=-100)
+            loss_sum += loss.item() * n
+            tokens += n
+            p = logits.argmax(-1)
+            preds.extend(p[k, : len(data.labels[i + k])].tolist() for k in range(p.shape[0]))
+    metrics = token_metrics(data.labels, preds)
+    metrics["loss"] = loss_sum / max(tokens, 1)
+    return metrics, preds
+
+
+def _fingerprint(cfg: ExperimentConfig, digests: list[str]) -> str:
+    """What a resumable checkpoint must match: config, data and code. Anything else starts afresh."""
+    payload = json.dumps([to_dict(cfg.finetune), to_dict(cfg.model), cfg.seed, digests, git_commit()], default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _save_state(path: Path, model: Any, opt: Any, sched: Any, epoch: int, extra: dict) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
+                "torch_rng": torch.get_rng_state(), **extra}, tmp / "train_state.pt")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)  # a kill during the save leaves the previous checkpoint intact
+
+
+def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any, out: Path,
+          tracker: NoopTracker, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from albert_exp.data import collate
+
+    f = cfg.finetune
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if f.torch_threads:
+        torch.set_num_threads(f.torch_threads)
+    model = build_model(cfg, tokenizer)
+    steps_per_epoch = math.ceil(len(train_data) / f.batch_size)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch * f.epochs)
+    pad = tokenizer.pad_token_id
+    fingerprint = _fingerprint(cfg, [train_data.digest, val_data.digest])
+    ckpt, best_dir = out / "checkpoint", out / "best_model"
+    history: list[dict[str, float]] = []
+    best = {"epoch": 0, "value": -math.inf}
+    start_epoch = 1
+    state_file = ckpt / "train_state.pt"
+    if state_file.is_file():
+        state = torch.load(state_file, weights_only=True)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            history, best = json.loads(state["history"]), json.loads(state["best"])
+            start_epoch = state["epoch"] + 1
+            print(f"resuming fine-tuning after epoch {state['epoch']} from {ckpt}")
+        else:
+            print(f"ignoring {ckpt}: it was written with another config, data or code")
+    params = sum(p.numel() for p in model.parameters())
+    tracker.log_params({"derived.parameters": params, "derived.trainable_parameters":
+                        sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        "derived.steps_per_epoch": steps_per_epoch, "derived.train_rows": len(train_data)})
+    for epoch in range(start_epoch, f.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        loss_sum = tokens = 0.0
+        bar = tqdm(range(0, len(order), f.batch_size), desc=f"epoch {epoch}/{f.epochs}", unit="batch",
+                   disable=None, leave=False)
+        for b, i in enumerate(bar):
+            idx = order[i: i + f.batch_size].tolist()
+            batch = collate([train_data.input_ids[k] for k in idx], [train_data.labels[k] for k in idx], pad)
+            # the model's loss: mean cross-entropy over the real tokens of all samples in the batch
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), f.max_grad_norm)
+            opt.step()
+            sched.step()
+            n = int((batch["labels"] != -100).sum())
+            loss_sum += loss.item() * n
+            tokens += n
+            bar.set_postfix(loss=f"{loss_sum / tokens:.4f}")
+            if b % 20 == 0:
+                tracker.log_metrics({"train/batch_loss": loss.item(), "train/lr": sched.get_last_lr()[0]},
+                                    step=(epoch - 1) * steps_per_epoch + b)
+        val, _ = evaluate(model, val_data, f.eval_batch_size, pad)
+        row = {"train/loss": loss_sum / max(tokens, 1), **{f"val/{k}": v for k, v in val.items()}}
+        tracker.log_metrics(row, step=epoch)
+        history.append({"epoch": epoch, **row})
+        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+        value = val[f.select_metric]
+        if value > best["value"]:
+            best = {"epoch": epoch, "value": value}
+            shutil.rmtree(best_dir, ignore_errors=True)
+            model.save_pretrained(best_dir, safe_serialization=True)
+            tokenizer.save_pretrained(best_dir)
+        _save_state(ckpt, model, opt, sched, epoch, {"fingerprint": fingerprint, "history": json.dumps(history),
+                                                       "best": json.dumps(best)})
+        if on_epoch is not None:
+            on_epoch(epoch, val)
+    return {"history": history, "best_epoch": best["epoch"], "best_value": best["value"], "parameters": params}
+
+
+def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models: bool = True) -> dict[str, Any]:
+    import pandas as pd
+    from transformers import AlbertForTokenClassification, AutoTokenizer
+
+    from albert_exp.data import encode
+
+    f = cfg.finetune
+    out = cfg.stage_dir("finetune")
+    paths = _paths(cfg)
+    from albert_exp.errors import UserError
+
+    if not (paths["tokenizer"] / "tokenizer_config.json").is_file():
+        raise UserError("no tokenizer found", where=str(paths["tokenizer"]),
+                        fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir")
+    tokenizer = AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
+    kw = dict(max_seq_length=f.max_seq_length, text_column=f.text_column, phrase_column=f.phrase_column,
+              separator=f.phrase_separator, case_insensitive=f.case_insensitive, on_missing_phrase=f.on_missing_phrase)
+    data = {"train": encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw),
+            "val": encode(paths["val"], tokenizer, **kw), "test": encode(paths["test"], tokenizer, **kw)}
+    description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
+    with stage_run(cfg, "finetune", description) as tracker:
+        digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
+        tracker.set_tags({"dataset_digest": digest})
+        for split, d in data.items():
+            tracker.log_input(pd.DataFrame({"text": d.texts}), name=f"{split}.csv", source=str(paths[split]),
+                              context={"train": "training", "val": "validation", "test": "testing"}[split])
+            if d.dropped:
+                print(f"{paths[split]}: dropped {len(d.dropped)} rows whose phrase is not in the text, e.g. "
+                      f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}")
+                tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
+            tracker.log_metrics({f"data/{split}_rows": len(d), f"data/{split}_dropped_rows": len(d.dropped)}, step=0)
+        trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
+        best_dir = out / "best_model"
+        model = AlbertForTokenClassification.from_pretrained(best_dir, use_safetensors=True)
+        test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
+        tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_epoch"])
+        tracker.log_dict({"history": trained["history"]}, "history.json")
+        results = {"output_dir": str(out), "model_dir": str(best_dir), "best_epoch": trained["best_epoch"],
+                   f"val/{f.select_metric}": trained["best_value"], **{f"test/{k}": v for k, v in test.items()},
+                   "dataset_digest": digest, "run_id": tracker.run_id}
+        if log_models and tracker.run_id:
+            _log_models(tracker, best_dir, data["val"].texts[:3], f.max_seq_length)
+            results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
+            results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
+        write_results(out, results, tracker)
+    return results
+
+
+def _log_models(tracker: NoopTracker, best_dir: Path, examples: list[str], max_seq_length: int) -> None:
+    """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc."""
+    from albert_exp.serving import log_phrase_extractor
+
+    tracker.log_artifacts(best_dir, "hf_model")
+    log_phrase_extractor(best_dir, examples, max_seq_length)

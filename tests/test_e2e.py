@@ -1,0 +1,124 @@
+"""End to end: `main` on a small toy setting, checked through MLflow, the pyfunc, and HTTP serving."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+SMALL = ["corpus.toy_documents=400", "corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
+         "finetune.epochs=7", "vocab.vocab_size=600"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import mlflow
+
+    from albert_exp.cli import main
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(tmp)  # artifacts go to ./mlruns beside the store
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        code = main(["main", "--config", str(ROOT / "experiments" / "toy.yaml"), "--workdir", str(tmp / "runs"),
+                     "--set", " ".join(SMALL)])
+        assert code == 0
+        results = json.loads((tmp / "runs" / "results.json").read_text())
+        yield {"uri": uri, "tmp": tmp, "results": results}
+    finally:
+        os.chdir(old_cwd)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+        mlflow.set_tracking_uri(None)
+
+
+def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(trained["uri"])
+    exp = client.get_experiment_by_name("toy")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("stage") == "main")
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"corpus", "vocab", "finetune"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    ft = children["finetune"]
+    assert ft.data.params["finetune.epochs"] == "7" and "derived.parameters" in ft.data.params
+    assert ft.data.tags["git_commit"] and ft.data.tags["experiment_config"].endswith("toy.yaml")
+    history = client.get_metric_history(ft.info.run_id, "val/token_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, 8))
+    for key in ("train/loss", "val/loss", "val/phrase_f1", "val/phrase_precision", "val/phrase_recall",
+                "val/negative_fp_rate", "test/token_accuracy", "test/phrase_f1"):
+        assert key in ft.data.metrics, key
+    artifacts = {a.path for a in client.list_artifacts(ft.info.run_id)}
+    assert {"config", "hf_model", "results.json", "history.json"} <= artifacts
+    assert len(ft.inputs.dataset_inputs) == 3
+    assert children["corpus"].data.tags["corpus_sha256"] and ft.data.tags["dataset_digest"]
+
+
+def test_tagger_beats_the_all_negative_baseline_on_unseen_dishes(trained):
+    r = trained["results"]["finetune"]
+    assert r["test/token_accuracy"] > r["test/all_negative_token_accuracy"] + 0.1
+    assert r["test/phrase_f1"] >= 0.8
+    assert r["test/negative_fp_rate"] <= 0.1
+
+
+def test_pyfunc_extracts_phrases(trained):
+    import mlflow
+
+    mlflow.set_tracking_uri(trained["uri"])
+    model = mlflow.pyfunc.load_model(trained["results"]["finetune"]["model_uri"])
+    out = model.predict(pd.DataFrame({"text": ["I ordered the smoked duck ramen and it was superb.",
+                                               "The waiter was lovely."]}))
+    assert list(out.columns) == ["phrases", "spans", "tokens"]
+    assert [p.lower() for p in out["phrases"][0]] == ["smoked duck ramen"]
+    assert list(out["phrases"][1]) == []
+    span = out["spans"][0][0]
+    assert "I ordered the smoked duck ramen"[span["start"]: span["end"]].lower() == "smoked duck ramen"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_model_answers_over_http_on_loopback(trained):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"]}
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", trained["results"]["finetune"]["model_uri"],
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=trained["tmp"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"text": "Highly recommend the crispy tofu bao."}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        phrases = answer["predictions"][0]["phrases"]
+        assert [p.lower() for p in phrases] == ["crispy tofu bao"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
