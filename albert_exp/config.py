@@ -234,6 +234,61 @@ class FinetuneConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Optuna search of the fine-tuning learning rate (log scale) and epochs; one nested MLflow run per trial."""
+
+    n_trials: int = 20  # trials the study should finish (complete + pruned), counted over every worker and rerun
+    timeout_s: int | None = None  # this worker stops starting trials after this many seconds
+    lr_min: float = 1e-6
+    lr_max: float = 1e-3
+    epochs_min: int = 1
+    epochs_max: int = 8
+    objective: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # val/<objective>, maximised
+    storage: str = "sqlite:///optuna.db"  # an RDB URL; postgresql://user@host:port/db for several workers
+    study_name: str | None = None  # None: <name>-<fingerprint of the finetune config, search space, data, code>
+    worker: int = 0  # index of this worker: seeds its sampler differently (same seed = same random draws)
+    pruner_startup_trials: int = 2  # MedianPruner prunes nothing until this many trials have finished
+    pruner_warmup_epochs: int = 1  # ... nor before a trial has reported this many epochs
+    heartbeat_s: int = 10  # a trial whose heartbeat is older than grace_s is stale: failed, then retried
+    grace_s: int = 30
+    max_retry: int = 1  # retries of a trial that died (killed worker)
+
+    def validate(self, key: str) -> None:
+        _require(self.n_trials >= 1, f"{key}.n_trials", "must be >= 1")
+        _require(0 < self.lr_min <= self.lr_max < 1, f"{key}.lr_min/lr_max", "need 0 < lr_min <= lr_max < 1")
+        _require(1 <= self.epochs_min <= self.epochs_max, f"{key}.epochs_min/epochs_max",
+                 "need 1 <= epochs_min <= epochs_max")
+        _require("://" in self.storage, f"{key}.storage", f"{self.storage!r} is not a database URL "
+                 "(e.g. sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/optuna)")
+        _require(self.heartbeat_s >= 1 and self.grace_s > self.heartbeat_s, f"{key}.heartbeat_s/grace_s",
+                 "need heartbeat_s >= 1 and grace_s > heartbeat_s")
+        _require(self.worker >= 0 and self.max_retry >= 0 and self.pruner_startup_trials >= 0
+                 and self.pruner_warmup_epochs >= 0, f"{key}.worker/max_retry/pruner_*", "must be >= 0")
+
+
+@dataclass
+class PromoteConfig:
+    """Register a fine-tuned model, alias it `challenger`, and move `champion` only when it is better."""
+
+    model_name: str | None = None  # registered model; None: <name>-phrase-tagger
+    run_id: str | None = None  # a finetune run to promote; None: the best trial of <workdir>/tune (else finetune)
+    eval_csv: str | None = None  # evaluation data; None: the finetune test CSV
+    metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"
+    margin: float = 0.0  # the challenger must beat the champion by more than this
+    force: bool = False  # make the challenger champion whatever the scores (needs a reason)
+    reason: str = ""
+    lock_timeout_s: float = 120.0  # wait this long for another promotion of the same model to finish
+    lock_stale_s: float = 900.0  # a lock older than this was left by a dead process and is broken
+
+    def validate(self, key: str) -> None:
+        _require(self.margin >= 0, f"{key}.margin", "must be >= 0")
+        _require(not self.force or bool(self.reason.strip()), f"{key}.reason",
+                 "--force needs --reason '<why>' (it is recorded on the model version)")
+        _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s",
+                 "must be > 0")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: shared settings plus one section per stage."""
 
@@ -247,6 +302,8 @@ class ExperimentConfig:
     pretraining_data: PretrainingDataConfig = field(default_factory=PretrainingDataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     # Where the config came from (not a config key): shown in errors and logged as a tag.
     source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})
