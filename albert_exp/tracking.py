@@ -9,6 +9,7 @@ a YAML artifact), and ends FAILED on an exception, KILLED on Ctrl-C or SIGTERM: 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import signal
@@ -106,6 +107,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+# Tags every stage run opened in this context gets (a tuning study tags each trial's finetune run with its
+# study and trial number, so a run left by a killed worker can be found and closed).
+_EXTRA_TAGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("albert_exp_tags", default=None)
+
+
+@contextlib.contextmanager
+def run_tags(tags: dict[str, Any]) -> Iterator[None]:
+    token = _EXTRA_TAGS.set({**(_EXTRA_TAGS.get() or {}), **tags})
+    try:
+        yield
+    finally:
+        _EXTRA_TAGS.reset(token)
+
+
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -138,11 +153,18 @@ def stage_run(cfg: ExperimentConfig, stage: str, description: str = "", *, secti
                 params.update(flatten(resolved[s], f"{s}."))
         params.update(extra_params or {})
         tracker.log_params(params)
-        tracker.set_tags({"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit()})
+        tracker.set_tags({"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(),
+                          **(_EXTRA_TAGS.get() or {})})
         tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
         yield tracker
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except Exception as exc:
+        status = "FAILED"
+        if type(exc).__name__ == "TrialPruned":  # optuna stopped it early: not a failure, but not finished
+            status = "KILLED"
+            mlflow.set_tag("pruned", "true")
         raise
     except BaseException:
         status = "FAILED"
