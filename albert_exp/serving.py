@@ -13,6 +13,8 @@ safetensors only.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +68,7 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
         self.model = AlbertForTokenClassification.from_pretrained(model_dir, use_safetensors=True)
         self.max_seq_length = int((context.model_config or {}).get("max_seq_length", 64))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):
@@ -88,7 +90,6 @@ def log_phrase_extractor(model_dir: str | Path, example_texts: list[str], max_se
     import pandas as pd
     from mlflow.models import infer_signature
 
-    package_dir = Path(__file__).resolve().parent
     example = pd.DataFrame({"text": example_texts})
     holder = PhraseExtractor()
 
@@ -98,10 +99,17 @@ def log_phrase_extractor(model_dir: str | Path, example_texts: list[str], max_se
 
     holder.load_context(_Ctx)
     signature = infer_signature(example, holder.predict(None, example), params={"threshold": 0.5})
-    return mlflow.pyfunc.log_model(
-        name=name, python_model=PhraseExtractor(), artifacts={"hf_model": str(model_dir)},
-        code_paths=[str(package_dir)], signature=signature, input_example=example,
-        model_config={"max_seq_length": max_seq_length}, pip_requirements=_requirements())
+    with tempfile.TemporaryDirectory() as tmp:
+        # ship only the modules the model needs, as the package `albert_exp`, so the model serves on its own
+        package = Path(tmp) / "albert_exp"
+        package.mkdir()
+        here = Path(__file__).resolve().parent
+        for module in ("__init__.py", "serving.py", "labels.py", "pyfunc_model.py"):
+            shutil.copy(here / module, package / module)
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(package / "pyfunc_model.py"), artifacts={"hf_model": str(model_dir)},
+            code_paths=[str(package)], signature=signature, input_example=example,
+            model_config={"max_seq_length": max_seq_length}, pip_requirements=_requirements())
 
 
 def _requirements() -> list[str]:
