@@ -41,6 +41,8 @@ COMMANDS: dict[str, Command] = {
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
+    "tune": Command("albert_exp.tune", "search the fine-tuning learning rate and epochs with Optuna (resumable, "
+                    "several workers on PostgreSQL)", "tune"),
     "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
 }
 

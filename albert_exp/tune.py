@@ -1,0 +1,281 @@
+"""Tune stage: an Optuna study of the fine-tuning learning rate (log scale) and number of epochs.
+
+    albert-exp tune --config experiments/toy.yaml --n-trials 6
+    albert-exp tune --config experiments/toy.yaml --storage postgresql://optuna@10.0.0.5:5432/optuna --worker 1
+
+One MLflow parent run per worker invocation (`tune <study>`); every trial is a nested `finetune` run tagged
+`optuna_study` / `optuna_trial` with its params, per-epoch metrics and result. The parent gets the best params
+and value, the trials table and Optuna's plots. Seeded TPE sampler (each worker seeds `seed + 1000 * worker`, so
+two workers do not draw the same random start-up points), median pruner fed with the per-epoch validation value.
+
+The study lives in an RDB storage (default `sqlite:///optuna.db`; PostgreSQL for several workers on several
+machines). `n_trials` is the number of finished (complete or pruned) trials the *study* should reach, so a rerun
+continues where a killed one stopped and several workers share the work. A killed worker's running trial stops
+sending heartbeats: the next worker to start a trial marks it FAIL, closes its MLflow runs as KILLED and re-queues
+its parameters (RetryHeartbeatStaleTrialCallback); the retry resumes from the dead trial's checkpoint directory.
+
+The default study name carries a fingerprint of everything a trial's result depends on (finetune config except
+the searched values, model, seed, search space, data files, tokenizer, code commit, tracking store): a rerun
+with other inputs starts a new study instead of silently mixing results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from albert_exp.config import ExperimentConfig, flatten, to_dict
+from albert_exp.errors import UserError
+from albert_exp.tracking import git_commit, run_tags, stage_run, write_results
+
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def _files_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if f.is_file():
+                h.update(f.name.encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epochs: int) -> ExperimentConfig:
+    """The fine-tuning config of one trial: its own workdir (its own checkpoint), the shared data and tokenizer."""
+    from albert_exp.finetune import _paths
+
+    p = _paths(cfg)
+    ft = dataclasses.replace(cfg.finetune, learning_rate=learning_rate, epochs=epochs,
+                             select_metric=cfg.tune.objective, tokenizer_dir=str(p["tokenizer"].resolve()),
+                             train_csv=str(p["train"].resolve()), val_csv=str(p["val"].resolve()),
+                             test_csv=str(p["test"].resolve()))
+    return dataclasses.replace(cfg, workdir=str(workdir), finetune=ft)
+
+
+def study_name(cfg: ExperimentConfig) -> str:
+    if cfg.tune.study_name:
+        return cfg.tune.study_name
+    import mlflow
+
+    from albert_exp.finetune import _paths
+
+    p = _paths(cfg)
+    searched = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}
+    space = {k: v for k, v in to_dict(cfg.tune).items()
+             if k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")}
+    payload = json.dumps([searched, to_dict(cfg.model), cfg.seed, space, git_commit(), mlflow.get_tracking_uri(),
+                          cfg.name, _files_digest([p["tokenizer"], p["train"], p["val"], p["test"]])], default=str)
+    return f"{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+
+
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: show the scheme only
+        return url.split("://", 1)[0] + "://..."
+
+
+def close_trial_runs(study_name: str, trial: Any, reason: str) -> list[str]:
+    """End the MLflow runs of a dead trial (its finetune run and its worker's parent run) as KILLED."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ids = {trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("mlflow_parent_run_id")} - {None}
+    exp_id = trial.user_attrs.get("mlflow_experiment_id")
+    if exp_id:  # a trial killed before its first epoch has not recorded its run id yet: find it by its tags
+        found = client.search_runs([exp_id], f"tags.optuna_study = '{study_name}' and "
+                                   f"tags.optuna_trial = '{trial.number}'")
+        ids |= {r.info.run_id for r in found}
+    closed = []
+    for run_id in sorted(ids):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "killed_reason", reason)
+            client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+    return closed
+
+
+class CloseRunsAndRetry:
+    """Heartbeat-stale trial callback: close the dead trial's MLflow runs, then re-queue its parameters."""
+
+    def __init__(self, max_retry: int) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        closed = close_trial_runs(study.study_name, trial, "stale heartbeat: its worker died")
+        print(f"trial {trial.number} had no heartbeat: marked FAIL, MLflow runs {closed} marked KILLED, retried")
+        self.retry(study, trial)
+
+
+def open_study(cfg: ExperimentConfig, name: str) -> Any:
+    import optuna
+
+    t = cfg.tune
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
+    storage = optuna.storages.RDBStorage(t.storage, heartbeat_interval=t.heartbeat_s, grace_period=t.grace_s,
+                                         heartbeat_stale_trial_callback=CloseRunsAndRetry(t.max_retry))
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * t.worker, constant_liar=True,
+                                         n_startup_trials=max(2, min(10, t.n_trials // 3)))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
+                                         n_warmup_steps=t.pruner_warmup_epochs)
+    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                               direction="maximize", load_if_exists=True)
+
+
+def _counts(study: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for tr in study.get_trials(deepcopy=False):
+        out[tr.state.name] = out.get(tr.state.name, 0) + 1
+    return out
+
+
+def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
+    import mlflow
+    import optuna
+
+    from albert_exp import finetune
+
+    t = cfg.tune
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("learning_rate", t.lr_min, t.lr_max, log=True)
+        epochs = trial.suggest_int("epochs", t.epochs_min, t.epochs_max)
+        # A retry of a dead trial reuses its directory, so fine-tuning resumes from its last epoch checkpoint.
+        origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        tcfg = trial_config(cfg, study_dir / f"trial_{trial.number if origin is None else origin}", lr, epochs)
+        trial.set_user_attr("mlflow_parent_run_id", parent.run_id)
+        trial.set_user_attr("mlflow_experiment_id", mlflow.active_run().info.experiment_id)
+        trial.set_user_attr("worker", t.worker)
+
+        def on_epoch(epoch: int, val: dict[str, float]) -> None:
+            if "mlflow_run_id" not in trial.user_attrs and mlflow.active_run():
+                trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+            trial.report(val[t.objective], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: val/{t.objective}={val[t.objective]:.4f} below the median")
+
+        tags = {"optuna_study": trial.study.study_name, "optuna_trial": trial.number, "optuna_worker": t.worker}
+        if origin is not None:
+            tags["optuna_retry_of"] = origin
+        with run_tags(tags):
+            res = finetune.run(tcfg, on_epoch=on_epoch)
+        trial.set_user_attr("mlflow_run_id", res["run_id"])
+        for key in ("model_uri", "hf_model_uri", "dataset_digest", "best_epoch", "test/token_accuracy",
+                    "test/phrase_f1"):
+            if key in res:
+                trial.set_user_attr(key, res[key])
+        return float(res[f"val/{t.objective}"])
+
+    return objective
+
+
+def _log_plots(study: Any, tracker: Any) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as vis
+
+    complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
+    plots = {"optimization_history": vis.plot_optimization_history,
+             "intermediate_values": vis.plot_intermediate_values}
+    if len({(tr.params["learning_rate"], tr.params["epochs"]) for tr in complete}) >= 2:
+        plots["param_importances"] = vis.plot_param_importances
+        plots["contour_lr_epochs"] = lambda s: vis.plot_contour(s, params=["learning_rate", "epochs"])
+    logged = []
+    for name, fn in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                ax = fn(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. all values equal: no importance
+            print(f"plot {name} skipped: {exc}")
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(8, 5)
+        tracker.log_figure(fig, f"plots/{name}.png")
+        plt.close(fig)
+        logged.append(name)
+    return logged
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    import optuna
+
+    t = cfg.tune
+    from albert_exp.finetune import _paths
+
+    if not (_paths(cfg)["tokenizer"] / "tokenizer_config.json").is_file():
+        raise UserError("no tokenizer found", where=str(_paths(cfg)["tokenizer"]),
+                        fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir")
+    name = study_name(cfg)
+    study_dir = cfg.stage_dir("tune") / name
+    try:
+        study = open_study(cfg, name)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UserError(f"cannot open the Optuna storage: {exc}", where="tune.storage",
+                        fix="for postgresql:// install psycopg2-binary (pinned in pyproject.toml)") from None
+    except Exception as exc:  # a wrong host, password or database
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise UserError(f"cannot open the Optuna storage {_masked(t.storage)}: {str(exc).splitlines()[0]}",
+                            where="tune.storage", fix="check the URL, and that the database server runs") from None
+        raise
+    optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
+    done = sum(_counts(study).get(s, 0) for s in FINISHED)
+    remaining = max(0, t.n_trials - done)
+    print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
+    extra = {**flatten(to_dict(cfg.finetune), "finetune."), "derived.study_name": name}
+    with stage_run(cfg, "tune", name, section="tune", extra_params=extra) as tracker:
+        tracker.set_tags({"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker})
+        mine: list[int] = []
+
+        def after_trial(study: Any, trial: Any) -> None:
+            mine.append(trial.number)
+            if trial.value is not None:
+                tracker.log_metrics({f"trial/val_{t.objective}": trial.value}, step=trial.number)
+            finished = sum(1 for tr in study.get_trials(deepcopy=False) if tr.state.name in FINISHED)
+            if finished >= t.n_trials:  # the study is done, whichever worker finished it
+                study.stop()
+
+        if remaining:
+            study.optimize(make_objective(cfg, study_dir, tracker), n_trials=remaining, timeout=t.timeout_s,
+                           callbacks=[after_trial], gc_after_trial=True)
+        else:
+            print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
+        counts = _counts(study)
+        complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
+        if not complete:
+            raise UserError(f"no trial of study {name} completed ({counts})", where="tune",
+                            fix="look at the failed trials' MLflow runs; raise tune.n_trials")
+        best = study.best_trial
+        results = {"study_name": name, "storage": _masked(t.storage), "objective": f"val/{t.objective}",
+                   "best_trial": best.number, "best_params": best.params, "best_value": best.value,
+                   **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "mlflow_parent_run_id")},
+                   "trials": counts, "n_pruned": counts.get("PRUNED", 0), "n_complete": counts.get("COMPLETE", 0),
+                   "this_worker_trials": mine, "output_dir": str(study_dir), "run_id": tracker.run_id}
+        tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
+        tracker.log_metrics({f"best/val_{t.objective}": best.value, "tune/complete": len(complete),
+                             "tune/pruned": counts.get("PRUNED", 0), "tune/failed": counts.get("FAIL", 0),
+                             **{f"best/{k}": v for k, v in best.user_attrs.items() if k.startswith("test/")}}, step=0)
+        tracker.set_tags({"best_model_uri": best.user_attrs.get("model_uri", ""),
+                          "dataset_digest": best.user_attrs.get("dataset_digest", "")})
+        df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+        study_dir.mkdir(parents=True, exist_ok=True)
+        df.to_csv(study_dir / "trials.csv", index=False)
+        tracker.log_artifact(study_dir / "trials.csv")
+        results["plots"] = _log_plots(study, tracker)
+        write_results(study_dir, results, tracker)
+        write_results(cfg.stage_dir("tune"), results)  # the latest study's result, for `promote`
+    print(f"best trial {best.number}: lr={best.params['learning_rate']:.3g} epochs={best.params['epochs']} "
+          f"val/{t.objective}={best.value:.4f}; {counts}")
+    return results

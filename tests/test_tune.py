@@ -1,0 +1,182 @@
+"""`tune`: a few fast trials (nested runs, pruning, plots), and resume after a worker is killed mid-trial.
+
+The helpers here (tiny data + overrides) are shared by test_promote.py, test_predict.py and test_team.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# A model of ~25k parameters on 240 reviews: an epoch takes about a second on one core.
+TINY = ["corpus.toy=true", "model.embedding_size=16", "model.hidden_size=32", "model.num_hidden_layers=1",
+        "model.num_attention_heads=2", "model.intermediate_size=64", "model.max_position_embeddings=64",
+        "finetune.max_seq_length=48", "finetune.batch_size=16", "finetune.torch_threads=1",
+        "tune.lr_min=1e-4", "tune.lr_max=3e-2", "tune.epochs_min=1", "tune.epochs_max=3"]
+
+
+def make_data(root: Path, *, rows: int = 240, seed: int = 0) -> Path:
+    """Toy CSVs and a SentencePiece tokenizer under root/{corpus,vocab} (the default finetune inputs)."""
+    from albert_exp import toy
+    from albert_exp.corpus import write_labelled_csv
+    from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
+
+    corpus, vocab = root / "corpus", root / "vocab"
+    corpus.mkdir(parents=True, exist_ok=True)
+    vocab.mkdir(parents=True, exist_ok=True)
+    for split, n in {"train": rows, "val": 80, "test": 80}.items():
+        reviews = toy.labelled_rows(seed, split, n, 0.5, 2)
+        write_labelled_csv(corpus / f"{split}.csv", ((r.text, r.phrases) for r in reviews))
+    lines = [s for doc in toy.pretraining_documents(seed, 300) for s in doc]
+    train_sentencepiece([normalize(s, lowercase=True, keep_accents=False) for s in lines], vocab / "spiece", 400,
+                        "unigram", 1.0)
+    build_hf_tokenizer(vocab / "spiece.model", vocab / "tokenizer", lowercase=True, keep_accents=False)
+    return root
+
+
+def cli_args(workdir: Path, *extra: str) -> list[str]:
+    return ["--workdir", str(workdir), "--set", " ".join([*TINY, *extra])]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("tune_data"))
+
+
+def _runs(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(exps, max_results=1000)
+
+
+def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_root, tmp_path):
+    import optuna
+
+    from albert_exp.cli import main
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    code = main(["tune", *cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
+                                   "tune.pruner_startup_trials=1", "tune.lr_min=1e-5")])
+    assert code == 0
+    res = json.loads((data_root / "tune" / "results.json").read_text())
+    study = optuna.load_study(study_name=res["study_name"], storage=storage)
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and res["n_complete"] + res["n_pruned"] == 6
+    assert res["best_value"] == max(t.value for t in study.trials if t.value is not None)
+    assert res["model_uri"].startswith("runs:/") and res["best_params"] == study.best_params
+
+    client, runs = _runs(mlflow_store)
+    parent = next(r for r in runs if r.data.tags.get("stage") == "tune")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["optuna_trial"]) for r in trials) == list(range(6))
+    for r in trials:
+        t = study.trials[int(r.data.tags["optuna_trial"])]
+        assert float(r.data.params["finetune.learning_rate"]) == pytest.approx(t.params["learning_rate"])
+        assert r.data.params["finetune.epochs"] == str(t.params["epochs"])
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/token_accuracy")]
+        assert steps == sorted(t.intermediate_values) and steps
+        if t.state.name == "PRUNED":
+            assert r.info.status == "KILLED" and r.data.tags.get("pruned") == "true"
+            assert len(steps) < t.params["epochs"]
+        else:
+            assert r.info.status == "FINISHED" and "test/phrase_f1" in r.data.metrics
+    # 1e-5 for a fresh model learns nothing in 2 epochs: the median pruner must have cut something
+    assert res["n_pruned"] >= 1, res["trials"]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res[
+        "best_value"]
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/intermediate_values.png",
+            "plots/param_importances.png", "plots/contour_lr_epochs.png"} <= plots
+
+    # a rerun of the same study with nothing left to do starts no trial and reports the same best
+    assert main(["tune", *cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
+                                   "tune.pruner_startup_trials=1", "tune.lr_min=1e-5")]) == 0
+    again = json.loads((data_root / "tune" / "results.json").read_text())
+    assert again["study_name"] == res["study_name"] and again["this_worker_trials"] == []
+    assert again["best_trial"] == res["best_trial"]
+
+
+def test_other_inputs_make_another_study(data_root):
+    from albert_exp.config import load_config
+    from albert_exp.tune import study_name
+
+    base = load_config(None, [*TINY, f"workdir={data_root}"])
+    assert study_name(base) == study_name(load_config(None, [*TINY, f"workdir={data_root}"]))
+    assert study_name(base) != study_name(load_config(None, [*TINY, f"workdir={data_root}", "finetune.batch_size=8"]))
+    assert study_name(base) != study_name(load_config(None, [*TINY, f"workdir={data_root}", "tune.lr_max=0.5"]))
+
+
+def test_bad_storage_is_a_user_error(mlflow_store, data_root, capsys):
+    from albert_exp.cli import main
+
+    assert main(["tune", *cli_args(data_root, "tune.storage=optuna.db")]) == 2
+    assert "tune.storage" in capsys.readouterr().err
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"worker exited ({proc.returncode}) before {what}: {proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def tune_cmd(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "albert_exp", "tune", *cli_args(workdir, *extra)]
+
+
+def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tmp_path):
+    """SIGKILL a worker inside trial 1; the rerun fails it (stale heartbeat), closes its MLflow runs, retries it
+    from its checkpoint and finishes the study. No MLflow run is left RUNNING."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    extra = ["tune.n_trials=3", "tune.epochs_min=3", "tune.heartbeat_s=1", "tune.grace_s=3",
+             "tune.pruner_startup_trials=5", f"tune.storage={storage}", "tune.study_name=killed"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
+    proc = subprocess.Popen(tune_cmd(data_root, *extra), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        def trial1_has_an_epoch():
+            try:
+                trials = optuna.load_study(study_name="killed", storage=storage).trials
+            except KeyError:
+                return False
+            return len(trials) > 1 and trials[1].state.name == "RUNNING" and trials[1].intermediate_values
+        _wait_for(trial1_has_an_epoch, 240, "trial 1's first epoch", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    client, runs = _runs(mlflow_store)
+    assert any(r.info.status == "RUNNING" for r in runs)  # what a SIGKILL leaves behind
+    time.sleep(4)  # past the grace period: trial 1's heartbeat is stale
+
+    out = subprocess.run(tune_cmd(data_root, *extra), cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states[1] == "FAIL" and states.count("COMPLETE") + states.count("PRUNED") == 3, states
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == 1)
+    assert retry.params == study.trials[1].params and retry.state.name == "COMPLETE"
+    assert retry.intermediate_values[1] == study.trials[1].intermediate_values[1]  # inherited, then resumed
+    client, runs = _runs(mlflow_store)
+    assert not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+    killed = [r for r in runs if r.data.tags.get("optuna_trial") == "1" and r.data.tags.get("optuna_study") == "killed"]
+    assert killed and all(r.info.status == "KILLED" for r in killed)
+    assert "stale heartbeat" in killed[0].data.tags["killed_reason"]
+    assert not (data_root / "tune" / "killed" / f"trial_{retry.number}").exists(), "the retry reuses trial_1/"
