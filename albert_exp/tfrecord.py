@@ -15,7 +15,6 @@ a fixed layout, so lengths are column sums), and `frame_records` adds the record
 
 from __future__ import annotations
 
-import functools
 import gzip
 import hashlib
 import os
@@ -136,121 +135,136 @@ def encode_example(features: dict[str, np.ndarray | list]) -> bytes:
     return bytes([_TAG_1]) + _varint(len(body)) + bytes(body)
 
 
-@functools.lru_cache(maxsize=32)
-def _layout(spec: tuple[tuple[str, int, bool], ...]):
-    """The fixed item layout of an Example with features `spec` = ((name, length, is_float), ...).
-
-    Every byte of the message is an item: a varint (tags, key bytes, lengths, int64 values) or a raw byte
-    (float values). Returns (template row, raw mask, total-length column, per feature (entry, feature, list,
-    packed length columns, data columns lo:hi, key length))."""
-    row: list[int] = []
-    raw: list[bool] = []
-
-    def put(values, is_raw=False) -> int:
-        row.extend(values)
-        raw.extend([is_raw] * len(values))
-        return len(row) - 1
-
-    put([_TAG_1])
-    total_col = put([0])
-    plan = []
-    for name, length, is_float in spec:
-        key = name.encode("utf-8")
-        put([_TAG_1])
-        entry_col = put([0])
-        put([_TAG_1, len(key), *key, _TAG_2])
-        feat_col = put([0])
-        put([_TAG_FLOAT if is_float else _TAG_INT64])
-        list_col = put([0])
-        put([_TAG_1])
-        packed_col = put([0])
-        lo = len(row)
-        put([0] * (4 * length if is_float else length), is_raw=is_float)
-        plan.append((entry_col, feat_col, list_col, packed_col, lo, len(row), len(key)))
-    return np.array(row, dtype=np.uint64), np.array(raw), total_col, tuple(plan)
-
-
-def _sizes_upto(v: np.ndarray, limit: int) -> np.ndarray:
-    """Varint sizes, checking only the thresholds below `limit` (max value + 1)."""
-    sizes = np.ones(v.shape, dtype=np.int64)
+def _sizes(v: np.ndarray) -> np.ndarray:
+    """Varint sizes (uint8) of non-negative values below 2**63 or of uint64 views."""
+    v = v.astype(np.uint64, copy=False)
+    top = int(v.max()) if v.size else 0
+    sizes = np.ones(v.shape, dtype=np.uint8)
     for t in _VARINT_LIMITS.tolist():
-        if t >= limit:
+        if t > top:
             break
         sizes += v >= np.uint64(t)
     return sizes
 
 
+# Per varint size s (1..4): the continuation bits of its bytes, and which of 4 bytes it uses (little-endian).
+_CONT_WORD = np.array([sum(0x80 << (8 * j) for j in range(min(max(s - 1, 0), 3))) for s in range(11)], dtype=np.uint32)
+_USED_WORD = np.array([sum(1 << (8 * j) for j in range(min(s, 4))) for s in range(11)], dtype=np.uint32)
+
+
+def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values: np.ndarray,
+                 sizes: np.ndarray) -> None:
+    """Write varints of `values` ([N] or [N, L]) into `width`-byte slots from column `lo`; mark used bytes."""
+    n = mat.shape[0]
+    count = values.size // n
+    slots = mat[:, lo:lo + count * width].reshape(n, count, width)
+    used = keep[:, lo:lo + count * width].reshape(n, count, width)
+    v = values.reshape(n, count).astype(np.uint64, copy=False)
+    sz = sizes.reshape(n, count)
+    if width == 1:
+        slots[:, :, 0] = v.astype(np.uint8)
+        return
+    if width <= 4:  # the usual case (values < 2**28): all bytes of a value at once in a uint32 word
+        w = v.astype(np.uint32)
+        word = (w & 0x7F) | ((w << 1) & 0x7F00) | ((w << 2) & 0x7F0000) | ((w << 3) & 0x7F000000)
+        word |= _CONT_WORD[sz]
+        slots[:] = word.view(np.uint8).reshape(n, count, 4)[:, :, :width]
+        used[:] = _USED_WORD[sz].view(np.bool_).reshape(n, count, 4)[:, :, :width]
+        return
+    for j in range(width):
+        byte = ((v >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
+        slots[:, :, j] = byte | ((sz > j + 1).astype(np.uint8) << 7)
+        used[:, :, j] = sz > j
+
+
 def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (int64, or float32 for float
-    features); every row must be non-empty. Returns (bytes as uint8, offsets [N+1]): example i is
-    `buf[offsets[i]:offsets[i+1]]`. Byte-identical to `encode_example` row by row."""
+    """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (integers, or float32 for float
+    features). Returns (bytes as uint8, offsets [N+1]): example i is `buf[offsets[i]:offsets[i+1]]`,
+    byte-identical to `encode_example` row by row.
+
+    Each example is laid out in a padded row (constant tags and keys from a template, every varint in a slot
+    as wide as the widest value of its column group), then the unused slot bytes are dropped in one pass."""
     n = len(next(iter(arrays.values())))
-    spec = []
+    feats = []  # (key bytes, is_float, values (uint64 view or raw bytes), sizes, packed length [N])
     for name, a in arrays.items():
-        if a.ndim != 2 or a.shape[0] != n or a.shape[1] == 0:
-            raise ValueError(f"encode_batch: {name} has shape {a.shape}, expected [{n}, L>0]")
-        spec.append((name, a.shape[1], _feature_kind(name, a) == "float"))
-    template, raw, total_col, plan = _layout(tuple(spec))
-    items = np.empty((n, template.size), dtype=np.uint64)
-    items[:] = template
-    for (name, _, is_float), (*_, lo, hi, _) in zip(spec, plan, strict=True):
-        a = arrays[name]
-        if is_float:
-            items[:, lo:hi] = np.ascontiguousarray(a, dtype="<f4").view(np.uint8).reshape(n, -1)
+        a = np.asarray(a)
+        if a.ndim != 2 or a.shape[0] != n:
+            raise ValueError(f"encode_batch: {name} has shape {a.shape}, expected [{n}, L]")
+        if _feature_kind(name, a) == "float":
+            raw = np.ascontiguousarray(a, dtype="<f4").view(np.uint8).reshape(n, -1)
+            feats.append((name.encode(), True, raw, None, np.full(n, raw.shape[1], dtype=np.int64)))
         else:
-            items[:, lo:hi] = np.asarray(a, dtype=np.int64).view(np.uint64)
-    # Only columns holding values >= 128 need more than one byte: ids, lengths (never raw float bytes).
-    colmax = items.max(axis=0) if n else np.zeros(template.size, dtype=np.uint64)
-    multi = np.flatnonzero((colmax >= 128) & ~raw)
-    # The length columns depend on the data: always treat them as multi-byte.
-    len_cols = np.array([c for p in plan for c in p[:4]] + [total_col])
-    multi = np.union1d(multi, len_cols)
-    sizes = np.ones(items.shape, dtype=np.int64)
-    sub = items[:, multi]
-    sizes[:, multi] = _sizes_upto(sub, int(colmax[multi].max()) + 1 if n else 1)
-    features_len = np.zeros(n, dtype=np.int64)
-    for entry_col, feat_col, list_col, packed_col, lo, hi, klen in plan:
-        packed = sizes[:, lo:hi].sum(axis=1)
-        lst = 1 + _sizes_upto(packed, 1 << 63) + packed
-        feat = 1 + _sizes_upto(lst, 1 << 63) + lst
-        entry = 2 + klen + 1 + _sizes_upto(feat, 1 << 63) + feat
-        for col, val in ((packed_col, packed), (list_col, lst), (feat_col, feat), (entry_col, entry)):
-            items[:, col] = val
-            sizes[:, col] = _sizes_upto(val, 1 << 63)
-        features_len += 1 + sizes[:, entry_col] + entry
-    items[:, total_col] = features_len
-    sizes[:, total_col] = _sizes_upto(features_len, 1 << 63)
-    # Bytes: every item's first byte goes to its position in the output; only `multi` columns (ids,
-    # lengths; never raw float bytes) can have more bytes, which are scattered after it.
-    pos = np.cumsum(sizes.reshape(-1)).reshape(sizes.shape)
-    pos -= sizes
-    buf = np.empty(int(pos[-1, -1] + sizes[-1, -1]) if n else 0, dtype=np.uint8)
-    sub = items[:, multi]
-    sub_sizes = sizes[:, multi]
-    first = items.astype(np.uint8)
-    first[:, multi] = (sub & np.uint64(0x7F)).astype(np.uint8) | ((sub_sizes > 1).astype(np.uint8) << 7)
-    buf[pos.reshape(-1)] = first.reshape(-1)
-    width = int(sub_sizes.max()) if n else 1
-    sub_pos = pos[:, multi]
-    for j in range(1, width):
-        more = sub_sizes > j
-        vals = sub[more]
-        buf[sub_pos[more] + j] = ((vals >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8) \
-            | ((sub_sizes[more] > j + 1).astype(np.uint8) << 7)
+            v = a.astype(np.int64, copy=False).view(np.uint64)
+            sz = _sizes(v)
+            feats.append((name.encode(), False, v, sz, sz.sum(axis=1, dtype=np.int64)))
+    # Lengths of the nested messages, innermost first (each [N]).
+    total = np.zeros(n, dtype=np.int64)
+    lens = []
+    for key, _, _, _, packed in feats:
+        lst = np.where(packed > 0, 1 + _sizes(packed) + packed, 0)
+        feat = 1 + _sizes(lst) + lst
+        entry = 2 + len(key) + 1 + _sizes(feat) + feat
+        total += 1 + _sizes(entry) + entry
+        lens.append((entry, feat, lst, packed))
+    # Template row: constants set, varint slots (filled per row) recorded as (column, width, values, sizes).
+    row: list[int] = []
+    slots: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+
+    def slot(values: np.ndarray, sizes: np.ndarray | None = None, per_value: int = 1) -> None:
+        sizes = _sizes(values) if sizes is None else sizes
+        width = int(sizes.max()) if sizes.size else 1
+        slots.append((len(row), width, values, sizes))
+        row.extend([0] * (width * per_value))
+
+    row.append(_TAG_1)
+    slot(total)
+    fixed_parts = []  # (column, raw bytes [N, B]) for float values
+    for (key, is_float, values, sizes, packed), (entry, feat, lst, _) in zip(feats, lens, strict=True):
+        row.append(_TAG_1)
+        slot(entry)
+        row.extend([_TAG_1, len(key), *key, _TAG_2])
+        slot(feat)
+        row.append(_TAG_FLOAT if is_float else _TAG_INT64)
+        slot(lst)
+        if values.shape[1] == 0:  # an empty list: Feature holds an empty XList (length 0, no field)
+            continue
+        row.append(_TAG_1)
+        slot(packed)
+        if is_float:
+            fixed_parts.append((len(row), values))
+            row.extend([0] * values.shape[1])
+        else:
+            slot(values, sizes, per_value=values.shape[1])
+    template = np.array(row, dtype=np.uint8)
+    mat = np.empty((n, template.size), dtype=np.uint8)
+    mat[:] = template
+    keep = np.ones_like(mat, dtype=bool)
+    for col, raw in fixed_parts:
+        mat[:, col:col + raw.shape[1]] = raw
+    for col, width, values, sizes in slots:
+        _put_varints(mat, keep, col, width, values, sizes)
+    per_example = keep.sum(axis=1, dtype=np.int64)
+    buf = mat.reshape(-1) if per_example.sum() == mat.size else np.compress(keep.reshape(-1), mat.reshape(-1))
     offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(sizes.sum(axis=1), out=offsets[1:])
+    np.cumsum(per_example, out=offsets[1:])
     return buf, offsets
 
 
 def frame_records(buf: np.ndarray | bytes, offsets: np.ndarray) -> bytes:
     """TFRecord framing for consecutive payloads `buf[offsets[i]:offsets[i+1]]`, as one bytes object."""
     mv = memoryview(np.asarray(buf, dtype=np.uint8) if not isinstance(buf, bytes) else buf).cast("B")
+    offsets = np.asarray(offsets, dtype=np.int64)
+    lengths = np.diff(offsets)
+    heads = {}  # the header depends on the length only: a few hundred distinct ones per batch
+    for n in np.unique(lengths).tolist():
+        head = _U64.pack(n)
+        heads[n] = head + _U32.pack(masked_crc(head))
+    crc, pack_i = _crc32c.crc32c, _U32.pack
     parts = []
-    pack_q, pack_i = _U64.pack, _U32.pack
     for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
-        head = pack_q(hi - lo)
         data = mv[lo:hi]
-        parts += (head, pack_i(masked_crc(head)), data, pack_i(masked_crc(data)))
+        c = crc(data)
+        parts += (heads[hi - lo], data, pack_i((((c >> 15) | (c << 17)) + _MASK_DELTA) & 0xFFFFFFFF))
     return b"".join(parts)
 
 

@@ -1,0 +1,195 @@
+"""Pretraining-data stage: corpus shards -> TFRecord shards with google-research/albert's features.
+
+    albert-exp pretraining-data --config experiments/toy.yaml
+    albert-exp pretraining-data --workers 8 --dupe-factor 40 --max-seq-length 64
+    albert-exp pretraining-data --executor ray --address 10.0.0.1:6379     # shards on a Ray cluster
+
+Reads <workdir>/corpus/manifest.json and the tokenizer of <workdir>/vocab/tokenizer; writes
+<workdir>/pretraining_data/shard-NNNNN.tfrecord (one per corpus shard; `.tfrecord.gz` with --compress) that
+google's `run_pretraining.py` reads unchanged, plus `manifest.json` (per shard: records, sha256, bytes and
+statistics; totals; the feature spec). Shards run in parallel (local processes, or Ray tasks, which need the
+output directory on storage every node sees); the bytes do not depend on the executor or the worker count.
+A rerun skips complete shards (see shards.py), so a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from albert_exp.config import ExperimentConfig
+from albert_exp.errors import UserError
+from albert_exp.tracking import stage_run, write_results
+
+__all__ = ["run", "build_tasks", "execute", "summarize"]
+
+
+def _tokenizer_settings(tokenizer_dir: Path) -> tuple[bool, bool]:
+    cfg_file = tokenizer_dir / "tokenizer_config.json"
+    if not cfg_file.is_file():
+        raise UserError("tokenizer directory not found (no tokenizer_config.json)", where=str(tokenizer_dir),
+                        fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir")
+    tc = json.loads(cfg_file.read_text())
+    return bool(tc.get("do_lower_case", True)), bool(tc.get("keep_accents", False))
+
+
+def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
+    from albert_exp.pretraining_data.instances import InstanceParams
+    from albert_exp.pretraining_data.shards import ShardTask
+
+    c = cfg.pretraining_data
+    manifest_path = Path(c.input) if c.input else cfg.stage_dir("corpus") / "manifest.json"
+    if not manifest_path.is_file():
+        raise UserError("corpus manifest not found", where=str(manifest_path),
+                        fix="run `albert-exp corpus` first, or set pretraining_data.input to its manifest.json")
+    corpus = json.loads(manifest_path.read_text())
+    if not corpus.get("shards"):
+        raise UserError("the corpus manifest lists no shards", where=str(manifest_path))
+    tok_dir = Path(c.tokenizer_dir) if c.tokenizer_dir else cfg.stage_dir("vocab") / "tokenizer"
+    lowercase, keep_accents = _tokenizer_settings(tok_dir)
+    params = InstanceParams(
+        max_seq_length=c.max_seq_length or cfg.pretrain.max_seq_length,
+        max_predictions_per_seq=c.max_predictions_per_seq or cfg.pretrain.max_predictions_per_seq,
+        masked_lm_prob=c.masked_lm_prob, short_seq_prob=c.short_seq_prob, dupe_factor=c.dupe_factor,
+        ngram=c.ngram, favor_shorter_ngram=c.favor_shorter_ngram, whole_word_mask=c.whole_word_mask)
+    if params.max_seq_length < 5:
+        raise UserError(f"max_seq_length {params.max_seq_length} leaves no room for two segments",
+                        where=cfg.source, fix="use max_seq_length >= 5")
+    out = Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = ".tfrecord.gz" if c.compress else ".tfrecord"
+    tasks = []
+    for i, shard in enumerate(corpus["shards"]):
+        src = manifest_path.parent / shard["path"]
+        if not src.is_file():
+            raise UserError("corpus shard listed in the manifest is missing", where=str(src),
+                            fix="rerun `albert-exp corpus`")
+        tasks.append(ShardTask(index=i, input_path=str(src.resolve()), input_sha256=shard.get("sha256", ""),
+                               output_path=str((out / f"shard-{i:05d}{suffix}").resolve()),
+                               tokenizer_dir=str(tok_dir.resolve()), lowercase=lowercase,
+                               keep_accents=keep_accents, params=params, seed=cfg.seed,
+                               block_lines=c.block_lines, compress=c.compress))
+    lines = {i: s.get("lines", 0) for i, s in enumerate(corpus["shards"])}
+    return tasks, out, {"corpus_manifest": str(manifest_path), "corpus_sha256": corpus.get("sha256", ""),
+                        "tokenizer_dir": str(tok_dir), "lines": lines}
+
+
+def execute(tasks: list, executor: str = "local", workers: int = 0, address: str | None = None,
+            lines: dict[int, int] | None = None) -> list[dict]:
+    """Run every shard task; results in shard order whatever the completion order."""
+    from tqdm import tqdm
+
+    from albert_exp.pretraining_data.shards import process_shard
+
+    total = sum((lines or {}).values()) or None
+    bar = tqdm(total=total, unit="line", unit_scale=True, desc="pretraining-data", smoothing=0.1)
+    results: dict[int, dict] = {}
+
+    def done(entry: dict, counted: bool = False) -> None:
+        results[entry["index"]] = entry
+        if not counted:
+            bar.update(entry.get("lines", 0))
+        bar.set_postfix(shards=f"{len(results)}/{len(tasks)}")
+
+    try:
+        if executor == "ray":
+            _execute_ray(tasks, address, done)
+        elif workers == 1 or len(tasks) == 1:
+            for t in tasks:  # in-process: the bar moves per block
+                entry = process_shard(t, progress=bar.update)
+                done(entry, counted=not entry["skipped"])
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            n = min(workers or os.cpu_count() or 1, len(tasks))
+            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(process_shard, t) for t in tasks]
+                for f in as_completed(futures):
+                    done(f.result())
+    finally:
+        bar.close()
+    return [results[t.index] for t in tasks]
+
+
+def _execute_ray(tasks: list, address: str | None, done) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray", fix="pip install ray, or use --executor local") from None
+    from albert_exp.pretraining_data.shards import process_shard
+
+    root = str(Path(__file__).resolve().parents[2])
+    ray.init(address=address or None, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": root}})  # nodes without the package installed
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=2)(process_shard)
+        pending = [remote.remote(t) for t in tasks]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done(ray.get(ready[0]))
+    finally:
+        ray.shutdown()
+
+
+def summarize(entries: list[dict]) -> dict[str, Any]:
+    """Totals and shares over all shards (the numbers the statistical tests check)."""
+    from albert_exp.pretraining_data.instances import BlockStats
+
+    total = BlockStats()
+    for e in entries:
+        total.add(BlockStats(**e["stats"]))
+    n, masked = max(total.instances, 1), max(total.masked, 1)
+    hist = total.ngram_hist
+    return {
+        **{k: v for k, v in asdict(total).items() if k != "ngram_hist"},
+        "ngram_hist": hist,
+        "masked_share": total.masked / max(total.tokens, 1),
+        "target_masked_share": total.target_masked / max(total.tokens, 1),
+        "sop_swapped_share": total.sop_swapped / n,
+        "short_target_share": total.short_target / n,
+        "mask_share": total.replaced_mask / masked, "keep_share": total.replaced_keep / masked,
+        "random_share": total.replaced_random / masked,
+        "ngram_share": [h / max(sum(hist), 1) for h in hist],
+        "records": sum(e["records"] for e in entries), "bytes": sum(e["bytes"] for e in entries),
+        "lines": sum(e["lines"] for e in entries),
+    }
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    from albert_exp.tfrecord import FEATURES
+
+    c = cfg.pretraining_data
+    tasks, out, info = build_tasks(cfg)
+    p = tasks[0].params
+    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} dupe {p.dupe_factor}") as tracker:
+        tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
+        entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
+        totals = summarize(entries)
+        lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
+        manifest = {"shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
+                    "totals": totals, "params": asdict(p), "seed": cfg.seed, "compress": c.compress,
+                    "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()}, **info}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        for e in entries:  # per shard, step = shard index
+            s = e["stats"]
+            tracker.log_metrics({"pretraining_data/shard_instances": s["instances"],
+                                 "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
+                                 "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
+                                 "pretraining_data/shard_seconds": e["seconds"]}, step=e["index"])
+        scalars = {f"pretraining_data/{k}": v for k, v in totals.items() if isinstance(v, (int, float))}
+        scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
+        tracker.log_metrics(scalars, step=0)
+        tracker.log_artifact(out / "manifest.json")
+        skipped = sum(1 for e in entries if e.get("skipped"))
+        results = {"output_dir": str(out), "manifest": str(out / "manifest.json"),
+                   "files": [str(out / e["path"]) for e in entries], "records": totals["records"],
+                   "bytes": totals["bytes"], "shards": len(entries), "shards_skipped": skipped,
+                   "masked_share": totals["masked_share"], "sop_swapped_share": totals["sop_swapped_share"],
+                   "max_seq_length": p.max_seq_length, "max_predictions_per_seq": p.max_predictions_per_seq,
+                   "run_id": tracker.run_id}
+        write_results(out, results, tracker)
+    return results

@@ -1,0 +1,193 @@
+"""One corpus shard -> one TFRecord shard: read documents in blocks, tokenise, make instances, write.
+
+A shard is the unit of parallelism and of resume. Its bytes depend only on the input shard, the tokenizer,
+the settings, the seed and the shard's index (each block draws from `default_rng([seed, shard, block])`),
+never on the number of workers. Output goes to a temporary file renamed at the end; a sidecar
+`<shard>.tfrecord.json` with the record count, sha256 and a fingerprint of every input is written last, so a
+rerun skips a shard whose sidecar, fingerprint and file checksum agree and redoes any other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from albert_exp.errors import UserError
+from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, VocabInfo, make_instances
+from albert_exp.tfrecord import RecordWriter, encode_batch, frame_records
+
+FORMAT_VERSION = 1  # bump when the bytes for the same inputs change: completed shards are then redone
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    index: int
+    input_path: str
+    input_sha256: str
+    output_path: str
+    tokenizer_dir: str
+    lowercase: bool
+    keep_accents: bool
+    params: InstanceParams
+    seed: int
+    block_lines: int
+    compress: bool
+
+    def fingerprint(self) -> str:
+        spm = Path(self.tokenizer_dir) / "spiece.model"
+        d = {k: v for k, v in asdict(self).items() if k not in ("input_path", "output_path", "tokenizer_dir")}
+        d.update(format=FORMAT_VERSION, spm_sha256=_sha256_file(spm))
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _mark_table() -> dict[int, None]:
+    # Every combining mark (General_Category M*): what the HF tokenizer's StripAccents removes after NFKD.
+    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
+
+
+def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
+    """The HF ALBERT tokenizer's normalisation before SentencePiece (its tokenizer.json normalizer chain:
+    `` and '' -> ", NFKD + strip marks unless keep_accents, lower-case), applied to a whole block at once."""
+    text = text.replace("``", '"').replace("''", '"')
+    if not keep_accents and not text.isascii():
+        text = unicodedata.normalize("NFKD", text).translate(_mark_table())
+    return text.lower() if lowercase else text
+
+
+class Tokenizer:
+    """SentencePiece (spiece.model of the tokenizer dir) with the tokenizer's normalisation: ~10x faster than
+    the HF fast tokenizer per line, with the same ids (tests/test_pretraining_data.py checks it)."""
+
+    def __init__(self, tokenizer_dir: str | Path, lowercase: bool, keep_accents: bool):
+        import sentencepiece as spm
+
+        model = Path(tokenizer_dir) / "spiece.model"
+        if not model.is_file():
+            raise UserError("no spiece.model in the tokenizer directory", where=str(tokenizer_dir),
+                            fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir")
+        self.sp = spm.SentencePieceProcessor(model_file=str(model))
+        self.lowercase, self.keep_accents = lowercase, keep_accents
+        pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
+        control = {i for i in range(len(pieces)) if self.sp.is_control(i) or self.sp.is_unknown(i)}
+        specials = {}
+        for name in ("[CLS]", "[SEP]", "[MASK]", "<pad>"):
+            i = self.sp.piece_to_id(name)
+            if pieces[i] != name:
+                raise UserError(f"the vocabulary has no {name} piece", where=str(model),
+                                fix="train it with `albert-exp vocab` (ALBERT's special tokens)")
+            specials[name] = i
+        self.vocab = VocabInfo.from_pieces(pieces, specials, control)
+
+    def encode_lines(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(concatenated ids, tokens per line)."""
+        text = normalize_text("\n".join(lines), lowercase=self.lowercase, keep_accents=self.keep_accents)
+        enc = self.sp.encode(text.split("\n"), num_threads=1)
+        lens = np.fromiter(map(len, enc), dtype=np.int64, count=len(enc))
+        ids = np.fromiter(chain.from_iterable(enc), dtype=np.int64, count=int(lens.sum()))
+        return ids, lens
+
+
+def read_blocks(path: Path, block_lines: int) -> Iterator[list[list[str]]]:
+    """Documents (lists of non-blank lines), in blocks of at least `block_lines` lines cut between documents."""
+    block: list[list[str]] = []
+    doc: list[str] = []
+    n = 0
+    with open(path, encoding="utf-8", errors="strict") as fh:
+        try:
+            for line in fh:
+                line = line.strip()
+                if line:
+                    doc.append(line)
+                    n += 1
+                elif doc:
+                    block.append(doc)
+                    doc = []
+                    if n >= block_lines:
+                        yield block
+                        block, n = [], 0
+        except UnicodeDecodeError as exc:
+            raise UserError(f"not UTF-8 text ({exc.reason})", where=str(path),
+                            fix="run `albert-exp corpus` on it, which cleans or rejects bad lines") from None
+    if doc:
+        block.append(doc)
+    if block:
+        yield block
+
+
+def block_instances(docs: list[list[str]], tok: Tokenizer, params: InstanceParams,
+                    rng: np.random.Generator) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+    lines = [s for d in docs for s in d]
+    ids, lens = tok.encode_lines(lines)
+    doc_of_line = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+    keep = lens > 0  # a line with no tokens is dropped, as google's script does
+    seg_start = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(lens[keep], out=seg_start[1:])
+    doc_of_seg = doc_of_line[keep]
+    docs_kept = np.unique(doc_of_seg)
+    doc_seg = np.searchsorted(doc_of_seg, np.append(docs_kept, len(docs)), side="left")
+    return make_instances(ids, seg_start, doc_seg, tok.vocab, params, rng)
+
+
+def shard_done(task: ShardTask) -> dict[str, Any] | None:
+    """The sidecar of a complete, valid shard made from the same inputs, or None."""
+    out, side = Path(task.output_path), Path(task.output_path + ".json")
+    if not (out.is_file() and side.is_file()):
+        return None
+    try:
+        entry = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if entry.get("fingerprint") != task.fingerprint() or entry.get("bytes") != out.stat().st_size:
+        return None
+    return entry if _sha256_file(out) == entry.get("sha256") else None
+
+
+def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Make (or skip, when already complete) one TFRecord shard; returns its manifest entry."""
+    done = shard_done(task)
+    if done is not None:
+        return {**done, "skipped": True}
+    t0 = time.perf_counter()
+    tok = Tokenizer(task.tokenizer_dir, task.lowercase, task.keep_accents)
+    total = BlockStats(ngram_hist=[0] * task.params.ngram)
+    lines = 0
+    Path(task.output_path + ".json").unlink(missing_ok=True)
+    with RecordWriter(task.output_path, compress=task.compress) as writer:
+        for b, docs in enumerate(read_blocks(Path(task.input_path), task.block_lines)):
+            rng = np.random.default_rng([task.seed, task.index, b])
+            for features, stats in block_instances(docs, tok, task.params, rng):
+                buf, offsets = encode_batch(features)
+                writer.write_framed(frame_records(buf, offsets), len(offsets) - 1)
+                total.add(stats)
+            n_lines = sum(len(d) for d in docs)
+            lines += n_lines
+            if progress:
+                progress(n_lines)
+        info = writer.close()
+    entry = {"index": task.index, "path": os.path.basename(task.output_path), "input": task.input_path,
+             "input_sha256": task.input_sha256, "lines": lines, **info, "fingerprint": task.fingerprint(),
+             "seconds": round(time.perf_counter() - t0, 3), "stats": asdict(total)}
+    side = Path(task.output_path + ".json")
+    side.with_suffix(".tmp").write_text(json.dumps(entry, indent=1))
+    os.replace(side.with_suffix(".tmp"), side)
+    return {**entry, "skipped": False}
