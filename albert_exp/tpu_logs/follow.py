@@ -178,9 +178,13 @@ def _flush(client: Any, rid: str, followed: Any, files: list, year: int | None, 
 
 
 def _log_new(client: Any, rid: str, table: Any, logged: dict, progress: bool) -> dict:
+    import numpy as np
+
     from albert_exp.tpu_logs.ingest import log_points
 
-    todo = table[[(m, int(s)) not in logged for m, s in zip(table["metric"], table["step"], strict=True)]]
+    keep = np.array([(m, int(s)) not in logged for m, s in zip(table["metric"], table["step"], strict=True)],
+                    dtype=bool)
+    todo = table[keep]  # a boolean array, not a list: an empty list would select columns
     if len(todo):
         log_points(client, rid, todo, progress=progress)
     return {(m, int(s)): float(v) for m, s, v in zip(todo["metric"], todo["step"], todo["value"], strict=True)}

@@ -35,7 +35,9 @@ BLANK, NO_DATA, WARNING, ERROR, TRACEBACK = "blank", "log message without data",
 UNKNOWN, BINARY, TRUNCATED = "unknown format", "binary or undecodable", "truncated last line"
 RATE_WITHOUT_STEP = "rate line before any loss line"
 
-DATA_FIRST = frozenset("lgeS*LtT")  # first letters of loss/global_step/examples/Saving/*****/Loss/training/Traceback
+# How messages that can carry data begin (loss, global_step/sec, examples/sec, Saving, *****, Loss for final
+# step, training_loop, Traceback): anything else at INFO outside a block is chatter, skipped in one test.
+DATA_START = frozenset({"lo", "gl", "ex", "Sa", "**", "Lo", "tr", "Tr"})
 RATE_METRICS = {"global_step/sec: ": "train/global_step_per_s", "examples/sec: ": "train/examples_per_s"}
 
 
@@ -222,7 +224,7 @@ class FileParser:
             else:
                 msg = text
             # Fast path: most lines are TPU chatter; a message can carry data only if it starts like one.
-            if level == "I" and self._block is None and msg[:1] not in DATA_FIRST and "run_pretraining" not in msg:
+            if level == "I" and self._block is None and msg[:2] not in DATA_START and "run_pretraining" not in msg:
                 no_data += 1
                 continue
             self._message(lineno, text, msg, level, own)

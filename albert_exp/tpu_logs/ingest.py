@@ -232,19 +232,26 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
     try:
         from albert_exp.tracking import git_commit
 
-        set_tags(client, rid, {"stage": STAGE, "git_commit": git_commit(), TAG_COMPLETE: "false"})
+        tags = {"stage": STAGE, "git_commit": git_commit(), TAG_COMPLETE: "false"}
+        if old_table is None:  # findable by digest at once, so a crash half-way is completed by a re-run
+            tags.update({TAG_DIGEST: digest, TAG_FILES: ",".join(all_digests)})
+        set_tags(client, rid, tags)
         warnings += log_params(client, run, params)
         table = result.table
+        overlap_differs = 0
         if old_table is not None:  # --append: earlier points stay, new segments come after them
             import pandas as pd
 
             table["segment"] += int(old_table["segment"].max()) + 1 if len(old_table) else 0
+            both = table.merge(old_table[["metric", "step", "value"]], on=["metric", "step"], suffixes=("", "_old"))
+            overlap_differs = int((both["value"] != both["value_old"]).sum())
             table = pd.concat([old_table, table], ignore_index=True)
             table = table.drop_duplicates(["metric", "step"], keep="first")
             table = table.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
         if run.data.metrics or old_table is not None:
             already = logged_points(client, rid, sorted(table["metric"].unique()))
         table, differ = reconcile(table, already)
+        differ += overlap_differs
         result.table = table
         logged = log_points(client, rid, table, skip=already, progress=progress)
         summary = result.summary()

@@ -34,17 +34,16 @@ def run_params(result: Any, command_flags: dict[str, str] | None = None) -> tupl
     flags = dict(result.flags)
     flags.update(command_flags or {})
     warnings = []
-    revealed = dict(result.params)
-    if result.input_files:
-        revealed["input_file"] = ",".join(result.input_files)
-        revealed["input_file_count"] = str(len(result.input_files))
-    for key, value in revealed.items():
-        if key in flags and key != "input_file" and flags[key] != value:
+    for key, value in result.params.items():  # batch sizes the log printed: what really ran
+        if key in flags and flags[key] != value:
             warnings.append(f"the command says {key}={flags[key]} but the log shows {value}; logging the log's")
-        if key != "input_file" or "input_file" not in flags:
-            flags[key] = value
+        flags[key] = value
     params = {f"flags.{k}": v for k, v in flags.items()}
     params.update({FLAG_TO_CONFIG[k]: v for k, v in flags.items() if k in FLAG_TO_CONFIG})
+    if result.input_files:  # the files the glob matched, as the log listed them
+        params["log.input_file_count"] = str(len(result.input_files))
+        params["log.input_files"] = ",".join(result.input_files)
+        params.setdefault("pretrain.input", params["log.input_files"])
     return params, warnings
 
 

@@ -250,7 +250,11 @@ def write_logs(spec: SynthSpec, out_dir: str | Path) -> SynthLogs:
         nl = "\r\n" if spec.crlf else "\n"
         text = nl.join(w.lines) + nl
         if spec.truncate_last and n == len(writers) - 1:
-            text += "I0101 00:00:00.000000 140213 basic_session_run_hooks.py:260] loss = 1.9"  # cut mid-line
+            # Preempted while printing: "step = 5100" cut to "step = 51" would be a wrong point if parsed.
+            t = truth.end_time + timedelta(seconds=1)
+            step = str(spec.num_train_steps + spec.log_every)
+            text += (f"I{t:%m%d %H:%M:%S}.{t.microsecond:06d} 140213 basic_session_run_hooks.py:260] "
+                     f"loss = 1.95, step = {step[:-2]}")
         data = text.encode("utf-8", errors="surrogateescape")
         path.write_bytes(gzip.compress(data, mtime=0) if spec.gzip else data)
         truth.lines += len(w.lines)

@@ -1,0 +1,179 @@
+"""tpu-logs into MLflow: back-filled steps and times, status, idempotence, --append, resume, --follow, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pandas as pd
+import pytest
+
+from albert_exp.errors import UserError
+from albert_exp.tpu_logs.ingest import TAG_COMPLETE, ingest
+from albert_exp.tpu_logs.synth import SynthSpec, write_logs
+
+
+def _ms(dt) -> int:
+    return int(pd.Timestamp(dt, tz="UTC").value // 1_000_000)
+
+
+def _history(client, run_id, key) -> dict[int, tuple[float, int]]:
+    hist = client.get_metric_history(run_id, key)
+    steps = [m.step for m in hist]
+    assert len(steps) == len(set(steps)), f"{key}: a step was logged twice"
+    return {m.step: (m.value, m.timestamp) for m in hist}
+
+
+def _truth(logs, key) -> dict[int, tuple[float, int]]:
+    return {s: (v, _ms(logs.truth.times[(m, s)])) for (m, s), v in logs.truth.metrics.items() if m == key}
+
+
+def test_ingest_backfills_steps_times_params_and_is_idempotent(mlflow_store, tmp_path):
+    from mlflow import MlflowClient
+
+    logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(2350,), eval_every=1000, echo_command=True,
+                                seed=11), tmp_path / "logs")
+    res = ingest([str(f) for f in logs.files], experiment="tpu", progress=False)
+    assert res["status"] == "ingested" and res["run_status"] == "FINISHED"
+    client = MlflowClient()
+    run = client.get_run(res["run_id"])
+    for key in ("train/loss", "train/global_step_per_s", "train/examples_per_s", "eval/masked_lm_accuracy"):
+        assert _history(client, run.info.run_id, key) == _truth(logs, key), key
+    assert run.info.status == "FINISHED"
+    assert run.info.start_time == _ms(logs.truth.start_time) and run.info.end_time == _ms(logs.truth.end_time)
+    p = run.data.params
+    assert p["flags.num_train_steps"] == "4000" and p["pretrain.batch_size"] == "512"
+    assert p["pretrain.learning_rate"] == "0.00022" and p["log.input_file_count"] == "4"
+    assert p["flags.input_file"] == "gs://my-bucket/albert/data/*.tfrecord"
+    assert run.data.tags["tpu_logs.last_checkpoint"] == logs.truth.checkpoints[4000]
+    assert run.data.tags["stage"] == "tpu-logs" and run.data.tags[TAG_COMPLETE] == "true"
+    arts = {a.path for a in client.list_artifacts(run.info.run_id, "tpu_logs")}
+    assert {"tpu_logs/table.parquet", "tpu_logs/table.csv", "tpu_logs/checkpoints.csv", "tpu_logs/loss_curve.png",
+            "tpu_logs/summary.json", "tpu_logs/results.json"} <= arts
+    # Same files again (another order): nothing changes.
+    again = ingest([str(f) for f in reversed(logs.files)], experiment="tpu", progress=False)
+    assert again["status"] == "unchanged" and again["run_id"] == run.info.run_id
+    exp = client.get_experiment_by_name("tpu")
+    assert len(client.search_runs([exp.experiment_id])) == 1
+    assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
+
+
+def test_unfinished_run_is_killed_then_append_adds_the_restart(mlflow_store, tmp_path):
+    from mlflow import MlflowClient
+
+    logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(1700, 3300), seed=12), tmp_path / "logs")
+    f0, f1, f2 = (str(f) for f in logs.files)
+    first = ingest([f0, f1], experiment="tpu", run_name="b512", progress=False)
+    client = MlflowClient()
+    assert first["run_status"] == "KILLED" and first["last_step"] == 3300
+    appended = ingest([f0, f1, f2], experiment="tpu", run_name="b512", append=True, progress=False)
+    assert appended["status"] == "ingested" and appended["run_id"] == first["run_id"]
+    assert appended["run_status"] == "FINISHED"
+    hist = _history(client, first["run_id"], "train/loss")  # asserts no step twice
+    truth = _truth(logs, "train/loss")
+    assert set(hist) == set(truth)
+    overlap = {3100, 3200, 3300}  # logged by attempt 2 before the append; attempt 3 re-ran them
+    assert all(hist[s] == truth[s] for s in set(truth) - overlap)
+    assert appended["kept_earlier_values"] >= 1  # reported, since MLflow cannot rewrite them
+    # Appending again, or a plain ingest of all three files, finds the same run and changes nothing.
+    assert ingest([f2], experiment="tpu", append=True, progress=False)["status"] == "unchanged"
+    assert ingest([f0, f1, f2], experiment="tpu", progress=False)["status"] == "unchanged"
+    assert len(client.search_runs([client.get_experiment_by_name("tpu").experiment_id])) == 1
+
+
+def test_an_interrupted_ingest_is_completed_not_duplicated(mlflow_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import albert_exp.tpu_logs.ingest as ing
+
+    logs = write_logs(SynthSpec(num_train_steps=3000, seed=13), tmp_path / "logs")
+    real = ing.write_artifacts
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ing, "write_artifacts", boom)
+    with pytest.raises(RuntimeError):
+        ingest([str(logs.files[0])], experiment="tpu", progress=False)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("tpu").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags[TAG_COMPLETE] == "false"
+    monkeypatch.setattr(ing, "write_artifacts", real)
+    res = ingest([str(logs.files[0])], experiment="tpu", progress=False)
+    assert res["run_id"] == run.info.run_id and res["run_status"] == "FINISHED"
+    assert res["points_logged"] == 0 and res["points_already_in_run"] == len(logs.truth.metrics)
+    assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
+
+
+def test_log_without_loss_lines_is_a_clear_error(mlflow_store, tmp_path):
+    from albert_exp.cli import main
+
+    f = tmp_path / "stdout.log"
+    f.write_text("INFO:tensorflow:Querying Tensorflow master for TPU system metadata.\nhello\n")
+    with pytest.raises(UserError, match="no `loss = ..., step = ...` lines in 2 lines"):
+        ingest([str(f)], experiment="tpu", progress=False)
+    assert main(["tpu-logs", "ingest", str(tmp_path / "missing.log")]) == 2
+
+
+def test_cli_ingest_with_intermixed_options(mlflow_store, tmp_path, capsys):
+    from albert_exp.cli import main
+
+    logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1500,), cpp_header=False, seed=14), tmp_path)
+    a, b = (str(f) for f in logs.files)
+    assert main(["tpu-logs", "ingest", a, "--year", "2020", b, "--experiment", "cli", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert '"year_source": "--year"' in out and '"run_status": "FINISHED"' in out
+
+
+def test_follow_logs_points_as_the_file_grows(mlflow_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    import albert_exp.tpu_logs.follow as fol
+    from albert_exp.tpu_logs.follow import follow
+
+    following, reads, real_read = threading.Event(), [], fol._Tail.read
+
+    def spy(self):  # the writer starts once the follow loop polls, so the growth really is seen live
+        following.set()
+        lines = real_read(self)
+        if lines:
+            reads.append(len(lines))
+        return lines
+
+    monkeypatch.setattr(fol._Tail, "read", spy)
+
+    src = write_logs(SynthSpec(num_train_steps=3000, eval_every=1000, seed=15), tmp_path / "src")
+    data = src.files[0].read_bytes()
+    live = tmp_path / "live.log"
+    live.write_bytes(data[:2000])  # the job has started: a few header lines, the last one half-written
+
+    def writer():
+        following.wait(60)
+        pos = 2000
+        while pos < len(data):
+            time.sleep(0.1)
+            live.open("ab").write(data[pos:pos + 6007])  # chunks end in the middle of lines
+            pos += 6007
+
+    t = threading.Thread(target=writer)
+    t.start()
+    res = follow([str(live)], experiment="tpu", poll_s=0.02, max_s=60, progress=False)
+    t.join()
+    assert res["run_status"] == "FINISHED" and res["last_step"] == 3000
+    assert len(reads) >= 5  # points arrived over many reads, not in one go
+    client = MlflowClient()
+    for key in ("train/loss", "train/examples_per_s", "eval/loss"):
+        assert _history(client, res["run_id"], key) == _truth(src, key), key
+    run = client.get_run(res["run_id"])
+    assert run.data.tags["tpu_logs.following"] == "false"
+    # the finished follow is an ordinary ingested run: ingesting the file again changes nothing
+    assert ingest([str(live)], experiment="tpu", progress=False)["status"] == "unchanged"
+
+
+def test_follow_stops_as_killed_when_the_log_goes_quiet(mlflow_store, tmp_path):
+    from albert_exp.tpu_logs.follow import follow
+
+    logs = write_logs(SynthSpec(num_train_steps=2000, finish=False, seed=16), tmp_path)
+    res = follow([str(logs.files[0])], experiment="tpu", poll_s=0.02, idle_exit_s=0.2, progress=False)
+    assert res["run_status"] == "KILLED" and res["last_step"] == 2000
+    assert "stopped following" in res["status_reason"]
