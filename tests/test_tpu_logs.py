@@ -152,3 +152,31 @@ def test_command_echoed_in_the_log_becomes_flags(tmp_path):
     r = parse_files(logs.files, progress=False)
     assert r.flags == flags_from_command(logs.truth.command)
     assert r.flags["num_train_steps"] == "2000" and r.flags["use_tpu"] == "true"
+
+
+def test_bulk_chatter_filter_gives_what_feeding_every_line_gives(tmp_path):
+    from albert_exp.tpu_logs.grammar import FileParser
+    from albert_exp.tpu_logs.parse import parse_file, read_log
+
+    spec = SynthSpec(num_train_steps=3000, crashes=(1750,), eval_every=1000, order="random", garbage=True,
+                     truncate_last=True, layout="single", echo_command=True, seed=7)
+    path = write_logs(spec, tmp_path).files[0]
+    bulk = parse_file(path).parser
+    lines, tail, _ = read_log(path)
+    slow = FileParser(path.name)
+    slow.feed(lines, 1)
+    slow.counts[TRUNCATED] += 1
+    slow.lines_read += 1
+    slow.close()
+
+    def rows(p):
+        return list(zip(p.line, [p.timeline[i] for i in p.ti], p.own, p.step, p.metric, p.value, p.seg,
+                        strict=True))
+
+    assert rows(bulk) == rows(slow) and len(rows(slow)) > 50
+    assert [(c[0], bulk.timeline[c[1]], *c[2:]) for c in bulk.checkpoints] == \
+        [(c[0], slow.timeline[c[1]], *c[2:]) for c in slow.checkpoints]
+    assert bulk.counts == slow.counts and bulk.lines_read == slow.lines_read == len(lines) + 1
+    assert bulk.timeline[bulk.first_ti] == slow.timeline[slow.first_ti]
+    assert bulk.timeline[-1] == slow.timeline[-1]  # the file's end time
+    assert bulk.flags == slow.flags and bulk.restarts == slow.restarts

@@ -111,6 +111,7 @@ class FileParser:
         # State
         self._cur: tuple[int, int, float, int] | None = None
         self._cur_glog: str | None = None
+        self._cur_pos = 0  # line number of the current time
         self._cur_ti = -1
         self._segment = 0
         self._seg_has_loss = False
@@ -201,7 +202,7 @@ class FileParser:
                 end = text.find("] ", 22)
                 if end > 0 and text[5:6] == " " and text[8:9] == ":" and text[14:15] == "." and \
                         GLOG_TIME.match(text):
-                    self._cur_glog, self._cur_ti = text[:21], -1
+                    self._cur_glog, self._cur_ti, self._cur_pos = text[:21], -1, lineno
                     if self.first_ti < 0:
                         self.first_ti = self._time_index()
                     level, msg, own = c, text[end + 2:], True
@@ -215,6 +216,7 @@ class FileParser:
                 g = m.groups()
                 self._set_time(int(g[1]), int(g[2]), int(g[3]) * 3600 + int(g[4]) * 60 + int(g[5])
                                + int((g[6] or "0")[:6].ljust(6, "0")) / 1e6, int(g[0]))
+                self._cur_pos = lineno
                 rest, own = g[7], True
                 # TF C++: "I tensorflow/core/...cc:142] message"; python asctime formats: "INFO ... message"
                 if len(rest) > 2 and rest[1] == " " and rest[0] in "IWEF" and "] " in rest:
@@ -237,13 +239,13 @@ class FileParser:
             m = LOSS.match(msg)
             value = _float(m.group(1)) if m else None
             if m and value is not None:
+                self._end_block()  # an eval block before it belongs to the previous step
                 step = int(m.group(2))
                 if self._last_loss_step is not None and step < self._last_loss_step:
                     self._new_segment(lineno)  # steps went back: a restart appended to the same file
                 self._emit(lineno, own, step, "train/loss", value)
                 self._seg_has_loss, self._last_loss_step = True, step
                 count["parsed"] += 1
-                self._end_block()
                 return
         for prefix, metric in RATE_METRICS.items():
             if msg.startswith(prefix):
@@ -339,9 +341,29 @@ class FileParser:
             self._flush_eval()
         self._block = None
 
+    def feed_selected(self, lines: list[str], keep: list[int], timed_before: list[int], chatter: int) -> None:
+        """Feed only lines[i] for i in `keep` (0-based): the rest is INFO chatter classified in bulk (parse.py),
+        counted here. `timed_before[k]`: index of the last glog line before keep[k] (-1: none), so times stay
+        exactly what feeding every line would give."""
+        for i, tb in zip(keep, timed_before, strict=True):
+            if tb >= 0 and tb + 1 > self._cur_pos:  # a chatter line carries the latest time
+                self._cur_glog, self._cur_ti, self._cur_pos = lines[tb][:21], -1, tb + 1
+                if self.first_ti < 0:
+                    self.first_ti = self._time_index()
+            self.feed(lines[i:i + 1], i + 1)
+        self.counts[NO_DATA] += chatter
+        self.lines_read += chatter
+
+    def last_time_from(self, line: str, lineno: int) -> None:
+        """The file's last glog line when it was chatter (its time is the file's end time)."""
+        if lineno > self._cur_pos:
+            self._cur_glog, self._cur_ti, self._cur_pos = line[:21], -1, lineno
+            if self.first_ti < 0:
+                self.first_ti = self._time_index()
+
     def close(self) -> None:
         self._end_block()
-        if self._cur is not None:
+        if self._cur is not None or self._cur_glog is not None:
             self._time_index()  # the last time seen: the file's end time
 
     @property

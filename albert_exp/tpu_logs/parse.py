@@ -174,13 +174,46 @@ class ParseResult:
         return summarize(self)
 
 
+# INFO lines whose message cannot start a data line (see grammar.DATA_START), as RE2 patterns (no lookahead):
+# a first character no data message starts with, or a data first character followed by the wrong second one.
+_CHATTER_MSG = r"(?:[^lgeS*LtT \t]|l[^o]|g[^l]|e[^x]|S[^a]|\*[^*]|L[^o]|t[^r]|T[^r])"
+CHATTER = r"^(?:I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] |INFO:[^:]*:)" + _CHATTER_MSG
+SPECIAL = "run_pretraining|\x00|\ufffd"  # the command line, binary garbage: always looked at
+GLOG_START = r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] "
+
+
+def chatter_masks(lines: list[str]) -> tuple[Any, Any]:
+    """(chatter, glog) boolean arrays, computed in bulk by Arrow's C++ regex engine: most of a TPU log is
+    infeed/outfeed chatter, and a Python loop over every line would be most of the ingest time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = pa.array(lines, type=pa.large_string())
+    special = pc.or_(pc.match_substring_regex(arr, SPECIAL), pc.greater(pc.utf8_length(arr), 20_000))
+    chatter = pc.and_(pc.match_substring_regex(arr, CHATTER), pc.invert(special))
+    glog = pc.match_substring_regex(arr, GLOG_START)
+    return chatter.to_numpy(zero_copy_only=False), glog.to_numpy(zero_copy_only=False)
+
+
 def parse_file(path: str | Path, *, progress: Any = None) -> ParsedFile:
+    import numpy as np
+
     lines, tail, notes = read_log(path)
     parser = FileParser(Path(path).name)
-    for i in range(0, len(lines), CHUNK_LINES):
-        parser.feed(lines[i:i + CHUNK_LINES], i + 1)
+    for start in range(0, len(lines), CHUNK_LINES * 10):
+        chunk = lines[start:start + CHUNK_LINES * 10]
+        chatter, glog = chatter_masks(chunk)
+        keep = np.flatnonzero(~chatter)
+        glog_idx = np.flatnonzero(glog)
+        pos = np.searchsorted(glog_idx, keep) - 1  # the last glog line before each kept line
+        before = np.where(pos >= 0, glog_idx[np.maximum(pos, 0)], -1) if len(glog_idx) else np.full(len(keep), -1)
+        parser.feed_selected(lines, (keep + start).tolist(),
+                             [b + start if b >= 0 else -1 for b in before.tolist()], int(chatter.sum()))
+        if len(glog_idx):
+            last = int(glog_idx[-1]) + start
+            parser.last_time_from(lines[last], last + 1)
         if progress is not None:
-            progress.update(min(CHUNK_LINES, len(lines) - i))
+            progress.update(len(chunk))
     if tail:
         parser.counts[TRUNCATED] += 1
         parser.lines_read += 1
