@@ -52,6 +52,12 @@ class CorpusConfig:
     toy: bool = False
     inputs: list[str] = field(default_factory=list)  # files or globs (plain or .gz) for a real corpus
     lines_per_shard: int = 1_000_000
+    # Real corpora (albert_exp/corpus_text.py): normalisation recorded in the manifest, bad-line policy.
+    nfkc: bool = False  # Unicode NFKC (full-width forms, ligatures, compatibility characters)
+    collapse_whitespace: bool = True  # runs of whitespace -> one space, ends stripped
+    lowercase: bool = False  # usually left to the vocabulary's normalisation (vocab.lowercase)
+    on_bad_line: Literal["error", "skip"] = "error"  # a line that is not UTF-8
+    max_document_lines: int = 100_000  # a longer "document" (a file without blank lines) is cut here
     # Toy generator: sizes of the pretraining corpus and of the labelled splits.
     toy_documents: int = 3000
     toy_train_rows: int = 4000
@@ -62,8 +68,8 @@ class CorpusConfig:
 
     def validate(self, key: str) -> None:
         _require(0.0 <= self.negative_share <= 1.0, f"{key}.negative_share", "must be in [0, 1]")
-        for name in ("lines_per_shard", "toy_documents", "toy_train_rows", "toy_val_rows", "toy_test_rows",
-                     "max_dishes_per_review"):
+        for name in ("lines_per_shard", "max_document_lines", "toy_documents", "toy_train_rows", "toy_val_rows",
+                     "toy_test_rows", "max_dishes_per_review"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
 
 

@@ -99,11 +99,18 @@ def make_toy(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     out = cfg.stage_dir("corpus")
     out.mkdir(parents=True, exist_ok=True)
-    if not cfg.corpus.toy:
+    if not cfg.corpus.toy and not cfg.corpus.inputs:
         raise UserError("no corpus given", where=cfg.source,
                         fix="set corpus.inputs to your text files, or corpus.toy: true for the synthetic corpus")
     with stage_run(cfg, "corpus", "toy" if cfg.corpus.toy else "shards") as tracker:
-        manifest = make_toy(cfg, out)
+        if cfg.corpus.toy:
+            manifest = make_toy(cfg, out)
+        else:
+            from albert_exp.corpus_text import make_corpus
+
+            manifest = make_corpus(cfg, out)
+            tracker.log_metrics({"corpus/lines_read": manifest["lines_read"],
+                                 "corpus/bad_lines": manifest["bad_lines"]}, step=0)
         tracker.set_tags({"corpus_sha256": manifest["sha256"]})
         tracker.log_metrics({"corpus/lines": manifest["lines"], "corpus/documents": manifest["documents"],
                              "corpus/shards": len(manifest["shards"])}, step=0)

@@ -17,6 +17,7 @@ import random
 import shutil
 import unicodedata
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,52 @@ from albert_exp.tracking import stage_run, write_results
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
 
 
+@lru_cache(maxsize=1)
+def _marks() -> dict[int, None]:
+    # Every combining mark (General_Category M*): what tokenizers' StripAccents removes after NFKD. Not
+    # `unicodedata.combining`, which misses marks of combining class 0 (most Thai vowels, Devanagari signs).
+    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
+
+
 def normalize(text: str, *, lowercase: bool, keep_accents: bool) -> str:
-    """What AlbertTokenizer does before SentencePiece: strip accents (NFKD, drop marks) unless kept; lower-case."""
-    if not keep_accents:
-        text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    """Exactly what the HF ALBERT tokenizer does before SentencePiece (its tokenizer.json normalizer chain):
+    `` and '' -> ", NFKD + strip every combining mark unless keep_accents, lower-case. SentencePiece is trained
+    on text normalised by this, so training and run time see the same characters."""
+    text = text.replace("``", '"').replace("''", '"')
+    if not keep_accents and not text.isascii():
+        text = unicodedata.normalize("NFKD", text).translate(_marks())
     return text.lower() if lowercase else text
+
+
+# Scripts whose combining marks are accents (é -> e is harmless); elsewhere (Thai, Devanagari, Arabic...)
+# marks are vowels and tones, and stripping them destroys the text.
+_ACCENTED_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC")
+
+
+def check_accent_policy(lines: list[str], keep_accents: bool, where: str, max_share: float = 0.01) -> None:
+    """Refuse keep_accents=false when it would strip vowel or tone marks from more than `max_share` of the
+    sentences (e.g. Thai), instead of silently training a vocabulary on damaged text."""
+    if keep_accents:
+        return
+    damaged: dict[str, int] = {}
+    for line in lines:
+        if line.isascii():
+            continue
+        base = ""
+        for ch in unicodedata.normalize("NFKD", line):
+            if unicodedata.category(ch).startswith("M"):
+                script = unicodedata.name(base, "UNKNOWN").split(" ")[0] if base else "UNKNOWN"
+                if script not in _ACCENTED_SCRIPTS:
+                    damaged[script] = damaged.get(script, 0) + 1
+                    break
+            else:
+                base = ch
+    n = sum(damaged.values())
+    if lines and n / len(lines) > max_share:
+        scripts = ", ".join(sorted(damaged, key=damaged.get, reverse=True)[:3])
+        raise UserError(f"keep_accents: false would strip the vowel/tone marks of {scripts} text in "
+                        f"{n / len(lines):.0%} of the sentences", where=where,
+                        fix="set vocab.keep_accents: true (accents of Latin letters are then kept too)")
 
 
 def corpus_sentences(manifest_path: Path) -> Iterator[str]:
@@ -82,6 +124,9 @@ def train_sentencepiece(lines: list[str], prefix: Path, vocab_size: int, model_t
 def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_accents: bool):
     from transformers import AlbertTokenizer
 
+    # A fresh directory: from_pretrained prefers an existing tokenizer.json, which would silently keep the
+    # previous vocabulary's tokenizer on a rerun.
+    shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(spm_model, out_dir / "spiece.model")
     tok = AlbertTokenizer.from_pretrained(str(out_dir), do_lower_case=lowercase, keep_accents=keep_accents)
@@ -94,6 +139,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     out = cfg.stage_dir("vocab")
     with stage_run(cfg, "vocab", f"{v.model_type} {v.vocab_size}") as tracker:
         lines = sample(corpus_sentences(cfg.stage_dir("corpus") / "manifest.json"), v.sample_sentences, cfg.seed)
+        check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
         lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
         train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
         tok = build_hf_tokenizer(out / "spiece.model", out / "tokenizer", lowercase=v.lowercase,

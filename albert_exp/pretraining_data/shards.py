@@ -13,10 +13,8 @@ import hashlib
 import json
 import os
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import numpy as np
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, VocabInfo, make_instances
 from albert_exp.tfrecord import RecordWriter, encode_batch, frame_records
+from albert_exp.vocab import normalize
 
 FORMAT_VERSION = 1  # bump when the bytes for the same inputs change: completed shards are then redone
 
@@ -59,19 +58,9 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=1)
-def _mark_table() -> dict[int, None]:
-    # Every combining mark (General_Category M*): what the HF tokenizer's StripAccents removes after NFKD.
-    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
-
-
 def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
-    """The HF ALBERT tokenizer's normalisation before SentencePiece (its tokenizer.json normalizer chain:
-    `` and '' -> ", NFKD + strip marks unless keep_accents, lower-case), applied to a whole block at once."""
-    text = text.replace("``", '"').replace("''", '"')
-    if not keep_accents and not text.isascii():
-        text = unicodedata.normalize("NFKD", text).translate(_mark_table())
-    return text.lower() if lowercase else text
+    """The tokenizer's normalisation (albert_exp.vocab.normalize), applied to a whole block at once."""
+    return normalize(text, lowercase=lowercase, keep_accents=keep_accents)
 
 
 class Tokenizer:

@@ -1,0 +1,180 @@
+"""pretraining-data vs google-research/albert's create_pretraining_data.py, side by side on real text.
+
+    .venv/bin/python benchmarks/pretraining_data.py --fortunes --lines 20000
+    .venv/bin/python benchmarks/pretraining_data.py --input corpus.txt --lines 40000 \\
+        --reference-repo /tmp/ref/albert --reference-python /tmp/refvenv/bin/python
+
+The corpus: --input (ALBERT's format: one sentence per line, blank line between documents) or --fortunes
+(Debian's `fortunes` package: each fortune a document, each line a sentence), cut at a document boundary
+after --lines lines. A SentencePiece vocabulary is trained on it (albert_exp.vocab). Both sides then run with
+max_seq_length 64, max_predictions_per_seq 10, dupe_factor 40, masked_lm_prob 0.15, short_seq_prob 0.1, in
+a child process each, one shard / one process: lines per CPU-second (user + sys of the child, so the figure
+is per core and does not depend on other load), wall time, peak RSS, output bytes per line, records, SOP
+label balance. The reference runs unmodified as `python -m albert.create_pretraining_data` from the parent
+of --reference-repo (a checkout in a folder named `albert`), in an environment with TensorFlow,
+tensorflow-hub, sentencepiece and six (--reference-python). Its console output is counted, not kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FORTUNES = Path("/usr/share/games/fortunes")
+SETTINGS = {"max_seq_length": 64, "max_predictions_per_seq": 10, "dupe_factor": 40, "masked_lm_prob": 0.15,
+            "short_seq_prob": 0.1}
+
+
+def fortunes_documents() -> list[list[str]]:
+    if not FORTUNES.is_dir():
+        sys.exit(f"{FORTUNES} not found: apt-get install fortunes, or give --input")
+    docs: list[list[str]] = []
+    for f in sorted(FORTUNES.iterdir()):
+        if f.suffix or f.is_symlink() or not f.is_file():
+            continue
+        doc: list[str] = []
+        for raw in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = "".join(ch for ch in raw if ch.isprintable()).strip()
+            if raw.strip() == "%":
+                if doc:
+                    docs.append(doc)
+                doc = []
+            elif line:
+                doc.append(line)
+        if doc:
+            docs.append(doc)
+    return docs
+
+
+def text_documents(paths: list[str]) -> list[list[str]]:
+    docs, doc = [], []
+    for p in paths:
+        for line in Path(p).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                doc.append(line.strip())
+            elif doc:
+                docs.append(doc)
+                doc = []
+    if doc:
+        docs.append(doc)
+    return docs
+
+
+def child(cmd: list[str], cwd: Path, log: Path) -> dict:
+    """Run a child process; its CPU seconds and peak RSS from wait4, its console bytes from the log."""
+    t0 = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n" + log.read_text(errors="replace")[-3000:])
+    return {"cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
+            "console_bytes": log.stat().st_size}
+
+
+def output_stats(path: Path) -> dict:
+    from albert_exp.tfrecord import decode_example, iter_records
+
+    n = ones = 0
+    for _, payload in iter_records(path):
+        n += 1
+        ones += int(decode_example(payload)["next_sentence_labels"][0]) if n <= 20000 else 0
+    return {"records": n, "bytes": path.stat().st_size, "sop_label1_share": ones / max(min(n, 20000), 1)}
+
+
+OURS = """
+import sys
+from albert_exp.pretraining_data.instances import InstanceParams
+from albert_exp.pretraining_data.shards import ShardTask, process_shard
+inp, out, tok, compress = sys.argv[1:5]
+p = InstanceParams(max_seq_length={max_seq_length}, max_predictions_per_seq={max_predictions_per_seq},
+                   dupe_factor={dupe_factor}, masked_lm_prob={masked_lm_prob}, short_seq_prob={short_seq_prob})
+process_shard(ShardTask(0, inp, "", out, tok, True, False, p, 12345, 20000, compress == "1"))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--input", nargs="*", default=[], help="text files in ALBERT's format")
+    ap.add_argument("--fortunes", action="store_true", help="use Debian's fortunes as the corpus")
+    ap.add_argument("--lines", type=int, default=20000)
+    ap.add_argument("--vocab-size", type=int, default=8000)
+    ap.add_argument("--reference-repo", default="", help="checkout of google-research/albert in a folder `albert`")
+    ap.add_argument("--reference-python", default=sys.executable, help="python of the reference's environment")
+    ap.add_argument("--compress", action="store_true", help="also measure GZIP output")
+    ap.add_argument("--workdir", default="", help="keep files here (default: a temporary directory)")
+    args = ap.parse_args()
+
+    from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
+
+    docs = fortunes_documents() if args.fortunes else text_documents(args.input)
+    if not docs:
+        sys.exit("no corpus: give --input FILES or --fortunes")
+    picked, n = [], 0
+    for d in docs:
+        if n >= args.lines:
+            break
+        picked.append(d)
+        n += len(d)
+    if n < args.lines:
+        print(f"note: the corpus has only {n} lines")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_pd_"))
+    work.mkdir(parents=True, exist_ok=True)
+    corpus = work / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(d) for d in picked) + "\n", encoding="utf-8")
+    one_sentence = sum(len(d) == 1 for d in picked) / len(picked)
+    print(f"corpus: {n} lines, {len(picked)} documents ({one_sentence:.0%} one sentence), {corpus}")
+    lines = [normalize(s, lowercase=True, keep_accents=False) for d in picked for s in d]
+    train_sentencepiece(lines, work / "spiece", args.vocab_size, "unigram", 0.9995)
+    build_hf_tokenizer(work / "spiece.model", work / "tokenizer", lowercase=True, keep_accents=False)
+
+    rows = {}
+    script = work / "ours.py"
+    script.write_text(OURS.format(**SETTINGS))
+    for compress in ([False, True] if args.compress else [False]):
+        out = work / ("ours.tfrecord" + (".gz" if compress else ""))
+        out.unlink(missing_ok=True)
+        Path(str(out) + ".json").unlink(missing_ok=True)
+        r = child([sys.executable, str(script), str(corpus), str(out), str(work / "tokenizer"),
+                   "1" if compress else "0"], ROOT, work / "ours.log")
+        rows["ours" + (" gzip" if compress else "")] = r | output_stats(out)
+    if args.reference_repo:
+        repo = Path(args.reference_repo).resolve()
+        if repo.name != "albert" or not (repo / "create_pretraining_data.py").is_file():
+            sys.exit(f"--reference-repo must be a checkout of google-research/albert in a folder named albert: {repo}")
+        out = work / "reference.tfrecord"
+        cmd = [args.reference_python, "-m", "albert.create_pretraining_data", f"--input_file={corpus}",
+               f"--output_file={out}", f"--vocab_file={work / 'spiece.vocab'}",
+               f"--spm_model_file={work / 'spiece.model'}", "--do_lower_case=True", "--random_seed=12345",
+               *[f"--{k}={v}" for k, v in SETTINGS.items()]]
+        rows["google"] = child(cmd, repo.parent, work / "reference.log") | output_stats(out)
+
+    print(f"\nsettings: {SETTINGS}; {n} input lines; one process each; per core = lines / CPU seconds")
+    head = f"{'':12} {'lines/s/core':>12} {'wall s':>8} {'peak MB':>8} {'records':>9} {'bytes/line':>10} " \
+           f"{'SOP=1':>6} {'console B':>10} {'1M lines':>9}"
+    print(head)
+    for name, r in rows.items():
+        rate = n / r["cpu_s"]
+        print(f"{name:12} {rate:12.0f} {r['wall_s']:8.1f} {r['peak_rss_mb']:8.0f} {r['records']:9d} "
+              f"{r['bytes'] / n:10.0f} {r['sop_label1_share']:6.1%} {r['console_bytes']:10d} "
+              f"{1e6 / rate / 60:8.1f}m")
+        r["lines_per_cpu_s"] = rate
+    if "google" in rows:
+        ratio = rows["ours"]["lines_per_cpu_s"] / rows["google"]["lines_per_cpu_s"]
+        print(f"\nratio (ours / google, lines per CPU-second): {ratio:.0f}x")
+    (work / "benchmark.json").write_text(json.dumps({"lines": n, "settings": SETTINGS, "rows": rows}, indent=1))
+    print(f"details: {work / 'benchmark.json'}")
+
+
+if __name__ == "__main__":
+    main()
