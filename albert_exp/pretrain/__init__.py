@@ -1,0 +1,168 @@
+"""`albert-exp pretrain`: ALBERT pretraining (MLM + SOP) in PyTorch on TFRecord shards.
+
+    albert-exp pretrain --config experiments/pretrain_tiny.yaml
+    albert-exp pretrain --config experiments/albert_base_recipe.yaml --init-from albert_base_hub/
+    albert-exp pretrain --config experiments/pretrain_tiny.yaml --skip-corrupt   # count, don't stop
+
+Run the same command again after a crash or a kill: it resumes from the last checkpoint in the output dir
+(`--resume false` starts over... in a new output dir, or after deleting the old one). `run(cfg)` returns
+{"model_dir": <dir of the best HF checkpoint>, ...}; AlbertForTokenClassification.from_pretrained loads it.
+
+Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), checkpoint.py, loop.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from albert_exp.errors import UserError
+
+
+def vocab_size(cfg) -> int:
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    tok_dir = cfg.stage_dir("vocab") / "tokenizer"
+    if not tok_dir.is_dir():
+        raise UserError("the vocabulary size is unknown", where=str(tok_dir),
+                        fix="run `albert-exp vocab` first, or set model.vocab_size")
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(str(tok_dir)))
+
+
+def build_model(cfg):
+    """A fresh AlbertForPreTraining from the `model:` section, or the weights of pretrain.init_from."""
+    pc = cfg.pretrain
+    if pc.init_from:
+        from albert_exp.convert.hf import load_any
+
+        model, info = load_any(pc.init_from, pc.albert_config)
+    else:
+        from transformers import AlbertConfig, AlbertForPreTraining
+
+        m = cfg.model
+        model = AlbertForPreTraining(AlbertConfig(
+            vocab_size=vocab_size(cfg), embedding_size=m.embedding_size, hidden_size=m.hidden_size,
+            num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
+            intermediate_size=m.intermediate_size, num_hidden_groups=m.num_hidden_groups,
+            max_position_embeddings=m.max_position_embeddings, hidden_dropout_prob=m.hidden_dropout_prob,
+            attention_probs_dropout_prob=m.attention_probs_dropout_prob, classifier_dropout_prob=0.0,
+            hidden_act="gelu_new"))  # google's gelu is the tanh approximation
+        info = {"format": "fresh"}
+    if model.config.max_position_embeddings < pc.max_seq_length:
+        raise UserError(f"max_seq_length {pc.max_seq_length} > the model's max_position_embeddings "
+                        f"{model.config.max_position_embeddings}", where="pretrain.max_seq_length")
+    model.sop_classifier.dropout.p = 0.0  # google's SOP head has no dropout
+    return model, info
+
+
+def _resume_mlflow_run(run_id: str | None) -> bool:
+    """Continue logging into the run that wrote the checkpoint (only for a top-level run that exists)."""
+    if not run_id or os.environ.get("MLFLOW_RUN_ID"):
+        return False
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        return False
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # a different tracking store: start a new run
+        return False
+    os.environ["MLFLOW_RUN_ID"] = run_id  # mlflow.start_run() in stage_run picks it up
+    return True
+
+
+def run(cfg) -> dict:
+    import torch
+
+    from albert_exp.pretrain import checkpoint, data
+    from albert_exp.pretrain.loop import State
+    from albert_exp.pretrain.optim import Plateau, make_optimizer, make_schedule
+
+    pc = cfg.pretrain
+    out = Path(pc.output_dir) if pc.output_dir else cfg.stage_dir("pretrain")
+    files = data.expand_inputs(pc.input or [str(cfg.stage_dir("pretraining-data") / "*.tfrecord*")])
+    eval_files = data.expand_inputs(pc.eval_input, "pretrain.eval_input") if pc.eval_input else []
+    scaled = pc.scaled()
+    last_step = min(scaled.num_train_steps, pc.max_steps or scaled.num_train_steps)
+    if pc.torch_threads:
+        torch.set_num_threads(pc.torch_threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    resume_from = checkpoint.latest(out) if pc.resume else None
+    if not pc.resume and checkpoint.checkpoint_dirs(out):
+        raise UserError("the output directory already has checkpoints and resume is false", where=str(out),
+                        fix="set pretrain.output_dir to a new directory, or delete the old checkpoints")
+    saved = checkpoint.load_trainer_state(resume_from) if resume_from else None
+    reattached = bool(saved) and _resume_mlflow_run(saved.get("mlflow_run_id"))
+    torch.manual_seed(cfg.seed)
+    if resume_from:
+        from transformers import AlbertForPreTraining
+
+        model = AlbertForPreTraining.from_pretrained(str(resume_from))
+        model.sop_classifier.dropout.p = 0.0
+        init_info = saved.get("init") or {"format": "unknown"}  # as first logged: MLflow params are immutable
+    else:
+        model, init_info = build_model(cfg)
+    model.to(device)
+    optimizer = make_optimizer(model, scaled.learning_rate, pc.weight_decay)
+    scheduler = make_schedule(optimizer, scaled.num_warmup_steps, scaled.num_train_steps, pc.poly_power)
+    state, plateau = State(), Plateau(pc.plateau_window, pc.plateau_min_improvement, pc.plateau_smoothing)
+    streams, micro = max(1, pc.num_workers), pc.batch_size // pc.gradient_accumulation_steps
+    if saved:
+        if (saved["streams"], saved["micro_batch"]) != (streams, micro):
+            raise UserError(f"the checkpoint was written with num_workers={saved['streams']} and micro-batch "
+                            f"{saved['micro_batch']}, this run has {streams} and {micro}", where=str(resume_from),
+                            fix="resume with the same num_workers, batch_size and gradient_accumulation_steps")
+        ts = checkpoint.load_training_state(resume_from)
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        checkpoint.set_rng_state(ts["rng"])
+        state = State(**{k: saved[k] for k in State.__dataclass_fields__})
+        plateau.load_state_dict(saved["plateau"])
+    n_params = sum(p.numel() for p in model.parameters())
+    derived = {**scaled.as_params(), "derived.last_step": last_step, "derived.parameters": n_params,
+               "derived.tokens_per_step": pc.batch_size * pc.max_seq_length, "derived.micro_batch": micro,
+               "derived.init": init_info.get("format"), "derived.input_files": len(files)}
+    eval_data = data.eval_batches(eval_files, n=pc.eval_batches, batch_size=micro,
+                                  max_seq_length=pc.max_seq_length) if eval_files else []
+
+    try:
+        return _train(cfg, out, model, optimizer, scheduler, state, plateau, files, eval_data, resume_from,
+                      init_info, derived, last_step, device)
+    finally:
+        if reattached:
+            os.environ.pop("MLFLOW_RUN_ID", None)
+
+
+def _train(cfg, out, model, optimizer, scheduler, state, plateau, files, eval_data, resume_from, init_info,
+           derived, last_step, device) -> dict:
+    from albert_exp.config import to_dict
+    from albert_exp.pretrain import checkpoint
+    from albert_exp.pretrain.loop import Trainer
+    from albert_exp.tracking import stage_run, write_results
+
+    pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
+    n_params = derived["derived.parameters"]
+    with stage_run(cfg, "pretrain", f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}",
+                   extra_params=derived) as tracker:
+        print(f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
+              f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
+              + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}"))
+        extra = {"mlflow_run_id": tracker.run_id, "config": to_dict(cfg), "init": init_info}
+        trainer = Trainer(model, optimizer, scheduler, pc=pc, files=files, eval_data=eval_data, output_dir=out,
+                          tracker=tracker, seed=cfg.seed, total_steps=scaled.num_train_steps, device=device,
+                          state=state, plateau=plateau, extra_state=extra, compile=pc.compile)
+        if resume_from:
+            pending = checkpoint.load_trainer_state(resume_from).get("pending_metrics", [])
+            trainer.flush(resume_from, [(step, m) for step, m in pending], resuming=True)
+        result = trainer.train(last_step)
+        best = out / "best"
+        results = {**result, "model_dir": str(best if best.is_dir() else result["last_checkpoint"]),
+                   "output_dir": str(out), "resumed_from": str(resume_from) if resume_from else None,
+                   "derived": derived, "mlflow_run_id": tracker.run_id}
+        write_results(out, results, tracker)
+    return results

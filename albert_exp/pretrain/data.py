@@ -1,0 +1,218 @@
+"""Streaming, shuffled, resumable batches from TFRecord shards (ours or google's create_pretraining_data.py).
+
+Determinism is what makes exact resume possible, so the order is a pure function of (seed, file list):
+
+* There are S *streams* (one per loader process). In epoch e every stream gets its share of a seeded
+  permutation of the files (files perm[s::S]); with fewer files than streams every stream reads every file
+  and keeps records i with i % S == s. Each stream loops over epochs forever.
+* A stream reads `shuffle_block` records at a time from one file and yields them in a seeded permutation of
+  the block (seed from epoch, stream, file and block offset), then collates micro-batches.
+* Every batch carries its stream's *position* after it (epoch, file, block offset, records taken from the
+  block) and the torch DataLoader serves workers round-robin, so batch k comes from stream k % S. A checkpoint
+  stores the positions; a resumed stream re-reads one block, skips what was taken, and goes on.
+
+CRC checks happen on every record; a corrupt one stops the run with file and offset (or is skipped and
+counted with skip_corrupt). Records whose sequence length differs from the config are a user error too.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from albert_exp.errors import UserError
+from albert_exp.tfrecord import CorruptRecordError, decode_example, iter_records
+
+
+@dataclass
+class Position:
+    """Where a stream stands: in epoch `epoch`, file `file` of its list, block starting at byte `offset`
+    (record index `record` in that file), `taken` records of the block already used."""
+
+    epoch: int = 0
+    file: int = 0
+    offset: int = 0
+    record: int = 0
+    taken: int = 0
+
+
+def expand_inputs(patterns: list[str], where: str = "pretrain.input") -> list[str]:
+    files: list[str] = []
+    for pat in patterns:
+        hits = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else ([pat] if Path(pat).exists() else [])
+        files.extend(h for h in hits if Path(h).is_file() and not Path(h).name.endswith((".json", ".tmp")))
+    if not files:
+        raise UserError(f"no TFRecord files match {patterns}", where=where,
+                        fix="run `albert-exp pretraining-data` first, or set pretrain.input to files or globs")
+    return files
+
+
+def to_batch(examples: list[dict[str, np.ndarray]], max_seq_length: int, source: str) -> dict[str, torch.Tensor]:
+    """google's features -> model inputs. Masked LM targets stay as (positions, ids, weights) like google's
+    run_pretraining.py, so the loss gathers only the masked positions."""
+    def stack(name: str, dtype) -> np.ndarray:
+        try:
+            return np.stack([e[name] for e in examples]).astype(dtype, copy=False)
+        except KeyError:
+            raise UserError(f"records have no '{name}' feature", where=source,
+                            fix="give TFRecords written by create_pretraining_data.py or pretraining-data") from None
+        except ValueError:
+            raise UserError(f"records of different lengths for '{name}'", where=source) from None
+
+    ids = stack("input_ids", np.int64)
+    if ids.shape[1] != max_seq_length:
+        raise UserError(f"records have sequence length {ids.shape[1]}, the config says {max_seq_length}",
+                        where=source, fix=f"set pretrain.max_seq_length={ids.shape[1]}")
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(stack("input_mask", np.int64)),
+        "token_type_ids": torch.from_numpy(stack("segment_ids", np.int64)),
+        "mlm_positions": torch.from_numpy(stack("masked_lm_positions", np.int64)),
+        "mlm_ids": torch.from_numpy(stack("masked_lm_ids", np.int64)),
+        "mlm_weights": torch.from_numpy(stack("masked_lm_weights", np.float32)),
+        "sop_labels": torch.from_numpy(stack("next_sentence_labels", np.int64).reshape(-1)),
+    }
+
+
+class Stream:
+    """One deterministic, resumable stream of micro-batches (see the module docstring)."""
+
+    def __init__(self, files: list[str], stream: int, streams: int, *, batch_size: int, max_seq_length: int,
+                 seed: int, block: int, skip_corrupt: bool = False, position: Position | None = None):
+        self.files, self.stream, self.streams = files, stream, streams
+        self.batch_size, self.max_seq_length = batch_size, max_seq_length
+        self.seed, self.block, self.skip_corrupt = seed, block, skip_corrupt
+        self.pos = position or Position()
+        self.corrupt = 0  # records skipped so far (skip_corrupt)
+
+    def _files_of(self, epoch: int) -> tuple[list[str], int]:
+        """(files this stream reads in `epoch`, record stride)."""
+        perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
+        if len(self.files) >= self.streams:
+            return [self.files[i] for i in perm[self.stream::self.streams]], 1
+        return [self.files[i] for i in perm], self.streams
+
+    def _read_block(self, path: str, offset: int, record: int, stride: int):
+        """Up to `block` kept records from `offset`: (payloads, offset after, record index after)."""
+        it = iter_records(path, skip_corrupt=self.skip_corrupt, start_offset=offset)
+        kept: list[bytes] = []
+        end, index = offset, record
+        try:
+            for off, payload in it:
+                if index % stride == self.stream % stride:
+                    kept.append(payload)
+                index += 1
+                end = off + len(payload) + 16
+                if len(kept) == self.block:
+                    break
+            else:
+                end = -1  # end of file
+        finally:
+            self.corrupt += it.corrupt
+            it.close()
+        return kept, end, index
+
+    def records(self) -> Iterator[bytes]:
+        """Payloads forever, updating self.pos after each."""
+        empty_epochs = 0
+        while True:
+            files, stride = self._files_of(self.pos.epoch)
+            produced = False
+            while self.pos.file < len(files):
+                path = files[self.pos.file]
+                block, end, index = self._read_block(path, self.pos.offset, self.pos.record, stride)
+                order = np.random.default_rng(
+                    [self.seed, self.pos.epoch, self.stream, self.pos.file, self.pos.offset]).permutation(len(block))
+                for i in order[self.pos.taken:]:
+                    self.pos.taken += 1
+                    produced = True
+                    yield block[i]
+                if end < 0:
+                    self.pos = Position(self.pos.epoch, self.pos.file + 1)
+                else:
+                    self.pos = Position(self.pos.epoch, self.pos.file, end, index)
+            empty_epochs = 0 if produced else empty_epochs + 1
+            if empty_epochs >= 2:
+                raise UserError("no records to read", where=", ".join(self.files[:3]),
+                                fix="the TFRecord files are empty (or every record is corrupt)")
+            self.pos = Position(self.pos.epoch + 1)
+
+    def batches(self) -> Iterator[dict]:
+        records = self.records()
+        source = self.files[0] if len(self.files) == 1 else f"{Path(self.files[0]).parent}/*"
+        while True:
+            examples = []
+            for payload in records:
+                try:
+                    examples.append(decode_example(payload))
+                except ValueError as exc:
+                    raise UserError(str(exc), where=f"{source} (stream {self.stream}, {self.pos})") from None
+                if len(examples) == self.batch_size:
+                    break
+            batch = to_batch(examples, self.max_seq_length, source)
+            batch["meta"] = {"stream": self.stream, "position": asdict(self.pos), "corrupt": self.corrupt}
+            yield batch
+
+
+class StreamDataset(torch.utils.data.IterableDataset):
+    """Worker w of the DataLoader plays stream (w + rotation) % S, so a resumed loader whose first batch is
+    global batch b (rotation = b % S) continues the round-robin exactly where it stopped."""
+
+    def __init__(self, files: list[str], streams: int, positions: list[dict | None], rotation: int, **kw):
+        self.files, self.streams, self.positions, self.rotation, self.kw = files, streams, positions, rotation, kw
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        workers = [info.id] if info is not None else list(range(self.streams))
+        its = []
+        for w in workers:
+            s = (w + self.rotation) % self.streams
+            pos = self.positions[s]
+            its.append(Stream(self.files, s, self.streams, position=Position(**pos) if pos else None,
+                              **self.kw).batches())
+        while True:  # in-process (num_workers=0): round-robin over all streams, like the DataLoader does
+            for it in its:
+                try:
+                    yield next(it)
+                except (UserError, CorruptRecordError) as exc:
+                    # Pass it in-band: a DataLoader re-raise would bury the one-line message in a traceback.
+                    yield {"error": {"what": exc.what, "where": exc.where, "fix": exc.fix,
+                                     "corrupt": isinstance(exc, CorruptRecordError)}}
+                    return
+
+
+def make_loader(files: list[str], *, streams: int, positions: list[dict | None], batches_done: int,
+                batch_size: int, max_seq_length: int, seed: int, block: int, skip_corrupt: bool):
+    """A DataLoader of micro-batches; `streams` loader processes (0 processes when streams == 1 is not
+    forced: one stream is read in-process)."""
+    dataset = StreamDataset(files, streams, positions, batches_done % streams, batch_size=batch_size,
+                            max_seq_length=max_seq_length, seed=seed, block=block, skip_corrupt=skip_corrupt)
+    workers = streams if streams > 1 else 0
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def raise_if_error(batch: dict) -> None:
+    if "error" in batch:
+        e = batch["error"]
+        cls = CorruptRecordError if e["corrupt"] else UserError
+        raise cls(e["what"], where=e["where"], fix=e["fix"])
+
+
+def eval_batches(files: list[str], *, n: int, batch_size: int, max_seq_length: int) -> list[dict]:
+    """The first n batches of the held-out files in file order (the same every time: comparable eval/)."""
+    stream = Stream(files, 0, 1, batch_size=batch_size, max_seq_length=max_seq_length, seed=0,
+                    block=1)  # block 1: no shuffling
+    stream._files_of = lambda epoch: (files, 1)  # fixed order
+    out = []
+    for batch in stream.batches():
+        batch.pop("meta")
+        out.append(batch)
+        if len(out) == n or stream.pos.epoch > 0:
+            break
+    return out

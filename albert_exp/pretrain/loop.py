@@ -1,0 +1,217 @@
+"""The pretraining loop: one model, one loop, parameterised; resumable to the exact step.
+
+Metrics are buffered and committed together with each checkpoint (to MLflow and metrics.jsonl): a run
+killed between two checkpoints loses nothing that the resumed run does not recompute identically, and no
+step is ever logged twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from albert_exp.pretrain import checkpoint, data
+from albert_exp.pretrain.optim import Plateau
+
+METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy")
+FLUSHED = "metrics_flushed"  # marker: this checkpoint's metrics reached metrics.jsonl and the tracker
+
+
+def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None) -> dict[str, torch.Tensor]:
+    """MLM loss over the masked positions only (gathered before the vocabulary projection, as google's
+    run_pretraining.py does: 10 positions instead of 64 per sequence) + SOP loss; sums for accuracies.
+    `encoder`: a torch.compile'd `model.albert` (the model itself stays uncompiled, so it saves plainly)."""
+    out = (encoder or model.albert)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    token_type_ids=batch["token_type_ids"])
+    seq = out.last_hidden_state
+    pos = batch["mlm_positions"]
+    gathered = seq.gather(1, pos.unsqueeze(-1).expand(-1, -1, seq.size(-1)))
+    logits = model.predictions(gathered).float()
+    ids, w = batch["mlm_ids"], batch["mlm_weights"]
+    ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(w)
+    mlm_loss = (ce * w).sum() / (w.sum() + 1e-5)  # google's normalisation
+    sop_logits = model.sop_classifier(out.pooler_output).float()
+    sop_loss = F.cross_entropy(sop_logits, batch["sop_labels"])
+    with torch.no_grad():
+        mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / w.sum().clamp_min(1e-5)
+        sop_acc = (sop_logits.argmax(-1) == batch["sop_labels"]).float().mean()
+    return {"loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
+            "mlm_accuracy": mlm_acc, "sop_accuracy": sop_acc}
+
+
+@dataclass
+class State:
+    """Everything besides tensors that a checkpoint must restore."""
+
+    step: int = 0
+    batches_done: int = 0  # micro-batches consumed (sets the loader's round-robin phase)
+    positions: list = field(default_factory=list)
+    corrupt: list = field(default_factory=list)
+    window: dict = field(default_factory=lambda: {"n": 0, **{k: 0.0 for k in METRICS}})
+    plateau: dict = field(default_factory=dict)
+    last_eval_loss: float | None = None
+    best: dict = field(default_factory=dict)  # {"step", "loss", "metric"}
+    stop_reason: str | None = None
+
+
+class Trainer:
+    def __init__(self, model, optimizer, scheduler, *, pc, files: list[str], eval_data: list[dict],
+                 output_dir: Path, tracker, seed: int, total_steps: int, device: torch.device,
+                 state: State, plateau: Plateau, extra_state: dict, compile: bool = False):
+        self.model, self.opt, self.sched, self.pc = model, optimizer, scheduler, pc
+        self.files, self.eval_data, self.out, self.tracker = files, eval_data, output_dir, tracker
+        self.seed, self.total, self.device, self.state, self.plateau = seed, total_steps, device, state, plateau
+        self.extra_state = extra_state
+        self.encoder = torch.compile(model.albert) if compile else None
+        self.streams = max(1, pc.num_workers)
+        self.micro = pc.batch_size // pc.gradient_accumulation_steps
+        self.pending: list[tuple[int, dict]] = []
+        bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
+        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.precision = "bf16" if bf16 else "fp32"
+        if not state.positions:
+            state.positions = [None] * self.streams
+            state.corrupt = [0] * self.streams
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        sums = {k: 0.0 for k in METRICS}
+        with torch.no_grad(), self.autocast():
+            for batch in self.eval_data:
+                for k, v in batch_losses(self.model, self._to_device(batch), self.encoder).items():
+                    sums[k] += float(v)
+        self.model.train()
+        return {f"eval/{k}": v / len(self.eval_data) for k, v in sums.items()}
+
+    def _commit(self, step: int) -> Path:
+        """Checkpoint (with the metrics buffered since the last one), then flush those metrics, then prune."""
+        st = self.state
+        metric = st.last_eval_loss if st.last_eval_loss is not None else self.plateau.ema
+        is_best = metric is not None and (not st.best or metric < st.best["loss"])
+        if is_best:
+            st.best = {"step": step, "loss": metric,
+                       "metric": "eval/loss" if st.last_eval_loss is not None else "smoothed train/loss"}
+        st.plateau = self.plateau.state_dict()
+        trainer_state = {**st.__dict__, **self.extra_state, "streams": self.streams, "micro_batch": self.micro,
+                         "pending_metrics": self.pending}
+        ckpt = checkpoint.save(self.out, step, self.model, self.opt, self.sched, trainer_state)
+        self.flush(ckpt, self.pending)
+        self.pending = []
+        if is_best:
+            checkpoint.update_best(self.out, ckpt)
+        if self.pc.log_checkpoints:
+            for f in ckpt.iterdir():
+                if f.name not in ("training_state.pt", FLUSHED):
+                    self.tracker.log_artifact(f, f"checkpoints/{ckpt.name}")
+        checkpoint.prune(self.out, self.pc.keep_checkpoints, st.best.get("step"))
+        return ckpt
+
+    def flush(self, ckpt: Path, pending: list, resuming: bool = False) -> None:
+        """Write the metrics a checkpoint carries to metrics.jsonl and the tracker, once.
+
+        The metrics travel inside the (atomically renamed) checkpoint and a marker file records the flush,
+        so a kill at any point neither loses nor duplicates a step: on resume an unflushed checkpoint is
+        flushed again, skipping what already reached MLflow, and metrics.jsonl is cut back to it."""
+        if resuming:
+            upto = int(ckpt.name.split("-")[1])
+            path = self.out / "metrics.jsonl"
+            rows = path.read_text().splitlines() if path.exists() else []
+            again = {s for s, _ in pending} if not (ckpt / FLUSHED).exists() else set()
+            kept = [r for r in rows if (s := json.loads(r)["step"]) <= upto and s not in again]
+            path.write_text("".join(r + "\n" for r in kept))
+            if (ckpt / FLUSHED).exists():
+                return
+        logged = self._already_logged(pending) if resuming else set()
+        with open(self.out / "metrics.jsonl", "a") as f:
+            for s, m in pending:
+                f.write(json.dumps({"step": s, **m}) + "\n")
+                fresh = {k: v for k, v in m.items() if (k, s) not in logged}
+                if fresh:
+                    self.tracker.log_metrics(fresh, step=s)
+        (ckpt / FLUSHED).touch()
+
+    def _already_logged(self, pending: list) -> set[tuple[str, int]]:
+        if not self.tracker.run_id or not pending:
+            return set()
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        keys = {k for _, m in pending for k in m}
+        return {(k, h.step) for k in keys for h in client.get_metric_history(self.tracker.run_id, k)}
+
+    def train(self, last_step: int) -> dict:
+        st, pc = self.state, self.pc
+        loader = data.make_loader(self.files, streams=self.streams, positions=st.positions,
+                                  batches_done=st.batches_done, batch_size=self.micro,
+                                  max_seq_length=pc.max_seq_length, seed=self.seed, block=pc.shuffle_block,
+                                  skip_corrupt=pc.skip_corrupt)
+        it = iter(loader)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+        t0, seqs = time.perf_counter(), 0
+        bar = tqdm(total=last_step, initial=st.step, desc="pretrain", unit="step", mininterval=2, leave=False)
+        ckpt = None
+        try:
+            while st.step < last_step and st.stop_reason is None:
+                lr = self.opt.param_groups[0]["lr"]
+                sums = {k: 0.0 for k in METRICS}
+                for _ in range(pc.gradient_accumulation_steps):
+                    batch = next(it)
+                    data.raise_if_error(batch)
+                    meta = batch.pop("meta")
+                    st.positions[meta["stream"]] = meta["position"]
+                    st.corrupt[meta["stream"]] = meta["corrupt"]
+                    st.batches_done += 1
+                    with self.autocast():
+                        losses = batch_losses(self.model, self._to_device(batch), self.encoder)
+                    (losses["loss"] / pc.gradient_accumulation_steps).backward()
+                    for k in METRICS:
+                        sums[k] += losses[k].item() / pc.gradient_accumulation_steps
+                    seqs += batch["input_ids"].shape[0]
+                if not math.isfinite(sums["loss"]):
+                    raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
+                torch.nn.utils.clip_grad_norm_(params, pc.max_grad_norm)
+                self.opt.step()
+                self.sched.step()
+                self.opt.zero_grad(set_to_none=True)
+                st.step += 1
+                bar.update(1)
+                st.window["n"] += 1
+                for k in METRICS:
+                    st.window[k] += sums[k]
+                st.stop_reason = self.plateau.update(st.step, sums["loss"])
+                if st.step % pc.log_every_steps == 0 or st.step == last_step or st.stop_reason:
+                    n = st.window.pop("n")
+                    m = {f"train/{k}": st.window[k] / n for k in METRICS}
+                    elapsed = time.perf_counter() - t0
+                    m.update({"train/lr": lr, "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
+                              "data/corrupt_records": float(sum(st.corrupt))})
+                    self.pending.append((st.step, m))
+                    bar.set_postfix(loss=f"{m['train/loss']:.3f}", lr=f"{lr:.2e}")
+                    st.window = {"n": 0, **{k: 0.0 for k in METRICS}}
+                    t0, seqs = time.perf_counter(), 0
+                if self.eval_data and (st.step % pc.eval_every_steps == 0 or st.step == last_step):
+                    ev = self.evaluate()
+                    st.last_eval_loss = ev["eval/loss"]
+                    self.pending.append((st.step, ev))
+                if st.step % pc.save_checkpoints_steps == 0 or st.step == last_step or st.stop_reason:
+                    ckpt = self._commit(st.step)
+        finally:
+            bar.close()
+            del it  # stops the loader processes
+        if st.stop_reason:
+            self.tracker.set_tags({"stop_reason": st.stop_reason, "stop_step": st.step})
+        return {"step": st.step, "last_checkpoint": str(ckpt or checkpoint.latest(self.out)),
+                "stop_reason": st.stop_reason, "best": st.best, "corrupt_records": sum(st.corrupt),
+                "precision": self.precision}

@@ -1,0 +1,313 @@
+"""Pretraining: loader (determinism, resume positions, corruption, google's fixture), optimiser and schedule,
+the loop (learns a toy task, logs, checkpoints), exact resume after SIGKILL, plateau stop. Tiny models only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from albert_exp.config import load_config
+from albert_exp.errors import UserError
+from albert_exp.pretrain import checkpoint, data, optim
+from albert_exp.tfrecord import CorruptRecordError, decode_example, encode_example, iter_records, write_records
+from tests.conftest import ROOT, require_reference
+
+SEQ, PRED, VOCAB = 16, 3, 40
+CLS, SEP, MASK = 2, 3, 4
+
+
+def toy_examples(n: int, seed: int) -> list[bytes]:
+    """Learnable data: segment A counts up from a random start, segment B continues it; SOP label 1 swaps them.
+    Masked tokens are predictable from their neighbours."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        start = int(rng.integers(5, VOCAB - 14))
+        a, b = list(range(start, start + 6)), list(range(start + 6, start + 13))
+        swap = int(rng.integers(0, 2))
+        if swap:
+            a, b = b, a
+        ids = [CLS, *a, SEP, *b, SEP]
+        seg = [0] * (len(a) + 2) + [1] * (len(b) + 1)
+        ids, seg = ids + [0] * (SEQ - len(ids)), seg + [0] * (SEQ - len(seg))
+        mask = [1] * 16
+        positions = sorted(rng.choice([i for i in range(1, 16) if ids[i] not in (CLS, SEP)], PRED, replace=False))
+        targets = [ids[p] for p in positions]
+        for p in positions:
+            ids[p] = MASK
+        out.append(encode_example({
+            "input_ids": ids, "input_mask": mask, "segment_ids": seg, "token_boundary": [1] * SEQ,
+            "masked_lm_positions": positions, "masked_lm_ids": targets,
+            "masked_lm_weights": np.ones(PRED, np.float32), "next_sentence_labels": [swap]}))
+    return out
+
+
+def make_shards(root: Path, shards: int = 3, per_shard: int = 64, seed: int = 0) -> list[str]:
+    paths = []
+    for i in range(shards):
+        p = root / f"shard-{i:03d}.tfrecord"
+        write_records(p, toy_examples(per_shard, seed * 100 + i))
+        paths.append(str(p))
+    return paths
+
+
+TINY_MODEL = {"vocab_size": VOCAB, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": SEQ}
+
+
+def tiny_config(tmp_path: Path, **pretrain) -> dict:
+    inputs = make_shards(tmp_path / "data") if not (tmp_path / "data").exists() else \
+        sorted(str(p) for p in (tmp_path / "data").glob("*.tfrecord"))
+    heldout = tmp_path / "heldout.tfrecord"
+    if not heldout.exists():
+        write_records(heldout, toy_examples(32, 999))
+    return {"name": "pretrain-test", "seed": 7, "workdir": str(tmp_path / "work"), "model": TINY_MODEL,
+            "pretrain": {"input": inputs, "eval_input": [str(heldout)], "max_seq_length": SEQ,
+                         "max_predictions_per_seq": PRED, "batch_size": 8, "num_train_steps": 40,
+                         "num_warmup_steps": 4, "learning_rate": 0.01, "save_checkpoints_steps": 10,
+                         "log_every_steps": 1, "eval_every_steps": 10, "eval_batches": 2, "num_workers": 0,
+                         "shuffle_block": 16, "log_checkpoints": False,
+                         # one thread: tiny matmuls on a shared 2-core machine are 30x slower with 2
+                         "torch_threads": 1, **pretrain}}
+
+
+def cfg_from(tmp_path: Path, d: dict):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("# Command: test\n# Purpose: test\n# Expected: test\n" + yaml.safe_dump(d))
+    return load_config(path), path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loader
+
+
+def _take(stream_or_loader, n):
+    out = []
+    for b in stream_or_loader:
+        data.raise_if_error(b)
+        out.append(b)
+        if len(out) == n:
+            return out
+
+
+def test_stream_is_deterministic_covers_every_record_and_resumes_mid_block(tmp_path):
+    files = make_shards(tmp_path, shards=3, per_shard=20)
+    kw = dict(batch_size=4, max_seq_length=SEQ, seed=1, block=8)
+    # Epoch 0: 3 files over 2 streams -> 2 files (10 batches) and 1 file (5 batches): every record once.
+    seen = _take(data.Stream(files, 0, 2, **kw).batches(), 10) + _take(data.Stream(files, 1, 2, **kw).batches(), 5)
+    rows = Counter(tuple(r.tolist()) for b in seen for r in b["input_ids"])
+    everything = Counter(tuple(decode_example(p)["input_ids"].tolist()) for f in files for _, p in iter_records(f))
+    assert rows == everything
+    first = _take(data.Stream(files, 0, 2, **kw).batches(), 6)
+    for b1, b2 in zip(first, _take(data.Stream(files, 0, 2, **kw).batches(), 6), strict=True):
+        assert torch.equal(b1["input_ids"], b2["input_ids"])
+    # resume from the position carried by batch 2 (mid-block): batches 3.. are identical
+    pos = data.Position(**first[2]["meta"]["position"])
+    assert pos.taken not in (0, 8)
+    resumed = _take(data.Stream(files, 0, 2, position=pos, **kw).batches(), 3)
+    for b1, b2 in zip(first[3:], resumed, strict=True):
+        assert torch.equal(b1["input_ids"], b2["input_ids"])
+    # another seed gives another order
+    other = _take(data.Stream(files, 0, 2, **{**kw, "seed": 2}).batches(), 1)
+    assert not torch.equal(other[0]["input_ids"], first[0]["input_ids"])
+
+
+def test_loader_workers_round_robin_and_resume(tmp_path):
+    files = make_shards(tmp_path, shards=2, per_shard=24)
+    kw = dict(batch_size=4, max_seq_length=SEQ, seed=3, block=8, skip_corrupt=False)
+    full = _take(data.make_loader(files, streams=2, positions=[None, None], batches_done=0, **kw), 9)
+    assert [b["meta"]["stream"] for b in full] == [0, 1] * 4 + [0]
+    positions = [None, None]
+    for b in full[:5]:
+        positions[b["meta"]["stream"]] = b["meta"]["position"]
+    rest = _take(data.make_loader(files, streams=2, positions=positions, batches_done=5, **kw), 4)
+    assert [b["meta"]["stream"] for b in rest] == [1, 0, 1, 0]
+    for b1, b2 in zip(full[5:], rest, strict=True):
+        assert torch.equal(b1["input_ids"], b2["input_ids"])
+
+
+def test_corrupt_record_names_file_and_offset_or_is_skipped(tmp_path):
+    path = tmp_path / "bad.tfrecord"
+    write_records(path, toy_examples(10, 0))
+    raw = bytearray(path.read_bytes())
+    size = len(raw) // 10
+    raw[3 * size + 20] ^= 0xFF  # flip a byte inside the 4th record's data
+    path.write_bytes(bytes(raw))
+    kw = dict(batch_size=4, max_seq_length=SEQ, seed=0, block=16)
+    loader = data.make_loader([str(path)], streams=1, positions=[None], batches_done=0, skip_corrupt=False, **kw)
+    with pytest.raises(CorruptRecordError, match=r"bad\.tfrecord@\d+"):
+        _take(loader, 2)
+    stream = data.Stream([str(path)], 0, 1, skip_corrupt=True, **kw)
+    batches = _take(stream.batches(), 3)
+    assert batches[-1]["meta"]["corrupt"] >= 1 and stream.corrupt >= 1
+
+
+def test_wrong_sequence_length_is_a_user_error(tmp_path):
+    files = make_shards(tmp_path, shards=1, per_shard=8)
+    loader = data.make_loader(files, streams=1, positions=[None], batches_done=0, batch_size=4, max_seq_length=32,
+                              seed=0, block=8, skip_corrupt=False)
+    with pytest.raises(UserError, match="max_seq_length=16"):
+        _take(loader, 1)
+
+
+def test_reads_googles_reference_records():
+    ref = require_reference()
+    path = str(ref / "restaurant_review_train")
+    stream = data.Stream([path], 0, 1, batch_size=8, max_seq_length=512, seed=0, block=64)
+    batch = _take(stream.batches(), 1)[0]
+    assert batch["input_ids"].shape == (8, 512) and batch["mlm_positions"].shape == (8, 20)
+    assert set(batch["sop_labels"].tolist()) <= {0, 1}
+    assert (batch["input_ids"] < 159).all() and batch["mlm_weights"].sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Optimiser, schedule, plateau
+
+
+def test_schedule_matches_googles_warmup_and_linear_decay():
+    assert optim.lr_factor(0, 25_000, 1_000_000) == 0.0
+    assert optim.lr_factor(12_500, 25_000, 1_000_000) == 0.5
+    assert optim.lr_factor(25_000, 25_000, 1_000_000) == pytest.approx(0.975)
+    assert optim.lr_factor(1_000_000, 25_000, 1_000_000) == 0.0
+    scaled = load_config().pretrain.scaled()
+    assert (scaled.num_train_steps, scaled.num_warmup_steps, scaled.learning_rate) == (1_000_000, 25_000, 0.00022)
+
+
+def test_lamb_groups_exclude_layernorm_and_bias():
+    from transformers import AlbertConfig, AlbertForPreTraining
+
+    model = AlbertForPreTraining(AlbertConfig(**TINY_MODEL))
+    opt = optim.make_optimizer(model, 1e-3, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and not decay["adam"] and no_decay["weight_decay"] == 0 and no_decay["adam"]
+    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] or "layer_norm" in names[id(p)]
+               for p in no_decay["params"])
+    assert any("query.weight" in names[id(p)] for p in decay["params"])
+    assert type(opt).__module__.startswith("pytorch_optimizer")
+
+
+def test_plateau_stops_on_flat_loss_only():
+    p = optim.Plateau(window=20, min_improvement=0.01, smoothing=0.5)
+    assert all(p.update(s, 5.0 - 0.05 * s) is None for s in range(1, 60))
+    flat = optim.Plateau(window=20, min_improvement=0.01, smoothing=0.5)
+    reasons = [flat.update(s, 2.0) for s in range(1, 30)]
+    assert reasons[19] is None and reasons[20] is not None and "plateau" in reasons[20]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+
+
+def test_pretrain_learns_logs_and_checkpoints(tmp_path, mlflow_store):
+    from transformers import AlbertForTokenClassification
+
+    from albert_exp.pretrain import run
+
+    cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=60, keep_checkpoints=2, log_checkpoints=True))
+    res = run(cfg)
+    out = Path(res["output_dir"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    # LAMB moves each layer by ~lr * |w| per step: slow on a tiny model, but clearly downhill
+    assert len(losses) == 60 and np.mean(losses[-10:]) < np.mean(losses[:5]) - 0.2
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert [d.name for d in checkpoint.checkpoint_dirs(out)][-2:] == ["step-00000050", "step-00000060"]
+    assert len(checkpoint.checkpoint_dirs(out)) <= 3  # last 2 + best
+    AlbertForTokenClassification.from_pretrained(res["model_dir"], num_labels=2)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    hist = client.get_metric_history(res["mlflow_run_id"], "train/loss")
+    assert sorted(m.step for m in hist) == list(range(1, 61))
+    r = client.get_run(res["mlflow_run_id"])
+    assert r.data.params["derived.learning_rate"] == "0.01" and "derived.rule" in r.data.params
+    arts = [a.path for a in client.list_artifacts(res["mlflow_run_id"], "checkpoints")]
+    assert "checkpoints/step-00000010" in arts
+    assert (out / "results.json").is_file()
+
+
+def test_plateau_stop_is_logged(tmp_path, mlflow_store):
+    from albert_exp.pretrain import run
+
+    cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=200, learning_rate=1e-9,
+                                            plateau_window=10, plateau_min_improvement=0.05, eval_input=[]))
+    res = run(cfg)
+    assert res["stop_reason"].startswith("plateau") and res["step"] < 40
+    assert Path(res["last_checkpoint"]).name == f"step-{res['step']:08d}"
+
+
+def _cli(cfg_path: Path, *extra) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "albert_exp", "pretrain", "--config", str(cfg_path), *extra],
+                            cwd=cfg_path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store):
+    """Kill -9 mid-run, run the same command again: same loss at every step, no step lost or logged twice."""
+    import mlflow
+
+    base = tiny_config(tmp_path, num_train_steps=60, num_workers=2, save_checkpoints_steps=7, eval_every_steps=5)
+    runs = {}
+    for name in ("straight", "killed"):
+        d = {**base, "pretrain": {**base["pretrain"], "output_dir": str(tmp_path / name)}}
+        (tmp_path / name).mkdir()
+        path = tmp_path / name / "cfg.yaml"
+        path.write_text(yaml.safe_dump(d))
+        runs[name] = path
+    assert _cli(runs["straight"]).wait(timeout=300) == 0
+
+    proc = _cli(runs["killed"])
+    deadline = time.time() + 240
+    while not (tmp_path / "killed" / "checkpoints" / "step-00000021").exists():
+        assert proc.poll() is None and time.time() < deadline, "finished or stuck before the kill"
+        time.sleep(0.01)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = checkpoint.latest(tmp_path / "killed")
+    assert done is not None and int(done.name.split("-")[1]) < 60
+    out = _cli(runs["killed"])
+    assert out.wait(timeout=300) == 0, out.stdout.read().decode()[-3000:]
+
+    def trajectory(name):
+        rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        res = json.loads((tmp_path / name / "results.json").read_text())
+        return rows, res
+
+    rows_a, res_a = trajectory("straight")
+    rows_b, res_b = trajectory("killed")
+    assert res_b["resumed_from"] and res_b["step"] == 60
+    for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "train/lr", "eval/loss"):
+        a = [(r["step"], r[key]) for r in rows_a if key in r]
+        b = [(r["step"], r[key]) for r in rows_b if key in r]
+        assert [s for s, _ in a] == [s for s, _ in b], key  # no step lost or duplicated
+        np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-6, atol=1e-7, err_msg=key)
+    client = mlflow.MlflowClient()
+    assert res_a["mlflow_run_id"] != res_b["mlflow_run_id"]
+    steps = [m.step for m in client.get_metric_history(res_b["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 61))  # the resumed run logged into the killed run's MLflow run
+
+
+def test_resume_refuses_a_different_worker_count(tmp_path, mlflow_store):
+    from albert_exp.pretrain import run
+
+    cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, eval_input=[]))
+    run(cfg)
+    d = tiny_config(tmp_path, num_train_steps=20, num_workers=2, eval_input=[])
+    cfg2, _ = cfg_from(tmp_path, d)
+    with pytest.raises(UserError, match="num_workers"):
+        run(cfg2)
