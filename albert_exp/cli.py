@@ -43,6 +43,10 @@ COMMANDS: dict[str, Command] = {
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "tune": Command("albert_exp.tune", "search the fine-tuning learning rate and epochs with Optuna (resumable, "
                     "several workers on PostgreSQL)", "tune"),
+    "promote": Command("albert_exp.promote", "register a model; move the `champion` alias only if it beats the "
+                       "champion on the same data", "promote"),
+    "predict": Command("albert_exp.predict", "batch phrase extraction with a logged model (models:/<name>@champion)",
+                       None),
     "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
 }
 

@@ -1,0 +1,220 @@
+"""Promote stage: register a fine-tuned model, alias it `challenger`, move `champion` only when it is better.
+
+    albert-exp promote --config experiments/toy.yaml                       # the best trial of the last `tune`
+    albert-exp promote --config experiments/toy.yaml --run-id <finetune run> --margin 0.002
+    albert-exp promote --config experiments/toy.yaml --run-id <run> --force --reason "hotfix for dish X"
+
+The challenger and the champion are scored on the same evaluation data (default: the finetune test CSV),
+identified by the sha256 of the file. A champion score recorded on its version with the same digest and metric
+is reused; otherwise (different data) the champion is evaluated again now. `champion` moves only when the
+challenger beats it by more than `margin` (a tie keeps the champion). Both scores, the digest, the decision and
+any `--force --reason` are written as tags and a description on the challenger's version.
+
+Two promotions of the same model at once: the read-compare-move runs under a lock that works on any MLflow
+registry (SQLite, PostgreSQL, a tracking server): creating a registered model is atomic in every store (the
+name is unique), so creating `<model>.promotion-lock` is a compare-and-set. A registry tag cannot be one
+(set_tag is last-writer-wins), and a file lock only guards one machine. A lock older than `lock_stale_s` was
+left by a dead process and is broken.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from albert_exp.config import ExperimentConfig
+from albert_exp.errors import UserError
+from albert_exp.tracking import stage_run, write_results
+
+ARTIFACT = "phrase_extractor"  # the pyfunc every finetune run logs
+HF_ARTIFACT = "hf_model"
+
+
+def model_name(cfg: ExperimentConfig) -> str:
+    return cfg.promote.model_name or f"{cfg.name}-phrase-tagger"
+
+
+def _source_run(cfg: ExperimentConfig) -> str:
+    if cfg.promote.run_id:
+        return cfg.promote.run_id
+    for stage in ("tune", "finetune"):
+        path = cfg.stage_dir(stage) / "results.json"
+        if path.is_file():
+            run_id = json.loads(path.read_text()).get("mlflow_run_id" if stage == "tune" else "run_id")
+            if run_id:
+                return run_id
+    raise UserError("nothing to promote", where=str(cfg.root),
+                    fix="run `albert-exp tune` or `albert-exp finetune` first, or give --run-id")
+
+
+def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str, float]:
+    """Token and phrase metrics of a finetune run's HF model on a labelled CSV."""
+    import mlflow
+    from transformers import AlbertForTokenClassification, AutoTokenizer
+
+    from albert_exp.data import encode
+    from albert_exp.finetune import evaluate
+
+    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{HF_ARTIFACT}")
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    model = AlbertForTokenClassification.from_pretrained(local, use_safetensors=True)
+    f = cfg.finetune
+    data = encode(eval_csv, tokenizer, max_seq_length=f.max_seq_length, text_column=f.text_column,
+                  phrase_column=f.phrase_column, separator=f.phrase_separator, case_insensitive=f.case_insensitive)
+    metrics, _ = evaluate(model, data, f.eval_batch_size, tokenizer.pad_token_id)
+    return metrics
+
+
+def file_digest(path: Path) -> str:
+    from albert_exp.data import read_labelled_csv
+
+    return read_labelled_csv(path)[1]
+
+
+@contextmanager
+def registry_lock(client: Any, name: str, timeout_s: float, stale_s: float):
+    """Mutual exclusion between promotions of `name`, through the registry's unique model names."""
+    from mlflow.exceptions import MlflowException
+
+    lock = f"{name}.promotion-lock"
+    owner = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"owner": owner, "since": f"{time.time():.3f}"},
+                                           description="held while a promotion compares and moves aliases")
+            break
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+                raise
+        try:
+            held = client.get_registered_model(lock)
+            since = float(held.tags.get("since", time.time()))
+            if time.time() - since > stale_s:
+                print(f"breaking a stale promotion lock held by {held.tags.get('owner')}")
+                client.delete_registered_model(lock)
+                continue
+        except MlflowException:
+            continue  # released meanwhile
+        if time.time() > deadline:
+            raise UserError(f"another promotion of '{name}' holds the lock", where=lock,
+                            fix=f"wait for it, or delete the registered model '{lock}' if its owner is dead")
+        time.sleep(0.2)
+    try:
+        yield owner
+    finally:
+        client.delete_registered_model(lock)
+
+
+def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
+    for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        return v
+    return None
+
+
+def _champion(client: Any, name: str) -> Any | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+
+
+def decide(challenger: float, champion: float | None, margin: float, force: bool) -> tuple[bool, str]:
+    """The promotion rule, as a plain function."""
+    if force:
+        return True, "forced"
+    if champion is None:
+        return True, "no champion yet"
+    if challenger > champion + margin:
+        return True, f"better by {challenger - champion:.4g} (> margin {margin:g})"
+    if challenger == champion:
+        return False, "equal: the champion stays"
+    return False, f"not better by more than the margin {margin:g} ({challenger - champion:+.4g})"
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    p = cfg.promote
+    name, metric = model_name(cfg), p.metric
+    from albert_exp.finetune import _paths
+
+    eval_csv = Path(p.eval_csv) if p.eval_csv else _paths(cfg)["test"]
+    digest = file_digest(eval_csv)
+    run_id = _source_run(cfg)
+    client = MlflowClient()
+    try:
+        source = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}", where="promote.run_id",
+                        fix="give a finetune run id from this tracking store") from None
+    try:
+        mlflow.models.get_model_info(f"runs:/{run_id}/{ARTIFACT}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        raise UserError(f"run {run_id} has no '{ARTIFACT}' model", where="promote.run_id",
+                        fix="promote a finetune run (they log the phrase extractor)") from None
+    with stage_run(cfg, "promote", name) as tracker:
+        scores = evaluate_run(run_id, eval_csv, cfg)
+        challenger_score = scores[metric]
+        with registry_lock(client, name, p.lock_timeout_s, p.lock_stale_s) as owner:
+            version = _version_of_run(client, name, run_id) or mlflow.register_model(
+                f"runs:/{run_id}/{ARTIFACT}", name,
+                tags={"dataset_digest": source.data.tags.get("dataset_digest", ""), "source_run_id": run_id})
+            client.set_registered_model_alias(name, "challenger", version.version)
+            champ = _champion(client, name)
+            champ_score, champ_how = None, "none"
+            if champ is not None and champ.version == version.version:
+                champ_score, champ_how = challenger_score, "this version"
+            elif champ is not None:
+                t = champ.tags
+                if t.get("eval_digest") == digest and t.get("eval_metric") == metric and "eval_score" in t:
+                    champ_score, champ_how = float(t["eval_score"]), "recorded on the same data"
+                else:  # scored on other data (or never): score it now on this data
+                    champ_score = evaluate_run(champ.run_id, eval_csv, cfg)[metric]
+                    champ_how = "re-evaluated on this data"
+            promoted, why = decide(challenger_score, champ_score, p.margin, p.force)
+            if champ is not None and champ.version == version.version:
+                promoted, why = False, "already champion"
+            decision = "promoted" if promoted else "kept champion"
+            tags = {"eval_metric": metric, "eval_score": repr(challenger_score), "eval_digest": digest,
+                    "eval_data": str(eval_csv), "promotion.decision": decision, "promotion.why": why,
+                    "promotion.champion_version": champ.version if champ else "",
+                    "promotion.champion_score": "" if champ_score is None else repr(champ_score),
+                    "promotion.champion_score_source": champ_how, "promotion.margin": p.margin,
+                    "promotion.forced": str(p.force).lower(), "promotion.reason": p.reason,
+                    "promotion.by": owner, "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            for k, v in tags.items():
+                client.set_model_version_tag(name, version.version, k, str(v))
+            if promoted:
+                client.set_registered_model_alias(name, "champion", version.version)
+                if champ is not None:
+                    client.set_model_version_tag(name, champ.version, "promotion.replaced_by", version.version)
+            champ_text = "none" if champ_score is None else f"v{champ.version} {champ_score:.4f} ({champ_how})"
+            description = (f"{decision}: {why}. {metric} on {eval_csv.name} (sha256 {digest[:12]}): challenger "
+                           f"{challenger_score:.4f}, champion {champ_text}."
+                           + (f" Forced: {p.reason}" if p.force else ""))
+            client.update_model_version(name, version.version, description=description)
+        print(f"{name} v{version.version}: {description}")
+        tracker.set_tags({"registered_model": name, "model_version": version.version, "decision": decision,
+                          "source_run_id": run_id, "eval_digest": digest})
+        tracker.log_metrics({f"challenger/{k}": v for k, v in scores.items()}
+                            | ({f"champion/{metric}": champ_score} if champ_score is not None else {}), step=0)
+        champion_now = _champion(client, name)
+        results = {"model_name": name, "version": int(version.version), "promoted": promoted, "decision": decision,
+                   "why": why, "metric": metric, "challenger_score": challenger_score,
+                   "champion_score": champ_score, "champion_version": int(champion_now.version),
+                   "eval_digest": digest, "eval_csv": str(eval_csv), "source_run_id": run_id,
+                   "challenger_metrics": scores, "champion_uri": f"models:/{name}@champion",
+                   "run_id": tracker.run_id}
+        write_results(cfg.stage_dir("promote"), results, tracker)
+    return results
