@@ -3,11 +3,13 @@
     albert-exp main --config experiments/toy.yaml      # what `make demo` and `mlflow run .` run
 
 Stages run in this process, one nested run each, and hand over their outputs (paths, and MLflow artifact URIs
-in the parent's tags). Nothing is reused from an earlier invocation: every stage reruns.
+in the parent's tags). Nothing is reused from an earlier invocation: every stage reruns (the Optuna study
+is a new one each time). Ends with `promote`: the best trial becomes champion only if it beats the champion.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -17,7 +19,7 @@ from albert_exp.config import ExperimentConfig
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import mlflow
 
-    from albert_exp import corpus, finetune, vocab
+    from albert_exp import corpus, finetune, promote, tune, vocab
     from albert_exp.tracking import stage_run, write_results
 
     t0 = time.time()
@@ -29,14 +31,26 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
         parent.log_metrics(summary, step=ft["best_epoch"])
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
+        # a fresh study per `main` (its name carries the parent run): nothing is reused from an earlier invocation
+        study = cfg.tune.study_name or f"{tune.study_name(cfg)}-{parent.run_id[:8]}"
+        results["tune"] = tuned = tune.run(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune,
+                                                                                            study_name=study)))
+        results["promote"] = pr = promote.run(cfg)  # the best trial; champion only if it beats the champion
+        summary = {f"test/{k}": v for k, v in pr["champion_metrics"].items()}
+        parent.log_metrics({f"champion/{k}": v for k, v in summary.items()}, step=0)
+        parent.set_tags({"champion_uri": pr["champion_uri"], "champion_version": pr["champion_version"],
+                         "best_trial_model_uri": tuned.get("model_uri", "")})
         results["seconds"] = round(time.time() - t0, 1)
         write_results(cfg.root, results, parent)
     tracking_uri = mlflow.get_tracking_uri()
-    print("\n== final test metrics (dish names never seen in training) ==")
+    print(f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
+          f"epochs={tuned['best_params']['epochs']} val={tuned['best_value']:.4f}, {tuned['n_pruned']} pruned")
+    print(f"promote: {pr['model_name']} v{pr['version']} {pr['decision']} ({pr['why']})")
+    print(f"\n== champion v{pr['champion_version']}: test metrics (dish names never seen in training) ==")
     for k, v in summary.items():
         print(f"  {k:36s} {v:.4f}")
     print(f"\nruns: {tracking_uri}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
     print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
-    if ft.get("model_uri"):
-        print(f"serve it:     mlflow models serve -m {ft['model_uri']} --env-manager local --host 127.0.0.1 -p 5001")
+    print(f"serve it:     mlflow models serve -m \"{pr['champion_uri']}\" --env-manager local --host 127.0.0.1 -p 5001")
+    print(f"predict:      albert-exp predict --model \"{pr['champion_uri']}\" --input reviews.txt --output out.jsonl")
     return {"print_json": False, **results}

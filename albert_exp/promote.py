@@ -210,11 +210,14 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         tracker.log_metrics({f"challenger/{k}": v for k, v in scores.items()}
                             | ({f"champion/{metric}": champ_score} if champ_score is not None else {}), step=0)
         champion_now = _champion(client, name)
+        champion_metrics = scores if champion_now.version == version.version else evaluate_run(
+            champion_now.run_id, eval_csv, cfg)
         results = {"model_name": name, "version": int(version.version), "promoted": promoted, "decision": decision,
                    "why": why, "metric": metric, "challenger_score": challenger_score,
                    "champion_score": champ_score, "champion_version": int(champion_now.version),
                    "eval_digest": digest, "eval_csv": str(eval_csv), "source_run_id": run_id,
-                   "challenger_metrics": scores, "champion_uri": f"models:/{name}@champion",
+                   "challenger_metrics": scores, "champion_metrics": champion_metrics,
+                   "champion_uri": f"models:/{name}@champion",
                    "run_id": tracker.run_id}
         write_results(cfg.stage_dir("promote"), results, tracker)
     return results

@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 SMALL = ["corpus.toy_documents=400", "corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
+         "tune.n_trials=2", "tune.epochs_min=1", "tune.epochs_max=1", "tune.lr_min=1e-3", "tune.lr_max=3e-3",
          "finetune.epochs=7", "vocab.vocab_size=600"]
 
 
@@ -54,7 +55,7 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("stage") == "main")
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"corpus", "vocab", "finetune"}
+    assert {"corpus", "vocab", "finetune", "tune", "promote"} <= set(children)
     assert all(r.info.status == "FINISHED" for r in runs)
     ft = children["finetune"]
     assert ft.data.params["finetune.epochs"] == "7" and "derived.parameters" in ft.data.params
