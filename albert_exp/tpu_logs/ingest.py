@@ -189,7 +189,7 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
         if not Path(p).is_file():
             raise UserError("log file not found", where=str(p), fix="check the path (globs are expanded by the "
                             "shell; quote-free)")
-        seen.setdefault(file_digest(p), str(p))  # the same content twice (a .gz copy) counts once
+        seen.setdefault(file_digest(p), str(p))  # the same file given twice (or a byte-identical copy): once
     digests = list(seen)
     paths = list(seen.values())
     flags = read_command_file(command_file) if command_file else {}
@@ -214,7 +214,9 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
         if found is not None and found.data.tags.get(TAG_COMPLETE) == "true":
             return _unchanged(found, "these files were ingested before")
         run = found or (client.get_run(env_run) if env_run else None)
+    clock = time.perf_counter()
     result = parse_files(paths, year=year, timezone=timezone, progress=progress)
+    timings = {"parse_s": round(time.perf_counter() - clock, 2)}
     if result.table.empty or not (result.table["metric"] == "train/loss").any():
         lines = result.counts.get("lines", 0)
         raise UserError(f"no `loss = ..., step = ...` lines in {lines} lines "
@@ -253,13 +255,17 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
         table, differ = reconcile(table, already)
         differ += overlap_differs
         result.table = table
+        clock = time.perf_counter()
         logged = log_points(client, rid, table, skip=already, progress=progress)
+        timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
         summary = result.summary()
         summary.update(run_id=rid, points_logged=logged, points_already_in_run=len(already),
                        warnings=warnings, kept_earlier_values=differ)
         out = Path(out_dir or Path("runs") / "tpu_logs" / digest[:12])
         files = [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)]
+        clock = time.perf_counter()
         write_artifacts(client, rid, out, result, summary, files, progress)
+        timings["artifacts_s"] = round(time.perf_counter() - clock, 2)
         last_ck = result.checkpoints.iloc[-1]["uri"] if len(result.checkpoints) else None
         set_tags(client, rid, {TAG_DIGEST: digest, TAG_FILES: ",".join(all_digests),
                                "tpu_logs.last_checkpoint": last_ck, "tpu_logs.finished": result.finished,
@@ -272,7 +278,7 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
         raise
     from albert_exp.tracking import write_results
 
-    results = {"status": "ingested", "run_status": status, **summary}
+    results = {"status": "ingested", "run_status": status, **summary, "timings": timings}
     write_results(out, results)
     client.log_artifact(rid, str(out / "results.json"), ARTIFACT_DIR)
     return results
