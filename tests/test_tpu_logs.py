@@ -180,3 +180,13 @@ def test_bulk_chatter_filter_gives_what_feeding_every_line_gives(tmp_path):
     assert bulk.timeline[bulk.first_ti] == slow.timeline[slow.first_ti]
     assert bulk.timeline[-1] == slow.timeline[-1]  # the file's end time
     assert bulk.flags == slow.flags and bulk.restarts == slow.restarts
+
+
+def test_timezone_of_the_tpu_host_is_applied(tmp_path):
+    logs = write_logs(SynthSpec(num_train_steps=2000, seed=8), tmp_path)  # April: Berlin is UTC+2
+    utc = parse_files(logs.files, progress=False)
+    berlin = parse_files(logs.files, timezone="Europe/Berlin", progress=False)
+    shift = (utc.table["wall_time"] - berlin.table["wall_time"]).unique()
+    assert list(shift) == [pd.Timedelta(hours=2)]
+    with pytest.raises(UserError, match="time zone"):
+        parse_files(logs.files, timezone="Mars/Olympus", progress=False)

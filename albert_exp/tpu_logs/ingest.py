@@ -272,6 +272,10 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
                                "tpu_logs.restarts": len(result.restarts), TAG_COMPLETE: "true"})
         status = "FINISHED" if result.finished else "KILLED"
         end_ms = int(to_ms(_series([result.end_time]))[0]) if result.end_time is not None else None
+        set_tags(client, rid, {"tpu_logs.start_time": summary["start_time"],
+                               "tpu_logs.end_time": summary["end_time"]})
+        if rid == env_run:  # `mlflow run` made this run now: an end time from the log would precede its start
+            end_ms = None
         client.set_terminated(rid, status, end_time=end_ms)
     except BaseException:
         client.set_terminated(rid, "FAILED")
