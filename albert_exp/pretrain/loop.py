@@ -136,9 +136,18 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             for s, m in pending:
                 f.write(json.dumps({"step": s, **m}) + "\n")
-                fresh = {k: v for k, v in m.items() if (k, s) not in logged}
-                if fresh:
-                    self.tracker.log_metrics(fresh, step=s)
+        fresh = [(s, {k: v for k, v in m.items() if (k, s) not in logged}) for s, m in pending]
+        if self.tracker.run_id:  # one batched write instead of a transaction per step
+            import mlflow
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            rows = [Metric(k, float(v), now, s) for s, m in fresh for k, v in m.items()]
+            mlflow.MlflowClient().log_batch(self.tracker.run_id, metrics=rows)  # splits large batches itself
+        else:
+            for s, m in fresh:
+                if m:
+                    self.tracker.log_metrics(m, step=s)
         (ckpt / FLUSHED).touch()
 
     def _already_logged(self, pending: list) -> set[tuple[str, int]]:
