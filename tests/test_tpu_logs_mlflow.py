@@ -177,3 +177,19 @@ def test_follow_stops_as_killed_when_the_log_goes_quiet(mlflow_store, tmp_path):
     res = follow([str(logs.files[0])], experiment="tpu", poll_s=0.02, idle_exit_s=0.2, progress=False)
     assert res["run_status"] == "KILLED" and res["last_step"] == 2000
     assert "stopped following" in res["status_reason"]
+
+
+def test_mlflow_run_entry_point_logs_into_its_run(mlflow_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.create_experiment("tpu")
+    outer = client.create_run(exp)  # what `mlflow run . -e tpu-logs` creates and exports
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
+    logs = write_logs(SynthSpec(num_train_steps=2000, seed=17), tmp_path)
+    res = ingest([str(logs.files[0])], experiment="tpu", progress=False)
+    assert res["run_id"] == outer.info.run_id
+    run = client.get_run(outer.info.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    assert pd.Timestamp(run.data.tags["tpu_logs.end_time"]) == pd.Timestamp(logs.truth.end_time, tz="UTC")
+    assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
