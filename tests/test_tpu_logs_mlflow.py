@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 
@@ -11,6 +12,22 @@ import pytest
 from albert_exp.errors import UserError
 from albert_exp.tpu_logs.ingest import TAG_COMPLETE, ingest
 from albert_exp.tpu_logs.synth import SynthSpec, write_logs
+
+
+@pytest.fixture(scope="module")
+def _migrated_db(tmp_path_factory):
+    """One store created (and migrated, seconds of alembic) per module; each test starts from a copy."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(_migrated_db, mlflow_store, tmp_path):
+    shutil.copyfile(_migrated_db, tmp_path / "mlflow.db")  # mlflow_store's URI points here
+    return mlflow_store
 
 
 def _ms(dt) -> int:
@@ -28,7 +45,7 @@ def _truth(logs, key) -> dict[int, tuple[float, int]]:
     return {s: (v, _ms(logs.truth.times[(m, s)])) for (m, s), v in logs.truth.metrics.items() if m == key}
 
 
-def test_ingest_backfills_steps_times_params_and_is_idempotent(mlflow_store, tmp_path):
+def test_ingest_backfills_steps_times_params_and_is_idempotent(store, tmp_path):
     from mlflow import MlflowClient
 
     logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(2350,), eval_every=1000, echo_command=True,
@@ -58,7 +75,7 @@ def test_ingest_backfills_steps_times_params_and_is_idempotent(mlflow_store, tmp
     assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
 
 
-def test_unfinished_run_is_killed_then_append_adds_the_restart(mlflow_store, tmp_path):
+def test_unfinished_run_is_killed_then_append_adds_the_restart(store, tmp_path):
     from mlflow import MlflowClient
 
     logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(1700, 3300), seed=12), tmp_path / "logs")
@@ -81,7 +98,7 @@ def test_unfinished_run_is_killed_then_append_adds_the_restart(mlflow_store, tmp
     assert len(client.search_runs([client.get_experiment_by_name("tpu").experiment_id])) == 1
 
 
-def test_an_interrupted_ingest_is_completed_not_duplicated(mlflow_store, tmp_path, monkeypatch):
+def test_an_interrupted_ingest_is_completed_not_duplicated(store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     import albert_exp.tpu_logs.ingest as ing
@@ -105,7 +122,7 @@ def test_an_interrupted_ingest_is_completed_not_duplicated(mlflow_store, tmp_pat
     assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
 
 
-def test_log_without_loss_lines_is_a_clear_error(mlflow_store, tmp_path):
+def test_log_without_loss_lines_is_a_clear_error(store, tmp_path):
     from albert_exp.cli import main
 
     f = tmp_path / "stdout.log"
@@ -115,7 +132,7 @@ def test_log_without_loss_lines_is_a_clear_error(mlflow_store, tmp_path):
     assert main(["tpu-logs", "ingest", str(tmp_path / "missing.log")]) == 2
 
 
-def test_cli_ingest_with_intermixed_options(mlflow_store, tmp_path, capsys):
+def test_cli_ingest_with_intermixed_options(store, tmp_path, capsys):
     from albert_exp.cli import main
 
     logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1500,), cpp_header=False, seed=14), tmp_path)
@@ -125,7 +142,7 @@ def test_cli_ingest_with_intermixed_options(mlflow_store, tmp_path, capsys):
     assert '"year_source": "--year"' in out and '"run_status": "FINISHED"' in out
 
 
-def test_follow_logs_points_as_the_file_grows(mlflow_store, tmp_path, monkeypatch):
+def test_follow_logs_points_as_the_file_grows(store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     import albert_exp.tpu_logs.follow as fol
@@ -170,7 +187,7 @@ def test_follow_logs_points_as_the_file_grows(mlflow_store, tmp_path, monkeypatc
     assert ingest([str(live)], experiment="tpu", progress=False)["status"] == "unchanged"
 
 
-def test_follow_stops_as_killed_when_the_log_goes_quiet(mlflow_store, tmp_path):
+def test_follow_stops_as_killed_when_the_log_goes_quiet(store, tmp_path):
     from albert_exp.tpu_logs.follow import follow
 
     logs = write_logs(SynthSpec(num_train_steps=2000, finish=False, seed=16), tmp_path)
@@ -179,7 +196,7 @@ def test_follow_stops_as_killed_when_the_log_goes_quiet(mlflow_store, tmp_path):
     assert "stopped following" in res["status_reason"]
 
 
-def test_mlflow_run_entry_point_logs_into_its_run(mlflow_store, tmp_path, monkeypatch):
+def test_mlflow_run_entry_point_logs_into_its_run(store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     client = MlflowClient()

@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable)")
     c.add_argument("--log", default="", help="log file for `tee` (default: <name>-<UTC time>.log)")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n")[1]  # the examples above
     # Options may come between the log files (`ingest a.log --year 2020 b.log`): argparse's intermixed mode.
     parser.parse_args = functools.partial(argparse.ArgumentParser.parse_intermixed_args, parser)
 

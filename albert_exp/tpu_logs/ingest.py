@@ -187,8 +187,7 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
     seen: dict[str, str] = {}
     for p in paths:
         if not Path(p).is_file():
-            raise UserError("log file not found", where=str(p), fix="check the path (globs are expanded by the "
-                            "shell; quote-free)")
+            raise UserError("log file not found", where=str(p), fix="check the path")
         seen.setdefault(file_digest(p), str(p))  # the same file given twice (or a byte-identical copy): once
     digests = list(seen)
     paths = list(seen.values())
