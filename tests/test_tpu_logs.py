@@ -190,3 +190,12 @@ def test_timezone_of_the_tpu_host_is_applied(tmp_path):
     assert list(shift) == [pd.Timedelta(hours=2)]
     with pytest.raises(UserError, match="time zone"):
         parse_files(logs.files, timezone="Mars/Olympus", progress=False)
+
+
+def test_restart_in_one_file_without_a_start_banner_is_found_by_the_step_going_back(tmp_path):
+    logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1750,), layout="single", seed=9), tmp_path)
+    path = logs.files[0]
+    kept = [ln for ln in path.read_text().splitlines() if "Running training" not in ln]
+    path.write_text("\n".join(kept) + "\n")
+    r = parse_files([path], progress=False)
+    assert [x["step"] for x in r.restarts] == [1100] and _values(r) == logs.truth.metrics
