@@ -159,11 +159,11 @@ def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values:
     count = values.size // n
     slots = mat[:, lo:lo + count * width].reshape(n, count, width)
     used = keep[:, lo:lo + count * width].reshape(n, count, width)
+    if width == 1:
+        slots[:, :, 0] = values.reshape(n, count)
+        return
     v = values.reshape(n, count).astype(np.uint64, copy=False)
     sz = sizes.reshape(n, count)
-    if width == 1:
-        slots[:, :, 0] = v.astype(np.uint8)
-        return
     if width <= 4:  # the usual case (values < 2**28): all bytes of a value at once in a uint32 word
         w = v.astype(np.uint32)
         word = (w & 0x7F) | ((w << 1) & 0x7F00) | ((w << 2) & 0x7F0000) | ((w << 3) & 0x7F000000)
@@ -193,6 +193,9 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
         if _feature_kind(name, a) == "float":
             raw = np.ascontiguousarray(a, dtype="<f4").view(np.uint8).reshape(n, -1)
             feats.append((name.encode(), True, raw, None, np.full(n, raw.shape[1], dtype=np.int64)))
+        elif a.size and a.dtype.kind in "iub" and a.min() >= 0 and a.max() < 0x80:
+            # One byte per value (masks, segment ids, labels, positions): no varint arithmetic at all.
+            feats.append((name.encode(), False, a, None, np.full(n, a.shape[1], dtype=np.int64)))
         else:
             v = a.astype(np.int64, copy=False).view(np.uint64)
             sz = _sizes(v)
@@ -210,9 +213,9 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     row: list[int] = []
     slots: list[tuple[int, int, np.ndarray, np.ndarray]] = []
 
-    def slot(values: np.ndarray, sizes: np.ndarray | None = None, per_value: int = 1) -> None:
-        sizes = _sizes(values) if sizes is None else sizes
-        width = int(sizes.max()) if sizes.size else 1
+    def slot(values: np.ndarray, sizes: np.ndarray | None = None, per_value: int = 1, single: bool = False) -> None:
+        sizes = None if single else (_sizes(values) if sizes is None else sizes)
+        width = 1 if sizes is None or not sizes.size else int(sizes.max())
         slots.append((len(row), width, values, sizes))
         row.extend([0] * (width * per_value))
 
@@ -234,7 +237,7 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
             fixed_parts.append((len(row), values))
             row.extend([0] * values.shape[1])
         else:
-            slot(values, sizes, per_value=values.shape[1])
+            slot(values, sizes, per_value=values.shape[1], single=sizes is None)
     template = np.array(row, dtype=np.uint8)
     mat = np.empty((n, template.size), dtype=np.uint8)
     mat[:] = template
