@@ -317,3 +317,41 @@ def test_resume_refuses_a_different_worker_count(tmp_path, mlflow_store):
     cfg2, _ = cfg_from(tmp_path, d)
     with pytest.raises(UserError, match="num_workers"):
         run(cfg2)
+
+
+def _losses(res) -> list[float]:
+    rows = [json.loads(x) for x in (Path(res["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path, mlflow_store):
+    from albert_exp.pretrain import run
+
+    full = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[],
+                                              output_dir=str(tmp_path / "full")))[0])
+    accum = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[],
+                                               gradient_accumulation_steps=2,
+                                               output_dir=str(tmp_path / "accum")))[0])
+    np.testing.assert_allclose(_losses(accum), _losses(full), rtol=1e-5)
+
+
+def test_init_from_hf_dir_and_tf_checkpoint_start_from_the_same_weights(tmp_path, mlflow_store):
+    pytest.importorskip("tensorflow")
+    from albert_exp.convert import hf
+    from albert_exp.pretrain import run
+
+    torch.manual_seed(3)
+    model = hf.build_model({**TINY_MODEL, "hidden_act": "gelu_new"})
+    model.save_pretrained(str(tmp_path / "init_hf"))
+    hf.hf_to_tf(tmp_path / "init_hf", tmp_path / "init_tf")
+    results = {}
+    for name in ("init_hf", "init_tf"):
+        d = tiny_config(tmp_path, num_train_steps=2, eval_input=[], init_from=str(tmp_path / name),
+                        output_dir=str(tmp_path / f"out_{name}"))
+        results[name] = run(cfg_from(tmp_path, d)[0])
+    assert results["init_hf"]["derived"]["derived.init"] == "hf"
+    assert results["init_tf"]["derived"]["derived.init"] == "tf"
+    np.testing.assert_allclose(_losses(results["init_tf"]), _losses(results["init_hf"]), rtol=1e-5)
+    fresh = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=2, eval_input=[],
+                                               output_dir=str(tmp_path / "fresh")))[0])
+    assert abs(_losses(fresh)[0] - _losses(results["init_hf"])[0]) > 1e-4
