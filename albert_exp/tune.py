@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,20 @@ def open_study(cfg: ExperimentConfig, name: str) -> Any:
                                direction="maximize", load_if_exists=True)
 
 
+def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> Any:
+    """Workers started together race to create Optuna's tables in an empty database: the loser sees a unique
+    violation and simply tries again (the tables are there by then)."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return open_study(cfg, name)
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
+
+
 def _counts(study: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for tr in study.get_trials(deepcopy=False):
@@ -221,10 +236,10 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
     try:
-        study = open_study(cfg, name)
+        study = open_study_retrying(cfg, name)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(f"cannot open the Optuna storage: {exc}", where="tune.storage",
-                        fix="for postgresql:// install psycopg2-binary (pinned in pyproject.toml)") from None
+                        fix="for postgresql:// install psycopg[binary] (pinned in pyproject.toml)") from None
     except Exception as exc:  # a wrong host, password or database
         if type(exc).__module__.startswith("sqlalchemy"):
             raise UserError(f"cannot open the Optuna storage {_masked(t.storage)}: {str(exc).splitlines()[0]}",

@@ -1,0 +1,199 @@
+"""Scale-out and team mode against a real PostgreSQL server (Debian's `postgresql` package; `.ci/run` installs it).
+
+The fixture runs initdb and the server as an unprivileged user (PostgreSQL refuses root) in a temporary data
+directory, listening on 127.0.0.1 on a free port; it is stopped and removed afterwards. Without the binaries
+the tests are skipped with a message saying what to install.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_tune import TINY, make_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+class Postgres:
+    def __init__(self, port: int, user: str):
+        self.port, self.user = port, user
+
+    def url(self, db: str) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{db}"
+
+    def create_db(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries not found: `apt-get install -y postgresql` (.ci/run does it)")
+    pytest.importorskip("psycopg", reason="psycopg is a pinned dependency: `make install`")
+    run_as: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="albert-pg-"))
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as the package's `postgres` user
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no `postgres` user to run the server as")
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    user = "albert"
+    try:
+        subprocess.run([*run_as, initdb, "-D", str(data / "db"), "-U", user, "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        opts = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
+        subprocess.run([*run_as, pg_ctl, "-D", str(data / "db"), "-o", opts, "-l", str(data / "server.log"), "-w",
+                        "-t", "60", "start"], check=True, capture_output=True, timeout=90)
+    except subprocess.CalledProcessError as exc:
+        log = (data / "server.log").read_text() if (data / "server.log").exists() else ""
+        shutil.rmtree(data, ignore_errors=True)
+        raise AssertionError(f"PostgreSQL did not start: {exc.stderr.decode()[-2000:]} {log[-2000:]}") from None
+    try:
+        yield Postgres(port, user)
+    finally:
+        subprocess.run([*run_as, pg_ctl, "-D", str(data / "db"), "-m", "fast", "-w", "stop"], capture_output=True,
+                       timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_tune_workers_share_one_study(postgres, tmp_path):
+    """Two `tune` processes at once on one PostgreSQL study: the trials add up to the study's budget, no trial
+    number is taken twice, and every trial has exactly one MLflow run with its parameters."""
+    import mlflow
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    data = make_data(tmp_path / "w")
+    storage, tracking = postgres.create_db("optuna"), postgres.create_db("mlflow")
+    client = MlflowClient(tracking)  # creates the tables once, before the workers race to
+    client.create_experiment("team-tune", artifact_location=str(tmp_path / "artifacts"))
+    n_trials = 4
+    overrides = " ".join([*TINY, "name=team-tune", f"tune.n_trials={n_trials}", "tune.epochs_max=2",
+                          f"tune.storage={storage}", "tune.study_name=team"])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
+    procs = [subprocess.Popen([sys.executable, "-m", "albert_exp", "tune", "--workdir", str(data), "--set", overrides,
+                               "--worker", str(w)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for w in (0, 1)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+
+    study = optuna.load_study(study_name="team", storage=storage)
+    trials = study.get_trials()
+    states = [t.state.name for t in trials]
+    finished = states.count("COMPLETE") + states.count("PRUNED")
+    # each worker stops once the study has n_trials finished; one already running may finish too
+    assert n_trials <= finished <= n_trials + 1 and "FAIL" not in states and "RUNNING" not in states, states
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}, "both workers ran trials"
+
+    mlflow.set_tracking_uri(tracking)
+    exp = client.get_experiment_by_name("team-tune")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    trial_runs = [r for r in runs if r.data.tags.get("optuna_study") == "team" and r.data.tags.get("stage") ==
+                  "finetune"]
+    numbers = [int(r.data.tags["optuna_trial"]) for r in trial_runs]
+    assert sorted(numbers) == sorted(t.number for t in trials), "one MLflow run per trial, none duplicated"
+    for r in trial_runs:
+        t = trials[int(r.data.tags["optuna_trial"])]
+        assert float(r.data.params["finetune.learning_rate"]) == pytest.approx(t.params["learning_rate"])
+        assert r.data.tags["mlflow.parentRunId"] == t.user_attrs["mlflow_parent_run_id"]
+        assert r.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "KILLED")
+    parents = [r for r in runs if r.data.tags.get("stage") == "tune"]
+    assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in parents)
+    assert {r.data.tags["optuna_worker"] for r in parents} == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
+    """Team mode: `mlflow server` (PostgreSQL backend store, proxied artifacts) on loopback; `main` logs every
+    stage to it, the Optuna study lives in PostgreSQL too, and the champion loads back from the server."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    backend, storage = postgres.create_db("mlflow_server"), postgres.create_db("optuna_team")
+    port = _free_port()
+    artifacts = tmp_path / "server-artifacts"
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "server", "--backend-store-uri", backend,
+                               "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, "mlflow server did not come up"
+                time.sleep(1)
+        work = tmp_path / "client"
+        work.mkdir()
+        small = [*TINY, "corpus.toy_documents=300", "corpus.toy_train_rows=300", "corpus.toy_val_rows=100",
+                 "corpus.toy_test_rows=100", "vocab.vocab_size=400", "finetune.epochs=2", "tune.n_trials=2",
+                 "tune.epochs_max=2", f"tune.storage={storage}", "promote.model_name=team-tagger"]
+        out = subprocess.run([sys.executable, "-m", "albert_exp", "main", "--config",
+                              str(ROOT / "experiments" / "toy.yaml"), "--workdir", str(work / "runs"), "--set",
+                              " ".join(small)], cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri},
+                             capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "models:/team-tagger@champion" in out.stdout
+        assert not (work / "mlruns").exists(), "artifacts must go through the server, not to a local folder"
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("toy")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        assert runs and all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+        parent = next(r for r in runs if r.data.tags.get("stage") == "main")
+        children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+        assert {"corpus", "vocab", "finetune", "tune", "promote"} <= children
+        champion = client.get_model_version_by_alias("team-tagger", "champion")
+        assert champion.tags["promotion.decision"] == "promoted"
+        assert any(artifacts.rglob("MLmodel")), "the server stored the logged models"
+        mlflow.set_tracking_uri(uri)
+        model = mlflow.pyfunc.load_model("models:/team-tagger@champion")
+        import pandas as pd
+
+        pred = model.predict(pd.DataFrame({"text": ["The waiter was lovely."]}))
+        assert list(pred.columns) == ["phrases", "spans", "tokens"]
+        results = json.loads((work / "runs" / "results.json").read_text())
+        assert results["promote"]["champion_uri"] == "models:/team-tagger@champion"
+    finally:
+        mlflow.set_tracking_uri(None)
+        server.terminate()
+        server.wait(timeout=30)
