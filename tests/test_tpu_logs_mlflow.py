@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -132,14 +133,27 @@ def test_log_without_loss_lines_is_a_clear_error(store, tmp_path):
     assert main(["tpu-logs", "ingest", str(tmp_path / "missing.log")]) == 2
 
 
-def test_cli_ingest_with_intermixed_options(store, tmp_path, capsys):
-    from albert_exp.cli import main
+def test_cli_ingest_with_intermixed_options_and_a_command_file(store, tmp_path, capsys):
+    from mlflow import MlflowClient
 
+    from albert_exp.cli import main
+    from albert_exp.config import load_config
+    from albert_exp.tpu_logs.command import build_command
+    from tests.conftest import ROOT
+
+    script = tmp_path / "run_tpu.sh"
+    script.write_text(build_command(load_config(ROOT / "experiments" / "tpu_recipe.yaml")) + "\n")
     logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1500,), cpp_header=False, seed=14), tmp_path)
     a, b = (str(f) for f in logs.files)
-    assert main(["tpu-logs", "ingest", a, "--year", "2020", b, "--experiment", "cli", "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert '"year_source": "--year"' in out and '"run_status": "FINISHED"' in out
+    assert main(["tpu-logs", "ingest", a, "--year", "2020", b, "--experiment", "cli", "--no-progress",
+                 "--command-file", str(script)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["year_source"] == "--year" and res["run_status"] == "FINISHED"
+    # the recipe's 1M steps at ~5.2 steps/s leave about 53 hours after step 3000
+    assert 50 < res["estimated_hours_to_finish"] < 56
+    params = MlflowClient().get_run(res["run_id"]).data.params
+    assert params["pretrain.num_train_steps"] == "1000000" and params["flags.num_warmup_steps"] == "25000"
+    assert params["flags.tpu_name"] == "YOUR_TPU" and params["pretrain.batch_size"] == "512"
 
 
 def test_follow_logs_points_as_the_file_grows(store, tmp_path, monkeypatch):

@@ -30,9 +30,12 @@ def _iso(t: Any) -> str | None:
 
 def run_params(result: Any, command_flags: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """MLflow params: the command's flags (`flags.*`), else what the log's own lines reveal, mapped onto our
-    config keys (`pretrain.*`). Returns (params, warnings about disagreements)."""
-    flags = dict(result.flags)
-    flags.update(command_flags or {})
+    config keys (`pretrain.*`). A command echoed in the log wins over a command file (it is what ran), and
+    the merged flags stay on the result (the summary estimates the time left from num_train_steps).
+    Returns (params, warnings about disagreements)."""
+    flags = dict(command_flags or {})
+    flags.update(result.flags)
+    result.flags = dict(flags)
     warnings = []
     for key, value in result.params.items():  # batch sizes the log printed: what really ran
         if key in flags and flags[key] != value:
