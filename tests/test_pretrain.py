@@ -313,10 +313,12 @@ def test_resume_refuses_a_different_worker_count(tmp_path, mlflow_store):
 
     cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, eval_input=[]))
     run(cfg)
-    d = tiny_config(tmp_path, num_train_steps=20, num_workers=2, eval_input=[])
-    cfg2, _ = cfg_from(tmp_path, d)
+    d = tiny_config(tmp_path, num_train_steps=10, num_workers=2, eval_input=[])
     with pytest.raises(UserError, match="num_workers"):
-        run(cfg2)
+        run(cfg_from(tmp_path, d)[0])
+    d = tiny_config(tmp_path, num_train_steps=20, eval_input=[])
+    with pytest.raises(UserError, match=r"pretrain.num_train_steps: 10 -> 20"):
+        run(cfg_from(tmp_path, d)[0])
 
 
 def _losses(res) -> list[float]:

@@ -5,7 +5,7 @@
     albert-exp pretrain --config experiments/pretrain_tiny.yaml --skip-corrupt   # count, don't stop
 
 Run the same command again after a crash or a kill: it resumes from the last checkpoint in the output dir
-(`--resume false` starts over... in a new output dir, or after deleting the old one). `run(cfg)` returns
+(the config must be unchanged; a different experiment needs a new pretrain.output_dir). `run(cfg)` returns
 {"model_dir": <dir of the best HF checkpoint>, ...}; AlbertForTokenClassification.from_pretrained loads it.
 
 Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), checkpoint.py, loop.py.
@@ -73,6 +73,18 @@ def _resume_mlflow_run(run_id: str | None) -> bool:
     return True
 
 
+def _check_same_config(cfg, saved: dict, where) -> None:
+    """A resume continues the same run (same MLflow params): the resolved config must not have changed."""
+    from albert_exp.config import flatten, to_dict
+
+    now, then = flatten(to_dict(cfg)), flatten(saved)
+    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k != "description")
+    if changed:
+        detail = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+        raise UserError(f"the config differs from the checkpoint's ({detail})", where=str(where),
+                        fix="resume with the same config, or set pretrain.output_dir to a new directory")
+
+
 def run(cfg) -> dict:
     import torch
 
@@ -113,6 +125,7 @@ def run(cfg) -> dict:
     state, plateau = State(), Plateau(pc.plateau_window, pc.plateau_min_improvement, pc.plateau_smoothing)
     streams, micro = max(1, pc.num_workers), pc.batch_size // pc.gradient_accumulation_steps
     if saved:
+        _check_same_config(cfg, saved.get("config") or {}, resume_from)
         if (saved["streams"], saved["micro_batch"]) != (streams, micro):
             raise UserError(f"the checkpoint was written with num_workers={saved['streams']} and micro-batch "
                             f"{saved['micro_batch']}, this run has {streams} and {micro}", where=str(resume_from),
