@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from albert_exp.errors import UserError
-from albert_exp.tpu_logs.grammar import BINARY, TRUNCATED, UNKNOWN, flags_from_command
+from albert_exp.tpu_logs.command import flags_from_command
+from albert_exp.tpu_logs.grammar import BINARY, TRUNCATED, UNKNOWN
 from albert_exp.tpu_logs.parse import parse_files
 from albert_exp.tpu_logs.synth import SynthSpec, write_logs
 

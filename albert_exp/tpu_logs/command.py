@@ -18,6 +18,39 @@ from typing import Any
 from albert_exp.errors import UserError
 
 
+def flags_from_command(text: str) -> dict[str, str]:
+    """`python3 -m albert.run_pretraining --a=1 --b 2 --use_tpu 2>&1 | tee x.log` -> {'a': '1', 'b': '2', ...}.
+
+    Backslash continuations are joined; parsing stops at a redirection or a pipe.
+    """
+    text = text.replace("\\\r\n", " ").replace("\\\n", " ")
+    try:
+        tokens = shlex.split(text, comments=False)
+    except ValueError:  # an unbalanced quote (a cut line): fall back to whitespace
+        tokens = text.split()
+    start = next((i for i, t in enumerate(tokens) if "run_pretraining" in t), None)
+    if start is None:
+        return {}
+    flags: dict[str, str] = {}
+    rest = tokens[start + 1:]
+    i = 0
+    while i < len(rest):
+        tok = rest[i]
+        if tok in ("|", "||", "&&", ";", ">", ">>") or tok.startswith(("2>", "1>", ">", "|")):
+            break
+        if tok.startswith("--"):
+            name, eq, value = tok[2:].partition("=")
+            if not eq:
+                nxt = rest[i + 1] if i + 1 < len(rest) else None
+                if nxt is not None and not nxt.startswith("-") and nxt not in ("|", ">", "2>&1"):
+                    value, i = nxt, i + 1
+                else:  # absl boolean: --use_tpu / --nouse_tpu
+                    value = "true"
+            flags[name.replace("-", "_")] = value
+        i += 1
+    return flags
+
+
 def run_pretraining_flags(cfg: Any) -> list[tuple[str, Any]]:
     """(flag, value) pairs in the order they are printed; True means a bare boolean flag."""
     p = cfg.pretrain

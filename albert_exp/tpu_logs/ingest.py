@@ -305,7 +305,7 @@ def _unchanged(run: Any, why: str) -> dict[str, Any]:
 
 
 def read_command_file(path: str) -> dict[str, str]:
-    from albert_exp.tpu_logs.grammar import flags_from_command
+    from albert_exp.tpu_logs.command import flags_from_command
 
     p = Path(path)
     if not p.is_file():

@@ -19,19 +19,17 @@ What happens to the lines (see grammar.py for one line):
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
 from albert_exp.tpu_logs.grammar import TRUNCATED, FileParser
+from albert_exp.tpu_logs.years import assign_years
 
 CHUNK_LINES = 50_000
-FILE_NAME_DATE = re.compile(r"(20\d\d)-?(0[1-9]|1[0-2])-?([0-3]\d)")
-NEW_YEAR_GAP_DAYS = 30  # a date going back by more than this inside one file means the year turned
 
 
 def file_digest(path: str | Path) -> str:
@@ -81,54 +79,6 @@ def read_log(path: str | Path) -> tuple[list[str], str, list[str]]:
             notes.append(f"{p.name}: gzip stream cut short; parsed what could be decompressed")
     lines, tail = split_lines(data)
     return lines, tail, notes
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Years
-
-
-def _doy(month: int, day: int) -> int:
-    return (month - 1) * 31 + day
-
-
-def year_offsets(timeline: list[tuple[int, int, float, int]], prev_doy: int | None = None,
-                 k: int = 0) -> list[int]:
-    """Years added since the first entry: +1 whenever the date goes back by more than a month (new year)."""
-    out = []
-    for month, day, _, _ in timeline:
-        cur = _doy(month, day)
-        if prev_doy is not None and cur < prev_doy - NEW_YEAR_GAP_DAYS:
-            k += 1
-        prev_doy = cur
-        out.append(k)
-    return out
-
-
-def to_datetime(year: int, entry: tuple[int, int, float, int]) -> datetime | None:
-    month, day, sod, _ = entry
-    try:
-        return datetime(year, month, day) + timedelta(seconds=sod)
-    except ValueError:  # Feb 29 in a year that has none: the year guess cannot be right
-        return None
-
-
-def nearest_base(entry: tuple[int, int, float, int], k: int, ref: datetime) -> int:
-    """The base year putting `entry` (k years after the base) nearest to `ref`."""
-    best = None
-    for year in (ref.year - 1, ref.year, ref.year + 1):
-        dt = to_datetime(year, entry)
-        if dt is not None and (best is None or abs(dt - ref) < best[0]):
-            best = (abs(dt - ref), year - k)
-    return best[1] if best else ref.year
-
-
-def latest_base_not_after(entry: tuple[int, int, float, int], k: int, limit: datetime) -> int:
-    """The base year putting `entry` at or before `limit` (a modification time, or now), as late as possible."""
-    for year in (limit.year, limit.year - 1):
-        dt = to_datetime(year, entry)
-        if dt is not None and dt <= limit + timedelta(days=1):  # a day of slack for time zones
-            return year - k
-    return limit.year - 1 - k
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,44 +169,6 @@ def parse_file(path: str | Path, *, progress: Any = None) -> ParsedFile:
         parser.lines_read += 1
     parser.close()
     return ParsedFile(str(path), parser, tail, notes)
-
-
-def assign_years(files: list[ParsedFile], year: int | None, now: datetime | None = None) -> str:
-    """Give every file a base year (see the module docstring); returns where the years came from."""
-    for f in files:
-        f.offsets = year_offsets(f.parser.timeline)
-        anchor = next((i for i, e in enumerate(f.parser.timeline) if e[3]), None)
-        if anchor is not None:
-            f.base_year = f.parser.timeline[anchor][3] - f.offsets[anchor]
-    timed = [f for f in files if f.parser.timeline]
-    anchored = [f for f in timed if f.base_year is not None]
-    source = "full-date lines in the log"
-    ref = None
-    if anchored:
-        f = anchored[0]
-        ref = to_datetime(f.base_year + f.offsets[0], f.parser.timeline[0])
-    elif timed:
-        first = timed[0]
-        named = next(((f, m) for f in timed if (m := FILE_NAME_DATE.search(Path(f.path).name))), None)
-        if year is not None:
-            source, first.base_year = "--year", year
-        elif named:
-            f, m = named
-            source = "date in the file name"
-            f.base_year = nearest_base(f.parser.timeline[0], 0, datetime(*map(int, m.groups())))
-            first = f
-        else:
-            last = timed[-1]
-            limit = now or datetime.fromtimestamp(Path(last.path).stat().st_mtime)
-            source = "current time" if now else "file modification time"
-            last.base_year = latest_base_not_after(last.parser.timeline[-1], last.offsets[-1], limit)
-            first = last
-        ref = to_datetime(first.base_year + first.offsets[0], first.parser.timeline[0])
-    for f in timed:
-        if f.base_year is None:
-            f.base_year = nearest_base(f.parser.timeline[0], 0, ref) if ref else datetime.now().year
-        f.times = [to_datetime(f.base_year + k, e) for k, e in zip(f.offsets, f.parser.timeline, strict=True)]
-    return source if timed else "no timestamps in the log"
 
 
 def parse_files(paths: list[str | Path], *, year: int | None = None, timezone: str = "UTC",
