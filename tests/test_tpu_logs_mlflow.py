@@ -93,6 +93,7 @@ def test_unfinished_run_is_killed_then_append_adds_the_restart(store, tmp_path):
     overlap = {3100, 3200, 3300}  # logged by attempt 2 before the append; attempt 3 re-ran them
     assert all(hist[s] == truth[s] for s in set(truth) - overlap)
     assert appended["kept_earlier_values"] >= 1  # reported, since MLflow cannot rewrite them
+    assert appended["restart_steps"] == [1100, 3100] and appended["first_step"] == 100
     # Appending again, or a plain ingest of all three files, finds the same run and changes nothing.
     assert ingest([f2], experiment="tpu", append=True, progress=False)["status"] == "unchanged"
     assert ingest([f0, f1, f2], experiment="tpu", progress=False)["status"] == "unchanged"

@@ -253,6 +253,14 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
             already = logged_points(client, rid, sorted(table["metric"].unique()))
         table, differ = reconcile(table, already)
         differ += overlap_differs
+        if old_table is not None:  # restarts: the old ones, the step where the new files begin, theirs
+            from albert_exp.tpu_logs.parse import restarts_of
+
+            new_loss = result.table[result.table["metric"] == "train/loss"].sort_values(["segment", "step"])
+            boundary = new_loss.iloc[0]
+            result.restarts = [*restarts_of(old_table), {"step": int(boundary["step"]), "wall_time":
+                               boundary["wall_time"], "source": str(boundary["source"]),
+                               "line": int(boundary["line"])}, *result.restarts]
         result.table = table
         clock = time.perf_counter()
         logged = log_points(client, rid, table, skip=already, progress=progress)

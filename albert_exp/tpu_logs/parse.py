@@ -195,7 +195,7 @@ def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC
 
     files = _order(files)
     cols: dict[str, list] = {k: [] for k in ("file", "line", "time", "own", "step", "metric", "value", "segment")}
-    ckpts, restarts, counts, notes = [], [], {}, []
+    ckpts, counts, notes = [], {}, []
     params: dict[str, str] = {}
     flags: dict[str, str] = {}
     inputs: list[str] = []
@@ -248,11 +248,7 @@ def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC
     ck = pd.DataFrame(ckpts, columns=["step", "uri", "wall_time", "source", "line", "segment"])
     ck["wall_time"] = _localize(pd.to_datetime(ck["wall_time"]), timezone)
     ck = ck.sort_values(["segment", "line"], kind="stable").drop_duplicates("step", keep="last")
-    loss = table[table["metric"] == "train/loss"]
-    for _, first in loss.sort_values(["segment", "step"]).groupby("segment").head(1).iterrows():
-        if first["segment"] != loss["segment"].min():
-            restarts.append({"step": int(first["step"]), "wall_time": first["wall_time"],
-                             "source": str(first["source"]), "line": int(first["line"])})
+    restarts = restarts_of(table)
     finished = False
     data_files = [f for f in files if "train/loss" in f.parser.metric]
     if data_files:
@@ -263,6 +259,17 @@ def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC
     return ParseResult(files, table, ck.sort_values("step").reset_index(drop=True), params, flags, inputs,
                        counts, duplicates, superseded, restarts, finished, start, end, year_source, notes,
                        timezone)
+
+
+def restarts_of(table: Any) -> list[dict]:
+    """Where each segment after the first begins: its first loss step (after later segments won overlaps)."""
+    loss = table[table["metric"] == "train/loss"]
+    out = []
+    for _, first in loss.sort_values(["segment", "step"]).groupby("segment").head(1).iterrows():
+        if first["segment"] != loss["segment"].min():
+            out.append({"step": int(first["step"]), "wall_time": first["wall_time"],
+                        "source": str(first["source"]), "line": int(first["line"])})
+    return out
 
 
 def _localize(times: Any, timezone: str) -> Any:
