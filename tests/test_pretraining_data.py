@@ -188,6 +188,20 @@ def test_tensorflow_parses_the_stage_output(tmp_path, tok_dir):
             np.testing.assert_array_equal(parsed[k].numpy(), ours[i][k])
 
 
+def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_dir):
+    from albert_exp.pretraining_data.instances import InstanceParams, make_instances
+    from albert_exp.pretraining_data.shards import Tokenizer, block_instances
+
+    tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
+    rng = np.random.default_rng(0)
+    empty = np.zeros(0, dtype=np.int64)
+    none = np.zeros(1, np.int64)
+    assert list(make_instances(empty, none, none, tok.vocab, InstanceParams(), rng)) == []
+    assert list(block_instances([["\u0301\u0301"]], tok, InstanceParams(), rng)) == []  # only marks: no tokens
+    out = list(block_instances([["\u0301"], ["the soup was good .", "we came back ."]], tok, InstanceParams(), rng))
+    assert sum(s.instances for _, s in out) > 0
+
+
 def test_missing_inputs_are_user_errors(tmp_path, tok_dir):
     from albert_exp.errors import UserError
 

@@ -153,6 +153,8 @@ def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, 
     stats = BlockStats(ngram_hist=[0] * p.ngram)
     max_tokens = p.max_seq_length - 3
     n_docs = len(doc_seg) - 1
+    if n_docs <= 0 or ids.size == 0:  # a block whose lines all tokenised to nothing
+        return
     vdoc = np.tile(np.arange(n_docs), p.dupe_factor)
     short = rng.random(vdoc.size) < p.short_seq_prob
     targets = np.where(short, rng.integers(2, max_tokens + 1, vdoc.size), max_tokens)
