@@ -357,3 +357,21 @@ def test_init_from_hf_dir_and_tf_checkpoint_start_from_the_same_weights(tmp_path
     fresh = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=2, eval_input=[],
                                                output_dir=str(tmp_path / "fresh")))[0])
     assert abs(_losses(fresh)[0] - _losses(results["init_hf"])[0]) > 1e-4
+
+
+def test_cli_stops_on_a_corrupt_shard_or_skips_and_counts(tmp_path, mlflow_store, capsys):
+    from albert_exp.cli import main as cli_main
+
+    d = tiny_config(tmp_path, num_train_steps=30, eval_input=[], save_checkpoints_steps=30)  # > one epoch
+    bad = Path(d["pretrain"]["input"][0])
+    raw = bytearray(bad.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad.write_bytes(bytes(raw))
+    _, path = cfg_from(tmp_path, d)
+    assert cli_main(["pretrain", "--config", str(path)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{bad}@" in errors[0] and "CRC" in errors[0]
+    assert cli_main(["pretrain", "--config", str(path), "--skip-corrupt", "--set",
+                     f"pretrain.output_dir={tmp_path / 'skip'}"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["data/corrupt_records"] >= 1
