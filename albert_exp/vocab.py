@@ -32,7 +32,9 @@ SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
 def _marks() -> dict[int, None]:
     # Every combining mark (General_Category M*): what tokenizers' StripAccents removes after NFKD. Not
     # `unicodedata.combining`, which misses marks of combining class 0 (most Thai vowels, Devanagari signs).
-    return {cp: None for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
+    # Marks live below U+20000 and in the variation selectors supplement (checked over all of Unicode 15).
+    cps = [*range(0x20000), *range(0xE0100, 0xE01F0)]
+    return {cp: None for cp in cps if unicodedata.category(chr(cp)).startswith("M")}
 
 
 def normalize(text: str, *, lowercase: bool, keep_accents: bool) -> str:

@@ -99,3 +99,10 @@ def test_rebuilding_the_tokenizer_dir_follows_the_new_model(tmp_path):
     s = "我们喜欢这家餐厅。"
     assert tok.unk_token_id not in tok(s, add_special_tokens=False)["input_ids"]
     assert len(tok) != size_first or tok.decode(tok(s, add_special_tokens=False)["input_ids"]) == s
+
+
+def test_the_mark_table_covers_every_combining_mark_in_unicode():
+    from albert_exp.vocab import _marks
+
+    every = {cp for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
+    assert set(_marks()) == every
