@@ -104,7 +104,9 @@ def main() -> None:
         timings = json.loads((tmp / "out" / "results.json").read_text())["timings"]
         print(f"ingest end to end:   {ours_s:6.2f} s   ({len(result.table):,} points back-filled; target < 30 s: "
               f"{'met' if ours_s < 30 else 'NOT met'})")
-        print(f"   of which parse {timings['parse_s']} s, log_batch {timings['log_metrics_s']} s, tables + plot "
+        parse = (f"parse {timings['parse_s']} s" if "parse_s" in timings else
+                 f"waiting for the parse (a second process, started before MLflow loads) {timings['parse_wait_s']} s")
+        print(f"   of which {parse}, log_batch {timings['log_metrics_s']} s, tables + plot "
               f"{timings['artifacts_s']} s; the rest is process start, imports (mlflow, pandas) and run set-up")
 
         naive_s, naive_lines, calls = naive(log, args.naive_lines, f"sqlite:///{tmp / 'naive.db'}")

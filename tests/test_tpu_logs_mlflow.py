@@ -225,3 +225,20 @@ def test_mlflow_run_entry_point_logs_into_its_run(store, tmp_path, monkeypatch):
     assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
     assert pd.Timestamp(run.data.tags["tpu_logs.end_time"]) == pd.Timestamp(logs.truth.end_time, tz="UTC")
     assert _history(client, run.info.run_id, "train/loss") == _truth(logs, "train/loss")
+
+
+def test_background_parse_gives_the_same_run(store, tmp_path):
+    from mlflow import MlflowClient
+
+    logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1750,), eval_every=1000, seed=18), tmp_path / "l")
+    res = ingest([str(f) for f in logs.files], experiment="bg", background=True, progress=False)
+    assert "parse_wait_s" in res["timings"] and res["run_status"] == "FINISHED"
+    client = MlflowClient()
+    for key in ("train/loss", "train/examples_per_s", "eval/loss"):
+        assert _history(client, res["run_id"], key) == _truth(logs, key), key
+    # errors raised in the parsing process come back as they are
+    with pytest.raises(UserError, match="unknown time zone"):
+        ingest([str(logs.files[0])], experiment="bg2", timezone="Mars/Olympus", background=True, progress=False)
+    # and an unchanged ingest stops the parsing process it started
+    assert ingest([str(f) for f in logs.files], experiment="bg", background=True,
+                  progress=False)["status"] == "unchanged"

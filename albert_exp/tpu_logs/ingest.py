@@ -176,11 +176,12 @@ def _old_table(client: Any, run_id: str) -> Any:
 def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | None = None,
            year: int | None = None, timezone: str = "UTC", command_file: str | None = None,
            append: bool = False, run_id: str | None = None, out_dir: str | None = None,
-           progress: bool = True) -> dict[str, Any]:
-    """Parse `paths` and make sure one MLflow run holds them. Returns the results (also results.json)."""
-    from mlflow import MlflowClient
+           progress: bool = True, background: bool | None = None) -> dict[str, Any]:
+    """Parse `paths` and make sure one MLflow run holds them. Returns the results (also results.json).
 
-    from albert_exp.tpu_logs.parse import file_digest, parse_files
+    background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more).
+    """
+    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse, file_digest
 
     if not paths:
         raise UserError("no log files given", fix="albert-exp tpu-logs ingest LOG [LOG...]")
@@ -192,6 +193,26 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
     digests = list(seen)
     paths = list(seen.values())
     flags = read_command_file(command_file) if command_file else {}
+    if background is None:
+        background = sum(Path(p).stat().st_size for p in paths) >= BACKGROUND_MIN_BYTES
+    # --append parses only the files new to the run, known once MLflow answers: not in the background.
+    bg = BackgroundParse(paths, year=year, timezone=timezone, progress=progress) \
+        if background and not (append or run_id) else None
+    try:
+        return _ingest(paths, digests, flags, bg, experiment=experiment, run_name=run_name, year=year,
+                       timezone=timezone, append=append, run_id=run_id, out_dir=out_dir, progress=progress)
+    finally:
+        if bg is not None:
+            bg.cancel()  # the answer was "unchanged", or an error: nothing waits for the parse any more
+
+
+def _ingest(paths: list[str], digests: list[str], flags: dict[str, str], bg: Any, *, experiment: str | None,
+            run_name: str | None, year: int | None, timezone: str, append: bool, run_id: str | None,
+            out_dir: str | None, progress: bool) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from albert_exp.tpu_logs.parse import parse_files
+
     client = MlflowClient()
     exp_id = experiment_id(client, experiment)
     env_run = os.environ.get("MLFLOW_RUN_ID")
@@ -214,8 +235,12 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
             return _unchanged(found, "these files were ingested before")
         run = found or (client.get_run(env_run) if env_run else None)
     clock = time.perf_counter()
-    result = parse_files(paths, year=year, timezone=timezone, progress=progress)
-    timings = {"parse_s": round(time.perf_counter() - clock, 2)}
+    if bg is not None:
+        result = bg.result()
+        timings = {"parse_wait_s": round(time.perf_counter() - clock, 2)}  # parsing ran alongside the above
+    else:
+        result = parse_files(paths, year=year, timezone=timezone, progress=progress)
+        timings = {"parse_s": round(time.perf_counter() - clock, 2)}
     if result.table.empty or not (result.table["metric"] == "train/loss").any():
         lines = result.counts.get("lines", 0)
         raise UserError(f"no `loss = ..., step = ...` lines in {lines} lines "

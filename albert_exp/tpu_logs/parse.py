@@ -183,6 +183,48 @@ def parse_files(paths: list[str | Path], *, year: int | None = None, timezone: s
     return build_result(parsed, year_source, timezone)
 
 
+BACKGROUND_MIN_BYTES = 16 << 20  # below this, starting a process costs more than the overlap wins
+
+
+class BackgroundParse:
+    """`parse_files` in a spawned process, so that parsing a big log overlaps the seconds MLflow takes to
+    import and open its store. `result()` returns the ParseResult or re-raises the parser's error."""
+
+    def __init__(self, paths: list[str], **kwargs: Any):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # a fresh interpreter: safe whatever threads the parent has
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_parse_worker, args=(send, [str(p) for p in paths], kwargs), daemon=True)
+        self._proc.start()
+        send.close()
+
+    def result(self) -> ParseResult:
+        try:
+            ok, payload = self._recv.recv()
+        except EOFError:
+            raise RuntimeError(f"the parsing process died (exit code {self._proc.exitcode})") from None
+        finally:
+            self._proc.join()
+        if not ok:
+            raise payload
+        return payload
+
+    def cancel(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+        self._proc.join()
+
+
+def _parse_worker(conn: Any, paths: list[str], kwargs: dict) -> None:
+    try:
+        conn.send((True, parse_files(paths, **kwargs)))
+    except BaseException as exc:  # sent back and re-raised in the parent
+        conn.send((False, exc))
+    finally:
+        conn.close()
+
+
 def _order(files: list[ParsedFile]) -> list[ParsedFile]:
     """Restart order: by each file's first time when all have one, else as given."""
     if all(f.first_time() is not None for f in files):
