@@ -109,8 +109,10 @@ def hf_trainer(name: str, files: list[str], batch: int, steps: int, tmp: Path) -
     from albert_exp.tfrecord import decode_example, iter_records
 
     rows = [decode_example(p) for f in files for _, p in iter_records(f)]
+    # AlbertForPreTraining returns a loss only with both MLM labels (from the collator) and SOP labels.
     dataset = [{"input_ids": r["input_ids"][r["input_mask"] > 0].tolist(),
-                "token_type_ids": r["segment_ids"][r["input_mask"] > 0].tolist()} for r in rows]
+                "token_type_ids": r["segment_ids"][r["input_mask"] > 0].tolist(),
+                "sentence_order_label": int(r["next_sentence_labels"][0])} for r in rows]
     vocab = {f"t{i}": i for i in range(CONFIGS[name]["vocab_size"])}
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -121,9 +123,18 @@ def hf_trainer(name: str, files: list[str], batch: int, steps: int, tmp: Path) -
     args = TrainingArguments(output_dir=str(tmp / "hf"), per_device_train_batch_size=batch, max_steps=steps + 3,
                              report_to="none", save_strategy="no", logging_steps=10**9, use_cpu=True,
                              dataloader_num_workers=0, disable_tqdm=True, seed=0)
-    trainer = Trainer(model=build(name), args=args, train_dataset=dataset, data_collator=collator)
-    out = trainer.train()
-    return out.metrics["train_samples_per_second"]
+    from transformers import TrainerCallback
+
+    marks: dict[int, float] = {}
+
+    class Clock(TrainerCallback):  # time steps 4.. like ours (3 warm-up steps excluded on both sides)
+        def on_step_end(self, args, state, control, **kw):
+            marks[state.global_step] = time.perf_counter()
+
+    trainer = Trainer(model=build(name), args=args, train_dataset=dataset, data_collator=collator,
+                      callbacks=[Clock()])
+    trainer.train()
+    return steps * batch / (marks[steps + 3] - marks[3])
 
 
 def loader_only(files: list[str], batch: int, batches: int) -> float:
