@@ -17,8 +17,16 @@ from albert_exp.errors import UserError
 
 tf = pytest.importorskip("tensorflow")
 
-TINY = dict(vocab_size=64, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=48, max_position_embeddings=32, hidden_act="gelu_new")
+TINY = dict(
+    vocab_size=64,
+    embedding_size=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=48,
+    max_position_embeddings=32,
+    hidden_act="gelu_new",
+)
 QUERY = "bert/encoder/transformer/group_0/inner_group_0/attention_1/self/query/kernel"
 
 
@@ -52,9 +60,11 @@ def saver_checkpoint(prefix, variables: dict[str, np.ndarray], scope: str = ""):
 def outputs(model, probe):
     model.eval()
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(probe["input_ids"]),
-                    attention_mask=torch.from_numpy(probe["input_mask"]),
-                    token_type_ids=torch.from_numpy(probe["segment_ids"]))
+        out = model(
+            input_ids=torch.from_numpy(probe["input_ids"]),
+            attention_mask=torch.from_numpy(probe["input_mask"]),
+            token_type_ids=torch.from_numpy(probe["segment_ids"]),
+        )
     return out.prediction_logits.numpy(), out.sop_logits.numpy()
 
 

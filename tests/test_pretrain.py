@@ -46,10 +46,20 @@ def toy_examples(n: int, seed: int) -> list[bytes]:
         targets = [ids[p] for p in positions]
         for p in positions:
             ids[p] = MASK
-        out.append(encode_example({
-            "input_ids": ids, "input_mask": mask, "segment_ids": seg, "token_boundary": [1] * SEQ,
-            "masked_lm_positions": positions, "masked_lm_ids": targets,
-            "masked_lm_weights": np.ones(PRED, np.float32), "next_sentence_labels": [swap]}))
+        out.append(
+            encode_example(
+                {
+                    "input_ids": ids,
+                    "input_mask": mask,
+                    "segment_ids": seg,
+                    "token_boundary": [1] * SEQ,
+                    "masked_lm_positions": positions,
+                    "masked_lm_ids": targets,
+                    "masked_lm_weights": np.ones(PRED, np.float32),
+                    "next_sentence_labels": [swap],
+                }
+            )
+        )
     return out
 
 
@@ -62,24 +72,52 @@ def make_shards(root: Path, shards: int = 3, per_shard: int = 64, seed: int = 0)
     return paths
 
 
-TINY_MODEL = {"vocab_size": VOCAB, "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2,
-              "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": SEQ}
+TINY_MODEL = {
+    "vocab_size": VOCAB,
+    "embedding_size": 16,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": SEQ,
+}
 
 
 def tiny_config(tmp_path: Path, **pretrain) -> dict:
-    inputs = make_shards(tmp_path / "data") if not (tmp_path / "data").exists() else \
-        sorted(str(p) for p in (tmp_path / "data").glob("*.tfrecord"))
+    inputs = (
+        make_shards(tmp_path / "data")
+        if not (tmp_path / "data").exists()
+        else sorted(str(p) for p in (tmp_path / "data").glob("*.tfrecord"))
+    )
     heldout = tmp_path / "heldout.tfrecord"
     if not heldout.exists():
         write_records(heldout, toy_examples(32, 999))
-    return {"name": "pretrain-test", "seed": 7, "workdir": str(tmp_path / "work"), "model": TINY_MODEL,
-            "pretrain": {"input": inputs, "eval_input": [str(heldout)], "max_seq_length": SEQ,
-                         "max_predictions_per_seq": PRED, "batch_size": 8, "num_train_steps": 40,
-                         "num_warmup_steps": 4, "learning_rate": 0.01, "save_checkpoints_steps": 10,
-                         "log_every_steps": 1, "eval_every_steps": 10, "eval_batches": 2, "num_workers": 0,
-                         "shuffle_block": 16, "log_checkpoints": False,
-                         # one thread: tiny matmuls on a shared 2-core machine are 30x slower with 2
-                         "torch_threads": 1, **pretrain}}
+    return {
+        "name": "pretrain-test",
+        "seed": 7,
+        "workdir": str(tmp_path / "work"),
+        "model": TINY_MODEL,
+        "pretrain": {
+            "input": inputs,
+            "eval_input": [str(heldout)],
+            "max_seq_length": SEQ,
+            "max_predictions_per_seq": PRED,
+            "batch_size": 8,
+            "num_train_steps": 40,
+            "num_warmup_steps": 4,
+            "learning_rate": 0.01,
+            "save_checkpoints_steps": 10,
+            "log_every_steps": 1,
+            "eval_every_steps": 10,
+            "eval_batches": 2,
+            "num_workers": 0,
+            "shuffle_block": 16,
+            "log_checkpoints": False,
+            # one thread: tiny matmuls on a shared 2-core machine are 30x slower with 2
+            "torch_threads": 1,
+            **pretrain,
+        },
+    }
 
 
 def cfg_from(tmp_path: Path, d: dict):
@@ -155,8 +193,17 @@ def test_corrupt_record_names_file_and_offset_or_is_skipped(tmp_path):
 
 def test_wrong_sequence_length_is_a_user_error(tmp_path):
     files = make_shards(tmp_path, shards=1, per_shard=8)
-    loader = data.make_loader(files, streams=1, positions=[None], batches_done=0, batch_size=4, max_seq_length=32,
-                              seed=0, block=8, skip_corrupt=False)
+    loader = data.make_loader(
+        files,
+        streams=1,
+        positions=[None],
+        batches_done=0,
+        batch_size=4,
+        max_seq_length=32,
+        seed=0,
+        block=8,
+        skip_corrupt=False,
+    )
     with pytest.raises(UserError, match="max_seq_length=16"):
         _take(loader, 1)
 
@@ -192,8 +239,10 @@ def test_lamb_groups_exclude_layernorm_and_bias():
     names = {id(p): n for n, p in model.named_parameters()}
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.01 and not decay["adam"] and no_decay["weight_decay"] == 0 and no_decay["adam"]
-    assert all("bias" in names[id(p)] or "LayerNorm" in names[id(p)] or "layer_norm" in names[id(p)]
-               for p in no_decay["params"])
+    assert all(
+        "bias" in names[id(p)] or "LayerNorm" in names[id(p)] or "layer_norm" in names[id(p)]
+        for p in no_decay["params"]
+    )
     assert any("query.weight" in names[id(p)] for p in decay["params"])
     assert type(opt).__module__.startswith("pytorch_optimizer")
 
@@ -243,8 +292,17 @@ def test_pretrain_learns_logs_and_checkpoints(tmp_path, mlflow_store):
 def test_plateau_stop_is_logged(tmp_path, mlflow_store):
     from albert_exp.pretrain import run
 
-    cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=200, learning_rate=1e-9,
-                                            plateau_window=10, plateau_min_improvement=0.05, eval_input=[]))
+    cfg, _ = cfg_from(
+        tmp_path,
+        tiny_config(
+            tmp_path,
+            num_train_steps=200,
+            learning_rate=1e-9,
+            plateau_window=10,
+            plateau_min_improvement=0.05,
+            eval_input=[],
+        ),
+    )
     res = run(cfg)
     assert res["stop_reason"].startswith("plateau") and res["step"] < 40
     assert Path(res["last_checkpoint"]).name == f"step-{res['step']:08d}"
@@ -252,8 +310,13 @@ def test_plateau_stop_is_logged(tmp_path, mlflow_store):
 
 def _cli(cfg_path: Path, *extra) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "albert_exp", "pretrain", "--config", str(cfg_path), *extra],
-                            cwd=cfg_path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "albert_exp", "pretrain", "--config", str(cfg_path), *extra],
+        cwd=cfg_path.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store):
@@ -329,11 +392,23 @@ def _losses(res) -> list[float]:
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, mlflow_store):
     from albert_exp.pretrain import run
 
-    full = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[],
-                                              output_dir=str(tmp_path / "full")))[0])
-    accum = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[],
-                                               gradient_accumulation_steps=2,
-                                               output_dir=str(tmp_path / "accum")))[0])
+    full = run(
+        cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[], output_dir=str(tmp_path / "full")))[
+            0
+        ]
+    )
+    accum = run(
+        cfg_from(
+            tmp_path,
+            tiny_config(
+                tmp_path,
+                num_train_steps=6,
+                eval_input=[],
+                gradient_accumulation_steps=2,
+                output_dir=str(tmp_path / "accum"),
+            ),
+        )[0]
+    )
     np.testing.assert_allclose(_losses(accum), _losses(full), rtol=1e-5)
 
 
@@ -348,14 +423,22 @@ def test_init_from_hf_dir_and_tf_checkpoint_start_from_the_same_weights(tmp_path
     hf.hf_to_tf(tmp_path / "init_hf", tmp_path / "init_tf")
     results = {}
     for name in ("init_hf", "init_tf"):
-        d = tiny_config(tmp_path, num_train_steps=2, eval_input=[], init_from=str(tmp_path / name),
-                        output_dir=str(tmp_path / f"out_{name}"))
+        d = tiny_config(
+            tmp_path,
+            num_train_steps=2,
+            eval_input=[],
+            init_from=str(tmp_path / name),
+            output_dir=str(tmp_path / f"out_{name}"),
+        )
         results[name] = run(cfg_from(tmp_path, d)[0])
     assert results["init_hf"]["derived"]["derived.init"] == "hf"
     assert results["init_tf"]["derived"]["derived.init"] == "tf"
     np.testing.assert_allclose(_losses(results["init_tf"]), _losses(results["init_hf"]), rtol=1e-5)
-    fresh = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=2, eval_input=[],
-                                               output_dir=str(tmp_path / "fresh")))[0])
+    fresh = run(
+        cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=2, eval_input=[], output_dir=str(tmp_path / "fresh")))[
+            0
+        ]
+    )
     assert abs(_losses(fresh)[0] - _losses(results["init_hf"])[0]) > 1e-4
 
 
@@ -371,7 +454,11 @@ def test_cli_stops_on_a_corrupt_shard_or_skips_and_counts(tmp_path, mlflow_store
     assert cli_main(["pretrain", "--config", str(path)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"{bad}@" in errors[0] and "CRC" in errors[0]
-    assert cli_main(["pretrain", "--config", str(path), "--skip-corrupt", "--set",
-                     f"pretrain.output_dir={tmp_path / 'skip'}"]) == 0
+    assert (
+        cli_main(
+            ["pretrain", "--config", str(path), "--skip-corrupt", "--set", f"pretrain.output_dir={tmp_path / 'skip'}"]
+        )
+        == 0
+    )
     rows = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/corrupt_records"] >= 1

@@ -27,8 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("direction", choices=list(SUBCOMMANDS), help=listing)
     parser.add_argument("--source", required=True, help="input checkpoint prefix, checkpoint dir or model dir")
     parser.add_argument("--out", required=True, help="output directory (results.json goes there too)")
-    parser.add_argument("--albert-config", default="",
-                        help="tf-to-hf: google's albert_config.json (default: the one next to the checkpoint)")
+    parser.add_argument(
+        "--albert-config",
+        default="",
+        help="tf-to-hf: google's albert_config.json (default: the one next to the checkpoint)",
+    )
     parser.add_argument("--global-step", default="0", help="hub-to-tf, hf-to-tf: value of global_step written")
 
 

@@ -33,8 +33,11 @@ def load_hf(path: str | Path):
     try:
         return AlbertForPreTraining.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load a Hugging Face ALBERT: {str(exc).splitlines()[0]}", where=str(path),
-                        fix="give a directory written by save_pretrained (config.json + model.safetensors)") from None
+        raise UserError(
+            f"cannot load a Hugging Face ALBERT: {str(exc).splitlines()[0]}",
+            where=str(path),
+            fix="give a directory written by save_pretrained (config.json + model.safetensors)",
+        ) from None
 
 
 def _state_numpy(model) -> dict[str, np.ndarray]:
@@ -64,9 +67,11 @@ def max_difference(model, variables: dict[str, np.ndarray], google_config: dict,
     ref_mlm, ref_sop = reference.forward(variables, google_config, **probe)
     model.eval()
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(probe["input_ids"]),
-                    attention_mask=torch.from_numpy(probe["input_mask"]),
-                    token_type_ids=torch.from_numpy(probe["segment_ids"]))
+        out = model(
+            input_ids=torch.from_numpy(probe["input_ids"]),
+            attention_mask=torch.from_numpy(probe["input_mask"]),
+            token_type_ids=torch.from_numpy(probe["segment_ids"]),
+        )
     mask = probe["input_mask"].astype(bool)  # padded positions are not outputs anyone reads
     d_mlm = np.abs(out.prediction_logits.double().numpy() - ref_mlm)[mask].max()
     d_sop = np.abs(out.sop_logits.double().numpy() - ref_sop).max()
@@ -75,17 +80,21 @@ def max_difference(model, variables: dict[str, np.ndarray], google_config: dict,
 
 def _check(diff: float, what: str) -> None:
     if not diff <= TOLERANCE:
-        raise UserError(f"{what}: outputs differ by {diff:.3g} (> {TOLERANCE})",
-                        fix="the checkpoint and the ALBERT config do not match (heads, layers, activation?)")
+        raise UserError(
+            f"{what}: outputs differ by {diff:.3g} (> {TOLERANCE})",
+            fix="the checkpoint and the ALBERT config do not match (heads, layers, activation?)",
+        )
 
 
-def google_config_for(variables: dict[str, np.ndarray], source: str | Path,
-                      albert_config: str | Path | None) -> dict:
+def google_config_for(variables: dict[str, np.ndarray], source: str | Path, albert_config: str | Path | None) -> dict:
     """google's albert_config.json: the one given, else the one next to the checkpoint."""
     path = Path(albert_config) if albert_config else tf_checkpoint.find_albert_config(source)
     if path is None or not path.is_file():
-        raise UserError("no albert_config.json for this checkpoint", where=str(source),
-                        fix="pass --albert-config (layer and head counts cannot be read from the weights)")
+        raise UserError(
+            "no albert_config.json for this checkpoint",
+            where=str(source),
+            fix="pass --albert-config (layer and head counts cannot be read from the weights)",
+        )
     try:
         google = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -94,8 +103,11 @@ def google_config_for(variables: dict[str, np.ndarray], source: str | Path,
     google.setdefault("num_hidden_groups", groups)
     google.setdefault("inner_group_num", inner)
     if (google["num_hidden_groups"], google["inner_group_num"]) != (groups, inner):
-        raise UserError(f"config says {google['num_hidden_groups']} groups x {google['inner_group_num']} inner, "
-                        f"the checkpoint has {groups} x {inner}", where=str(path))
+        raise UserError(
+            f"config says {google['num_hidden_groups']} groups x {google['inner_group_num']} inner, "
+            f"the checkpoint has {groups} x {inner}",
+            where=str(path),
+        )
     mapping.check_shapes(variables, mapping.hf_kwargs_from_google(google), str(path))
     return google
 
@@ -106,8 +118,9 @@ def model_from_tf(source: str | Path, albert_config: str | Path | None = None):
     google = google_config_for(variables, source, albert_config)
     kw = mapping.hf_kwargs_from_google(google)
     model = build_model(kw)
-    state, absent = mapping.tf_to_hf_arrays(variables, kw.get("num_hidden_groups", 1),
-                                           kw.get("inner_group_num", 1), kw["hidden_size"], str(source))
+    state, absent = mapping.tf_to_hf_arrays(
+        variables, kw.get("num_hidden_groups", 1), kw.get("inner_group_num", 1), kw["hidden_size"], str(source)
+    )
     load_state(model, state, keep_missing_sop=bool(absent))
     info = {"source": str(source), "missing_sop_head": bool(absent), "variables": len(variables)}
     if not absent:  # without the SOP head google's graph is incomplete: check the MLM path through zeros
@@ -135,8 +148,7 @@ def tf_to_hf(source: str | Path, out_dir: str | Path, albert_config: str | Path 
     return {**info, "model_dir": str(out)}
 
 
-def hf_to_tf(source: str | Path, out_dir: str | Path, global_step: int = 0,
-             optimizer_slots: bool = True) -> dict:
+def hf_to_tf(source: str | Path, out_dir: str | Path, global_step: int = 0, optimizer_slots: bool = True) -> dict:
     """HF AlbertForPreTraining dir -> google's checkpoint layout (+ albert_config.json), checked on read-back."""
     model = load_hf(source)
     cfg = model.config
@@ -149,8 +161,14 @@ def hf_to_tf(source: str | Path, out_dir: str | Path, global_step: int = 0,
     back = mapping.model_variables(tf_checkpoint.read_variables(prefix))
     diff = max_difference(model, back, google)
     _check(diff, f"HF -> TF conversion of {source}")
-    return {"source": str(source), "checkpoint": prefix, "albert_config": str(out / "albert_config.json"),
-            "model_variables": len(variables), "total_variables": len(full), "max_abs_diff": diff}
+    return {
+        "source": str(source),
+        "checkpoint": prefix,
+        "albert_config": str(out / "albert_config.json"),
+        "model_variables": len(variables),
+        "total_variables": len(full),
+        "max_abs_diff": diff,
+    }
 
 
 def load_any(path: str | Path, albert_config: str | Path | None = None):
@@ -160,5 +178,8 @@ def load_any(path: str | Path, albert_config: str | Path | None = None):
     if tf_checkpoint.is_tf_checkpoint(path):
         model, info = model_from_tf(path, albert_config)
         return model, {**info, "format": "tf"}
-    raise UserError("not a Hugging Face ALBERT dir, a TF checkpoint or a TF-Hub module", where=str(path),
-                    fix="give a dir with config.json, a model.ckpt-N prefix, or a module dir with variables/")
+    raise UserError(
+        "not a Hugging Face ALBERT dir, a TF checkpoint or a TF-Hub module",
+        where=str(path),
+        fix="give a dir with config.json, a model.ckpt-N prefix, or a module dir with variables/",
+    )

@@ -98,13 +98,20 @@ def count_groups(variables: dict[str, np.ndarray]) -> tuple[int, int]:
             groups.add(int(m.group(1)))
             inner.add(int(m.group(2)))
     if not groups:
-        raise UserError("no ALBERT transformer variables (bert/encoder/transformer/group_*) in the checkpoint",
-                        fix="give a google-research/albert checkpoint or a TF-Hub ALBERT module")
+        raise UserError(
+            "no ALBERT transformer variables (bert/encoder/transformer/group_*) in the checkpoint",
+            fix="give a google-research/albert checkpoint or a TF-Hub ALBERT module",
+        )
     return max(groups) + 1, max(inner) + 1
 
 
-def tf_to_hf_arrays(variables: dict[str, np.ndarray], num_hidden_groups: int, inner_group_num: int,
-                    hidden_size: int, where: str = "checkpoint") -> tuple[dict[str, np.ndarray], list[str]]:
+def tf_to_hf_arrays(
+    variables: dict[str, np.ndarray],
+    num_hidden_groups: int,
+    inner_group_num: int,
+    hidden_size: int,
+    where: str = "checkpoint",
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """TF variables -> HF state dict (numpy). Returns (state, names of TF variables that were absent).
 
     Only the SOP head may be absent (TF-Hub modules ship without it; the caller decides what to do); the
@@ -116,8 +123,9 @@ def tf_to_hf_arrays(variables: dict[str, np.ndarray], num_hidden_groups: int, in
     for e in name_map(num_hidden_groups, inner_group_num):
         if e.tf not in variables:
             if e.tf.startswith(EMBEDDING_MAPPING):
-                state[e.hf] = np.eye(hidden_size, dtype=np.float32) if e.transpose else \
-                    np.zeros(hidden_size, dtype=np.float32)
+                state[e.hf] = (
+                    np.eye(hidden_size, dtype=np.float32) if e.transpose else np.zeros(hidden_size, dtype=np.float32)
+                )
                 continue
             absent.append(e.tf)
             continue
@@ -125,24 +133,35 @@ def tf_to_hf_arrays(variables: dict[str, np.ndarray], num_hidden_groups: int, in
         state[e.hf] = np.ascontiguousarray(value.T) if e.transpose else value
     missing = [a for a in absent if a not in SOP_VARIABLES]
     if missing:
-        raise UserError(f"{len(missing)} ALBERT variables missing, e.g. {missing[0]}", where=where,
-                        fix="is this a google-research/albert checkpoint with the same num_hidden_groups?")
+        raise UserError(
+            f"{len(missing)} ALBERT variables missing, e.g. {missing[0]}",
+            where=where,
+            fix="is this a google-research/albert checkpoint with the same num_hidden_groups?",
+        )
     known = {e.tf for e in name_map(num_hidden_groups, inner_group_num)}
     unknown = sorted(set(variables) - known)
     if unknown:
-        raise UserError(f"{len(unknown)} variables have no Hugging Face counterpart, e.g. {unknown[0]}",
-                        where=where, fix="only ALBERT pretraining checkpoints (bert/ and cls/) are supported")
+        raise UserError(
+            f"{len(unknown)} variables have no Hugging Face counterpart, e.g. {unknown[0]}",
+            where=where,
+            fix="only ALBERT pretraining checkpoints (bert/ and cls/) are supported",
+        )
     return state, absent
 
 
-def hf_to_tf_arrays(state: dict[str, np.ndarray], num_hidden_groups: int, inner_group_num: int,
-                    ) -> dict[str, np.ndarray]:
+def hf_to_tf_arrays(
+    state: dict[str, np.ndarray],
+    num_hidden_groups: int,
+    inner_group_num: int,
+) -> dict[str, np.ndarray]:
     """HF state dict (numpy) -> google's variable names and layouts."""
     out = {}
     for e in name_map(num_hidden_groups, inner_group_num):
         if e.hf not in state:
-            raise UserError(f"the Hugging Face model has no '{e.hf}'",
-                            fix="give an AlbertForPreTraining directory (MLM and SOP heads)")
+            raise UserError(
+                f"the Hugging Face model has no '{e.hf}'",
+                fix="give an AlbertForPreTraining directory (MLM and SOP heads)",
+            )
         value = np.asarray(state[e.hf], dtype=np.float32)
         out[e.tf] = np.ascontiguousarray(value.T) if e.transpose else value
     return out
@@ -172,10 +191,21 @@ def add_missing_sop_head(variables: dict[str, np.ndarray]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Configs: google's albert_config.json <-> transformers.AlbertConfig kwargs
 
-_GOOGLE_KEYS = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
-                "num_attention_heads", "intermediate_size", "inner_group_num", "hidden_dropout_prob",
-                "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-                "initializer_range")
+_GOOGLE_KEYS = (
+    "vocab_size",
+    "embedding_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_hidden_groups",
+    "num_attention_heads",
+    "intermediate_size",
+    "inner_group_num",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+)
 
 
 def hf_kwargs_from_google(google: dict) -> dict:
@@ -190,8 +220,10 @@ def google_from_hf(hf_config) -> dict:
     out = {k: getattr(hf_config, k) for k in _GOOGLE_KEYS}
     act = hf_config.hidden_act
     if act not in ("gelu_new", "gelu_pytorch_tanh", "relu", "tanh"):
-        raise UserError(f"hidden_act '{act}' has no exact google-research/albert equivalent",
-                        fix="google's 'gelu' is the tanh approximation: use hidden_act='gelu_new'")
+        raise UserError(
+            f"hidden_act '{act}' has no exact google-research/albert equivalent",
+            fix="google's 'gelu' is the tanh approximation: use hidden_act='gelu_new'",
+        )
     out["hidden_act"] = "gelu" if act.startswith("gelu") else act
     return out
 
@@ -202,11 +234,16 @@ def check_shapes(variables: dict[str, np.ndarray], kw: dict, where: str) -> None
         "bert/embeddings/word_embeddings": (kw["vocab_size"], kw["embedding_size"]),
         "bert/embeddings/position_embeddings": (kw["max_position_embeddings"], kw["embedding_size"]),
         "bert/pooler/dense/kernel": (kw["hidden_size"], kw["hidden_size"]),
-        "bert/encoder/transformer/group_0/inner_group_0/ffn_1/intermediate/dense/kernel":
-            (kw["hidden_size"], kw["intermediate_size"]),
+        "bert/encoder/transformer/group_0/inner_group_0/ffn_1/intermediate/dense/kernel": (
+            kw["hidden_size"],
+            kw["intermediate_size"],
+        ),
     }
     for name, shape in expect.items():
         got = tuple(np.shape(variables.get(name, ())))
         if got != shape:
-            raise UserError(f"{name} has shape {got}, the ALBERT config says {shape}", where=where,
-                            fix="give the albert_config.json that belongs to this checkpoint (--albert-config)")
+            raise UserError(
+                f"{name} has shape {got}, the ALBERT config says {shape}",
+                where=where,
+                fix="give the albert_config.json that belongs to this checkpoint (--albert-config)",
+            )

@@ -29,8 +29,13 @@ def _dense(x: np.ndarray, v: dict, scope: str) -> np.ndarray:
     return x @ v[f"{scope}/kernel"] + v[f"{scope}/bias"]
 
 
-def forward(variables: dict[str, np.ndarray], config: dict, input_ids: np.ndarray, input_mask: np.ndarray,
-            segment_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def forward(
+    variables: dict[str, np.ndarray],
+    config: dict,
+    input_ids: np.ndarray,
+    input_mask: np.ndarray,
+    segment_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """(MLM logits [B, T, vocab], SOP logits [B, 2]) of google's ALBERT with `config` (albert_config.json)."""
     v = {k: np.asarray(a, dtype=np.float64) for k, a in variables.items()}
     act = _act(config.get("hidden_act", "gelu"))
@@ -50,15 +55,18 @@ def forward(variables: dict[str, np.ndarray], config: dict, input_ids: np.ndarra
         group = int(layer / layers * groups)
         for i in range(inner):
             s = f"bert/encoder/transformer/group_{group}/inner_group_{i}"
-            q, k, val = (_dense(x, v, f"{s}/attention_1/self/{n}").reshape(b, t, heads, d).transpose(0, 2, 1, 3)
-                         for n in ("query", "key", "value"))
+            q, k, val = (
+                _dense(x, v, f"{s}/attention_1/self/{n}").reshape(b, t, heads, d).transpose(0, 2, 1, 3)
+                for n in ("query", "key", "value")
+            )
             logits = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d) + adder
             probs = np.exp(logits - logits.max(-1, keepdims=True))
             probs /= probs.sum(-1, keepdims=True)
             ctx = (probs @ val).transpose(0, 2, 1, 3).reshape(b, t, h_size)
             attn = _ln(_dense(ctx, v, f"{s}/attention_1/output/dense") + x, v, f"{s}/LayerNorm")
-            ffn = _dense(act(_dense(attn, v, f"{s}/ffn_1/intermediate/dense")), v,
-                         f"{s}/ffn_1/intermediate/output/dense")
+            ffn = _dense(
+                act(_dense(attn, v, f"{s}/ffn_1/intermediate/dense")), v, f"{s}/ffn_1/intermediate/output/dense"
+            )
             x = _ln(ffn + attn, v, f"{s}/LayerNorm_1")
     pooled = np.tanh(_dense(x[:, 0], v, "bert/pooler/dense"))
     hidden = _ln(act(_dense(x, v, "cls/predictions/transform/dense")), v, "cls/predictions/transform/LayerNorm")
@@ -67,14 +75,15 @@ def forward(variables: dict[str, np.ndarray], config: dict, input_ids: np.ndarra
     return mlm, sop
 
 
-def probe_inputs(vocab_size: int, max_positions: int, seed: int = 0, batch: int = 3,
-                 length: int = 16) -> dict[str, np.ndarray]:
+def probe_inputs(
+    vocab_size: int, max_positions: int, seed: int = 0, batch: int = 3, length: int = 16
+) -> dict[str, np.ndarray]:
     """A few random sequences with two segments and some padding (so the mask path is exercised)."""
     rng = np.random.default_rng(seed)
     t = min(length, max_positions)
     ids = rng.integers(0, vocab_size, size=(batch, t))
     mask = np.ones((batch, t), dtype=np.int64)
-    mask[0, t // 2:] = 0  # one padded row
+    mask[0, t // 2 :] = 0  # one padded row
     seg = np.zeros((batch, t), dtype=np.int64)
-    seg[:, t // 3:] = 1
+    seg[:, t // 3 :] = 1
     return {"input_ids": ids, "input_mask": mask, "segment_ids": seg * mask}

@@ -40,10 +40,16 @@ def resolve_checkpoint(path: str | Path) -> str:
         if len(indexes) == 1:
             return str(indexes[0].with_suffix(""))
         if indexes:
-            raise UserError(f"{len(indexes)} checkpoints in the directory", where=str(p),
-                            fix="give the prefix of one, e.g. " + str(indexes[-1].with_suffix("")))
-    raise UserError("no TF checkpoint found", where=str(p),
-                    fix="give a checkpoint prefix (model.ckpt-N), its directory, or a TF-Hub module directory")
+            raise UserError(
+                f"{len(indexes)} checkpoints in the directory",
+                where=str(p),
+                fix="give the prefix of one, e.g. " + str(indexes[-1].with_suffix("")),
+            )
+    raise UserError(
+        "no TF checkpoint found",
+        where=str(p),
+        fix="give a checkpoint prefix (model.ckpt-N), its directory, or a TF-Hub module directory",
+    )
 
 
 def is_tf_checkpoint(path: str | Path) -> bool:
@@ -72,8 +78,7 @@ def write_checkpoint(prefix: str | Path, variables: dict[str, np.ndarray]) -> st
     prefix.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(variables)
     tensors = [tf.constant(np.asarray(variables[n])) for n in names]
-    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
-                      tensors=tensors)
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
     state = f'model_checkpoint_path: "{prefix.name}"\nall_model_checkpoint_paths: "{prefix.name}"\n'
     (prefix.parent / "checkpoint").write_text(state)
     return str(prefix)
@@ -99,8 +104,11 @@ def hub_to_tf(source: str | Path, out_dir: str | Path, global_step: int = 0) -> 
     known = {e.tf for e in mapping.name_map(groups, inner)}
     unknown = sorted(set(variables) - known)
     if unknown:
-        raise UserError(f"{len(unknown)} variables are not ALBERT's, e.g. {unknown[0]}", where=str(source),
-                        fix="give an ALBERT module or checkpoint (variables under bert/ and cls/)")
+        raise UserError(
+            f"{len(unknown)} variables are not ALBERT's, e.g. {unknown[0]}",
+            where=str(source),
+            fix="give an ALBERT module or checkpoint (variables under bert/ and cls/)",
+        )
     added = mapping.add_missing_sop_head(variables)
     full = mapping.with_optimizer_slots(variables, global_step)
     out = Path(out_dir)
@@ -113,7 +121,12 @@ def hub_to_tf(source: str | Path, out_dir: str | Path, global_step: int = 0) -> 
     for name, value in variables.items():
         if back[name].shape != value.shape or not np.array_equal(back[name], value):
             raise RuntimeError(f"hub-to-tf wrote {name} wrongly")  # a bug here, not bad input
-    return {"checkpoint": prefix, "model_variables": len(variables), "total_variables": len(full),
-            "stripped_prefix": prefixed, "added_sop_head": added, "global_step": global_step,
-            "albert_config": str(out / "albert_config.json") if config else None}
-
+    return {
+        "checkpoint": prefix,
+        "model_variables": len(variables),
+        "total_variables": len(full),
+        "stripped_prefix": prefixed,
+        "added_sop_head": added,
+        "global_step": global_step,
+        "albert_config": str(out / "albert_config.json") if config else None,
+    }

@@ -24,8 +24,11 @@ def vocab_size(cfg) -> int:
         return cfg.model.vocab_size
     tok_dir = cfg.stage_dir("vocab") / "tokenizer"
     if not tok_dir.is_dir():
-        raise UserError("the vocabulary size is unknown", where=str(tok_dir),
-                        fix="run `albert-exp vocab` first, or set model.vocab_size")
+        raise UserError(
+            "the vocabulary size is unknown",
+            where=str(tok_dir),
+            fix="run `albert-exp vocab` first, or set model.vocab_size",
+        )
     from transformers import AutoTokenizer
 
     return len(AutoTokenizer.from_pretrained(str(tok_dir)))
@@ -42,17 +45,29 @@ def build_model(cfg):
         from transformers import AlbertConfig, AlbertForPreTraining
 
         m = cfg.model
-        model = AlbertForPreTraining(AlbertConfig(
-            vocab_size=vocab_size(cfg), embedding_size=m.embedding_size, hidden_size=m.hidden_size,
-            num_hidden_layers=m.num_hidden_layers, num_attention_heads=m.num_attention_heads,
-            intermediate_size=m.intermediate_size, num_hidden_groups=m.num_hidden_groups,
-            max_position_embeddings=m.max_position_embeddings, hidden_dropout_prob=m.hidden_dropout_prob,
-            attention_probs_dropout_prob=m.attention_probs_dropout_prob, classifier_dropout_prob=0.0,
-            hidden_act="gelu_new"))  # google's gelu is the tanh approximation
+        model = AlbertForPreTraining(
+            AlbertConfig(
+                vocab_size=vocab_size(cfg),
+                embedding_size=m.embedding_size,
+                hidden_size=m.hidden_size,
+                num_hidden_layers=m.num_hidden_layers,
+                num_attention_heads=m.num_attention_heads,
+                intermediate_size=m.intermediate_size,
+                num_hidden_groups=m.num_hidden_groups,
+                max_position_embeddings=m.max_position_embeddings,
+                hidden_dropout_prob=m.hidden_dropout_prob,
+                attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+                classifier_dropout_prob=0.0,
+                hidden_act="gelu_new",
+            )
+        )  # google's gelu is the tanh approximation
         info = {"format": "fresh"}
     if model.config.max_position_embeddings < pc.max_seq_length:
-        raise UserError(f"max_seq_length {pc.max_seq_length} > the model's max_position_embeddings "
-                        f"{model.config.max_position_embeddings}", where="pretrain.max_seq_length")
+        raise UserError(
+            f"max_seq_length {pc.max_seq_length} > the model's max_position_embeddings "
+            f"{model.config.max_position_embeddings}",
+            where="pretrain.max_seq_length",
+        )
     model.sop_classifier.dropout.p = 0.0  # google's SOP head has no dropout
     return model, info
 
@@ -81,8 +96,11 @@ def _check_same_config(cfg, saved: dict, where) -> None:
     changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k != "description")
     if changed:
         detail = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
-        raise UserError(f"the config differs from the checkpoint's ({detail})", where=str(where),
-                        fix="resume with the same config, or set pretrain.output_dir to a new directory")
+        raise UserError(
+            f"the config differs from the checkpoint's ({detail})",
+            where=str(where),
+            fix="resume with the same config, or set pretrain.output_dir to a new directory",
+        )
 
 
 def run(cfg) -> dict:
@@ -106,8 +124,11 @@ def run(cfg) -> dict:
 
     resume_from = checkpoint.latest(out) if pc.resume else None
     if not pc.resume and checkpoint.checkpoint_dirs(out):
-        raise UserError("the output directory already has checkpoints and resume is false", where=str(out),
-                        fix="set pretrain.output_dir to a new directory, or delete the old checkpoints")
+        raise UserError(
+            "the output directory already has checkpoints and resume is false",
+            where=str(out),
+            fix="set pretrain.output_dir to a new directory, or delete the old checkpoints",
+        )
     saved = checkpoint.load_trainer_state(resume_from) if resume_from else None
     reattached = bool(saved) and _resume_mlflow_run(saved.get("mlflow_run_id"))
     torch.manual_seed(cfg.seed)
@@ -127,9 +148,12 @@ def run(cfg) -> dict:
     if saved:
         _check_same_config(cfg, saved.get("config") or {}, resume_from)
         if (saved["streams"], saved["micro_batch"]) != (streams, micro):
-            raise UserError(f"the checkpoint was written with num_workers={saved['streams']} and micro-batch "
-                            f"{saved['micro_batch']}, this run has {streams} and {micro}", where=str(resume_from),
-                            fix="resume with the same num_workers, batch_size and gradient_accumulation_steps")
+            raise UserError(
+                f"the checkpoint was written with num_workers={saved['streams']} and micro-batch "
+                f"{saved['micro_batch']}, this run has {streams} and {micro}",
+                where=str(resume_from),
+                fix="resume with the same num_workers, batch_size and gradient_accumulation_steps",
+            )
         ts = checkpoint.load_training_state(resume_from)
         optimizer.load_state_dict(ts["optimizer"])
         scheduler.load_state_dict(ts["scheduler"])
@@ -137,22 +161,59 @@ def run(cfg) -> dict:
         state = State(**{k: saved[k] for k in State.__dataclass_fields__})
         plateau.load_state_dict(saved["plateau"])
     n_params = sum(p.numel() for p in model.parameters())
-    derived = {**scaled.as_params(), "derived.last_step": last_step, "derived.parameters": n_params,
-               "derived.tokens_per_step": pc.batch_size * pc.max_seq_length, "derived.micro_batch": micro,
-               "derived.init": init_info.get("format"), "derived.input_files": len(files)}
-    eval_data = data.eval_batches(eval_files, n=pc.eval_batches, batch_size=micro,
-                                  max_seq_length=pc.max_seq_length) if eval_files else []
+    derived = {
+        **scaled.as_params(),
+        "derived.last_step": last_step,
+        "derived.parameters": n_params,
+        "derived.tokens_per_step": pc.batch_size * pc.max_seq_length,
+        "derived.micro_batch": micro,
+        "derived.init": init_info.get("format"),
+        "derived.input_files": len(files),
+    }
+    eval_data = (
+        data.eval_batches(eval_files, n=pc.eval_batches, batch_size=micro, max_seq_length=pc.max_seq_length)
+        if eval_files
+        else []
+    )
 
     try:
-        return _train(cfg, out, model, optimizer, scheduler, state, plateau, files, eval_data, resume_from,
-                      init_info, derived, last_step, device)
+        return _train(
+            cfg,
+            out,
+            model,
+            optimizer,
+            scheduler,
+            state,
+            plateau,
+            files,
+            eval_data,
+            resume_from,
+            init_info,
+            derived,
+            last_step,
+            device,
+        )
     finally:
         if reattached:
             os.environ.pop("MLFLOW_RUN_ID", None)
 
 
-def _train(cfg, out, model, optimizer, scheduler, state, plateau, files, eval_data, resume_from, init_info,
-           derived, last_step, device) -> dict:
+def _train(
+    cfg,
+    out,
+    model,
+    optimizer,
+    scheduler,
+    state,
+    plateau,
+    files,
+    eval_data,
+    resume_from,
+    init_info,
+    derived,
+    last_step,
+    device,
+) -> dict:
     from albert_exp.config import to_dict
     from albert_exp.pretrain import checkpoint
     from albert_exp.pretrain.loop import Trainer
@@ -160,22 +221,44 @@ def _train(cfg, out, model, optimizer, scheduler, state, plateau, files, eval_da
 
     pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
     n_params = derived["derived.parameters"]
-    with stage_run(cfg, "pretrain", f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}",
-                   extra_params=derived) as tracker:
-        print(f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
-              f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
-              + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}"))
+    with stage_run(
+        cfg, "pretrain", f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}", extra_params=derived
+    ) as tracker:
+        print(
+            f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
+            f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
+            + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}")
+        )
         extra = {"mlflow_run_id": tracker.run_id, "config": to_dict(cfg), "init": init_info}
-        trainer = Trainer(model, optimizer, scheduler, pc=pc, files=files, eval_data=eval_data, output_dir=out,
-                          tracker=tracker, seed=cfg.seed, total_steps=scaled.num_train_steps, device=device,
-                          state=state, plateau=plateau, extra_state=extra, compile=pc.compile)
+        trainer = Trainer(
+            model,
+            optimizer,
+            scheduler,
+            pc=pc,
+            files=files,
+            eval_data=eval_data,
+            output_dir=out,
+            tracker=tracker,
+            seed=cfg.seed,
+            total_steps=scaled.num_train_steps,
+            device=device,
+            state=state,
+            plateau=plateau,
+            extra_state=extra,
+            compile=pc.compile,
+        )
         if resume_from:
             pending = checkpoint.load_trainer_state(resume_from).get("pending_metrics", [])
             trainer.flush(resume_from, [(step, m) for step, m in pending], resuming=True)
         result = trainer.train(last_step)
         best = out / "best"
-        results = {**result, "model_dir": str(best if best.is_dir() else result["last_checkpoint"]),
-                   "output_dir": str(out), "resumed_from": str(resume_from) if resume_from else None,
-                   "derived": derived, "mlflow_run_id": tracker.run_id}
+        results = {
+            **result,
+            "model_dir": str(best if best.is_dir() else result["last_checkpoint"]),
+            "output_dir": str(out),
+            "resumed_from": str(resume_from) if resume_from else None,
+            "derived": derived,
+            "mlflow_run_id": tracker.run_id,
+        }
         write_results(out, results, tracker)
     return results

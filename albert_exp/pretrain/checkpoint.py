@@ -26,8 +26,7 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
     root = output_dir / "checkpoints"
     if not root.is_dir():
         return []
-    dirs = [d for d in root.iterdir() if d.is_dir() and STEP_DIR.match(d.name)
-            and (d / "trainer_state.json").is_file()]
+    dirs = [d for d in root.iterdir() if d.is_dir() and STEP_DIR.match(d.name) and (d / "trainer_state.json").is_file()]
     return sorted(dirs, key=lambda d: int(STEP_DIR.match(d.name).group(1)))
 
 
@@ -59,8 +58,10 @@ def save(output_dir: Path, step: int, model, optimizer, scheduler, trainer_state
     tmp.mkdir(parents=True)
     unwrapped = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     unwrapped.save_pretrained(str(tmp))  # safetensors
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "training_state.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+        tmp / "training_state.pt",
+    )
     (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, sort_keys=True, default=str))
     for f in tmp.iterdir():  # durable before the rename makes it visible
         with open(f, "rb") as fh:

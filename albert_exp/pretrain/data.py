@@ -47,27 +47,37 @@ def expand_inputs(patterns: list[str], where: str = "pretrain.input") -> list[st
         hits = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else ([pat] if Path(pat).exists() else [])
         files.extend(h for h in hits if Path(h).is_file() and not Path(h).name.endswith((".json", ".tmp")))
     if not files:
-        raise UserError(f"no TFRecord files match {patterns}", where=where,
-                        fix="run `albert-exp pretraining-data` first, or set pretrain.input to files or globs")
+        raise UserError(
+            f"no TFRecord files match {patterns}",
+            where=where,
+            fix="run `albert-exp pretraining-data` first, or set pretrain.input to files or globs",
+        )
     return files
 
 
 def to_batch(examples: list[dict[str, np.ndarray]], max_seq_length: int, source: str) -> dict[str, torch.Tensor]:
     """google's features -> model inputs. Masked LM targets stay as (positions, ids, weights) like google's
     run_pretraining.py, so the loss gathers only the masked positions."""
+
     def stack(name: str, dtype) -> np.ndarray:
         try:
             return np.stack([e[name] for e in examples]).astype(dtype, copy=False)
         except KeyError:
-            raise UserError(f"records have no '{name}' feature", where=source,
-                            fix="give TFRecords written by create_pretraining_data.py or pretraining-data") from None
+            raise UserError(
+                f"records have no '{name}' feature",
+                where=source,
+                fix="give TFRecords written by create_pretraining_data.py or pretraining-data",
+            ) from None
         except ValueError:
             raise UserError(f"records of different lengths for '{name}'", where=source) from None
 
     ids = stack("input_ids", np.int64)
     if ids.shape[1] != max_seq_length:
-        raise UserError(f"records have sequence length {ids.shape[1]}, the config says {max_seq_length}",
-                        where=source, fix=f"set pretrain.max_seq_length={ids.shape[1]}")
+        raise UserError(
+            f"records have sequence length {ids.shape[1]}, the config says {max_seq_length}",
+            where=source,
+            fix=f"set pretrain.max_seq_length={ids.shape[1]}",
+        )
     return {
         "input_ids": torch.from_numpy(ids),
         "attention_mask": torch.from_numpy(stack("input_mask", np.int64)),
@@ -82,8 +92,19 @@ def to_batch(examples: list[dict[str, np.ndarray]], max_seq_length: int, source:
 class Stream:
     """One deterministic, resumable stream of micro-batches (see the module docstring)."""
 
-    def __init__(self, files: list[str], stream: int, streams: int, *, batch_size: int, max_seq_length: int,
-                 seed: int, block: int, skip_corrupt: bool = False, position: Position | None = None):
+    def __init__(
+        self,
+        files: list[str],
+        stream: int,
+        streams: int,
+        *,
+        batch_size: int,
+        max_seq_length: int,
+        seed: int,
+        block: int,
+        skip_corrupt: bool = False,
+        position: Position | None = None,
+    ):
         self.files, self.stream, self.streams = files, stream, streams
         self.batch_size, self.max_seq_length = batch_size, max_seq_length
         self.seed, self.block, self.skip_corrupt = seed, block, skip_corrupt
@@ -94,7 +115,7 @@ class Stream:
         """(files this stream reads in `epoch`, record stride)."""
         perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.files))
         if len(self.files) >= self.streams:
-            return [self.files[i] for i in perm[self.stream::self.streams]], 1
+            return [self.files[i] for i in perm[self.stream :: self.streams]], 1
         return [self.files[i] for i in perm], self.streams
 
     def _read_block(self, path: str, offset: int, record: int, stride: int):
@@ -127,8 +148,9 @@ class Stream:
                 path = files[self.pos.file]
                 block, end, index = self._read_block(path, self.pos.offset, self.pos.record, stride)
                 order = np.random.default_rng(
-                    [self.seed, self.pos.epoch, self.stream, self.pos.file, self.pos.offset]).permutation(len(block))
-                for i in order[self.pos.taken:]:
+                    [self.seed, self.pos.epoch, self.stream, self.pos.file, self.pos.offset]
+                ).permutation(len(block))
+                for i in order[self.pos.taken :]:
                     self.pos.taken += 1
                     produced = True
                     yield block[i]
@@ -138,8 +160,11 @@ class Stream:
                     self.pos = Position(self.pos.epoch, self.pos.file, end, index)
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs >= 2:
-                raise UserError("no records to read", where=", ".join(self.files[:3]),
-                                fix="the TFRecord files are empty (or every record is corrupt)")
+                raise UserError(
+                    "no records to read",
+                    where=", ".join(self.files[:3]),
+                    fix="the TFRecord files are empty (or every record is corrupt)",
+                )
             self.pos = Position(self.pos.epoch + 1)
 
     def batches(self) -> Iterator[dict]:
@@ -173,28 +198,55 @@ class StreamDataset(torch.utils.data.IterableDataset):
         for w in workers:
             s = (w + self.rotation) % self.streams
             pos = self.positions[s]
-            its.append(Stream(self.files, s, self.streams, position=Position(**pos) if pos else None,
-                              **self.kw).batches())
+            its.append(
+                Stream(self.files, s, self.streams, position=Position(**pos) if pos else None, **self.kw).batches()
+            )
         while True:  # in-process (num_workers=0): round-robin over all streams, like the DataLoader does
             for it in its:
                 try:
                     yield next(it)
                 except (UserError, CorruptRecordError) as exc:
                     # Pass it in-band: a DataLoader re-raise would bury the one-line message in a traceback.
-                    yield {"error": {"what": exc.what, "where": exc.where, "fix": exc.fix,
-                                     "corrupt": isinstance(exc, CorruptRecordError)}}
+                    yield {
+                        "error": {
+                            "what": exc.what,
+                            "where": exc.where,
+                            "fix": exc.fix,
+                            "corrupt": isinstance(exc, CorruptRecordError),
+                        }
+                    }
                     return
 
 
-def make_loader(files: list[str], *, streams: int, positions: list[dict | None], batches_done: int,
-                batch_size: int, max_seq_length: int, seed: int, block: int, skip_corrupt: bool):
+def make_loader(
+    files: list[str],
+    *,
+    streams: int,
+    positions: list[dict | None],
+    batches_done: int,
+    batch_size: int,
+    max_seq_length: int,
+    seed: int,
+    block: int,
+    skip_corrupt: bool,
+):
     """A DataLoader of micro-batches; `streams` loader processes (0 processes when streams == 1 is not
     forced: one stream is read in-process)."""
-    dataset = StreamDataset(files, streams, positions, batches_done % streams, batch_size=batch_size,
-                            max_seq_length=max_seq_length, seed=seed, block=block, skip_corrupt=skip_corrupt)
+    dataset = StreamDataset(
+        files,
+        streams,
+        positions,
+        batches_done % streams,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+        seed=seed,
+        block=block,
+        skip_corrupt=skip_corrupt,
+    )
     workers = streams if streams > 1 else 0
-    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers,
-                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
+    )
 
 
 def raise_if_error(batch: dict) -> None:
@@ -206,8 +258,9 @@ def raise_if_error(batch: dict) -> None:
 
 def eval_batches(files: list[str], *, n: int, batch_size: int, max_seq_length: int) -> list[dict]:
     """The first n batches of the held-out files in file order (the same every time: comparable eval/)."""
-    stream = Stream(files, 0, 1, batch_size=batch_size, max_seq_length=max_seq_length, seed=0,
-                    block=1)  # block 1: no shuffling
+    stream = Stream(
+        files, 0, 1, batch_size=batch_size, max_seq_length=max_seq_length, seed=0, block=1
+    )  # block 1: no shuffling
     stream._files_of = lambda epoch: (files, 1)  # fixed order
     out = []
     for batch in stream.batches():

@@ -29,8 +29,9 @@ def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None) -> dict[st
     """MLM loss over the masked positions only (gathered before the vocabulary projection, as google's
     run_pretraining.py does: 10 positions instead of 64 per sequence) + SOP loss; sums for accuracies.
     `encoder`: a torch.compile'd `model.albert` (the model itself stays uncompiled, so it saves plainly)."""
-    out = (encoder or model.albert)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    token_type_ids=batch["token_type_ids"])
+    out = (encoder or model.albert)(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
+    )
     seq = out.last_hidden_state
     pos = batch["mlm_positions"]
     gathered = seq.gather(1, pos.unsqueeze(-1).expand(-1, -1, seq.size(-1)))
@@ -43,8 +44,13 @@ def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None) -> dict[st
     with torch.no_grad():
         mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / w.sum().clamp_min(1e-5)
         sop_acc = (sop_logits.argmax(-1) == batch["sop_labels"]).float().mean()
-    return {"loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
-            "mlm_accuracy": mlm_acc, "sop_accuracy": sop_acc}
+    return {
+        "loss": mlm_loss + sop_loss,
+        "mlm_loss": mlm_loss,
+        "sop_loss": sop_loss,
+        "mlm_accuracy": mlm_acc,
+        "sop_accuracy": sop_acc,
+    }
 
 
 @dataclass
@@ -63,9 +69,25 @@ class State:
 
 
 class Trainer:
-    def __init__(self, model, optimizer, scheduler, *, pc, files: list[str], eval_data: list[dict],
-                 output_dir: Path, tracker, seed: int, total_steps: int, device: torch.device,
-                 state: State, plateau: Plateau, extra_state: dict, compile: bool = False):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        *,
+        pc,
+        files: list[str],
+        eval_data: list[dict],
+        output_dir: Path,
+        tracker,
+        seed: int,
+        total_steps: int,
+        device: torch.device,
+        state: State,
+        plateau: Plateau,
+        extra_state: dict,
+        compile: bool = False,
+    ):
         self.model, self.opt, self.sched, self.pc = model, optimizer, scheduler, pc
         self.files, self.eval_data, self.out, self.tracker = files, eval_data, output_dir, tracker
         self.seed, self.total, self.device, self.state, self.plateau = seed, total_steps, device, state, plateau
@@ -100,11 +122,19 @@ class Trainer:
         metric = st.last_eval_loss if st.last_eval_loss is not None else self.plateau.ema
         is_best = metric is not None and (not st.best or metric < st.best["loss"])
         if is_best:
-            st.best = {"step": step, "loss": metric,
-                       "metric": "eval/loss" if st.last_eval_loss is not None else "smoothed train/loss"}
+            st.best = {
+                "step": step,
+                "loss": metric,
+                "metric": "eval/loss" if st.last_eval_loss is not None else "smoothed train/loss",
+            }
         st.plateau = self.plateau.state_dict()
-        trainer_state = {**st.__dict__, **self.extra_state, "streams": self.streams, "micro_batch": self.micro,
-                         "pending_metrics": self.pending}
+        trainer_state = {
+            **st.__dict__,
+            **self.extra_state,
+            "streams": self.streams,
+            "micro_batch": self.micro,
+            "pending_metrics": self.pending,
+        }
         ckpt = checkpoint.save(self.out, step, self.model, self.opt, self.sched, trainer_state)
         self.flush(ckpt, self.pending)
         self.pending = []
@@ -161,10 +191,17 @@ class Trainer:
 
     def train(self, last_step: int) -> dict:
         st, pc = self.state, self.pc
-        loader = data.make_loader(self.files, streams=self.streams, positions=st.positions,
-                                  batches_done=st.batches_done, batch_size=self.micro,
-                                  max_seq_length=pc.max_seq_length, seed=self.seed, block=pc.shuffle_block,
-                                  skip_corrupt=pc.skip_corrupt)
+        loader = data.make_loader(
+            self.files,
+            streams=self.streams,
+            positions=st.positions,
+            batches_done=st.batches_done,
+            batch_size=self.micro,
+            max_seq_length=pc.max_seq_length,
+            seed=self.seed,
+            block=pc.shuffle_block,
+            skip_corrupt=pc.skip_corrupt,
+        )
         it = iter(loader)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
@@ -204,8 +241,13 @@ class Trainer:
                     n = st.window.pop("n")
                     m = {f"train/{k}": st.window[k] / n for k in METRICS}
                     elapsed = time.perf_counter() - t0
-                    m.update({"train/lr": lr, "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
-                              "data/corrupt_records": float(sum(st.corrupt))})
+                    m.update(
+                        {
+                            "train/lr": lr,
+                            "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
+                            "data/corrupt_records": float(sum(st.corrupt)),
+                        }
+                    )
                     self.pending.append((st.step, m))
                     bar.set_postfix(loss=f"{m['train/loss']:.3f}", lr=f"{lr:.2e}")
                     st.window = {"n": 0, **{k: 0.0 for k in METRICS}}
@@ -221,6 +263,11 @@ class Trainer:
             del it  # stops the loader processes
         if st.stop_reason:
             self.tracker.set_tags({"stop_reason": st.stop_reason, "stop_step": st.step})
-        return {"step": st.step, "last_checkpoint": str(ckpt or checkpoint.latest(self.out)),
-                "stop_reason": st.stop_reason, "best": st.best, "corrupt_records": sum(st.corrupt),
-                "precision": self.precision}
+        return {
+            "step": st.step,
+            "last_checkpoint": str(ckpt or checkpoint.latest(self.out)),
+            "stop_reason": st.stop_reason,
+            "best": st.best,
+            "corrupt_records": sum(st.corrupt),
+            "precision": self.precision,
+        }

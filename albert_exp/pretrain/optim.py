@@ -23,8 +23,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if any(k in name for k in NO_DECAY) else decay).append(p)
     # `adam=True` gives those parameters a trust ratio of 1, i.e. no layer adaptation.
-    return [{"params": decay, "weight_decay": weight_decay, "adam": False},
-            {"params": no_decay, "weight_decay": 0.0, "adam": True}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "adam": False},
+        {"params": no_decay, "weight_decay": 0.0, "adam": True},
+    ]
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01) -> torch.optim.Optimizer:
@@ -32,8 +34,15 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float = 0.01
 
     # weight_decouple=False: google adds wd * w to the Adam update before the trust ratio.
     # max_grad_norm=0 / pre_norm=False: clipping is done by the loop (clip_grad_norm_), as google does.
-    opt = Lamb(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), eps=1e-6,
-               weight_decouple=False, max_grad_norm=0.0, pre_norm=False)
+    opt = Lamb(
+        param_groups(model, weight_decay),
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+        weight_decouple=False,
+        max_grad_norm=0.0,
+        pre_norm=False,
+    )
     # pytorch-optimizer clamps the weight norm in the trust ratio at 10; google's LAMB does not (the
     # word-embedding matrix alone has a norm of ~40 at init for a 30k vocabulary).
     opt.clamp = float("inf")
@@ -74,8 +83,10 @@ class Plateau:
             then = self.history[past]
             gain = (then - self.ema) / abs(then) if then else 0.0
             if gain < self.min_improvement:
-                return (f"plateau: smoothed loss {self.ema:.4f} at step {step} vs {then:.4f} at step {past}, "
-                        f"a relative improvement of {gain:.2%} < {self.min_improvement:.2%} over {self.window} steps")
+                return (
+                    f"plateau: smoothed loss {self.ema:.4f} at step {step} vs {then:.4f} at step {past}, "
+                    f"a relative improvement of {gain:.2%} < {self.min_improvement:.2%} over {self.window} steps"
+                )
         return None
 
     def state_dict(self) -> dict:
