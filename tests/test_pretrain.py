@@ -462,3 +462,15 @@ def test_cli_stops_on_a_corrupt_shard_or_skips_and_counts(tmp_path, mlflow_store
     )
     rows = [json.loads(x) for x in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["data/corrupt_records"] >= 1
+
+
+def test_bf16_autocast_runs_and_vocab_mismatch_is_a_user_error(tmp_path, mlflow_store):
+    from albert_exp.pretrain import run
+
+    d = tiny_config(tmp_path, num_train_steps=3, eval_input=[], precision="bf16", output_dir=str(tmp_path / "bf"))
+    res = run(cfg_from(tmp_path, d)[0])
+    assert res["precision"] == "bf16" and all(np.isfinite(_losses(res)))
+    d = tiny_config(tmp_path, num_train_steps=3, eval_input=[], output_dir=str(tmp_path / "small_vocab"))
+    d["model"] = {**TINY_MODEL, "vocab_size": 20}
+    with pytest.raises(UserError, match="vocab_size 20"):
+        run(cfg_from(tmp_path, d)[0])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from albert_exp.errors import UserError
 from albert_exp.pretrain import checkpoint, data
 from albert_exp.pretrain.optim import Plateau
 
@@ -99,6 +100,7 @@ class Trainer:
         bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.precision = "bf16" if bf16 else "fp32"
+        self.vocab_size = model.config.vocab_size
         if not state.positions:
             state.positions = [None] * self.streams
             state.corrupt = [0] * self.streams
@@ -216,6 +218,13 @@ class Trainer:
                     batch = next(it)
                     data.raise_if_error(batch)
                     meta = batch.pop("meta")
+                    if int(batch["input_ids"].max()) >= self.vocab_size:  # else: an opaque index error
+                        raise UserError(
+                            f"token id {int(batch['input_ids'].max())} >= the model's vocab_size {self.vocab_size}",
+                            where=f"stream {meta['stream']} at {meta['position']}",
+                            fix="pretrain with the tokenizer the TFRecords were made with (model.vocab_size / "
+                            "init_from)",
+                        )
                     st.positions[meta["stream"]] = meta["position"]
                     st.corrupt[meta["stream"]] = meta["corrupt"]
                     st.batches_done += 1
