@@ -35,6 +35,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         study = cfg.tune.study_name or f"{tune.study_name(cfg)}-{parent.run_id[:8]}"
         results["tune"] = tuned = tune.run(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune,
                                                                                             study_name=study)))
+        # both candidates go through the same rule: the plain fine-tune first, then the search's best trial
+        results["promote_finetune"] = promote.run(dataclasses.replace(
+            cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or ft["run_id"])))
         results["promote"] = pr = promote.run(cfg)  # the best trial; champion only if it beats the champion
         summary = {f"test/{k}": v for k, v in pr["champion_metrics"].items()}
         parent.log_metrics({f"champion/{k}": v for k, v in summary.items()}, step=0)
