@@ -177,13 +177,15 @@ def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values:
         used[:, :, j] = sz > j
 
 
-def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def encode_batch(arrays: dict[str, np.ndarray], framed: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (integers, or float32 for float
     features). Returns (bytes as uint8, offsets [N+1]): example i is `buf[offsets[i]:offsets[i+1]]`,
     byte-identical to `encode_example` row by row.
 
     Each example is laid out in a padded row (constant tags and keys from a template, every varint in a slot
-    as wide as the widest value of its column group), then the unused slot bytes are dropped in one pass."""
+    as wide as the widest value of its column group), then the unused slot bytes are dropped in one pass.
+    With framed=True each row also carries its TFRecord header and footer, so `buf[offsets[i]:offsets[i+1]]`
+    is record i as written to a file (the same bytes as `frame_records` of the unframed result)."""
     n = len(next(iter(arrays.values())))
     feats = []  # (key bytes, is_float, values (uint64 view or raw bytes), sizes, packed length [N])
     for name, a in arrays.items():
@@ -219,6 +221,8 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
         slots.append((len(row), width, values, sizes))
         row.extend([0] * (width * per_value))
 
+    head, tail = (12, 4) if framed else (0, 0)  # TFRecord length + its CRC; data CRC
+    row.extend([0] * head)
     row.append(_TAG_1)
     slot(total)
     fixed_parts = []  # (column, raw bytes [N, B]) for float values
@@ -238,10 +242,17 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
             row.extend([0] * values.shape[1])
         else:
             slot(values, sizes, per_value=values.shape[1], single=sizes is None)
+    row.extend([0] * tail)
     template = np.array(row, dtype=np.uint8)
     mat = np.empty((n, template.size), dtype=np.uint8)
     mat[:] = template
     keep = np.ones_like(mat, dtype=bool)
+    if framed:
+        payload = 1 + _sizes(total).astype(np.int64) + total
+        mat[:, :8] = payload.astype("<u8").view(np.uint8).reshape(n, 8)
+        lengths, inverse = np.unique(payload, return_inverse=True)  # the header CRC depends on the length only
+        head_crc = np.array([masked_crc(_U64.pack(int(x))) for x in lengths], dtype="<u4")
+        mat[:, 8:12] = head_crc[inverse.reshape(-1)].view(np.uint8).reshape(n, 4)
     for col, raw in fixed_parts:
         mat[:, col:col + raw.shape[1]] = raw
     for col, width, values, sizes in slots:
@@ -250,6 +261,13 @@ def encode_batch(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     buf = mat.reshape(-1) if per_example.sum() == mat.size else np.compress(keep.reshape(-1), mat.reshape(-1))
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(per_example, out=offsets[1:])
+    if framed and n:
+        mv, crc = memoryview(buf), _crc32c.crc32c
+        crcs = np.fromiter((crc(mv[lo + 12:hi - 4]) for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(),
+                                                                        strict=True)), dtype=np.uint64, count=n)
+        masked = ((((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(_MASK_DELTA))
+                  & np.uint64(0xFFFFFFFF)).astype("<u4")
+        buf[(offsets[1:] - 4)[:, None] + np.arange(4)] = masked.view(np.uint8).reshape(n, 4)
     return buf, offsets
 
 
@@ -454,7 +472,7 @@ class RecordWriter:
         self.records += 1
 
     def write_framed(self, framed: bytes, count: int) -> None:
-        """Append `count` records already framed by `frame_records`."""
+        """Append `count` records already framed (`frame_records`, or `encode_batch(..., framed=True)`)."""
         self._out.write(framed)
         self.records += count
 

@@ -70,6 +70,8 @@ def test_write_and_read_back_plain_and_gzip(tmp_path):
     assert plain["bytes"] == len(data) and plain["sha256"] == hashlib.sha256(data).hexdigest()
     buf, offsets = encode_batch(batch)
     assert frame_records(buf, offsets) == data  # the batch framing writes the same bytes
+    framed, rec_offsets = encode_batch(batch, framed=True)
+    assert framed.tobytes() == data and rec_offsets[1] == 12 + len(payloads[0]) + 4
     assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed
 
     gz = write_records(tmp_path / "a.tfrecord.gz", payloads, compress=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, VocabInfo, make_instances
-from albert_exp.tfrecord import RecordWriter, encode_batch, frame_records
+from albert_exp.tfrecord import RecordWriter, encode_batch
 from albert_exp.vocab import normalize
 
 FORMAT_VERSION = 1  # bump when the bytes for the same inputs change: completed shards are then redone
@@ -165,8 +165,8 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         for b, docs in enumerate(read_blocks(Path(task.input_path), task.block_lines)):
             rng = np.random.default_rng([task.seed, task.index, b])
             for features, stats in block_instances(docs, tok, task.params, rng):
-                buf, offsets = encode_batch(features)
-                writer.write_framed(frame_records(buf, offsets), len(offsets) - 1)
+                buf, offsets = encode_batch(features, framed=True)
+                writer.write_framed(buf, len(offsets) - 1)
                 total.add(stats)
             n_lines = sum(len(d) for d in docs)
             lines += n_lines
