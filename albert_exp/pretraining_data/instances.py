@@ -243,7 +243,6 @@ def _build(ids, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
     # Visit words in random order; n-gram length drawn with p ~ 1/n over the lengths that fit the document.
     # One shuffle of 0..maxw-1 per row (words >= nw are skipped when their turn comes); cheaper than argsort.
     order = rng.permuted(np.broadcast_to(np.arange(maxw, dtype=np.int64), (n, maxw)), axis=1)
-    seen = np.zeros(n, dtype=np.int64)  # real words visited so far
     pv = 1.0 / np.arange(1, p.ngram + 1)
     if not p.favor_shorter_ngram:
         pv = pv[::-1]
@@ -252,31 +251,34 @@ def _build(ids, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
         cdf[a, :a] = np.cumsum(pv[:a]) / pv[:a].sum()
         cdf[a, a:] = 1.0
     covered = np.zeros(n * width, dtype=bool)  # flat [n, width]: word w of row r at r * width + w
-    wcum_flat = wcum.reshape(-1)
-    count = np.zeros(n, dtype=np.int64)
+    wcum_flat, order_flat = wcum.reshape(-1), order.reshape(-1)
     hist = np.zeros(p.ngram + 1, dtype=np.int64)
     g_ahead = np.arange(p.ngram)  # offsets of the words of an n-gram
-    active = np.flatnonzero(nw > 0)
+    # State of the rows still masking, kept compact (dropping finished rows beats gathering by index).
+    rows = np.flatnonzero(nw > 0)
+    room = to_predict[rows]  # predictions left in the budget
+    left, nwr = nw[rows], nw[rows]  # real words not yet visited; words in the row
     for rank in range(maxw):
-        active = active[(count[active] < to_predict[active]) & (seen[active] < nw[active])]
-        if not active.size:
-            break
-        w = order[active, rank]
-        avail = np.clip(nw[active] - w, 0, p.ngram)  # 0: not a word of this row, nothing happens
-        seen[active] += avail > 0
-        nn = np.minimum(1 + (rng.random(active.size)[:, None] > cdf[avail]).sum(axis=1), avail)
-        at = active * width + w
+        live = (room > 0) & (left > 0)
+        if not live.all():
+            rows, room, left, nwr = rows[live], room[live], left[live], nwr[live]
+            if not rows.size:
+                break
+        w = order_flat[rows * maxw + rank]
+        avail = np.clip(nwr - w, 0, p.ngram)  # 0: not a word of this row, nothing happens
+        left = left - (avail > 0)
+        nn = np.minimum(1 + (rng.random(rows.size)[:, None] > cdf[avail]).sum(axis=1), avail)
+        at = rows * width + w
         base = wcum_flat[at]
         # The longest g <= nn whose tokens still fit the budget (token counts grow with g: a prefix of Trues).
-        ends = wcum_flat[at[:, None] + g_ahead + 1]
-        limit = to_predict[active] - count[active] + base
-        chosen = ((ends <= limit[:, None]) & (g_ahead < nn[:, None])).sum(axis=1)
+        spans = wcum_flat[at[:, None] + g_ahead + 1] - base[:, None]
+        chosen = ((spans <= room[:, None]) & (g_ahead < nn[:, None])).sum(axis=1)
         span_words = g_ahead < chosen[:, None]
         hit = (covered[at[:, None] + g_ahead] & span_words).any(axis=1)
         ok = (chosen > 0) & ~hit
         covered[(at[ok][:, None] + g_ahead)[span_words[ok]]] = True
         g_ok = chosen[ok]
-        count[active[ok]] += ends[ok, g_ok - 1] - base[ok]
+        room[ok] -= spans[ok, g_ok - 1]
         hist += np.bincount(g_ok, minlength=p.ngram + 1)
 
     masked = np.zeros_like(real)
