@@ -64,8 +64,10 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
     from albert_exp.cli import main
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    code = main(["tune", *cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
-                                   "tune.pruner_startup_trials=1", "tune.lr_min=1e-5")])
+    # an explicit study name: the default one carries the git state, which other work in this checkout may change
+    args = cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
+                    "tune.pruner_startup_trials=1", "tune.lr_min=1e-5", "tune.study_name=search")
+    code = main(["tune", *args])
     assert code == 0
     res = json.loads((data_root / "tune" / "results.json").read_text())
     study = optuna.load_study(study_name=res["study_name"], storage=storage)
@@ -99,8 +101,7 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
             "plots/param_importances.png", "plots/contour_lr_epochs.png"} <= plots
 
     # a rerun of the same study with nothing left to do starts no trial and reports the same best
-    assert main(["tune", *cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
-                                   "tune.pruner_startup_trials=1", "tune.lr_min=1e-5")]) == 0
+    assert main(["tune", *args]) == 0
     again = json.loads((data_root / "tune" / "results.json").read_text())
     assert again["study_name"] == res["study_name"] and again["this_worker_trials"] == []
     assert again["best_trial"] == res["best_trial"]
