@@ -13,6 +13,13 @@ is per core and does not depend on other load), wall time, peak RSS, output byte
 label balance. The reference runs unmodified as `python -m albert.create_pretraining_data` from the parent
 of --reference-repo (a checkout in a folder named `albert`), in an environment with TensorFlow,
 tensorflow-hub, sentencepiece and six (--reference-python). Its console output is counted, not kept.
+
+Measured 2026-11-25 on this 2-core machine class while other jobs ran (load average ~5), 20,006 fortune lines
+(25% one-sentence documents), 8,000-piece vocabulary; two runs of the command in the first line:
+    ours        3,227-3,649 lines/s/core   180 MB peak   8,160 B/line  (gzip 1,712 B/line)   SOP=1 49.5%
+    google          43 lines/s/core      1,052 MB peak   8,215 B/line  84 MB of console      SOP=1 63.2-63.6%
+    ratio       76x-86x; same records per line (300,043 vs 300,763)
+A 1,000,000-line shard (the fortunes repeated): 279 CPU-seconds (4.6 min on one core), 193 MB peak, 8.3 GB.
 """
 
 from __future__ import annotations
