@@ -241,8 +241,8 @@ def _build(ids, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
     to_predict = np.minimum(P, np.maximum(1, np.rint(n_tok * p.masked_lm_prob).astype(np.int64)))
 
     # Visit words in random order; n-gram length drawn with p ~ 1/n over the lengths that fit the document.
-    # One shuffle of 0..maxw-1 per row (words >= nw are skipped when their turn comes); cheaper than argsort.
-    order = rng.permuted(np.broadcast_to(np.arange(maxw, dtype=np.int64), (n, maxw)), axis=1)
+    # The order is a Fisher-Yates shuffle of each row's own words done lazily, one draw per visit: a row stops
+    # as soon as its budget is spent (usually after a few visits), so most of the permutation is never drawn.
     pv = 1.0 / np.arange(1, p.ngram + 1)
     if not p.favor_shorter_ngram:
         pv = pv[::-1]
@@ -251,23 +251,30 @@ def _build(ids, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
         cdf[a, :a] = np.cumsum(pv[:a]) / pv[:a].sum()
         cdf[a, a:] = 1.0
     covered = np.zeros(n * width, dtype=bool)  # flat [n, width]: word w of row r at r * width + w
-    wcum_flat, order_flat = wcum.reshape(-1), order.reshape(-1)
+    wcum_flat = wcum.reshape(-1)
+    order_flat = np.empty((n, max(maxw, 1)), dtype=np.int32)
+    order_flat[:] = np.arange(max(maxw, 1), dtype=np.int32)
+    order_flat = order_flat.reshape(-1)
     hist = np.zeros(p.ngram + 1, dtype=np.int64)
     g_ahead = np.arange(p.ngram)  # offsets of the words of an n-gram
     # State of the rows still masking, kept compact (dropping finished rows beats gathering by index).
     rows = np.flatnonzero(nw > 0)
     room = to_predict[rows]  # predictions left in the budget
-    left, nwr = nw[rows], nw[rows]  # real words not yet visited; words in the row
+    nwr = nw[rows]  # words in the row
     for rank in range(maxw):
-        live = (room > 0) & (left > 0)
+        live = (room > 0) & (nwr > rank)
         if not live.all():
-            rows, room, left, nwr = rows[live], room[live], left[live], nwr[live]
+            rows, room, nwr = rows[live], room[live], nwr[live]
             if not rows.size:
                 break
-        w = order_flat[rows * maxw + rank]
-        avail = np.clip(nwr - w, 0, p.ngram)  # 0: not a word of this row, nothing happens
-        left = left - (avail > 0)
-        nn = np.minimum(1 + (rng.random(rows.size)[:, None] > cdf[avail]).sum(axis=1), avail)
+        u = rng.random((2, rows.size))
+        # Fisher-Yates step: the word at a uniform slot of rank..nw-1 is visited; slot `rank`'s word moves there.
+        at_rank = rows * maxw + rank
+        at_pick = at_rank + (u[0] * (nwr - rank)).astype(np.int64)
+        w = order_flat[at_pick]
+        order_flat[at_pick] = order_flat[at_rank]
+        avail = np.minimum(nwr - w, p.ngram)
+        nn = np.minimum(1 + (u[1][:, None] > cdf[avail]).sum(axis=1), avail)
         at = rows * width + w
         base = wcum_flat[at]
         # The longest g <= nn whose tokens still fit the budget (token counts grow with g: a prefix of Trues).

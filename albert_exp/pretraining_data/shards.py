@@ -26,7 +26,7 @@ from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, Vo
 from albert_exp.tfrecord import RecordWriter, encode_batch
 from albert_exp.vocab import normalize
 
-FORMAT_VERSION = 1  # bump when the bytes for the same inputs change: completed shards are then redone
+FORMAT_VERSION = 2  # bump when the bytes for the same inputs change: completed shards are then redone
 
 
 @dataclass(frozen=True)
