@@ -294,6 +294,9 @@ class PromoteConfig:
                  "must be > 0")
 
 
+MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote")
+
+
 @dataclass
 class ExperimentConfig:
     """A whole experiment: shared settings plus one section per stage."""
@@ -302,6 +305,9 @@ class ExperimentConfig:
     description: str = ""
     seed: int = 42
     workdir: str | None = None  # None: runs/<name>
+    # What `main` runs, in this order; leave out pretraining-data + pretrain to fine-tune from scratch,
+    # tune + promote to stop after one fine-tuning run.
+    stages: list[str] = field(default_factory=lambda: list(MAIN_STAGES))
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
@@ -313,6 +319,15 @@ class ExperimentConfig:
 
     # Where the config came from (not a config key): shown in errors and logged as a tag.
     source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})
+
+    def validate(self, key: str) -> None:
+        unknown = [s for s in self.stages if s not in MAIN_STAGES]
+        _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(MAIN_STAGES)}")
+        _require(all(s in self.stages for s in ("corpus", "vocab", "finetune")), "stages",
+                 "corpus, vocab and finetune are always needed")
+        _require(("pretraining-data" in self.stages) == ("pretrain" in self.stages), "stages",
+                 "pretraining-data and pretrain go together")
+        _require("promote" not in self.stages or "tune" in self.stages, "stages", "promote needs tune")
 
     @property
     def root(self) -> Path:

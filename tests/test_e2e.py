@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 
 SMALL = ["corpus.toy_documents=400", "corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
          "tune.n_trials=2", "tune.epochs_min=1", "tune.epochs_max=1", "tune.lr_min=1e-3", "tune.lr_max=3e-3",
-         "finetune.epochs=7", "vocab.vocab_size=600"]
+         "finetune.epochs=7", "vocab.vocab_size=600", "pretrain.num_train_steps=120", "pretrain.num_warmup_steps=12",
+         "pretrain.save_checkpoints_steps=60"]
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,10 @@ def trained(tmp_path_factory):
         mlflow.set_tracking_uri(None)
 
 
+def ft_param(children, key):
+    return children["finetune"].data.params[key]
+
+
 def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     from mlflow.tracking import MlflowClient
 
@@ -55,7 +60,10 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("stage") == "main")
     children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert {"corpus", "vocab", "finetune", "tune", "promote"} <= set(children)
+    assert {"corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote"} <= set(children)
+    # fine-tuning started from the weights the pretrain stage produced
+    assert ft_param(children, "finetune.model_dir") == parent.data.tags["pretrained_model_dir"]
+    assert "train/loss" in children["pretrain"].data.metrics
     assert all(r.info.status == "FINISHED" for r in runs)
     ft = children["finetune"]
     assert ft.data.params["finetune.epochs"] == "7" and "derived.parameters" in ft.data.params
