@@ -108,8 +108,9 @@ def _free_port() -> int:
 
 def test_served_model_answers_over_http_on_loopback(trained):
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"]}
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    mlflow_bin = os.path.join(bin_dir, "mlflow")
     proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", trained["results"]["finetune"]["model_uri"],
                              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                             cwd=trained["tmp"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
