@@ -192,44 +192,49 @@ def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, 
     stats.short_target = int(short[v].sum())
     # google shuffles its instances: so do we, within the block, before building them in batches.
     perm = rng.permutation(n)
+    ext_ids = np.concatenate([ids, [vocab.cls_id, vocab.sep_id, vocab.pad_id]])
+    ext_start = np.concatenate([vocab.is_start[ids], [True, True, False]])
     first = True
     for lo in range(0, n, batch):
         idx = perm[lo:lo + batch]
-        features, bstats = _build(ids, a0[idx], na[idx], b0[idx], nb[idx], swap[idx], vocab, p, rng)
+        features, bstats = _build(ext_ids, ext_start, a0[idx], na[idx], b0[idx], nb[idx], swap[idx], vocab, p, rng)
         if first:
             bstats.add(stats)
             first = False
         yield features, bstats
 
 
-def _build(ids, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
+def _build(ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
            rng: np.random.Generator) -> tuple[dict[str, np.ndarray], BlockStats]:
-    """Assemble and mask a batch of instances whose segments are ids[a0:a0+na] and ids[b0:b0+nb]."""
+    """Assemble and mask a batch of instances whose segments are ids[a0:a0+na] and ids[b0:b0+nb], where ext_ids
+    is ids followed by [CLS], [SEP], <pad> and ext_start[i] whether ext_ids[i] starts a word (True for [CLS] and
+    [SEP], False for <pad>: google's token_boundary)."""
     stats = BlockStats(ngram_hist=[0] * p.ngram)
     L, P = p.max_seq_length, p.max_predictions_per_seq
     n = a0.size
 
-    # Assemble [CLS] A [SEP] B [SEP] <pad>...
+    # Assemble [CLS] A [SEP] B [SEP] <pad>... as one gather from ext = ids + [CLS, SEP, <pad>] (at E, E+1, E+2).
+    E = ext_ids.size - 3
     j = np.arange(L)[None, :]
-    na_, nb_ = na[:, None], nb[:, None]
-    in_a = (j >= 1) & (j <= na_)
-    in_b = (j >= na_ + 2) & (j < na_ + 2 + nb_)
-    src = np.where(in_a, a0[:, None] + j - 1, np.where(in_b, b0[:, None] + j - na_ - 2, 0))
-    real = in_a | in_b
-    input_ids = np.where(real, ids[src], vocab.pad_id)
-    sep = (j == na_ + 1) | (j == na_ + nb_ + 2)
-    input_ids[:, 0] = vocab.cls_id
-    input_ids[sep] = vocab.sep_id
-    n_tok = na + nb + 3
-    input_mask = (j < n_tok[:, None]).astype(np.uint8)
-    segment_ids = ((j >= na_ + 2) & (input_mask > 0)).astype(np.uint8)
-    start_piece = np.where(real, vocab.is_start[np.where(real, input_ids, 0)], False)
-    token_boundary = (start_piece | sep | (j == 0)).astype(np.uint8)
+    na_, n_tok = na[:, None], na + nb + 3
+    src = np.where(j <= na_, a0[:, None] - 1, b0[:, None] - na_ - 2) + j
+    src[:, 0] = E
+    rows_ = np.arange(n)
+    src[rows_, na + 1] = E + 1
+    src[rows_, n_tok - 1] = E + 1
+    input_mask = j < n_tok[:, None]
+    src[~input_mask] = E + 2
+    input_ids = ext_ids[src]
+    tb = ext_start[src]
+    real = src < E
+    token_boundary = tb.view(np.uint8)
+    segment_ids = ((j >= na_ + 2) & input_mask).view(np.uint8)
+    input_mask = input_mask.view(np.uint8)
 
     # Whole words: a real token starts a word if its piece does, or it follows [CLS]/[SEP].
     after_special = np.zeros_like(real)
     after_special[:, 1:] = ~real[:, :-1]
-    word_start = real & (start_piece | after_special | (not p.whole_word_mask))
+    word_start = real & (tb | after_special | (not p.whole_word_mask))
     wid = np.cumsum(word_start, axis=1) - 1  # word index of each real token
     nw = word_start.sum(axis=1)
     maxw = int(nw.max()) if n else 0
