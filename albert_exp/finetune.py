@@ -38,20 +38,14 @@ def _paths(cfg: ExperimentConfig) -> dict[str, Path]:
 
 
 def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
-    from transformers import AlbertConfig, AlbertForTokenClassification
+    from transformers import AlbertForTokenClassification
 
     labels = {"id2label": {0: "O", 1: "PHRASE"}, "label2id": {"O": 0, "PHRASE": 1}}
     if cfg.finetune.model_dir:
         return AlbertForTokenClassification.from_pretrained(cfg.finetune.model_dir, num_labels=2, use_safetensors=True,
                                                             **labels)
-    m = cfg.model
-    config = AlbertConfig(vocab_size=m.vocab_size or len(tokenizer), embedding_size=m.embedding_size,
-                          hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-                          num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-                          num_hidden_groups=m.num_hidden_groups, max_position_embeddings=m.max_position_embeddings,
-                          hidden_dropout_prob=m.hidden_dropout_prob, classifier_dropout_prob=0.1,
-                          attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-                          pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels)
+    config = cfg.model.albert_config(len(tokenizer), classifier_dropout_prob=0.1,
+                                     pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels)
     return AlbertForTokenClassification(config)
 
 

@@ -42,25 +42,10 @@ def build_model(cfg):
 
         model, info = load_any(pc.init_from, pc.albert_config)
     else:
-        from transformers import AlbertConfig, AlbertForPreTraining
+        from transformers import AlbertForPreTraining
 
-        m = cfg.model
-        model = AlbertForPreTraining(
-            AlbertConfig(
-                vocab_size=vocab_size(cfg),
-                embedding_size=m.embedding_size,
-                hidden_size=m.hidden_size,
-                num_hidden_layers=m.num_hidden_layers,
-                num_attention_heads=m.num_attention_heads,
-                intermediate_size=m.intermediate_size,
-                num_hidden_groups=m.num_hidden_groups,
-                max_position_embeddings=m.max_position_embeddings,
-                hidden_dropout_prob=m.hidden_dropout_prob,
-                attention_probs_dropout_prob=m.attention_probs_dropout_prob,
-                classifier_dropout_prob=0.0,
-                hidden_act="gelu_new",
-            )
-        )  # google's gelu is the tanh approximation
+        # google's gelu is the tanh approximation ("gelu_new", set by albert_config)
+        model = AlbertForPreTraining(cfg.model.albert_config(vocab_size(cfg), classifier_dropout_prob=0.0))
         info = {"format": "fresh"}
     if model.config.max_position_embeddings < pc.max_seq_length:
         raise UserError(
