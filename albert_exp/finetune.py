@@ -136,7 +136,7 @@ def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any,
     if state_file.is_file():
         state = torch.load(state_file, weights_only=True)
         if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(load_file(ckpt / "model.safetensors"), strict=False)
+            model.load_state_dict(load_file(ckpt / "model.safetensors"))
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
