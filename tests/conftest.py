@@ -50,3 +50,11 @@ def tiny_tokenizer(tmp_path_factory):
     train_sentencepiece([normalize(s, lowercase=True, keep_accents=False) for s in lines], d / "spiece", 300,
                         "unigram", 1.0)
     return build_hf_tokenizer(d / "spiece.model", d / "tokenizer", lowercase=True, keep_accents=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_mlflow_run_id():
+    """MLFLOW_RUN_ID makes every later mlflow.start_run() attach to that run: a stage must never leave it set."""
+    before = os.environ.get("MLFLOW_RUN_ID")
+    yield
+    assert os.environ.get("MLFLOW_RUN_ID") == before, "the test left MLFLOW_RUN_ID changed in os.environ"

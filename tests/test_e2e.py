@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import ROOT
 
-SMALL = ["corpus.toy_documents=400", "corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
-         "tune.n_trials=2", "tune.epochs_min=1", "tune.epochs_max=1", "tune.lr_min=1e-3", "tune.lr_max=3e-3",
-         "finetune.epochs=7", "vocab.vocab_size=600", "pretrain.num_train_steps=120", "pretrain.num_warmup_steps=12",
-         "pretrain.save_checkpoints_steps=60"]
+# The toy experiment as `make demo` runs it (its pretraining and fine-tuning), with smaller val/test splits and a
+# two-trial search. A shorter pretraining (120 steps) left a model that fine-tuned worse than from scratch.
+SMALL = ["corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
+         "tune.n_trials=2", "tune.epochs_min=1", "tune.epochs_max=1", "tune.lr_min=1e-3", "tune.lr_max=3e-3"]
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +66,10 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     assert "train/loss" in children["pretrain"].data.metrics
     assert all(r.info.status == "FINISHED" for r in runs)
     ft = children["finetune"]
-    assert ft.data.params["finetune.epochs"] == "7" and "derived.parameters" in ft.data.params
+    assert ft.data.params["finetune.epochs"] == "8" and "derived.parameters" in ft.data.params
     assert ft.data.tags["git_commit"] and ft.data.tags["experiment_config"].endswith("toy.yaml")
     history = client.get_metric_history(ft.info.run_id, "val/token_accuracy")
-    assert sorted(m.step for m in history) == list(range(1, 8))
+    assert sorted(m.step for m in history) == list(range(1, 9))
     for key in ("train/loss", "val/loss", "val/phrase_f1", "val/phrase_precision", "val/phrase_recall",
                 "val/negative_fp_rate", "test/token_accuracy", "test/phrase_f1"):
         assert key in ft.data.metrics, key

@@ -115,7 +115,6 @@ def run(cfg) -> dict:
             fix="set pretrain.output_dir to a new directory, or delete the old checkpoints",
         )
     saved = checkpoint.load_trainer_state(resume_from) if resume_from else None
-    reattached = bool(saved) and _resume_mlflow_run(saved.get("mlflow_run_id"))
     torch.manual_seed(cfg.seed)
     if resume_from:
         from transformers import AlbertForPreTraining
@@ -161,6 +160,9 @@ def run(cfg) -> dict:
         else []
     )
 
+    # set MLFLOW_RUN_ID only now, right before the try that unsets it: a check above that fails must not
+    # leave it behind (a later run in this process would attach to this one's run)
+    reattached = bool(saved) and _resume_mlflow_run(saved.get("mlflow_run_id"))
     try:
         return _train(
             cfg,
