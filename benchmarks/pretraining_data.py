@@ -14,12 +14,16 @@ label balance. The reference runs unmodified as `python -m albert.create_pretrai
 of --reference-repo (a checkout in a folder named `albert`), in an environment with TensorFlow,
 tensorflow-hub, sentencepiece and six (--reference-python). Its console output is counted, not kept.
 
-Measured 2026-11-25 on this 2-core machine class while other jobs ran (load average ~5), 20,006 fortune lines
-(25% one-sentence documents), 8,000-piece vocabulary; two runs of the command in the first line:
-    ours        3,227-3,649 lines/s/core   180 MB peak   8,160 B/line  (gzip 1,712 B/line)   SOP=1 49.5%
-    google          43 lines/s/core      1,052 MB peak   8,215 B/line  84 MB of console      SOP=1 63.2-63.6%
-    ratio       76x-86x; same records per line (300,043 vs 300,763)
-A 1,000,000-line shard (the fortunes repeated): 279 CPU-seconds (4.6 min on one core), 193 MB peak, 8.3 GB.
+Measured 2026-11-25/26 on this 2-core machine class while other jobs ran (load average 2-5), 20,006 fortune
+lines (25% one-sentence documents), 8,000-piece vocabulary. Reference: the command in the first line with
+--compress --reference-repo, once; ours after the optimisations of 2026-11-26: two runs without the reference
+(per core = input lines / child CPU-seconds, which includes interpreter start and imports):
+    ours        6,355-6,375 lines/s/core   178 MB peak   8,160 B/line               SOP=1 49.5%
+    ours gzip   4,270-4,900 lines/s/core   176 MB peak   1,712 B/line
+    google           45 lines/s/core     1,051 MB peak   8,214 B/line  84 MB of console  SOP=1 63.5%
+    ratio       141x (before the optimisations: 3,227-3,649 lines/s/core, 76x-86x); same records per line
+A 1,000,300-line shard (the fortunes repeated 50x), one process: 163 CPU-seconds = 6,124 lines/s (2.7 min on one
+core), 236 MB peak, 8.2 GB (before: 279 CPU-seconds, 4.6 min); measured while the reference job ran beside it.
 """
 
 from __future__ import annotations
