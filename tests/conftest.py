@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "fixtures" / "albert_reference"
+
+
+@contextlib.contextmanager
+def tracking_in(tmp: Path):
+    """For module-scoped fixtures (monkeypatch is per test): chdir to tmp and point MLflow tracking + registry at
+    tmp/mlflow.db (artifacts in tmp/mlruns); restore the directory, the env and MLflow's URIs afterwards."""
+    import mlflow
+
+    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.chdir(tmp)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        os.chdir(old_cwd)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import urllib.request
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tracking_in
 
 # The toy experiment as `make demo` runs it (its pretraining and fine-tuning), with smaller val/test splits and a
 # two-trial search. A shorter pretraining (120 steps) left a model that fine-tuned worse than from scratch.
@@ -23,29 +23,15 @@ SMALL = ["corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    import mlflow
-
     from albert_exp.cli import main
 
     tmp = tmp_path_factory.mktemp("e2e")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    os.chdir(tmp)  # artifacts go to ./mlruns beside the store
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with tracking_in(tmp) as uri:
         code = main(["main", "--config", str(ROOT / "experiments" / "toy.yaml"), "--workdir", str(tmp / "runs"),
                      "--set", " ".join(SMALL)])
         assert code == 0
         results = json.loads((tmp / "runs" / "results.json").read_text())
         yield {"uri": uri, "tmp": tmp, "results": results}
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-        mlflow.set_tracking_uri(None)
 
 
 def ft_param(children, key):

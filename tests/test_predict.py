@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import pytest
 
+from tests.conftest import tracking_in
 from tests.test_tune import TINY, make_data
 
 
 @pytest.fixture(scope="module")
 def model_uri(tmp_path_factory):
     """One tiny model, logged once for the module into its own SQLite store."""
-    import mlflow
-
     from albert_exp import finetune
     from albert_exp.config import load_config
 
     tmp = tmp_path_factory.mktemp("predict")
-    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.chdir(tmp)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    try:
+    with tracking_in(tmp):
         make_data(tmp)
         cfg = load_config(None, [*TINY, f"workdir={tmp}", "finetune.epochs=2", "finetune.learning_rate=0.01"])
         yield finetune.run(cfg)["model_uri"]
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-        mlflow.set_tracking_uri(None)
 
 
 def test_predict_txt_and_csv(model_uri, tmp_path, capsys):

@@ -14,25 +14,18 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import tracking_in
 from tests.test_tune import TINY, make_data
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A module-wide SQLite MLflow store, a tiny dataset, and three finetune runs: good, its twin, and bad."""
-    import mlflow
-
     from albert_exp import finetune
     from albert_exp.config import load_config
 
     tmp = tmp_path_factory.mktemp("promote")
-    old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.chdir(tmp)
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with tracking_in(tmp) as uri:
         data = make_data(tmp / "data")
         runs = {}
         for key, lr, epochs in (("good", 1e-2, 3), ("twin", 1e-2, 3), ("bad", 1e-5, 1)):
@@ -42,14 +35,6 @@ def store(tmp_path_factory):
                                      f"finetune.tokenizer_dir={data / 'vocab' / 'tokenizer'}"])
             runs[key] = finetune.run(cfg)["run_id"]
         yield {"uri": uri, "tmp": tmp, "data": data, "runs": runs}
-    finally:
-        os.chdir(old_cwd)
-        if old_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_env
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def _promote(store, model: str, run: str, *extra: str) -> dict:
