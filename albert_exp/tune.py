@@ -1,7 +1,7 @@
 """Tune stage: an Optuna study of the fine-tuning learning rate (log scale) and number of epochs.
 
     albert-exp tune --config experiments/toy.yaml --n-trials 6
-    albert-exp tune --config experiments/toy.yaml --storage postgresql://optuna@10.0.0.5:5432/optuna --worker 1
+    albert-exp tune --config experiments/toy.yaml --storage postgresql://optuna@<db-host>:5432/optuna --worker 1
 
 One MLflow parent run per worker invocation (`tune <study>`); every trial is a nested `finetune` run tagged
 `optuna_study` / `optuna_trial` with its params, per-epoch metrics and result. The parent gets the best params

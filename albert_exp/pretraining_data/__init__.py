@@ -2,7 +2,7 @@
 
     albert-exp pretraining-data --config experiments/toy.yaml
     albert-exp pretraining-data --workers 8 --dupe-factor 40 --max-seq-length 64
-    albert-exp pretraining-data --executor ray --address 10.0.0.1:6379     # shards on a Ray cluster
+    albert-exp pretraining-data --executor ray --address <head>:6379    # shards on a Ray cluster
 
 Reads <workdir>/corpus/manifest.json and the tokenizer of <workdir>/vocab/tokenizer; writes
 <workdir>/pretraining_data/shard-NNNNN.tfrecord (one per corpus shard; `.tfrecord.gz` with --compress) that
