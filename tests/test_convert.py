@@ -58,14 +58,7 @@ def saver_checkpoint(prefix, variables: dict[str, np.ndarray], scope: str = ""):
 
 
 def outputs(model, probe):
-    model.eval()
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.from_numpy(probe["input_ids"]),
-            attention_mask=torch.from_numpy(probe["input_mask"]),
-            token_type_ids=torch.from_numpy(probe["segment_ids"]),
-        )
-    return out.prediction_logits.numpy(), out.sop_logits.numpy()
+    return hf.pretraining_logits(model, probe)
 
 
 def test_name_map_has_googles_names_and_pure_round_trip():

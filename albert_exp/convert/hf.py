@@ -59,12 +59,10 @@ def load_state(model, state: dict[str, np.ndarray], keep_missing_sop: bool = Fal
     model.tie_weights()
 
 
-def max_difference(model, variables: dict[str, np.ndarray], google_config: dict, seed: int = 0) -> float:
-    """Largest absolute difference of MLM and SOP logits between `model` and google's forward pass."""
+def pretraining_logits(model, probe: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """MLM and SOP logits (float64) of an AlbertForPreTraining on probe inputs (reference.probe_inputs)."""
     import torch
 
-    probe = reference.probe_inputs(google_config["vocab_size"], google_config["max_position_embeddings"], seed)
-    ref_mlm, ref_sop = reference.forward(variables, google_config, **probe)
     model.eval()
     with torch.no_grad():
         out = model(
@@ -72,10 +70,16 @@ def max_difference(model, variables: dict[str, np.ndarray], google_config: dict,
             attention_mask=torch.from_numpy(probe["input_mask"]),
             token_type_ids=torch.from_numpy(probe["segment_ids"]),
         )
+    return out.prediction_logits.double().numpy(), out.sop_logits.double().numpy()
+
+
+def max_difference(model, variables: dict[str, np.ndarray], google_config: dict, seed: int = 0) -> float:
+    """Largest absolute difference of MLM and SOP logits between `model` and google's forward pass."""
+    probe = reference.probe_inputs(google_config["vocab_size"], google_config["max_position_embeddings"], seed)
+    ref_mlm, ref_sop = reference.forward(variables, google_config, **probe)
+    mlm, sop = pretraining_logits(model, probe)
     mask = probe["input_mask"].astype(bool)  # padded positions are not outputs anyone reads
-    d_mlm = np.abs(out.prediction_logits.double().numpy() - ref_mlm)[mask].max()
-    d_sop = np.abs(out.sop_logits.double().numpy() - ref_sop).max()
-    return float(max(d_mlm, d_sop))
+    return float(max(np.abs(mlm - ref_mlm)[mask].max(), np.abs(sop - ref_sop).max()))
 
 
 def _check(diff: float, what: str) -> None:
