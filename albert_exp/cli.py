@@ -35,18 +35,28 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "corpus": Command("albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus"),
     "vocab": Command("albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab"),
-    "pretraining-data": Command("albert_exp.pretraining_data", "make TFRecord shards for ALBERT pretraining "
-                                "(SOP, n-gram masking), in parallel or on Ray", "pretraining_data"),
+    "pretraining-data": Command(
+        "albert_exp.pretraining_data",
+        "make TFRecord shards for ALBERT pretraining (SOP, n-gram masking), in parallel or on Ray",
+        "pretraining_data",
+    ),
     "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
-    "tune": Command("albert_exp.tune", "search the fine-tuning learning rate and epochs with Optuna (resumable, "
-                    "several workers on PostgreSQL)", "tune"),
-    "promote": Command("albert_exp.promote", "register a model; move the `champion` alias only if it beats the "
-                       "champion on the same data", "promote"),
-    "predict": Command("albert_exp.predict", "batch phrase extraction with a logged model (models:/<name>@champion)",
-                       None),
+    "tune": Command(
+        "albert_exp.tune",
+        "search the fine-tuning learning rate and epochs with Optuna (resumable, several workers on PostgreSQL)",
+        "tune",
+    ),
+    "promote": Command(
+        "albert_exp.promote",
+        "register a model; move the `champion` alias only if it beats the champion on the same data",
+        "promote",
+    ),
+    "predict": Command(
+        "albert_exp.predict", "batch phrase extraction with a logged model (models:/<name>@champion)", None
+    ),
     "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
 }
 
@@ -67,16 +77,23 @@ def _field_flags(parser: argparse.ArgumentParser, section: str) -> None:
         choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
         help_text = f"default: {default!r}" + (f"; one of {', '.join(choices)}" if choices else "")
         if tp is bool:
-            group.add_argument(flag, dest=f"{section}.{name}", nargs="?", const="true", default=None,
-                               metavar="BOOL", help=help_text)
+            group.add_argument(
+                flag, dest=f"{section}.{name}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text
+            )
         else:
             group.add_argument(flag, dest=f"{section}.{name}", default=None, metavar=name.upper(), help=help_text)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="", help="experiment YAML (default: built-in defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config key, e.g. finetune.epochs=3 (repeatable; space-separated pairs ok)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key, e.g. finetune.epochs=3 (repeatable; space-separated pairs ok)",
+    )
     parser.add_argument("--seed", dest="top.seed", default=None, help="random seed for every stage")
     parser.add_argument("--workdir", dest="top.workdir", default=None, help="outputs go to WORKDIR/<stage>/")
 
@@ -111,17 +128,23 @@ def _top_parser() -> argparse.ArgumentParser:
     width = max(map(len, COMMANDS))
     listing = "\n".join(f"  {n.ljust(width)}  {c.help}" for n, c in COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="albert-exp", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="albert-exp",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Pretrain ALBERT on your own corpus, fine-tune it to tag phrases, track it all in MLflow.",
-        epilog=f"commands:\n{listing}\n\n`albert-exp <command> --help` shows a command's options.")
+        epilog=f"commands:\n{listing}\n\n`albert-exp <command> --help` shows a command's options.",
+    )
     parser.add_argument("command", choices=list(COMMANDS), metavar="command")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 # Library progress bars and chatter that bury our own (weight loading, artifact downloads); users can re-enable.
-QUIET_DEFAULTS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
-                  "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "TOKENIZERS_PARALLELISM": "false"}
+QUIET_DEFAULTS = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,8 +48,11 @@ class ModelConfig:
         return AlbertConfig(vocab_size=self.vocab_size or vocab_size, hidden_act="gelu_new", **arch, **extra)
 
     def validate(self, key: str) -> None:
-        _require(self.hidden_size % self.num_attention_heads == 0, f"{key}.hidden_size",
-                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"{key}.hidden_size",
+            f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}",
+        )
 
 
 @dataclass
@@ -75,8 +78,15 @@ class CorpusConfig:
 
     def validate(self, key: str) -> None:
         _require(0.0 <= self.negative_share <= 1.0, f"{key}.negative_share", "must be in [0, 1]")
-        for name in ("lines_per_shard", "max_document_lines", "toy_documents", "toy_train_rows", "toy_val_rows",
-                     "toy_test_rows", "max_dishes_per_review"):
+        for name in (
+            "lines_per_shard",
+            "max_document_lines",
+            "toy_documents",
+            "toy_train_rows",
+            "toy_val_rows",
+            "toy_test_rows",
+            "max_dishes_per_review",
+        ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
 
 
@@ -184,29 +194,53 @@ class PretrainConfig:
     compile: bool = False  # torch.compile the model (GPU runs)
 
     def validate(self, key: str) -> None:
-        for name in ("max_seq_length", "max_predictions_per_seq", "batch_size", "reference_batch_size",
-                     "reference_steps", "save_checkpoints_steps", "gradient_accumulation_steps",
-                     "log_every_steps", "eval_every_steps", "eval_batches", "keep_checkpoints", "shuffle_block"):
+        for name in (
+            "max_seq_length",
+            "max_predictions_per_seq",
+            "batch_size",
+            "reference_batch_size",
+            "reference_steps",
+            "save_checkpoints_steps",
+            "gradient_accumulation_steps",
+            "log_every_steps",
+            "eval_every_steps",
+            "eval_batches",
+            "keep_checkpoints",
+            "shuffle_block",
+        ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
-        _require(self.batch_size % self.gradient_accumulation_steps == 0, f"{key}.gradient_accumulation_steps",
-                 f"must divide batch_size={self.batch_size}")
-        _require(self.num_workers >= 0 and self.plateau_window >= 0, f"{key}.num_workers/plateau_window",
-                 "must be >= 0")
+        _require(
+            self.batch_size % self.gradient_accumulation_steps == 0,
+            f"{key}.gradient_accumulation_steps",
+            f"must divide batch_size={self.batch_size}",
+        )
+        _require(
+            self.num_workers >= 0 and self.plateau_window >= 0, f"{key}.num_workers/plateau_window", "must be >= 0"
+        )
         _require(0.0 <= self.plateau_smoothing < 1.0, f"{key}.plateau_smoothing", "must be in [0, 1)")
-        _require(self.max_grad_norm > 0 and self.weight_decay >= 0, f"{key}.max_grad_norm/weight_decay",
-                 "max_grad_norm must be > 0, weight_decay >= 0")
+        _require(
+            self.max_grad_norm > 0 and self.weight_decay >= 0,
+            f"{key}.max_grad_norm/weight_decay",
+            "max_grad_norm must be > 0, weight_decay >= 0",
+        )
 
     def scaled(self):
         """Steps, warm-up and lr: explicit values win, the rest follow the batch-size scaling rule."""
         from albert_exp.scaling import Scaled, scale_for_batch
 
-        s = scale_for_batch(self.batch_size, reference_batch_size=self.reference_batch_size,
-                            reference_steps=self.reference_steps,
-                            reference_warmup_steps=self.reference_warmup_steps,
-                            reference_learning_rate=self.reference_learning_rate)
-        return Scaled(s.batch_size, self.num_train_steps or s.num_train_steps,
-                      s.num_warmup_steps if self.num_warmup_steps is None else self.num_warmup_steps,
-                      self.learning_rate or s.learning_rate)
+        s = scale_for_batch(
+            self.batch_size,
+            reference_batch_size=self.reference_batch_size,
+            reference_steps=self.reference_steps,
+            reference_warmup_steps=self.reference_warmup_steps,
+            reference_learning_rate=self.reference_learning_rate,
+        )
+        return Scaled(
+            s.batch_size,
+            self.num_train_steps or s.num_train_steps,
+            s.num_warmup_steps if self.num_warmup_steps is None else self.num_warmup_steps,
+            self.learning_rate or s.learning_rate,
+        )
 
 
 @dataclass
@@ -269,14 +303,30 @@ class TuneConfig:
     def validate(self, key: str) -> None:
         _require(self.n_trials >= 1, f"{key}.n_trials", "must be >= 1")
         _require(0 < self.lr_min <= self.lr_max < 1, f"{key}.lr_min/lr_max", "need 0 < lr_min <= lr_max < 1")
-        _require(1 <= self.epochs_min <= self.epochs_max, f"{key}.epochs_min/epochs_max",
-                 "need 1 <= epochs_min <= epochs_max")
-        _require("://" in self.storage, f"{key}.storage", f"{self.storage!r} is not a database URL "
-                 "(e.g. sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/optuna)")
-        _require(self.heartbeat_s >= 1 and self.grace_s > self.heartbeat_s, f"{key}.heartbeat_s/grace_s",
-                 "need heartbeat_s >= 1 and grace_s > heartbeat_s")
-        _require(self.worker >= 0 and self.max_retry >= 0 and self.pruner_startup_trials >= 0
-                 and self.pruner_warmup_epochs >= 0, f"{key}.worker/max_retry/pruner_*", "must be >= 0")
+        _require(
+            1 <= self.epochs_min <= self.epochs_max,
+            f"{key}.epochs_min/epochs_max",
+            "need 1 <= epochs_min <= epochs_max",
+        )
+        _require(
+            "://" in self.storage,
+            f"{key}.storage",
+            f"{self.storage!r} is not a database URL "
+            "(e.g. sqlite:///optuna.db or postgresql://user@127.0.0.1:5432/optuna)",
+        )
+        _require(
+            self.heartbeat_s >= 1 and self.grace_s > self.heartbeat_s,
+            f"{key}.heartbeat_s/grace_s",
+            "need heartbeat_s >= 1 and grace_s > heartbeat_s",
+        )
+        _require(
+            self.worker >= 0
+            and self.max_retry >= 0
+            and self.pruner_startup_trials >= 0
+            and self.pruner_warmup_epochs >= 0,
+            f"{key}.worker/max_retry/pruner_*",
+            "must be >= 0",
+        )
 
 
 @dataclass
@@ -295,10 +345,12 @@ class PromoteConfig:
 
     def validate(self, key: str) -> None:
         _require(self.margin >= 0, f"{key}.margin", "must be >= 0")
-        _require(not self.force or bool(self.reason.strip()), f"{key}.reason",
-                 "--force needs --reason '<why>' (it is recorded on the model version)")
-        _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s",
-                 "must be > 0")
+        _require(
+            not self.force or bool(self.reason.strip()),
+            f"{key}.reason",
+            "--force needs --reason '<why>' (it is recorded on the model version)",
+        )
+        _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s", "must be > 0")
 
 
 MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote")
@@ -330,10 +382,16 @@ class ExperimentConfig:
     def validate(self, key: str) -> None:
         unknown = [s for s in self.stages if s not in MAIN_STAGES]
         _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(MAIN_STAGES)}")
-        _require(all(s in self.stages for s in ("corpus", "vocab", "finetune")), "stages",
-                 "corpus, vocab and finetune are always needed")
-        _require(("pretraining-data" in self.stages) == ("pretrain" in self.stages), "stages",
-                 "pretraining-data and pretrain go together")
+        _require(
+            all(s in self.stages for s in ("corpus", "vocab", "finetune")),
+            "stages",
+            "corpus, vocab and finetune are always needed",
+        )
+        _require(
+            ("pretraining-data" in self.stages) == ("pretrain" in self.stages),
+            "stages",
+            "pretraining-data and pretrain go together",
+        )
         _require("promote" not in self.stages or "tune" in self.stages, "stages", "promote needs tune")
 
     @property
@@ -420,8 +478,9 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
-            raise ConfigError(f"unknown key '{key}'", fix=f"allowed keys{' in ' + prefix if prefix else ''}: "
-                              f"{', '.join(fields)}")
+            raise ConfigError(
+                f"unknown key '{key}'", fix=f"allowed keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}"
+            )
         kwargs[k] = _coerce(v, hints[k], key)
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
@@ -480,8 +539,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def to_dict(cfg: Any) -> dict:
-    return {f: (to_dict(v) if dataclasses.is_dataclass(v) else v)
-            for f in config_fields(type(cfg)) for v in [getattr(cfg, f)]}
+    return {
+        f: (to_dict(v) if dataclasses.is_dataclass(v) else v)
+        for f in config_fields(type(cfg))
+        for v in [getattr(cfg, f)]
+    }
 
 
 def to_yaml(cfg: Any) -> str:

@@ -62,10 +62,13 @@ class ShardWriter:
 
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         self._close()
-        manifest = {"shards": self.shards, "lines": sum(s["lines"] for s in self.shards),
-                    "documents": sum(s["documents"] for s in self.shards),
-                    "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest(),
-                    **(extra or {})}
+        manifest = {
+            "shards": self.shards,
+            "lines": sum(s["lines"] for s in self.shards),
+            "documents": sum(s["documents"] for s in self.shards),
+            "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest(),
+            **(extra or {}),
+        }
         (self.dir.parent / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return manifest
 
@@ -100,8 +103,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     out = cfg.stage_dir("corpus")
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.corpus.toy and not cfg.corpus.inputs:
-        raise UserError("no corpus given", where=cfg.source,
-                        fix="set corpus.inputs to your text files, or corpus.toy: true for the synthetic corpus")
+        raise UserError(
+            "no corpus given",
+            where=cfg.source,
+            fix="set corpus.inputs to your text files, or corpus.toy: true for the synthetic corpus",
+        )
     with stage_run(cfg, "corpus", "toy" if cfg.corpus.toy else "shards") as tracker:
         if cfg.corpus.toy:
             manifest = make_toy(cfg, out)
@@ -109,17 +115,29 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             from albert_exp.corpus_text import make_corpus
 
             manifest = make_corpus(cfg, out)
-            tracker.log_metrics({"corpus/lines_read": manifest["lines_read"],
-                                 "corpus/bad_lines": manifest["bad_lines"]}, step=0)
+            tracker.log_metrics(
+                {"corpus/lines_read": manifest["lines_read"], "corpus/bad_lines": manifest["bad_lines"]}, step=0
+            )
         tracker.set_tags({"corpus_sha256": manifest["sha256"]})
-        tracker.log_metrics({"corpus/lines": manifest["lines"], "corpus/documents": manifest["documents"],
-                             "corpus/shards": len(manifest["shards"])}, step=0)
+        tracker.log_metrics(
+            {
+                "corpus/lines": manifest["lines"],
+                "corpus/documents": manifest["documents"],
+                "corpus/shards": len(manifest["shards"]),
+            },
+            step=0,
+        )
         tracker.log_artifact(out / "manifest.json")
         for split in ("train", "val", "test"):
             if (out / f"{split}.csv").exists():
                 tracker.log_artifact(out / f"{split}.csv", "labelled")
-        results = {"output_dir": str(out), "manifest": str(out / "manifest.json"), "lines": manifest["lines"],
-                   "documents": manifest["documents"], "corpus_sha256": manifest["sha256"],
-                   "run_id": tracker.run_id}
+        results = {
+            "output_dir": str(out),
+            "manifest": str(out / "manifest.json"),
+            "lines": manifest["lines"],
+            "documents": manifest["documents"],
+            "corpus_sha256": manifest["sha256"],
+            "run_id": tracker.run_id,
+        }
         write_results(out, results, tracker)
     return results

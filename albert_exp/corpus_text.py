@@ -30,8 +30,11 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         matches = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
         matches = [m for m in matches if Path(m).is_file()]
         if not matches:
-            raise UserError(f"no input file matches {pat!r}", where="corpus.inputs",
-                            fix="check the path or glob (quote globs in the shell)")
+            raise UserError(
+                f"no input file matches {pat!r}",
+                where="corpus.inputs",
+                fix="check the path or glob (quote globs in the shell)",
+            )
         files.extend(Path(m) for m in matches)
     seen: set[Path] = set()
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
@@ -57,8 +60,9 @@ class Normalizer:
         return {"nfkc": self.nfkc, "collapse_whitespace": self.ws, "lowercase": self.lower}
 
 
-def iter_documents(files: list[Path], norm: Normalizer, on_bad_line: str, max_document_lines: int,
-                   stats: dict[str, Any], progress=None) -> Iterator[list[str]]:
+def iter_documents(
+    files: list[Path], norm: Normalizer, on_bad_line: str, max_document_lines: int, stats: dict[str, Any], progress=None
+) -> Iterator[list[str]]:
     """Documents of all files in order; fills `stats` (lines read, bad lines, per-input sha256 and bytes)."""
     for path in files:
         h = hashlib.sha256()
@@ -74,9 +78,11 @@ def iter_documents(files: list[Path], norm: Normalizer, on_bad_line: str, max_do
                         text = raw.decode("utf-8")
                     except UnicodeDecodeError as exc:
                         if on_bad_line == "error":
-                            raise UserError(f"line is not UTF-8 ({exc.reason} at byte {exc.start})",
-                                            where=f"{path}:{lineno}",
-                                            fix="fix the file, or pass --on-bad-line skip to drop such lines") from None
+                            raise UserError(
+                                f"line is not UTF-8 ({exc.reason} at byte {exc.start})",
+                                where=f"{path}:{lineno}",
+                                fix="fix the file, or pass --on-bad-line skip to drop such lines",
+                            ) from None
                         stats["bad_lines"] += 1
                         if len(stats["bad_line_examples"]) < 10:
                             stats["bad_line_examples"].append(f"{path}:{lineno}")
@@ -94,8 +100,11 @@ def iter_documents(files: list[Path], norm: Normalizer, on_bad_line: str, max_do
                     if progress is not None and lineno % 10000 == 0:
                         progress(fh)
             except (OSError, EOFError) as exc:  # a truncated or corrupt .gz
-                raise UserError(f"cannot read: {exc}", where=f"{path}:{stats['lines_read']}",
-                                fix="check the file (a truncated download?)") from None
+                raise UserError(
+                    f"cannot read: {exc}",
+                    where=f"{path}:{stats['lines_read']}",
+                    fix="check the file (a truncated download?)",
+                ) from None
         if doc:
             yield doc
         stats["inputs"].append({"path": str(path), "bytes_uncompressed": nbytes, "sha256": h.hexdigest()})
@@ -110,8 +119,7 @@ def make_corpus(cfg, out: Path) -> dict[str, Any]:
     c = cfg.corpus
     files = expand_inputs(c.inputs)
     norm = Normalizer(c.nfkc, c.collapse_whitespace, c.lowercase)
-    stats: dict[str, Any] = {"lines_read": 0, "bad_lines": 0, "bad_line_examples": [], "documents_cut": 0,
-                             "inputs": []}
+    stats: dict[str, Any] = {"lines_read": 0, "bad_lines": 0, "bad_line_examples": [], "documents_cut": 0, "inputs": []}
     total = sum(f.stat().st_size for f in files)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="corpus")
     done_before = [0]
@@ -137,8 +145,9 @@ def make_corpus(cfg, out: Path) -> dict[str, Any]:
     finally:
         bar.close()
     if not writer.shards:
-        raise UserError("the corpus has no sentences (every line empty or dropped)",
-                        where=", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else ""),
-                        fix="check corpus.inputs: one sentence per line, a blank line between documents")
-    return writer.finish({"source": "files", "normalization": norm.describe(), "on_bad_line": c.on_bad_line,
-                          **stats})
+        raise UserError(
+            "the corpus has no sentences (every line empty or dropped)",
+            where=", ".join(map(str, files[:3])) + (" ..." if len(files) > 3 else ""),
+            fix="check corpus.inputs: one sentence per line, a blank line between documents",
+        )
+    return writer.finish({"source": "files", "normalization": norm.describe(), "on_bad_line": c.on_bad_line, **stats})

@@ -33,8 +33,9 @@ class Encoded:
         return len(self.texts)
 
 
-def read_labelled_csv(path: str | Path, text_column: str = "text", phrase_column: str = "phrase",
-                      separator: str = "|") -> tuple[list[tuple[int, str, list[str]]], str]:
+def read_labelled_csv(
+    path: str | Path, text_column: str = "text", phrase_column: str = "phrase", separator: str = "|"
+) -> tuple[list[tuple[int, str, list[str]]], str]:
     """Rows as (csv row number, text, phrases) and the sha256 of the file's bytes."""
     p = Path(path)
     if not p.is_file():
@@ -44,17 +45,24 @@ def read_labelled_csv(path: str | Path, text_column: str = "text", phrase_column
         content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"bytes that are not UTF-8 at byte {exc.start}", where=f"{p}:{line}",
-                        fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+        raise UserError(
+            f"bytes that are not UTF-8 at byte {exc.start}",
+            where=f"{p}:{line}",
+            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
     if not content.strip():
-        raise UserError("the file is empty", where=str(p),
-                        fix=f"write a header `{text_column},{phrase_column}` and rows")
+        raise UserError(
+            "the file is empty", where=str(p), fix=f"write a header `{text_column},{phrase_column}` and rows"
+        )
     reader = csv.DictReader(io.StringIO(content, newline=""))
     columns = reader.fieldnames or []
     for col in (text_column, phrase_column):
         if col not in columns:
-            raise UserError(f"missing column '{col}' (columns: {', '.join(columns)})", where=f"{p}:1",
-                            fix="set finetune.text_column / finetune.phrase_column, or fix the header")
+            raise UserError(
+                f"missing column '{col}' (columns: {', '.join(columns)})",
+                where=f"{p}:1",
+                fix="set finetune.text_column / finetune.phrase_column, or fix the header",
+            )
     rows = []
     for i, rec in enumerate(reader, start=2):
         text = rec[text_column]
@@ -67,9 +75,18 @@ def read_labelled_csv(path: str | Path, text_column: str = "text", phrase_column
     return rows, hashlib.sha256(raw).hexdigest()
 
 
-def encode(path: str | Path, tokenizer: Any, *, max_seq_length: int, text_column: str = "text",
-           phrase_column: str = "phrase", separator: str = "|", case_insensitive: bool = True,
-           on_missing_phrase: str = "drop", max_rows: int | None = None) -> Encoded:
+def encode(
+    path: str | Path,
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    text_column: str = "text",
+    phrase_column: str = "phrase",
+    separator: str = "|",
+    case_insensitive: bool = True,
+    on_missing_phrase: str = "drop",
+    max_rows: int | None = None,
+) -> Encoded:
     rows, digest = read_labelled_csv(path, text_column, phrase_column, separator)
     if max_rows:
         rows = rows[:max_rows]
@@ -79,25 +96,39 @@ def encode(path: str | Path, tokenizer: Any, *, max_seq_length: int, text_column
         for ph in phrases:
             n = len(tokenizer(ph, add_special_tokens=False)["input_ids"])
             if n > budget:
-                raise UserError(f"phrase '{ph[:40]}' has {n} tokens, more than max_seq_length - 2 = {budget}",
-                                where=f"{path}:row {row}", fix="raise finetune.max_seq_length or shorten the phrase")
+                raise UserError(
+                    f"phrase '{ph[:40]}' has {n} tokens, more than max_seq_length - 2 = {budget}",
+                    where=f"{path}:row {row}",
+                    fix="raise finetune.max_seq_length or shorten the phrase",
+                )
         spans, missing = phrase_spans(text, phrases, case_insensitive=case_insensitive)
         if missing:
             out.dropped.append({"row": row, "missing": missing, "text": text[:200]})
             if on_missing_phrase == "error":
-                raise UserError(f"phrase '{missing[0]}' does not occur in the text", where=f"{path}:row {row}",
-                                fix="fix the row, or set finetune.on_missing_phrase: drop")
+                raise UserError(
+                    f"phrase '{missing[0]}' does not occur in the text",
+                    where=f"{path}:row {row}",
+                    fix="fix the row, or set finetune.on_missing_phrase: drop",
+                )
             continue
-        enc = tokenizer(text, truncation=True, max_length=max_seq_length, return_offsets_mapping=True,
-                        return_special_tokens_mask=True)
+        enc = tokenizer(
+            text,
+            truncation=True,
+            max_length=max_seq_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         out.texts.append(text)
         out.input_ids.append(enc["input_ids"])
         out.offsets.append(offsets)
         out.labels.append(token_labels(offsets, enc["special_tokens_mask"], spans))
     if not out.texts:
-        raise UserError("no usable rows: every phrase is missing from its text", where=str(path),
-                        fix="check the phrase column and finetune.case_insensitive")
+        raise UserError(
+            "no usable rows: every phrase is missing from its text",
+            where=str(path),
+            fix="check the phrase column and finetune.case_insensitive",
+        )
     return out
 
 

@@ -32,9 +32,12 @@ EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may
 
 def _paths(cfg: ExperimentConfig) -> dict[str, Path]:
     f, corpus = cfg.finetune, cfg.stage_dir("corpus")
-    return {"tokenizer": Path(f.tokenizer_dir or f.model_dir or cfg.stage_dir("vocab") / "tokenizer"),
-            "train": Path(f.train_csv or corpus / "train.csv"), "val": Path(f.val_csv or corpus / "val.csv"),
-            "test": Path(f.test_csv or corpus / "test.csv")}
+    return {
+        "tokenizer": Path(f.tokenizer_dir or f.model_dir or cfg.stage_dir("vocab") / "tokenizer"),
+        "train": Path(f.train_csv or corpus / "train.csv"),
+        "val": Path(f.val_csv or corpus / "val.csv"),
+        "test": Path(f.test_csv or corpus / "test.csv"),
+    }
 
 
 def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
@@ -42,10 +45,12 @@ def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
 
     labels = {"id2label": {0: "O", 1: "PHRASE"}, "label2id": {"O": 0, "PHRASE": 1}}
     if cfg.finetune.model_dir:
-        return AlbertForTokenClassification.from_pretrained(cfg.finetune.model_dir, num_labels=2, use_safetensors=True,
-                                                            **labels)
-    config = cfg.model.albert_config(len(tokenizer), classifier_dropout_prob=0.1,
-                                     pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels)
+        return AlbertForTokenClassification.from_pretrained(
+            cfg.finetune.model_dir, num_labels=2, use_safetensors=True, **labels
+        )
+    config = cfg.model.albert_config(
+        len(tokenizer), classifier_dropout_prob=0.1, pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels
+    )
     return AlbertForTokenClassification(config)
 
 
@@ -61,8 +66,10 @@ def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if name.endswith("bias") or "LayerNorm" in name else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": f.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=f.learning_rate)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": f.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=f.learning_rate,
+    )
     sched = get_linear_schedule_with_warmup(opt, int(f.warmup_ratio * total_steps), total_steps)
     return opt, sched
 
@@ -79,7 +86,7 @@ def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[
     loss_sum = tokens = 0.0
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
-            batch = collate(data.input_ids[i: i + batch_size], data.labels[i: i + batch_size], pad_id)
+            batch = collate(data.input_ids[i : i + batch_size], data.labels[i : i + batch_size], pad_id)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             n = int((batch["labels"] != -100).sum())
             loss = torch.nn.functional.cross_entropy(logits.view(-1, 2), batch["labels"].view(-1), ignore_index=-100)
@@ -104,14 +111,29 @@ def _save_state(path: Path, model: Any, opt: Any, sched: Any, epoch: int, extra:
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch,
-                "torch_rng": torch.get_rng_state(), **extra}, tmp / "train_state.pt")
+    torch.save(
+        {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "torch_rng": torch.get_rng_state(),
+            **extra,
+        },
+        tmp / "train_state.pt",
+    )
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a kill during the save leaves the previous checkpoint intact
 
 
-def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any, out: Path,
-          tracker: NoopTracker, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+def train(
+    cfg: ExperimentConfig,
+    tokenizer: Any,
+    train_data: Any,
+    val_data: Any,
+    out: Path,
+    tracker: NoopTracker,
+    on_epoch: EpochHook | None = None,
+) -> dict[str, Any]:
     import torch
     from safetensors.torch import load_file
     from tqdm import tqdm
@@ -146,17 +168,27 @@ def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any,
         else:
             print(f"ignoring {ckpt}: it was written with another config, data or code")
     params = sum(p.numel() for p in model.parameters())
-    tracker.log_params({"derived.parameters": params, "derived.trainable_parameters":
-                        sum(p.numel() for p in model.parameters() if p.requires_grad),
-                        "derived.steps_per_epoch": steps_per_epoch, "derived.train_rows": len(train_data)})
+    tracker.log_params(
+        {
+            "derived.parameters": params,
+            "derived.trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "derived.steps_per_epoch": steps_per_epoch,
+            "derived.train_rows": len(train_data),
+        }
+    )
     for epoch in range(start_epoch, f.epochs + 1):
         model.train()
         order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         loss_sum = tokens = 0.0
-        bar = tqdm(range(0, len(order), f.batch_size), desc=f"epoch {epoch}/{f.epochs}", unit="batch",
-                   disable=None, leave=False)
+        bar = tqdm(
+            range(0, len(order), f.batch_size),
+            desc=f"epoch {epoch}/{f.epochs}",
+            unit="batch",
+            disable=None,
+            leave=False,
+        )
         for b, i in enumerate(bar):
-            idx = order[i: i + f.batch_size].tolist()
+            idx = order[i : i + f.batch_size].tolist()
             batch = collate([train_data.input_ids[k] for k in idx], [train_data.labels[k] for k in idx], pad)
             # the model's loss: mean cross-entropy over the real tokens of all samples in the batch
             loss = model(**batch).loss
@@ -170,8 +202,10 @@ def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any,
             tokens += n
             bar.set_postfix(loss=f"{loss_sum / tokens:.4f}")
             if b % 20 == 0:
-                tracker.log_metrics({"train/batch_loss": loss.item(), "train/lr": sched.get_last_lr()[0]},
-                                    step=(epoch - 1) * steps_per_epoch + b)
+                tracker.log_metrics(
+                    {"train/batch_loss": loss.item(), "train/lr": sched.get_last_lr()[0]},
+                    step=(epoch - 1) * steps_per_epoch + b,
+                )
         val, _ = evaluate(model, val_data, f.eval_batch_size, pad)
         row = {"train/loss": loss_sum / max(tokens, 1), **{f"val/{k}": v for k, v in val.items()}}
         tracker.log_metrics(row, step=epoch)
@@ -183,8 +217,14 @@ def train(cfg: ExperimentConfig, tokenizer: Any, train_data: Any, val_data: Any,
             shutil.rmtree(best_dir, ignore_errors=True)
             model.save_pretrained(best_dir, safe_serialization=True)
             tokenizer.save_pretrained(best_dir)
-        _save_state(ckpt, model, opt, sched, epoch, {"fingerprint": fingerprint, "history": json.dumps(history),
-                                                       "best": json.dumps(best)})
+        _save_state(
+            ckpt,
+            model,
+            opt,
+            sched,
+            epoch,
+            {"fingerprint": fingerprint, "history": json.dumps(history), "best": json.dumps(best)},
+        )
         if on_epoch is not None:
             on_epoch(epoch, val)
     return {"history": history, "best_epoch": best["epoch"], "best_value": best["value"], "parameters": params}
@@ -202,23 +242,41 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     from albert_exp.errors import UserError
 
     if not (paths["tokenizer"] / "tokenizer_config.json").is_file():
-        raise UserError("no tokenizer found", where=str(paths["tokenizer"]),
-                        fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir")
+        raise UserError(
+            "no tokenizer found",
+            where=str(paths["tokenizer"]),
+            fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
-    kw = dict(max_seq_length=f.max_seq_length, text_column=f.text_column, phrase_column=f.phrase_column,
-              separator=f.phrase_separator, case_insensitive=f.case_insensitive, on_missing_phrase=f.on_missing_phrase)
-    data = {"train": encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw),
-            "val": encode(paths["val"], tokenizer, **kw), "test": encode(paths["test"], tokenizer, **kw)}
+    kw = dict(
+        max_seq_length=f.max_seq_length,
+        text_column=f.text_column,
+        phrase_column=f.phrase_column,
+        separator=f.phrase_separator,
+        case_insensitive=f.case_insensitive,
+        on_missing_phrase=f.on_missing_phrase,
+    )
+    data = {
+        "train": encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw),
+        "val": encode(paths["val"], tokenizer, **kw),
+        "test": encode(paths["test"], tokenizer, **kw),
+    }
     description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
     with stage_run(cfg, "finetune", description) as tracker:
         digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
         tracker.set_tags({"dataset_digest": digest})
         for split, d in data.items():
-            tracker.log_input(pd.DataFrame({"text": d.texts}), name=f"{split}.csv", source=str(paths[split]),
-                              context={"train": "training", "val": "validation", "test": "testing"}[split])
+            tracker.log_input(
+                pd.DataFrame({"text": d.texts}),
+                name=f"{split}.csv",
+                source=str(paths[split]),
+                context={"train": "training", "val": "validation", "test": "testing"}[split],
+            )
             if d.dropped:
-                print(f"{paths[split]}: dropped {len(d.dropped)} rows whose phrase is not in the text, e.g. "
-                      f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}")
+                print(
+                    f"{paths[split]}: dropped {len(d.dropped)} rows whose phrase is not in the text, e.g. "
+                    f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}"
+                )
                 tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
             tracker.log_metrics({f"data/{split}_rows": len(d), f"data/{split}_dropped_rows": len(d.dropped)}, step=0)
         trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
@@ -227,9 +285,15 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
         test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
         tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_epoch"])
         tracker.log_dict({"history": trained["history"]}, "history.json")
-        results = {"output_dir": str(out), "model_dir": str(best_dir), "best_epoch": trained["best_epoch"],
-                   f"val/{f.select_metric}": trained["best_value"], **{f"test/{k}": v for k, v in test.items()},
-                   "dataset_digest": digest, "run_id": tracker.run_id}
+        results = {
+            "output_dir": str(out),
+            "model_dir": str(best_dir),
+            "best_epoch": trained["best_epoch"],
+            f"val/{f.select_metric}": trained["best_value"],
+            **{f"test/{k}": v for k, v in test.items()},
+            "dataset_digest": digest,
+            "run_id": tracker.run_id,
+        }
         if log_models and tracker.run_id:
             _log_models(tracker, best_dir, data["val"].texts[:3], f.max_seq_length)
             results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"

@@ -15,8 +15,15 @@ from collections.abc import Sequence
 IGNORE = -100
 
 # Scripts written without spaces between words: no word-boundary check inside them.
-_NO_SPACE_RANGES = ((0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x9FFF), (0xF900, 0xFAFF),
-                    (0xFF66, 0xFF9F), (0x20000, 0x3FFFF))
+_NO_SPACE_RANGES = (
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x2E80, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0xFF66, 0xFF9F),
+    (0x20000, 0x3FFFF),
+)
 
 
 def _word_char(ch: str) -> bool:
@@ -50,8 +57,9 @@ def find_spans(text: str, phrase: str, *, case_insensitive: bool = True) -> list
     return spans
 
 
-def phrase_spans(text: str, phrases: Sequence[str], *, case_insensitive: bool = True
-                 ) -> tuple[list[tuple[int, int]], list[str]]:
+def phrase_spans(
+    text: str, phrases: Sequence[str], *, case_insensitive: bool = True
+) -> tuple[list[tuple[int, int]], list[str]]:
     """Spans of all phrases (merged where they overlap or touch), and the phrases not found in the text."""
     spans: list[tuple[int, int]] = []
     missing: list[str] = []
@@ -73,8 +81,9 @@ def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return merged
 
 
-def token_labels(offsets: Sequence[tuple[int, int]], special: Sequence[int],
-                 spans: Sequence[tuple[int, int]]) -> list[int]:
+def token_labels(
+    offsets: Sequence[tuple[int, int]], special: Sequence[int], spans: Sequence[tuple[int, int]]
+) -> list[int]:
     """1 for a token overlapping any span, 0 for other real tokens, IGNORE for special/padding tokens."""
     labels = []
     for (s, e), is_special in zip(offsets, special, strict=True):

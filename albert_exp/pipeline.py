@@ -31,9 +31,14 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             results["pretraining_data"] = pretraining_data.run(cfg)
             results["pretrain"] = pt = pretrain.run(cfg)
             # fine-tuning (and every trial) starts from the pretrained weights, with the vocabulary they know
-            cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(
-                cfg.finetune, model_dir=cfg.finetune.model_dir or pt["model_dir"],
-                tokenizer_dir=cfg.finetune.tokenizer_dir or voc["tokenizer_dir"]))
+            cfg = dataclasses.replace(
+                cfg,
+                finetune=dataclasses.replace(
+                    cfg.finetune,
+                    model_dir=cfg.finetune.model_dir or pt["model_dir"],
+                    tokenizer_dir=cfg.finetune.tokenizer_dir or voc["tokenizer_dir"],
+                ),
+            )
             parent.set_tags({"pretrained_model_dir": pt["model_dir"]})
         results["finetune"] = ft = finetune.run(cfg)
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
@@ -43,13 +48,17 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         if "tune" in cfg.stages:
             # a fresh study per `main` (its name carries the parent run): nothing is reused from an earlier run
             study = cfg.tune.study_name or f"{tune.study_name(cfg)}-{parent.run_id[:8]}"
-            results["tune"] = tuned = tune.run(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune,
-                                                                                                study_name=study)))
+            results["tune"] = tuned = tune.run(
+                dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, study_name=study))
+            )
             parent.set_tags({"best_trial_model_uri": tuned.get("model_uri", "")})
         if "promote" in cfg.stages:
             # both candidates go through the same rule: the plain fine-tune first, then the search's best trial
-            results["promote_finetune"] = promote.run(dataclasses.replace(
-                cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or ft["run_id"])))
+            results["promote_finetune"] = promote.run(
+                dataclasses.replace(
+                    cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or ft["run_id"])
+                )
+            )
             results["promote"] = pr = promote.run(cfg)  # the best trial; champion only if it beats the champion
             summary = {f"test/{k}": v for k, v in pr["champion_metrics"].items()}
             parent.log_metrics({f"champion/{k}": v for k, v in summary.items()}, step=0)
@@ -58,8 +67,10 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         write_results(cfg.root, results, parent)
     tracking_uri = mlflow.get_tracking_uri()
     if tuned:
-        print(f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
-              f"epochs={tuned['best_params']['epochs']} val={tuned['best_value']:.4f}, {tuned['n_pruned']} pruned")
+        print(
+            f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
+            f"epochs={tuned['best_params']['epochs']} val={tuned['best_value']:.4f}, {tuned['n_pruned']} pruned"
+        )
     if pr:
         print(f"promote: {pr['model_name']} v{pr['version']} {pr['decision']} ({pr['why']})")
         print(f"\n== champion v{pr['champion_version']}: test metrics (dish names never seen in training) ==")
@@ -71,6 +82,6 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
     model_uri = pr["champion_uri"] if pr else ft.get("model_uri")
     if model_uri:
-        print(f"serve it:     mlflow models serve -m \"{model_uri}\" --env-manager local --host 127.0.0.1 -p 5001")
-        print(f"predict:      albert-exp predict --model \"{model_uri}\" --input reviews.txt --output out.jsonl")
+        print(f'serve it:     mlflow models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001')
+        print(f'predict:      albert-exp predict --model "{model_uri}" --input reviews.txt --output out.jsonl')
     return {"print_json": False, **results}

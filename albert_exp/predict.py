@@ -19,8 +19,9 @@ from albert_exp.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a pyfunc URI: models:/<name>@champion or runs:/<id>/"
-                        "phrase_extractor")
+    parser.add_argument(
+        "--model", required=True, help="a pyfunc URI: models:/<name>@champion or runs:/<id>/phrase_extractor"
+    )
     parser.add_argument("--input", required=True, help="reviews: .txt (one per line) or .csv")
     parser.add_argument("--output", required=True, help="where to write: .jsonl or .csv")
     parser.add_argument("--text-column", default="text", help="the CSV column holding the review (default: text)")
@@ -35,8 +36,11 @@ def read_texts(path: Path, text_column: str) -> list[str]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if text_column not in (reader.fieldnames or []):
-                raise UserError(f"no column '{text_column}' (columns: {', '.join(reader.fieldnames or [])})",
-                                where=f"{path}:1", fix="pass --text-column NAME")
+                raise UserError(
+                    f"no column '{text_column}' (columns: {', '.join(reader.fieldnames or [])})",
+                    where=f"{path}:1",
+                    fix="pass --text-column NAME",
+                )
             return [row[text_column] or "" for row in reader]
     return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
@@ -49,11 +53,14 @@ def predict(model_uri: str, texts: list[str], batch_size: int = 256, threshold: 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
-        raise UserError(f"cannot load the model: {str(exc).splitlines()[0]}", where=model_uri,
-                        fix=f"check the name/alias and MLFLOW_TRACKING_URI (now {mlflow.get_tracking_uri()})") from None
+        raise UserError(
+            f"cannot load the model: {str(exc).splitlines()[0]}",
+            where=model_uri,
+            fix=f"check the name/alias and MLFLOW_TRACKING_URI (now {mlflow.get_tracking_uri()})",
+        ) from None
     rows: list[dict[str, Any]] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=None):
-        chunk = texts[i: i + batch_size]
+        chunk = texts[i : i + batch_size]
         out = model.predict(pd.DataFrame({"text": chunk}), params={"threshold": threshold})
         for text, phrases, spans in zip(chunk, out["phrases"], out["spans"], strict=True):
             rows.append({"text": text, "phrases": list(phrases), "spans": [dict(s) for s in spans]})
@@ -84,5 +91,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     rows = predict(args.model, texts, args.batch_size, args.threshold)
     write_rows(rows, output)
     with_phrases = sum(1 for r in rows if r["phrases"])
-    return {"model": args.model, "input": args.input, "output": str(output), "reviews": len(rows),
-            "reviews_with_phrases": with_phrases, "phrases": sum(len(r["phrases"]) for r in rows)}
+    return {
+        "model": args.model,
+        "input": args.input,
+        "output": str(output),
+        "reviews": len(rows),
+        "reviews_with_phrases": with_phrases,
+        "phrases": sum(len(r["phrases"]) for r in rows),
+    }

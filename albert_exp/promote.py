@@ -50,8 +50,11 @@ def _source_run(cfg: ExperimentConfig) -> str:
             run_id = json.loads(path.read_text()).get("mlflow_run_id" if stage == "tune" else "run_id")
             if run_id:
                 return run_id
-    raise UserError("nothing to promote", where=str(cfg.root),
-                    fix="run `albert-exp tune` or `albert-exp finetune` first, or give --run-id")
+    raise UserError(
+        "nothing to promote",
+        where=str(cfg.root),
+        fix="run `albert-exp tune` or `albert-exp finetune` first, or give --run-id",
+    )
 
 
 def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str, float]:
@@ -66,8 +69,15 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
     tokenizer = AutoTokenizer.from_pretrained(local)
     model = AlbertForTokenClassification.from_pretrained(local, use_safetensors=True)
     f = cfg.finetune
-    data = encode(eval_csv, tokenizer, max_seq_length=f.max_seq_length, text_column=f.text_column,
-                  phrase_column=f.phrase_column, separator=f.phrase_separator, case_insensitive=f.case_insensitive)
+    data = encode(
+        eval_csv,
+        tokenizer,
+        max_seq_length=f.max_seq_length,
+        text_column=f.text_column,
+        phrase_column=f.phrase_column,
+        separator=f.phrase_separator,
+        case_insensitive=f.case_insensitive,
+    )
     metrics, _ = evaluate(model, data, f.eval_batch_size, tokenizer.pad_token_id)
     return metrics
 
@@ -88,8 +98,11 @@ def registry_lock(client: Any, name: str, timeout_s: float, stale_s: float):
     deadline = time.time() + timeout_s
     while True:
         try:
-            client.create_registered_model(lock, tags={"owner": owner, "since": f"{time.time():.3f}"},
-                                           description="held while a promotion compares and moves aliases")
+            client.create_registered_model(
+                lock,
+                tags={"owner": owner, "since": f"{time.time():.3f}"},
+                description="held while a promotion compares and moves aliases",
+            )
             break
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
@@ -104,8 +117,11 @@ def registry_lock(client: Any, name: str, timeout_s: float, stale_s: float):
         except MlflowException:
             continue  # released meanwhile
         if time.time() > deadline:
-            raise UserError(f"another promotion of '{name}' holds the lock", where=lock,
-                            fix=f"wait for it, or delete the registered model '{lock}' if its owner is dead")
+            raise UserError(
+                f"another promotion of '{name}' holds the lock",
+                where=lock,
+                fix=f"wait for it, or delete the registered model '{lock}' if its owner is dead",
+            )
         time.sleep(0.2)
     try:
         yield owner
@@ -156,20 +172,28 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     try:
         source = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise UserError(f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}", where="promote.run_id",
-                        fix="give a finetune run id from this tracking store") from None
+        raise UserError(
+            f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}",
+            where="promote.run_id",
+            fix="give a finetune run id from this tracking store",
+        ) from None
     try:
         mlflow.models.get_model_info(f"runs:/{run_id}/{ARTIFACT}")
     except (mlflow.exceptions.MlflowException, OSError):
-        raise UserError(f"run {run_id} has no '{ARTIFACT}' model", where="promote.run_id",
-                        fix="promote a finetune run (they log the phrase extractor)") from None
+        raise UserError(
+            f"run {run_id} has no '{ARTIFACT}' model",
+            where="promote.run_id",
+            fix="promote a finetune run (they log the phrase extractor)",
+        ) from None
     with stage_run(cfg, "promote", name) as tracker:
         scores = evaluate_run(run_id, eval_csv, cfg)
         challenger_score = scores[metric]
         with registry_lock(client, name, p.lock_timeout_s, p.lock_stale_s) as owner:
             version = _version_of_run(client, name, run_id) or mlflow.register_model(
-                f"runs:/{run_id}/{ARTIFACT}", name,
-                tags={"dataset_digest": source.data.tags.get("dataset_digest", ""), "source_run_id": run_id})
+                f"runs:/{run_id}/{ARTIFACT}",
+                name,
+                tags={"dataset_digest": source.data.tags.get("dataset_digest", ""), "source_run_id": run_id},
+            )
             client.set_registered_model_alias(name, "challenger", version.version)
             champ = _champion(client, name)
             champ_score, champ_how = None, "none"
@@ -186,13 +210,22 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             if champ is not None and champ.version == version.version:
                 promoted, why = False, "already champion"
             decision = "promoted" if promoted else "kept champion"
-            tags = {"eval_metric": metric, "eval_score": repr(challenger_score), "eval_digest": digest,
-                    "eval_data": str(eval_csv), "promotion.decision": decision, "promotion.why": why,
-                    "promotion.champion_version": champ.version if champ else "",
-                    "promotion.champion_score": "" if champ_score is None else repr(champ_score),
-                    "promotion.champion_score_source": champ_how, "promotion.margin": p.margin,
-                    "promotion.forced": str(p.force).lower(), "promotion.reason": p.reason,
-                    "promotion.by": owner, "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            tags = {
+                "eval_metric": metric,
+                "eval_score": repr(challenger_score),
+                "eval_digest": digest,
+                "eval_data": str(eval_csv),
+                "promotion.decision": decision,
+                "promotion.why": why,
+                "promotion.champion_version": champ.version if champ else "",
+                "promotion.champion_score": "" if champ_score is None else repr(champ_score),
+                "promotion.champion_score_source": champ_how,
+                "promotion.margin": p.margin,
+                "promotion.forced": str(p.force).lower(),
+                "promotion.reason": p.reason,
+                "promotion.by": owner,
+                "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             for k, v in tags.items():
                 client.set_model_version_tag(name, version.version, k, str(v))
             if promoted:
@@ -200,24 +233,47 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 if champ is not None:
                     client.set_model_version_tag(name, champ.version, "promotion.replaced_by", version.version)
             champ_text = "none" if champ_score is None else f"v{champ.version} {champ_score:.4f} ({champ_how})"
-            description = (f"{decision}: {why}. {metric} on {eval_csv.name} (sha256 {digest[:12]}): challenger "
-                           f"{challenger_score:.4f}, champion {champ_text}."
-                           + (f" Forced: {p.reason}" if p.force else ""))
+            description = (
+                f"{decision}: {why}. {metric} on {eval_csv.name} (sha256 {digest[:12]}): challenger "
+                f"{challenger_score:.4f}, champion {champ_text}." + (f" Forced: {p.reason}" if p.force else "")
+            )
             client.update_model_version(name, version.version, description=description)
         print(f"{name} v{version.version}: {description}")
-        tracker.set_tags({"registered_model": name, "model_version": version.version, "decision": decision,
-                          "source_run_id": run_id, "eval_digest": digest})
-        tracker.log_metrics({f"challenger/{k}": v for k, v in scores.items()}
-                            | ({f"champion/{metric}": champ_score} if champ_score is not None else {}), step=0)
+        tracker.set_tags(
+            {
+                "registered_model": name,
+                "model_version": version.version,
+                "decision": decision,
+                "source_run_id": run_id,
+                "eval_digest": digest,
+            }
+        )
+        tracker.log_metrics(
+            {f"challenger/{k}": v for k, v in scores.items()}
+            | ({f"champion/{metric}": champ_score} if champ_score is not None else {}),
+            step=0,
+        )
         champion_now = _champion(client, name)
-        champion_metrics = scores if champion_now.version == version.version else evaluate_run(
-            champion_now.run_id, eval_csv, cfg)
-        results = {"model_name": name, "version": int(version.version), "promoted": promoted, "decision": decision,
-                   "why": why, "metric": metric, "challenger_score": challenger_score,
-                   "champion_score": champ_score, "champion_version": int(champion_now.version),
-                   "eval_digest": digest, "eval_csv": str(eval_csv), "source_run_id": run_id,
-                   "challenger_metrics": scores, "champion_metrics": champion_metrics,
-                   "champion_uri": f"models:/{name}@champion",
-                   "run_id": tracker.run_id}
+        champion_metrics = (
+            scores if champion_now.version == version.version else evaluate_run(champion_now.run_id, eval_csv, cfg)
+        )
+        results = {
+            "model_name": name,
+            "version": int(version.version),
+            "promoted": promoted,
+            "decision": decision,
+            "why": why,
+            "metric": metric,
+            "challenger_score": challenger_score,
+            "champion_score": champ_score,
+            "champion_version": int(champion_now.version),
+            "eval_digest": digest,
+            "eval_csv": str(eval_csv),
+            "source_run_id": run_id,
+            "challenger_metrics": scores,
+            "champion_metrics": champion_metrics,
+            "champion_uri": f"models:/{name}@champion",
+            "run_id": tracker.run_id,
+        }
         write_results(cfg.stage_dir("promote"), results, tracker)
     return results

@@ -24,8 +24,14 @@ class Scaled:
         return {f"{prefix}{k}": v for k, v in self.__dict__.items()}
 
 
-def scale_for_batch(batch_size: int, *, reference_batch_size: int = 4096, reference_steps: int = 125_000,
-                    reference_warmup_steps: int = 3_125, reference_learning_rate: float = 0.00176) -> Scaled:
+def scale_for_batch(
+    batch_size: int,
+    *,
+    reference_batch_size: int = 4096,
+    reference_steps: int = 125_000,
+    reference_warmup_steps: int = 3_125,
+    reference_learning_rate: float = 0.00176,
+) -> Scaled:
     if batch_size < 1 or reference_batch_size < 1:
         raise ValueError("batch sizes must be >= 1")
     k = batch_size / reference_batch_size

@@ -23,17 +23,25 @@ import mlflow.pyfunc
 from albert_exp.labels import tags_to_spans
 
 
-def extract(texts: list[str], model: Any, tokenizer: Any, *, max_seq_length: int, batch_size: int = 64,
-            threshold: float = 0.5) -> list[dict[str, Any]]:
+def extract(
+    texts: list[str], model: Any, tokenizer: Any, *, max_seq_length: int, batch_size: int = 64, threshold: float = 0.5
+) -> list[dict[str, Any]]:
     """Tag each text and return its phrases, character spans and per-token tags with scores."""
     import torch
 
     out: list[dict[str, Any]] = []
     model.eval()
     for i in range(0, len(texts), batch_size):
-        chunk = [t if isinstance(t, str) else "" for t in texts[i: i + batch_size]]
-        enc = tokenizer(chunk, truncation=True, max_length=max_seq_length, padding=True,
-                        return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+        chunk = [t if isinstance(t, str) else "" for t in texts[i : i + batch_size]]
+        enc = tokenizer(
+            chunk,
+            truncation=True,
+            max_length=max_seq_length,
+            padding=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
         with torch.no_grad():
             logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
         probs = torch.softmax(logits, dim=-1)[..., 1]
@@ -42,16 +50,28 @@ def extract(texts: list[str], model: Any, tokenizer: Any, *, max_seq_length: int
             special = enc["special_tokens_mask"][j].tolist()
             real = enc["attention_mask"][j].tolist()
             scores = probs[j].tolist()
-            tags = [int(p >= threshold) if r and not s else 0
-                    for p, r, s in zip(scores, real, special, strict=True)]
+            tags = [int(p >= threshold) if r and not s else 0 for p, r, s in zip(scores, real, special, strict=True)]
             spans = tags_to_spans(offsets, tags)
-            tokens = [{"token": tokenizer.convert_ids_to_tokens(int(tid)), "start": s, "end": e, "tag": t,
-                       "score": round(float(p), 4)}
-                      for tid, (s, e), t, p, r, sp in zip(enc["input_ids"][j].tolist(), offsets, tags,
-                                                         probs[j].tolist(), real, special, strict=True) if r and not sp]
-            out.append({"phrases": [text[s:e] for s, e in spans],
-                        "spans": [{"start": s, "end": e, "text": text[s:e]} for s, e in spans],
-                        "tokens": tokens})
+            tokens = [
+                {
+                    "token": tokenizer.convert_ids_to_tokens(int(tid)),
+                    "start": s,
+                    "end": e,
+                    "tag": t,
+                    "score": round(float(p), 4),
+                }
+                for tid, (s, e), t, p, r, sp in zip(
+                    enc["input_ids"][j].tolist(), offsets, tags, probs[j].tolist(), real, special, strict=True
+                )
+                if r and not sp
+            ]
+            out.append(
+                {
+                    "phrases": [text[s:e] for s, e in spans],
+                    "spans": [{"start": s, "end": e, "text": text[s:e]} for s, e in spans],
+                    "tokens": tokens,
+                }
+            )
     return out
 
 
@@ -84,8 +104,9 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["phrases", "spans", "tokens"])
 
 
-def log_phrase_extractor(model_dir: str | Path, example_texts: list[str], max_seq_length: int,
-                         name: str = "phrase_extractor") -> Any:
+def log_phrase_extractor(
+    model_dir: str | Path, example_texts: list[str], max_seq_length: int, name: str = "phrase_extractor"
+) -> Any:
     """Log the pyfunc with a signature and an input example into the active run; returns the ModelInfo."""
     import pandas as pd
     from mlflow.models import infer_signature
@@ -107,9 +128,15 @@ def log_phrase_extractor(model_dir: str | Path, example_texts: list[str], max_se
         for module in ("__init__.py", "serving.py", "labels.py", "pyfunc_model.py"):
             shutil.copy(here / module, package / module)
         return mlflow.pyfunc.log_model(
-            name=name, python_model=str(package / "pyfunc_model.py"), artifacts={"hf_model": str(model_dir)},
-            code_paths=[str(package)], signature=signature, input_example=example,
-            model_config={"max_seq_length": max_seq_length}, pip_requirements=_requirements())
+            name=name,
+            python_model=str(package / "pyfunc_model.py"),
+            artifacts={"hf_model": str(model_dir)},
+            code_paths=[str(package)],
+            signature=signature,
+            input_example=example,
+            model_config={"max_seq_length": max_seq_length},
+            pip_requirements=_requirements(),
+        )
 
 
 def _requirements() -> list[str]:

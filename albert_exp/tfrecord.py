@@ -147,13 +147,12 @@ def _sizes(v: np.ndarray) -> np.ndarray:
     return sizes
 
 
-def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values: np.ndarray,
-                 sizes: np.ndarray) -> None:
+def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values: np.ndarray, sizes: np.ndarray) -> None:
     """Write varints of `values` ([N] or [N, L]) into `width`-byte slots from column `lo`; mark used bytes."""
     n = mat.shape[0]
     count = values.size // n
-    slots = mat[:, lo:lo + count * width].reshape(n, count, width)
-    used = keep[:, lo:lo + count * width].reshape(n, count, width)
+    slots = mat[:, lo : lo + count * width].reshape(n, count, width)
+    used = keep[:, lo : lo + count * width].reshape(n, count, width)
     if width == 1:
         slots[:, :, 0] = values.reshape(n, count)
         return
@@ -252,7 +251,7 @@ def encode_batch(arrays: dict[str, np.ndarray], framed: bool = False) -> tuple[n
         head_crc = np.array([masked_crc(_U64.pack(int(x))) for x in lengths], dtype="<u4")
         mat[:, 8:12] = head_crc[inverse.reshape(-1)].view(np.uint8).reshape(n, 4)
     for col, raw in fixed_parts:
-        mat[:, col:col + raw.shape[1]] = raw
+        mat[:, col : col + raw.shape[1]] = raw
     for col, width, values, sizes in slots:
         _put_varints(mat, keep, col, width, values, sizes)
     per_example = keep.sum(axis=1, dtype=np.int64)
@@ -261,10 +260,14 @@ def encode_batch(arrays: dict[str, np.ndarray], framed: bool = False) -> tuple[n
     np.cumsum(per_example, out=offsets[1:])
     if framed and n:
         mv, crc = memoryview(buf), _crc32c.crc32c
-        crcs = np.fromiter((crc(mv[lo + 12:hi - 4]) for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(),
-                                                                        strict=True)), dtype=np.uint64, count=n)
-        masked = ((((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(_MASK_DELTA))
-                  & np.uint64(0xFFFFFFFF)).astype("<u4")
+        crcs = np.fromiter(
+            (crc(mv[lo + 12 : hi - 4]) for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)),
+            dtype=np.uint64,
+            count=n,
+        )
+        masked = (
+            (((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(_MASK_DELTA)) & np.uint64(0xFFFFFFFF)
+        ).astype("<u4")
         buf[(offsets[1:] - 4)[:, None] + np.arange(4)] = masked.view(np.uint8).reshape(n, 4)
     return buf, offsets
 
@@ -335,10 +338,10 @@ def _fields(data: bytes, lo: int, hi: int) -> Iterator[tuple[int, int, object]]:
             yield field, wt, (pos, pos + n)
             pos += n
         elif wt == 5:
-            yield field, wt, data[pos:pos + 4]
+            yield field, wt, data[pos : pos + 4]
             pos += 4
         elif wt == 1:
-            yield field, wt, data[pos:pos + 8]
+            yield field, wt, data[pos : pos + 8]
             pos += 8
         else:
             raise ValueError(f"unsupported wire type {wt}")
@@ -350,19 +353,23 @@ def _decode_list(data: bytes, lo: int, hi: int, kind: int):
     if kind != 1 and lo < hi and data[lo] == _TAG_1:  # the usual packed list: one field 1 with all values
         _, _, plo, phi = _len_field(data, lo, hi)
         if phi == hi:
-            return (_decode_varints(data[plo:phi]) if kind == 3
-                    else np.frombuffer(data[plo:phi], dtype="<f4").astype(np.float32))
+            return (
+                _decode_varints(data[plo:phi])
+                if kind == 3
+                else np.frombuffer(data[plo:phi], dtype="<f4").astype(np.float32)
+            )
     ints: list[np.ndarray] = []
     for field, wt, val in _fields(data, lo, hi):
         if field != 1:
             continue
         if kind == 3:  # Int64List: packed (wt 2) or one varint per value (wt 0)
-            ints.append(_decode_varints(data[val[0]:val[1]]) if wt == 2
-                        else np.array([val], dtype=np.uint64).view(np.int64))
+            ints.append(
+                _decode_varints(data[val[0] : val[1]]) if wt == 2 else np.array([val], dtype=np.uint64).view(np.int64)
+            )
         elif kind == 2:  # FloatList: packed fixed32 or one fixed32 per value
-            ints.append(np.frombuffer(data[val[0]:val[1]] if wt == 2 else val, dtype="<f4"))
+            ints.append(np.frombuffer(data[val[0] : val[1]] if wt == 2 else val, dtype="<f4"))
         else:  # BytesList
-            ints.append(data[val[0]:val[1]])
+            ints.append(data[val[0] : val[1]])
     if kind == 1:
         return ints
     dtype = np.int64 if kind == 3 else np.float32
@@ -460,8 +467,11 @@ class RecordWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
         self._hash = _HashingFile(self._raw)
-        self._out = gzip.GzipFile(fileobj=self._hash, mode="wb", compresslevel=1, mtime=0, filename="") \
-            if compress else self._hash
+        self._out = (
+            gzip.GzipFile(fileobj=self._hash, mode="wb", compresslevel=1, mtime=0, filename="")
+            if compress
+            else self._hash
+        )
         self.records = 0
 
     def write(self, payload: bytes) -> None:
@@ -520,8 +530,7 @@ class RecordIterator:
     length cannot be trusted, so with skip_corrupt the reader scans forward for the next valid header.
     """
 
-    def __init__(self, path: str | Path, check_crc: bool = True, skip_corrupt: bool = False,
-                 start_offset: int = 0):
+    def __init__(self, path: str | Path, check_crc: bool = True, skip_corrupt: bool = False, start_offset: int = 0):
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError("TFRecord file not found", where=str(self.path), fix="check the path")
@@ -537,8 +546,9 @@ class RecordIterator:
         return self
 
     def _fail(self, offset: int, what: str) -> None:
-        err = CorruptRecordError(what, where=f"{self.path}@{offset}",
-                                 fix="rewrite the file, or read with skip_corrupt=True to skip it")
+        err = CorruptRecordError(
+            what, where=f"{self.path}@{offset}", fix="rewrite the file, or read with skip_corrupt=True to skip it"
+        )
         if not self.skip_corrupt:
             self.close()
             raise err
@@ -550,12 +560,12 @@ class RecordIterator:
         self._f.seek(offset + 1)
         rest = self._f.read()
         for i in range(len(rest) - 12 + 1):
-            head = rest[i:i + 8]
+            head = rest[i : i + 8]
             if _U32.unpack_from(rest, i + 8)[0] != masked_crc(head):
                 continue
             (n,) = _U64.unpack(head)
             end = i + 12 + n + 4
-            if end <= len(rest) and _U32.unpack_from(rest, end - 4)[0] == masked_crc(rest[i + 12:end - 4]):
+            if end <= len(rest) and _U32.unpack_from(rest, end - 4)[0] == masked_crc(rest[i + 12 : end - 4]):
                 self._pos = offset + 1 + i
                 self._f.seek(self._pos)
                 return True
@@ -584,8 +594,9 @@ class RecordIterator:
             tail = self._f.read(4)
             self._pos = offset + 12 + len(data) + len(tail)
             if len(data) < n or len(tail) < 4:
-                self._fail(offset, f"truncated record (length {n}, {len(data) + len(tail)} of {n + 4} "
-                                   "bytes after the header)")
+                self._fail(
+                    offset, f"truncated record (length {n}, {len(data) + len(tail)} of {n + 4} bytes after the header)"
+                )
                 self.close()
                 raise StopIteration
             if self.check_crc and _U32.unpack(tail)[0] != masked_crc(data):
@@ -597,7 +608,8 @@ class RecordIterator:
         self._f.close()
 
 
-def iter_records(path: str | Path, *, check_crc: bool = True, skip_corrupt: bool = False,
-                 start_offset: int = 0) -> RecordIterator:
+def iter_records(
+    path: str | Path, *, check_crc: bool = True, skip_corrupt: bool = False, start_offset: int = 0
+) -> RecordIterator:
     """(byte offset, payload) of each record in a TFRecord file, plain or GZIP (detected by magic)."""
     return RecordIterator(path, check_crc=check_crc, skip_corrupt=skip_corrupt, start_offset=start_offset)

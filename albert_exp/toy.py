@@ -16,42 +16,156 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-STYLES = ["spicy", "crispy", "smoked", "grilled", "braised", "roasted", "steamed", "honey glazed", "garlic",
-          "slow cooked", "pan fried", "charred", "sticky", "creamy", "zesty", "peppered", "stuffed", "baked",
-          "poached", "sizzling", "tandoori", "teriyaki", "cajun", "lemon", "miso", "chili", "herb crusted",
-          "sesame", "truffle", "five spice"]
-MAINS = ["chicken", "lamb", "pork belly", "tofu", "beef", "duck", "shrimp", "salmon", "mushroom", "eggplant",
-         "cod", "octopus", "squid", "venison", "rabbit", "halloumi", "chickpea", "crab", "scallop", "tuna",
-         "goat", "quail", "lentil", "paneer", "turkey"]
-DISHES = ["dumplings", "noodles", "curry", "stew", "tacos", "risotto", "skewers", "burger", "salad", "soup",
-          "ramen", "pie", "rice bowl", "flatbread", "lasagna", "gnocchi", "bao", "sliders", "wraps", "fritters",
-          "kebab", "hotpot", "pasta", "sandwich", "pancakes"]
-SIDES = ["with garlic sauce", "in coconut broth", "with lime", "with pickled onions", "on sourdough",
-         "with black beans", "in red wine", "with chimichurri", "with sweet potato", "with wild rice"]
+STYLES = [
+    "spicy",
+    "crispy",
+    "smoked",
+    "grilled",
+    "braised",
+    "roasted",
+    "steamed",
+    "honey glazed",
+    "garlic",
+    "slow cooked",
+    "pan fried",
+    "charred",
+    "sticky",
+    "creamy",
+    "zesty",
+    "peppered",
+    "stuffed",
+    "baked",
+    "poached",
+    "sizzling",
+    "tandoori",
+    "teriyaki",
+    "cajun",
+    "lemon",
+    "miso",
+    "chili",
+    "herb crusted",
+    "sesame",
+    "truffle",
+    "five spice",
+]
+MAINS = [
+    "chicken",
+    "lamb",
+    "pork belly",
+    "tofu",
+    "beef",
+    "duck",
+    "shrimp",
+    "salmon",
+    "mushroom",
+    "eggplant",
+    "cod",
+    "octopus",
+    "squid",
+    "venison",
+    "rabbit",
+    "halloumi",
+    "chickpea",
+    "crab",
+    "scallop",
+    "tuna",
+    "goat",
+    "quail",
+    "lentil",
+    "paneer",
+    "turkey",
+]
+DISHES = [
+    "dumplings",
+    "noodles",
+    "curry",
+    "stew",
+    "tacos",
+    "risotto",
+    "skewers",
+    "burger",
+    "salad",
+    "soup",
+    "ramen",
+    "pie",
+    "rice bowl",
+    "flatbread",
+    "lasagna",
+    "gnocchi",
+    "bao",
+    "sliders",
+    "wraps",
+    "fritters",
+    "kebab",
+    "hotpot",
+    "pasta",
+    "sandwich",
+    "pancakes",
+]
+SIDES = [
+    "with garlic sauce",
+    "in coconut broth",
+    "with lime",
+    "with pickled onions",
+    "on sourdough",
+    "with black beans",
+    "in red wine",
+    "with chimichurri",
+    "with sweet potato",
+    "with wild rice",
+]
 
 POSITIVE = [
-    "I ordered the {d} and it was {adj}.", "The {d} was {adj}, honestly.", "You have to try the {d}!",
-    "Their {d} is the best in town.", "We shared the {d} and the {d2}.", "My partner loved the {d}.",
-    "The {d} came out cold, which was a shame.", "Came for the {d}, stayed for the dessert.",
-    "Highly recommend the {d}.", "\"{D}\" - {adj}, would order again.", "Skip the {d}, it was {neg}.",
-    "Best thing on the menu: {d}.", "The chef's {d} was {adj} and generous.", "We got {d} to share.",
-    "Not a fan of the {d}, too salty.", "Their {d}, though, was {adj}!", "Ordered {d} twice this month.",
-    "The kids devoured the {d} in minutes.", "If you go, get the {d} and the {d2}.",
-    "I would come back just for the {d}.", "The {d} ({adj}) was the highlight.",
+    "I ordered the {d} and it was {adj}.",
+    "The {d} was {adj}, honestly.",
+    "You have to try the {d}!",
+    "Their {d} is the best in town.",
+    "We shared the {d} and the {d2}.",
+    "My partner loved the {d}.",
+    "The {d} came out cold, which was a shame.",
+    "Came for the {d}, stayed for the dessert.",
+    "Highly recommend the {d}.",
+    '"{D}" - {adj}, would order again.',
+    "Skip the {d}, it was {neg}.",
+    "Best thing on the menu: {d}.",
+    "The chef's {d} was {adj} and generous.",
+    "We got {d} to share.",
+    "Not a fan of the {d}, too salty.",
+    "Their {d}, though, was {adj}!",
+    "Ordered {d} twice this month.",
+    "The kids devoured the {d} in minutes.",
+    "If you go, get the {d} and the {d2}.",
+    "I would come back just for the {d}.",
+    "The {d} ({adj}) was the highlight.",
 ]
 NEUTRAL = [
-    "The waiter was {adj} and attentive.", "We waited forty minutes for a table.", "Prices are fair.",
-    "The place was {neg} and noisy.", "Parking is a nightmare on weekends.", "Service was {adj}.",
-    "The music was far too loud.", "Great atmosphere for a date night.", "Booking ahead is a must.",
-    "The staff remembered our names.", "The terrace has a lovely view.", "The menu changes every season.",
-    "Portions were huge.", "Our table was sticky.", "The wine list is short but good.",
-    "The food was {adj} overall.", "Dessert took ages to arrive.", "It was my third visit.",
+    "The waiter was {adj} and attentive.",
+    "We waited forty minutes for a table.",
+    "Prices are fair.",
+    "The place was {neg} and noisy.",
+    "Parking is a nightmare on weekends.",
+    "Service was {adj}.",
+    "The music was far too loud.",
+    "Great atmosphere for a date night.",
+    "Booking ahead is a must.",
+    "The staff remembered our names.",
+    "The terrace has a lovely view.",
+    "The menu changes every season.",
+    "Portions were huge.",
+    "Our table was sticky.",
+    "The wine list is short but good.",
+    "The food was {adj} overall.",
+    "Dessert took ages to arrive.",
+    "It was my third visit.",
 ]
 # Negatives that use dish words in other roles: a tagger that only recognises words would tag these.
 DISTRACTORS = [
-    "The {m} place next door was closed, so we came here.", "They were out of {m} today.",
-    "My friend does not eat {m}.", "The {style} smell from the kitchen was {adj}.",
-    "A {dish} shop opened across the street.", "We talked about {dish} recipes all evening.",
+    "The {m} place next door was closed, so we came here.",
+    "They were out of {m} today.",
+    "My friend does not eat {m}.",
+    "The {style} smell from the kitchen was {adj}.",
+    "A {dish} shop opened across the street.",
+    "We talked about {dish} recipes all evening.",
 ]
 GOOD = ["amazing", "delicious", "superb", "fantastic", "lovely", "outstanding", "great", "perfect", "tasty"]
 BAD = ["bland", "dull", "greasy", "disappointing", "awful", "mediocre", "dry", "overcooked"]
@@ -68,8 +182,11 @@ def dish_names(seed: int) -> dict[str, list[tuple[str, ...]]]:
     combos = [(s, m, d, side) for s in STYLES for m in MAINS for d in DISHES for side in [""] + SIDES]
     random.Random(seed).shuffle(combos)
     n = len(combos)
-    return {"train": combos[: int(0.7 * n)], "val": combos[int(0.7 * n): int(0.85 * n)],
-            "test": combos[int(0.85 * n):]}
+    return {
+        "train": combos[: int(0.7 * n)],
+        "val": combos[int(0.7 * n) : int(0.85 * n)],
+        "test": combos[int(0.85 * n) :],
+    }
 
 
 def _render_dish(combo: tuple[str, ...], rng: random.Random) -> str:
@@ -89,8 +206,16 @@ def _render_dish(combo: tuple[str, ...], rng: random.Random) -> str:
 def _fill(template: str, rng: random.Random, dishes: list[str]) -> str:
     d = dishes[0] if dishes else ""
     d2 = dishes[1] if len(dishes) > 1 else ""
-    return template.format(d=d, D=d[:1].upper() + d[1:], d2=d2, adj=rng.choice(GOOD), neg=rng.choice(BAD),
-                           m=rng.choice(MAINS), style=rng.choice(STYLES), dish=rng.choice(DISHES))
+    return template.format(
+        d=d,
+        D=d[:1].upper() + d[1:],
+        d2=d2,
+        adj=rng.choice(GOOD),
+        neg=rng.choice(BAD),
+        m=rng.choice(MAINS),
+        style=rng.choice(STYLES),
+        dish=rng.choice(DISHES),
+    )
 
 
 def review(rng: random.Random, combos: list[tuple[str, ...]], positive: bool, max_dishes: int) -> Review:
@@ -134,7 +259,7 @@ def _split_sentences(text: str) -> list[str]:
     out, start = [], 0
     for i, ch in enumerate(text):
         if ch in ".!" and (i + 1 == len(text) or text[i + 1] == " "):
-            out.append(text[start: i + 1].strip())
+            out.append(text[start : i + 1].strip())
             start = i + 1
     if text[start:].strip():
         out.append(text[start:].strip())

@@ -98,10 +98,16 @@ def git_commit() -> str:
     reproducible from the commit alone, and the tag says so)."""
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -126,8 +132,15 @@ def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(cfg: ExperimentConfig, stage: str, description: str = "", *, section: str | None = None,
-              extra_params: dict[str, Any] | None = None, enabled: bool = True) -> Iterator[NoopTracker]:
+def stage_run(
+    cfg: ExperimentConfig,
+    stage: str,
+    description: str = "",
+    *,
+    section: str | None = None,
+    extra_params: dict[str, Any] | None = None,
+    enabled: bool = True,
+) -> Iterator[NoopTracker]:
     """Open the MLflow run of one stage and log its resolved config. Yields a tracker."""
     if not enabled:
         yield NoopTracker()
@@ -153,8 +166,9 @@ def stage_run(cfg: ExperimentConfig, stage: str, description: str = "", *, secti
                 params.update(flatten(resolved[s], f"{s}."))
         params.update(extra_params or {})
         tracker.log_params(params)
-        tracker.set_tags({"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(),
-                          **(_EXTRA_TAGS.get() or {})})
+        tracker.set_tags(
+            {"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(), **(_EXTRA_TAGS.get() or {})}
+        )
         tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
         yield tracker
     except KeyboardInterrupt:

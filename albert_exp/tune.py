@@ -52,10 +52,16 @@ def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epo
     from albert_exp.finetune import _paths
 
     p = _paths(cfg)
-    ft = dataclasses.replace(cfg.finetune, learning_rate=learning_rate, epochs=epochs,
-                             select_metric=cfg.tune.objective, tokenizer_dir=str(p["tokenizer"].resolve()),
-                             train_csv=str(p["train"].resolve()), val_csv=str(p["val"].resolve()),
-                             test_csv=str(p["test"].resolve()))
+    ft = dataclasses.replace(
+        cfg.finetune,
+        learning_rate=learning_rate,
+        epochs=epochs,
+        select_metric=cfg.tune.objective,
+        tokenizer_dir=str(p["tokenizer"].resolve()),
+        train_csv=str(p["train"].resolve()),
+        val_csv=str(p["val"].resolve()),
+        test_csv=str(p["test"].resolve()),
+    )
     return dataclasses.replace(cfg, workdir=str(workdir), finetune=ft)
 
 
@@ -68,10 +74,22 @@ def study_name(cfg: ExperimentConfig) -> str:
 
     p = _paths(cfg)
     searched = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}
-    space = {k: v for k, v in to_dict(cfg.tune).items()
-             if k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")}
-    payload = json.dumps([searched, to_dict(cfg.model), cfg.seed, space, git_commit(), mlflow.get_tracking_uri(),
-                          cfg.name, _files_digest([p["tokenizer"], p["train"], p["val"], p["test"]])], default=str)
+    space = {
+        k: v for k, v in to_dict(cfg.tune).items() if k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")
+    }
+    payload = json.dumps(
+        [
+            searched,
+            to_dict(cfg.model),
+            cfg.seed,
+            space,
+            git_commit(),
+            mlflow.get_tracking_uri(),
+            cfg.name,
+            _files_digest([p["tokenizer"], p["train"], p["val"], p["test"]]),
+        ],
+        default=str,
+    )
     return f"{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
@@ -92,8 +110,9 @@ def close_trial_runs(study_name: str, trial: Any, reason: str) -> list[str]:
     ids = {trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("mlflow_parent_run_id")} - {None}
     exp_id = trial.user_attrs.get("mlflow_experiment_id")
     if exp_id:  # a trial killed before its first epoch has not recorded its run id yet: find it by its tags
-        found = client.search_runs([exp_id], f"tags.optuna_study = '{study_name}' and "
-                                   f"tags.optuna_trial = '{trial.number}'")
+        found = client.search_runs(
+            [exp_id], f"tags.optuna_study = '{study_name}' and tags.optuna_trial = '{trial.number}'"
+        )
         ids |= {r.info.run_id for r in found}
     closed = []
     for run_id in sorted(ids):
@@ -123,14 +142,21 @@ def open_study(cfg: ExperimentConfig, name: str) -> Any:
 
     t = cfg.tune
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
-    storage = optuna.storages.RDBStorage(t.storage, heartbeat_interval=t.heartbeat_s, grace_period=t.grace_s,
-                                         heartbeat_stale_trial_callback=CloseRunsAndRetry(t.max_retry))
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed + 1000 * t.worker, constant_liar=True,
-                                         n_startup_trials=max(2, min(10, t.n_trials // 3)))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials,
-                                         n_warmup_steps=t.pruner_warmup_epochs)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction="maximize", load_if_exists=True)
+    storage = optuna.storages.RDBStorage(
+        t.storage,
+        heartbeat_interval=t.heartbeat_s,
+        grace_period=t.grace_s,
+        heartbeat_stale_trial_callback=CloseRunsAndRetry(t.max_retry),
+    )
+    sampler = optuna.samplers.TPESampler(
+        seed=cfg.seed + 1000 * t.worker, constant_liar=True, n_startup_trials=max(2, min(10, t.n_trials // 3))
+    )
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_epochs
+    )
+    return optuna.create_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
+    )
 
 
 def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> Any:
@@ -185,8 +211,14 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         with run_tags(tags):
             res = finetune.run(tcfg, on_epoch=on_epoch)
         trial.set_user_attr("mlflow_run_id", res["run_id"])
-        for key in ("model_uri", "hf_model_uri", "dataset_digest", "best_epoch", "test/token_accuracy",
-                    "test/phrase_f1"):
+        for key in (
+            "model_uri",
+            "hf_model_uri",
+            "dataset_digest",
+            "best_epoch",
+            "test/token_accuracy",
+            "test/phrase_f1",
+        ):
             if key in res:
                 trial.set_user_attr(key, res[key])
         return float(res[f"val/{t.objective}"])
@@ -202,8 +234,7 @@ def _log_plots(study: Any, tracker: Any) -> list[str]:
     import optuna.visualization.matplotlib as vis
 
     complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
-    plots = {"optimization_history": vis.plot_optimization_history,
-             "intermediate_values": vis.plot_intermediate_values}
+    plots = {"optimization_history": vis.plot_optimization_history, "intermediate_values": vis.plot_intermediate_values}
     if len({(tr.params["learning_rate"], tr.params["epochs"]) for tr in complete}) >= 2:
         plots["param_importances"] = vis.plot_param_importances
         plots["contour_lr_epochs"] = lambda s: vis.plot_contour(s, params=["learning_rate", "epochs"])
@@ -231,19 +262,28 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     from albert_exp.finetune import _paths
 
     if not (_paths(cfg)["tokenizer"] / "tokenizer_config.json").is_file():
-        raise UserError("no tokenizer found", where=str(_paths(cfg)["tokenizer"]),
-                        fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir")
+        raise UserError(
+            "no tokenizer found",
+            where=str(_paths(cfg)["tokenizer"]),
+            fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
+        )
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
     try:
         study = open_study_retrying(cfg, name)
     except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(f"cannot open the Optuna storage: {exc}", where="tune.storage",
-                        fix="for postgresql:// install psycopg[binary] (pinned in pyproject.toml)") from None
+        raise UserError(
+            f"cannot open the Optuna storage: {exc}",
+            where="tune.storage",
+            fix="for postgresql:// install psycopg[binary] (pinned in pyproject.toml)",
+        ) from None
     except Exception as exc:  # a wrong host, password or database
         if type(exc).__module__.startswith("sqlalchemy"):
-            raise UserError(f"cannot open the Optuna storage {_masked(t.storage)}: {str(exc).splitlines()[0]}",
-                            where="tune.storage", fix="check the URL, and that the database server runs") from None
+            raise UserError(
+                f"cannot open the Optuna storage {_masked(t.storage)}: {str(exc).splitlines()[0]}",
+                where="tune.storage",
+                fix="check the URL, and that the database server runs",
+            ) from None
         raise
     optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
@@ -263,27 +303,56 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 study.stop()
 
         if remaining:
-            study.optimize(make_objective(cfg, study_dir, tracker), n_trials=remaining, timeout=t.timeout_s,
-                           callbacks=[after_trial], gc_after_trial=True)
+            study.optimize(
+                make_objective(cfg, study_dir, tracker),
+                n_trials=remaining,
+                timeout=t.timeout_s,
+                callbacks=[after_trial],
+                gc_after_trial=True,
+            )
         else:
             print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
         counts = _counts(study)
         complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
         if not complete:
-            raise UserError(f"no trial of study {name} completed ({counts})", where="tune",
-                            fix="look at the failed trials' MLflow runs; raise tune.n_trials")
+            raise UserError(
+                f"no trial of study {name} completed ({counts})",
+                where="tune",
+                fix="look at the failed trials' MLflow runs; raise tune.n_trials",
+            )
         best = study.best_trial
-        results = {"study_name": name, "storage": _masked(t.storage), "objective": f"val/{t.objective}",
-                   "best_trial": best.number, "best_params": best.params, "best_value": best.value,
-                   **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "mlflow_parent_run_id")},
-                   "trials": counts, "n_pruned": counts.get("PRUNED", 0), "n_complete": counts.get("COMPLETE", 0),
-                   "this_worker_trials": mine, "output_dir": str(study_dir), "run_id": tracker.run_id}
+        results = {
+            "study_name": name,
+            "storage": _masked(t.storage),
+            "objective": f"val/{t.objective}",
+            "best_trial": best.number,
+            "best_params": best.params,
+            "best_value": best.value,
+            **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "mlflow_parent_run_id")},
+            "trials": counts,
+            "n_pruned": counts.get("PRUNED", 0),
+            "n_complete": counts.get("COMPLETE", 0),
+            "this_worker_trials": mine,
+            "output_dir": str(study_dir),
+            "run_id": tracker.run_id,
+        }
         tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
-        tracker.log_metrics({f"best/val_{t.objective}": best.value, "tune/complete": len(complete),
-                             "tune/pruned": counts.get("PRUNED", 0), "tune/failed": counts.get("FAIL", 0),
-                             **{f"best/{k}": v for k, v in best.user_attrs.items() if k.startswith("test/")}}, step=0)
-        tracker.set_tags({"best_model_uri": best.user_attrs.get("model_uri", ""),
-                          "dataset_digest": best.user_attrs.get("dataset_digest", "")})
+        tracker.log_metrics(
+            {
+                f"best/val_{t.objective}": best.value,
+                "tune/complete": len(complete),
+                "tune/pruned": counts.get("PRUNED", 0),
+                "tune/failed": counts.get("FAIL", 0),
+                **{f"best/{k}": v for k, v in best.user_attrs.items() if k.startswith("test/")},
+            },
+            step=0,
+        )
+        tracker.set_tags(
+            {
+                "best_model_uri": best.user_attrs.get("model_uri", ""),
+                "dataset_digest": best.user_attrs.get("dataset_digest", ""),
+            }
+        )
         df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
         study_dir.mkdir(parents=True, exist_ok=True)
         df.to_csv(study_dir / "trials.csv", index=False)
@@ -291,6 +360,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         results["plots"] = _log_plots(study, tracker)
         write_results(study_dir, results, tracker)
         write_results(cfg.stage_dir("tune"), results)  # the latest study's result, for `promote`
-    print(f"best trial {best.number}: lr={best.params['learning_rate']:.3g} epochs={best.params['epochs']} "
-          f"val/{t.objective}={best.value:.4f}; {counts}")
+    print(
+        f"best trial {best.number}: lr={best.params['learning_rate']:.3g} epochs={best.params['epochs']} "
+        f"val/{t.objective}={best.value:.4f}; {counts}"
+    )
     return results

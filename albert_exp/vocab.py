@@ -73,15 +73,21 @@ def check_accent_policy(lines: list[str], keep_accents: bool, where: str, max_sh
     n = sum(damaged.values())
     if lines and n / len(lines) > max_share:
         scripts = ", ".join(sorted(damaged, key=damaged.get, reverse=True)[:3])
-        raise UserError(f"keep_accents: false would strip the vowel/tone marks of {scripts} text in "
-                        f"{n / len(lines):.0%} of the sentences", where=where,
-                        fix="set vocab.keep_accents: true (accents of Latin letters are then kept too)")
+        raise UserError(
+            f"keep_accents: false would strip the vowel/tone marks of {scripts} text in "
+            f"{n / len(lines):.0%} of the sentences",
+            where=where,
+            fix="set vocab.keep_accents: true (accents of Latin letters are then kept too)",
+        )
 
 
 def corpus_sentences(manifest_path: Path) -> Iterator[str]:
     if not manifest_path.is_file():
-        raise UserError("corpus manifest not found", where=str(manifest_path),
-                        fix="run `albert-exp corpus` first, or point --workdir at its output")
+        raise UserError(
+            "corpus manifest not found",
+            where=str(manifest_path),
+            fix="run `albert-exp corpus` first, or point --workdir at its output",
+        )
     manifest = json.loads(manifest_path.read_text())
     for shard in manifest["shards"]:
         with open(manifest_path.parent / shard["path"], encoding="utf-8") as fh:
@@ -104,8 +110,9 @@ def sample(sentences: Iterator[str], k: int, seed: int) -> list[str]:
     return out
 
 
-def train_sentencepiece(lines: list[str], prefix: Path, vocab_size: int, model_type: str,
-                        character_coverage: float) -> None:
+def train_sentencepiece(
+    lines: list[str], prefix: Path, vocab_size: int, model_type: str, character_coverage: float
+) -> None:
     import sentencepiece as spm
 
     if not lines:
@@ -115,10 +122,21 @@ def train_sentencepiece(lines: list[str], prefix: Path, vocab_size: int, model_t
     text_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     try:
         spm.SentencePieceTrainer.train(
-            input=str(text_file), model_prefix=str(prefix), vocab_size=vocab_size, model_type=model_type,
-            character_coverage=character_coverage, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-            control_symbols=SPECIALS[2:], hard_vocab_limit=False, shuffle_input_sentence=False,
-            num_threads=1, minloglevel=2)  # one thread, no shuffling: the same model on every run
+            input=str(text_file),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=0,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            control_symbols=SPECIALS[2:],
+            hard_vocab_limit=False,
+            shuffle_input_sentence=False,
+            num_threads=1,
+            minloglevel=2,
+        )  # one thread, no shuffling: the same model on every run
     finally:
         text_file.unlink(missing_ok=True)
 
@@ -144,17 +162,22 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
         lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
         train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
-        tok = build_hf_tokenizer(out / "spiece.model", out / "tokenizer", lowercase=v.lowercase,
-                                 keep_accents=v.keep_accents)
+        tok = build_hf_tokenizer(
+            out / "spiece.model", out / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
+        )
         assert tok.convert_ids_to_tokens(list(range(5))) == SPECIALS, "special token ids differ from ALBERT's"
         unk = sum(t == tok.unk_token_id for s in lines[:2000] for t in tok(s)["input_ids"])
         total = sum(len(tok(s)["input_ids"]) for s in lines[:2000])
         metrics = {"vocab/size": len(tok), "vocab/sample_sentences": len(lines), "vocab/unk_rate": unk / max(total, 1)}
         tracker.log_metrics(metrics, step=0)
         tracker.log_artifacts(out / "tokenizer", "tokenizer")
-        results = {"output_dir": str(out), "tokenizer_dir": str(out / "tokenizer"),
-                   "spm_model": str(out / "spiece.model"), "vocab_size": len(tok),
-                   "unk_rate": metrics["vocab/unk_rate"],
-                   "run_id": tracker.run_id}
+        results = {
+            "output_dir": str(out),
+            "tokenizer_dir": str(out / "tokenizer"),
+            "spm_model": str(out / "spiece.model"),
+            "vocab_size": len(tok),
+            "unk_rate": metrics["vocab/unk_rate"],
+            "run_id": tracker.run_id,
+        }
         write_results(out, results, tracker)
     return results

@@ -41,8 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 FORTUNES = Path("/usr/share/games/fortunes")
-SETTINGS = {"max_seq_length": 64, "max_predictions_per_seq": 10, "dupe_factor": 40, "masked_lm_prob": 0.15,
-            "short_seq_prob": 0.1}
+SETTINGS = {
+    "max_seq_length": 64,
+    "max_predictions_per_seq": 10,
+    "dupe_factor": 40,
+    "masked_lm_prob": 0.15,
+    "short_seq_prob": 0.1,
+}
 
 
 def fortunes_documents() -> list[list[str]]:
@@ -89,8 +94,12 @@ def child(cmd: list[str], cwd: Path, log: Path) -> dict:
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n" + log.read_text(errors="replace")[-3000:])
-    return {"cpu_s": ru.ru_utime + ru.ru_stime, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
-            "console_bytes": log.stat().st_size}
+    return {
+        "cpu_s": ru.ru_utime + ru.ru_stime,
+        "wall_s": wall,
+        "peak_rss_mb": ru.ru_maxrss / 1024,
+        "console_bytes": log.stat().st_size,
+    }
 
 
 def output_stats(path: Path) -> dict:
@@ -152,33 +161,48 @@ def main() -> None:
     rows = {}
     script = work / "ours.py"
     script.write_text(OURS.format(**SETTINGS))
-    for compress in ([False, True] if args.compress else [False]):
+    for compress in [False, True] if args.compress else [False]:
         out = work / ("ours.tfrecord" + (".gz" if compress else ""))
         out.unlink(missing_ok=True)
         Path(str(out) + ".json").unlink(missing_ok=True)
-        r = child([sys.executable, str(script), str(corpus), str(out), str(work / "tokenizer"),
-                   "1" if compress else "0"], ROOT, work / "ours.log")
+        r = child(
+            [sys.executable, str(script), str(corpus), str(out), str(work / "tokenizer"), "1" if compress else "0"],
+            ROOT,
+            work / "ours.log",
+        )
         rows["ours" + (" gzip" if compress else "")] = r | output_stats(out)
     if args.reference_repo:
         repo = Path(args.reference_repo).resolve()
         if repo.name != "albert" or not (repo / "create_pretraining_data.py").is_file():
             sys.exit(f"--reference-repo must be a checkout of google-research/albert in a folder named albert: {repo}")
         out = work / "reference.tfrecord"
-        cmd = [args.reference_python, "-m", "albert.create_pretraining_data", f"--input_file={corpus}",
-               f"--output_file={out}", f"--vocab_file={work / 'spiece.vocab'}",
-               f"--spm_model_file={work / 'spiece.model'}", "--do_lower_case=True", "--random_seed=12345",
-               *[f"--{k}={v}" for k, v in SETTINGS.items()]]
+        cmd = [
+            args.reference_python,
+            "-m",
+            "albert.create_pretraining_data",
+            f"--input_file={corpus}",
+            f"--output_file={out}",
+            f"--vocab_file={work / 'spiece.vocab'}",
+            f"--spm_model_file={work / 'spiece.model'}",
+            "--do_lower_case=True",
+            "--random_seed=12345",
+            *[f"--{k}={v}" for k, v in SETTINGS.items()],
+        ]
         rows["google"] = child(cmd, repo.parent, work / "reference.log") | output_stats(out)
 
     print(f"\nsettings: {SETTINGS}; {n} input lines; one process each; per core = lines / CPU seconds")
-    head = f"{'':12} {'lines/s/core':>12} {'wall s':>8} {'peak MB':>8} {'records':>9} {'bytes/line':>10} " \
-           f"{'SOP=1':>6} {'console B':>10} {'1M lines':>9}"
+    head = (
+        f"{'':12} {'lines/s/core':>12} {'wall s':>8} {'peak MB':>8} {'records':>9} {'bytes/line':>10} "
+        f"{'SOP=1':>6} {'console B':>10} {'1M lines':>9}"
+    )
     print(head)
     for name, r in rows.items():
         rate = n / r["cpu_s"]
-        print(f"{name:12} {rate:12.0f} {r['wall_s']:8.1f} {r['peak_rss_mb']:8.0f} {r['records']:9d} "
-              f"{r['bytes'] / n:10.0f} {r['sop_label1_share']:6.1%} {r['console_bytes']:10d} "
-              f"{1e6 / rate / 60:8.1f}m")
+        print(
+            f"{name:12} {rate:12.0f} {r['wall_s']:8.1f} {r['peak_rss_mb']:8.0f} {r['records']:9d} "
+            f"{r['bytes'] / n:10.0f} {r['sop_label1_share']:6.1%} {r['console_bytes']:10d} "
+            f"{1e6 / rate / 60:8.1f}m"
+        )
         r["lines_per_cpu_s"] = rate
     if "google" in rows:
         ratio = rows["ours"]["lines_per_cpu_s"] / rows["google"]["lines_per_cpu_s"]

@@ -75,14 +75,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tpu_logs_bench_") as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
-        spec = SynthSpec(num_train_steps=args.steps, target_lines=args.lines, eval_every=50_000,
-                         crashes=(args.steps * 3 // 10 + 50, args.steps * 7 // 10 + 20), layout="single",
-                         order="random", seed=0)
+        spec = SynthSpec(
+            num_train_steps=args.steps,
+            target_lines=args.lines,
+            eval_every=50_000,
+            crashes=(args.steps * 3 // 10 + 50, args.steps * 7 // 10 + 20),
+            layout="single",
+            order="random",
+            seed=0,
+        )
         logs = write_logs(spec, tmp / "logs")
         log = logs.files[0]
         lines = logs.truth.lines
-        print(f"log: {lines:,} lines, {log.stat().st_size / 1e6:.0f} MB, {len(logs.truth.metrics):,} metric points "
-              f"(generated in {time.perf_counter() - t:.1f} s)")
+        print(
+            f"log: {lines:,} lines, {log.stat().st_size / 1e6:.0f} MB, {len(logs.truth.metrics):,} metric points "
+            f"(generated in {time.perf_counter() - t:.1f} s)"
+        )
 
         t = time.perf_counter()
         result = parse_files([log], progress=False)
@@ -93,27 +101,57 @@ def main() -> None:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'ours.db'}", "HF_HUB_OFFLINE": "1"}
         # The store exists before the clock starts (as a user's mlflow.db does; the naive loop gets the same).
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from mlflow import MlflowClient; MlflowClient().search_experiments()"],
-                       env=env, check=True, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-c", "from mlflow import MlflowClient; MlflowClient().search_experiments()"],
+            env=env,
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
         print(f"(creating the SQLite store: {time.perf_counter() - t:.1f} s, not counted)")
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "albert_exp", "tpu-logs", "ingest", str(log), "--experiment", "bench",
-                        "--no-progress", "--out", str(tmp / "out")], cwd=tmp, env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "albert_exp",
+                "tpu-logs",
+                "ingest",
+                str(log),
+                "--experiment",
+                "bench",
+                "--no-progress",
+                "--out",
+                str(tmp / "out"),
+            ],
+            cwd=tmp,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         ours_s = time.perf_counter() - t
         timings = json.loads((tmp / "out" / "results.json").read_text())["timings"]
-        print(f"ingest end to end:   {ours_s:6.2f} s   ({len(result.table):,} points back-filled; target < 30 s: "
-              f"{'met' if ours_s < 30 else 'NOT met'})")
-        parse = (f"parse {timings['parse_s']} s" if "parse_s" in timings else
-                 f"waiting for the parse (a second process, started before MLflow loads) {timings['parse_wait_s']} s")
-        print(f"   of which {parse}, log_batch {timings['log_metrics_s']} s, tables + plot "
-              f"{timings['artifacts_s']} s; the rest is process start, imports (mlflow, pandas) and run set-up")
+        print(
+            f"ingest end to end:   {ours_s:6.2f} s   ({len(result.table):,} points back-filled; target < 30 s: "
+            f"{'met' if ours_s < 30 else 'NOT met'})"
+        )
+        parse = (
+            f"parse {timings['parse_s']} s"
+            if "parse_s" in timings
+            else f"waiting for the parse (a second process, started before MLflow loads) {timings['parse_wait_s']} s"
+        )
+        print(
+            f"   of which {parse}, log_batch {timings['log_metrics_s']} s, tables + plot "
+            f"{timings['artifacts_s']} s; the rest is process start, imports (mlflow, pandas) and run set-up"
+        )
 
         naive_s, naive_lines, calls = naive(log, args.naive_lines, f"sqlite:///{tmp / 'naive.db'}")
         factor = lines / naive_lines
         naive_total = naive_s * factor
-        print(f"naive log_metric:    {naive_s:6.2f} s for the first {naive_lines:,} lines ({calls:,} calls); "
-              f"extrapolated x{factor:.0f} to the whole log: {naive_total:,.0f} s")
+        print(
+            f"naive log_metric:    {naive_s:6.2f} s for the first {naive_lines:,} lines ({calls:,} calls); "
+            f"extrapolated x{factor:.0f} to the whole log: {naive_total:,.0f} s"
+        )
         print(f"ratio naive / ingest: {naive_total / ours_s:,.1f}x")
 
 

@@ -72,8 +72,9 @@ def tiny_tokenizer(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
     lines = [s for doc in toy.pretraining_documents(0, 300) for s in doc]
     lines += ["Spicy Lamb Dumplings", "café crème brûlée"]
-    train_sentencepiece([normalize(s, lowercase=True, keep_accents=False) for s in lines], d / "spiece", 300,
-                        "unigram", 1.0)
+    train_sentencepiece(
+        [normalize(s, lowercase=True, keep_accents=False) for s in lines], d / "spiece", 300, "unigram", 1.0
+    )
     return build_hf_tokenizer(d / "spiece.model", d / "tokenizer", lowercase=True, keep_accents=False)
 
 

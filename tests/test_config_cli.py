@@ -23,15 +23,18 @@ def test_yaml_overrides_and_command_line_overrides(tmp_path):
     assert to_dict(cfg)["finetune"]["epochs"] == 5
 
 
-@pytest.mark.parametrize("text, message", [
-    ("finetune:\n  epoch: 3\n", "unknown key 'finetune.epoch'"),
-    ("finetune:\n  epochs: three\n", "'finetune.epochs': 'three' is not an integer"),
-    ("finetune:\n  on_missing_phrase: skip\n", "allowed values: drop, error"),
-    ("finetune:\n  learning_rate: 2\n", "'finetune.learning_rate': must be in (0, 1)"),
-    ("vocab:\n  lowercase: maybe\n", "is not a boolean"),
-    ("colour: red\n", "unknown key 'colour'"),
-    ("- a\n- b\n", "top level must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("finetune:\n  epoch: 3\n", "unknown key 'finetune.epoch'"),
+        ("finetune:\n  epochs: three\n", "'finetune.epochs': 'three' is not an integer"),
+        ("finetune:\n  on_missing_phrase: skip\n", "allowed values: drop, error"),
+        ("finetune:\n  learning_rate: 2\n", "'finetune.learning_rate': must be in (0, 1)"),
+        ("vocab:\n  lowercase: maybe\n", "is not a boolean"),
+        ("colour: red\n", "unknown key 'colour'"),
+        ("- a\n- b\n", "top level must be a mapping"),
+    ],
+)
 def test_bad_config_names_key_file_and_allowed_values(tmp_path, text, message):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
@@ -81,8 +84,12 @@ def test_empty_flag_values_mean_as_in_the_config(tmp_path, monkeypatch):
 def test_console_script_and_module_entry_agree():
     out = subprocess.run([sys.executable, "-m", "albert_exp", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0 and "finetune" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "albert_exp", "finetune", "--config", "nope.yaml"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_exp", "finetune", "--config", "nope.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 

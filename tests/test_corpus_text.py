@@ -53,8 +53,10 @@ def test_globs_gz_and_document_aligned_shards(tmp_path):
 def test_normalisation_is_applied_and_recorded(tmp_path):
     _write(tmp_path)
     out = tmp_path / "corpus"
-    m = make_corpus(_cfg(tmp_path, f"corpus.inputs={tmp_path / 'in' / 'b.txt.gz'}", "corpus.nfkc=true",
-                         "corpus.lowercase=true"), out)
+    m = make_corpus(
+        _cfg(tmp_path, f"corpus.inputs={tmp_path / 'in' / 'b.txt.gz'}", "corpus.nfkc=true", "corpus.lowercase=true"),
+        out,
+    )
     text = (out / m["shards"][0]["path"]).read_text()
     assert text.rstrip("\n").endswith("full width abc fi.") and "line 0 of doc 0." in text
     assert m["normalization"] == {"nfkc": True, "collapse_whitespace": True, "lowercase": True}

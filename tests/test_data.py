@@ -14,13 +14,16 @@ def _csv(tmp_path, content: bytes | str, name="d.csv"):
     return p
 
 
-@pytest.mark.parametrize("content, message", [
-    ("", "the file is empty"),
-    ("review,phrase\nnice,\n", "missing column 'text'"),
-    ("text,phrase\n", "header but no rows"),
-    ("text,phrase\n\"\",x\n", "row 2: empty text"),
-    (b"text,phrase\ngood,\ncaf\xe9 latte,latte\n", "d.csv:3: bytes that are not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "the file is empty"),
+        ("review,phrase\nnice,\n", "missing column 'text'"),
+        ("text,phrase\n", "header but no rows"),
+        ('text,phrase\n"",x\n', "row 2: empty text"),
+        (b"text,phrase\ngood,\ncaf\xe9 latte,latte\n", "d.csv:3: bytes that are not UTF-8"),
+    ],
+)
 def test_bad_csvs(tmp_path, content, message):
     with pytest.raises(UserError) as err:
         read_labelled_csv(_csv(tmp_path, content))
@@ -33,8 +36,10 @@ def test_missing_file(tmp_path):
 
 
 def test_phrases_split_and_missing_phrase_policy(tmp_path, tiny_tokenizer):
-    p = _csv(tmp_path, "text,phrase\nThe lamb curry and the duck soup.,lamb curry|duck soup\n"
-                       "Nice place.,\nGreat tacos.,burrito\n")
+    p = _csv(
+        tmp_path,
+        "text,phrase\nThe lamb curry and the duck soup.,lamb curry|duck soup\nNice place.,\nGreat tacos.,burrito\n",
+    )
     rows, digest = read_labelled_csv(p)
     assert rows[0][2] == ["lamb curry", "duck soup"] and rows[1][2] == [] and len(digest) == 64
     enc = encode(p, tiny_tokenizer, max_seq_length=32)

@@ -17,8 +17,15 @@ from tests.conftest import ROOT, tracking_in
 
 # The toy experiment as `make demo` runs it (its pretraining and fine-tuning), with smaller val/test splits and a
 # two-trial search. A shorter pretraining (120 steps) left a model that fine-tuned worse than from scratch.
-SMALL = ["corpus.toy_val_rows=300", "corpus.toy_test_rows=300",
-         "tune.n_trials=2", "tune.epochs_min=1", "tune.epochs_max=1", "tune.lr_min=1e-3", "tune.lr_max=3e-3"]
+SMALL = [
+    "corpus.toy_val_rows=300",
+    "corpus.toy_test_rows=300",
+    "tune.n_trials=2",
+    "tune.epochs_min=1",
+    "tune.epochs_max=1",
+    "tune.lr_min=1e-3",
+    "tune.lr_max=3e-3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +34,17 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("e2e")
     with tracking_in(tmp) as uri:
-        code = main(["main", "--config", str(ROOT / "experiments" / "toy.yaml"), "--workdir", str(tmp / "runs"),
-                     "--set", " ".join(SMALL)])
+        code = main(
+            [
+                "main",
+                "--config",
+                str(ROOT / "experiments" / "toy.yaml"),
+                "--workdir",
+                str(tmp / "runs"),
+                "--set",
+                " ".join(SMALL),
+            ]
+        )
         assert code == 0
         results = json.loads((tmp / "runs" / "results.json").read_text())
         yield {"uri": uri, "tmp": tmp, "results": results}
@@ -56,8 +72,16 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     assert ft.data.tags["git_commit"] and ft.data.tags["experiment_config"].endswith("toy.yaml")
     history = client.get_metric_history(ft.info.run_id, "val/token_accuracy")
     assert sorted(m.step for m in history) == list(range(1, 9))
-    for key in ("train/loss", "val/loss", "val/phrase_f1", "val/phrase_precision", "val/phrase_recall",
-                "val/negative_fp_rate", "test/token_accuracy", "test/phrase_f1"):
+    for key in (
+        "train/loss",
+        "val/loss",
+        "val/phrase_f1",
+        "val/phrase_precision",
+        "val/phrase_recall",
+        "val/negative_fp_rate",
+        "test/token_accuracy",
+        "test/phrase_f1",
+    ):
         assert key in ft.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(ft.info.run_id)}
     assert {"config", "hf_model", "results.json", "history.json"} <= artifacts
@@ -77,13 +101,14 @@ def test_pyfunc_extracts_phrases(trained):
 
     mlflow.set_tracking_uri(trained["uri"])
     model = mlflow.pyfunc.load_model(trained["results"]["finetune"]["model_uri"])
-    out = model.predict(pd.DataFrame({"text": ["I ordered the smoked duck ramen and it was superb.",
-                                               "The waiter was lovely."]}))
+    out = model.predict(
+        pd.DataFrame({"text": ["I ordered the smoked duck ramen and it was superb.", "The waiter was lovely."]})
+    )
     assert list(out.columns) == ["phrases", "spans", "tokens"]
     assert [p.lower() for p in out["phrases"][0]] == ["smoked duck ramen"]
     assert list(out["phrases"][1]) == []
     span = out["spans"][0][0]
-    assert "I ordered the smoked duck ramen"[span["start"]: span["end"]].lower() == "smoked duck ramen"
+    assert "I ordered the smoked duck ramen"[span["start"] : span["end"]].lower() == "smoked duck ramen"
 
 
 def _free_port() -> int:
@@ -97,9 +122,25 @@ def test_served_model_answers_over_http_on_loopback(trained):
     bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     mlflow_bin = os.path.join(bin_dir, "mlflow")
-    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", trained["results"]["finetune"]["model_uri"],
-                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=trained["tmp"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            trained["results"]["finetune"]["model_uri"],
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=trained["tmp"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -110,8 +151,9 @@ def test_served_model_answers_over_http_on_loopback(trained):
                 assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
                 time.sleep(1)
         body = json.dumps({"dataframe_records": [{"text": "Highly recommend the crispy tofu bao."}]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
         phrases = answer["predictions"][0]["phrases"]
         assert [p.lower() for p in phrases] == ["crispy tofu bao"]

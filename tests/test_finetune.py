@@ -12,9 +12,17 @@ from albert_exp.data import encode
 from albert_exp.toy import labelled_rows
 from albert_exp.tracking import NoopTracker
 
-TINY = ["model.embedding_size=16", "model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
-        "model.intermediate_size=64", "model.max_position_embeddings=64", "finetune.batch_size=16",
-        "finetune.learning_rate=0.003", "finetune.max_seq_length=48"]
+TINY = [
+    "model.embedding_size=16",
+    "model.hidden_size=32",
+    "model.num_hidden_layers=2",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "model.max_position_embeddings=64",
+    "finetune.batch_size=16",
+    "finetune.learning_rate=0.003",
+    "finetune.max_seq_length=48",
+]
 
 
 @pytest.fixture(scope="module")

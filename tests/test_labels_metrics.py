@@ -50,8 +50,9 @@ def test_labels_with_a_real_tokenizer(tiny_tokenizer):
     tagged = [(s, e) for (s, e), y in zip(enc["offset_mapping"], labels, strict=True) if y == 1]
     assert tags_to_spans(enc["offset_mapping"], [max(y, 0) for y in labels]) == spans
     assert all(any(ps <= s and e <= pe for ps, pe in spans) for s, e in tagged)
-    enc = tiny_tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True,
-                         max_length=8)
+    enc = tiny_tokenizer(
+        text, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True, max_length=8
+    )
     labels = token_labels(enc["offset_mapping"], enc["special_tokens_mask"], spans)
     assert len(labels) == 8 and labels[0] == IGNORE and labels[-1] == IGNORE and 1 in labels
 
@@ -68,12 +69,16 @@ def test_token_runs():
 
 
 def test_token_metrics_hand_computed():
-    labels = [[IGNORE, 0, 1, 1, 0, IGNORE],   # gold phrase at tokens 2-3
-              [IGNORE, 0, 0, 0, IGNORE],      # a negative
-              [IGNORE, 1, 0, 1, IGNORE]]      # two gold phrases
-    preds = [[1, 0, 1, 1, 0, 1],              # exact match (ignored positions do not count)
-             [0, 0, 1, 0, 0],                 # false positive on a negative
-             [0, 1, 1, 0, 0]]                 # one wrong span (1-2), one missed (3)
+    labels = [
+        [IGNORE, 0, 1, 1, 0, IGNORE],  # gold phrase at tokens 2-3
+        [IGNORE, 0, 0, 0, IGNORE],  # a negative
+        [IGNORE, 1, 0, 1, IGNORE],
+    ]  # two gold phrases
+    preds = [
+        [1, 0, 1, 1, 0, 1],  # exact match (ignored positions do not count)
+        [0, 0, 1, 0, 0],  # false positive on a negative
+        [0, 1, 1, 0, 0],
+    ]  # one wrong span (1-2), one missed (3)
     m = token_metrics(labels, preds)
     # real tokens: 4 + 3 + 3 = 10; correct: 4 + 2 + 1 = 7
     assert m["token_accuracy"] == pytest.approx(0.7)

@@ -29,21 +29,49 @@ def test_predict_txt_and_csv(model_uri, tmp_path, capsys):
 
     reviews = ["The waiter was lovely.", "We loved the crispy tofu bao.", "Slow service but great miso soup."]
     (tmp_path / "reviews.txt").write_text("\n".join(reviews) + "\n\n")
-    assert main(["predict", "--model", model_uri, "--input", str(tmp_path / "reviews.txt"),
-                 "--output", str(tmp_path / "out.jsonl"), "--batch-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "reviews.txt"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == reviews and summary["reviews"] == 3
     for r in rows:
         assert [s["text"] for s in r["spans"]] == r["phrases"]
-        assert all(r["text"][s["start"]: s["end"]] == s["text"] for s in r["spans"])
+        assert all(r["text"][s["start"] : s["end"]] == s["text"] for s in r["spans"])
 
     with open(tmp_path / "reviews.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "review"])
         w.writerows(enumerate(reviews))
-    assert main(["predict", "--model", model_uri, "--input", str(tmp_path / "reviews.csv"), "--text-column",
-                 "review", "--output", str(tmp_path / "out.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "reviews.csv"),
+                "--text-column",
+                "review",
+                "--output",
+                str(tmp_path / "out.csv"),
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "out.csv", newline="") as fh:
         out = list(csv.DictReader(fh))
     assert [r["text"] for r in out] == reviews
@@ -54,12 +82,42 @@ def test_predict_errors_are_one_line(model_uri, tmp_path, capsys):
     from albert_exp.cli import main
 
     (tmp_path / "r.csv").write_text("id,body\n1,hello\n")
-    assert main(["predict", "--model", model_uri, "--input", str(tmp_path / "r.csv"), "--output",
-                 str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(
+            ["predict", "--model", model_uri, "--input", str(tmp_path / "r.csv"), "--output", str(tmp_path / "o.jsonl")]
+        )
+        == 2
+    )
     assert "no column 'text'" in capsys.readouterr().err
-    assert main(["predict", "--model", model_uri, "--input", str(tmp_path / "r.csv"), "--output",
-                 str(tmp_path / "o.parquet")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "r.csv"),
+                "--output",
+                str(tmp_path / "o.parquet"),
+            ]
+        )
+        == 2
+    )
     assert "unknown output format" in capsys.readouterr().err
-    assert main(["predict", "--model", "models:/nope@champion", "--input", str(tmp_path / "r.csv"),
-                 "--text-column", "body", "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                "models:/nope@champion",
+                "--input",
+                str(tmp_path / "r.csv"),
+                "--text-column",
+                "body",
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "cannot load the model" in capsys.readouterr().err

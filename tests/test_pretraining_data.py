@@ -31,8 +31,7 @@ def tok_dir(tmp_path_factory) -> Path:
     from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
 
     root = tmp_path_factory.mktemp("vocab")
-    lines = [normalize(s, lowercase=True, keep_accents=False)
-             for d in toy.pretraining_documents(0, 600) for s in d]
+    lines = [normalize(s, lowercase=True, keep_accents=False) for d in toy.pretraining_documents(0, 600) for s in d]
     train_sentencepiece(lines, root / "spiece", 400, "unigram", 1.0)
     build_hf_tokenizer(root / "spiece.model", root / "tokenizer", lowercase=True, keep_accents=False)
     return root / "tokenizer"
@@ -53,10 +52,18 @@ def _toy_docs(n: int, seed: int = 1) -> list[list[str]]:
 
 
 def _cfg(tmp: Path, manifest: Path, tok: Path, *extra: str):
-    return load_config(None, [f"workdir={tmp / 'w'}", f"pretraining_data.input={manifest}",
-                              f"pretraining_data.tokenizer_dir={tok}", "pretraining_data.workers=1",
-                              f"pretrain.max_seq_length={SEQ}", f"pretrain.max_predictions_per_seq={PRED}",
-                              *extra])
+    return load_config(
+        None,
+        [
+            f"workdir={tmp / 'w'}",
+            f"pretraining_data.input={manifest}",
+            f"pretraining_data.tokenizer_dir={tok}",
+            "pretraining_data.workers=1",
+            f"pretrain.max_seq_length={SEQ}",
+            f"pretrain.max_predictions_per_seq={PRED}",
+            *extra,
+        ],
+    )
 
 
 def _make(tmp: Path, manifest: Path, tok: Path, *extra: str) -> dict:
@@ -67,8 +74,12 @@ def _make(tmp: Path, manifest: Path, tok: Path, *extra: str) -> dict:
     c = cfg.pretraining_data
     tasks, out, info = build_tasks(cfg)
     entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
-    return {"files": [str(out / e["path"]) for e in entries], "totals": summarize(entries),
-            "shards": len(entries), "shards_skipped": sum(e["skipped"] for e in entries)}
+    return {
+        "files": [str(out / e["path"]) for e in entries],
+        "totals": summarize(entries),
+        "shards": len(entries),
+        "shards_skipped": sum(e["skipped"] for e in entries),
+    }
 
 
 def _records(files: list[str]) -> list[dict[str, np.ndarray]]:
@@ -179,8 +190,10 @@ def test_tensorflow_parses_the_stage_output(tmp_path, tok_dir):
     tf = pytest.importorskip("tensorflow")
     manifest = _corpus(tmp_path / "corpus", _toy_docs(30), lines_per_shard=10_000)
     res = _make(tmp_path, manifest, tok_dir, "pretraining_data.dupe_factor=2")
-    spec = {k: tf.io.FixedLenFeature([{"seq": SEQ, "pred": PRED, 1: 1}[n]], tf.float32 if kind == "float"
-                                     else tf.int64) for k, (kind, n) in FEATURES.items()}
+    spec = {
+        k: tf.io.FixedLenFeature([{"seq": SEQ, "pred": PRED, 1: 1}[n]], tf.float32 if kind == "float" else tf.int64)
+        for k, (kind, n) in FEATURES.items()
+    }
     ours = _records(res["files"])
     for i, raw in enumerate(tf.data.TFRecordDataset(res["files"])):
         parsed = tf.io.parse_single_example(raw, spec)
@@ -226,10 +239,22 @@ def test_ray_executor_on_a_real_local_head_gives_the_same_bytes(tmp_path, tok_di
     local = _make(tmp_path / "local", manifest, tok_dir, "pretraining_data.dupe_factor=2")
     port = _free_port()
     tmp_ray = Path("/tmp") / f"ray_pd_{port}"  # Ray's socket paths must stay short
-    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                             f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                             f"--temp-dir={tmp_ray}", "--disable-usage-stats"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={tmp_ray}",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -237,8 +262,14 @@ def test_ray_executor_on_a_real_local_head_gives_the_same_bytes(tmp_path, tok_di
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.5)
-        remote = _make(tmp_path / "ray", manifest, tok_dir, "pretraining_data.dupe_factor=2",
-                       "pretraining_data.executor=ray", f"pretraining_data.address=127.0.0.1:{port}")
+        remote = _make(
+            tmp_path / "ray",
+            manifest,
+            tok_dir,
+            "pretraining_data.dupe_factor=2",
+            "pretraining_data.executor=ray",
+            f"pretraining_data.address=127.0.0.1:{port}",
+        )
     finally:
         head.terminate()  # `ray start --block` stops the processes it started when terminated
         try:

@@ -58,10 +58,12 @@ def test_conda_and_pyproject_pins_agree():
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, time; t=time.perf_counter(); from albert_exp.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy=[m for m in ('torch','transformers','mlflow','pandas','tensorflow') if m in sys.modules]\n"
-            "print(time.perf_counter()-t, heavy)")
+    code = (
+        "import sys, time; t=time.perf_counter(); from albert_exp.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy=[m for m in ('torch','transformers','mlflow','pandas','tensorflow') if m in sys.modules]\n"
+        "print(time.perf_counter()-t, heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     seconds, heavy = out.stdout.strip().splitlines()[-1].split(" ", 1)
     assert heavy == "[]", f"--help imported {heavy}"

@@ -30,9 +30,18 @@ def store(tmp_path_factory):
         runs = {}
         for key, lr, epochs in (("good", 1e-2, 3), ("twin", 1e-2, 3), ("bad", 1e-5, 1)):
             inputs = [f"finetune.{s}_csv={data / 'corpus' / f'{s}.csv'}" for s in ("train", "val", "test")]
-            cfg = load_config(None, [*TINY, *inputs, f"workdir={tmp / key}", "name=promote-test",
-                                     f"finetune.learning_rate={lr}", f"finetune.epochs={epochs}",
-                                     f"finetune.tokenizer_dir={data / 'vocab' / 'tokenizer'}"])
+            cfg = load_config(
+                None,
+                [
+                    *TINY,
+                    *inputs,
+                    f"workdir={tmp / key}",
+                    "name=promote-test",
+                    f"finetune.learning_rate={lr}",
+                    f"finetune.epochs={epochs}",
+                    f"finetune.tokenizer_dir={data / 'vocab' / 'tokenizer'}",
+                ],
+            )
             runs[key] = finetune.run(cfg)["run_id"]
         yield {"uri": uri, "tmp": tmp, "data": data, "runs": runs}
 
@@ -41,8 +50,17 @@ def _promote(store, model: str, run: str, *extra: str) -> dict:
     from albert_exp import promote
     from albert_exp.config import load_config
 
-    cfg = load_config(None, [*TINY, f"workdir={store['data']}", "name=promote-test", f"promote.model_name={model}",
-                             f"promote.run_id={store['runs'][run]}", *extra])
+    cfg = load_config(
+        None,
+        [
+            *TINY,
+            f"workdir={store['data']}",
+            "name=promote-test",
+            f"promote.model_name={model}",
+            f"promote.run_id={store['runs'][run]}",
+            *extra,
+        ],
+    )
     return promote.run(cfg)
 
 
@@ -142,11 +160,28 @@ def test_two_promotions_at_once_leave_consistent_aliases(store):
     from mlflow.tracking import MlflowClient
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
-    procs = [subprocess.Popen([sys.executable, "-m", "albert_exp", "promote", "--workdir", str(store["data"]),
-                               "--set", " ".join([*TINY, "name=promote-test", "promote.model_name=race"]),
-                               "--run-id", store["runs"][run]], cwd=store["tmp"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for run in ("bad", "good")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "albert_exp",
+                "promote",
+                "--workdir",
+                str(store["data"]),
+                "--set",
+                " ".join([*TINY, "name=promote-test", "promote.model_name=race"]),
+                "--run-id",
+                store["runs"][run],
+            ],
+            cwd=store["tmp"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for run in ("bad", "good")
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     client = MlflowClient()
@@ -175,9 +210,25 @@ def test_champion_is_served_over_http(store):
     bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
     env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
     mlflow_bin = os.path.join(bin_dir, "mlflow")
-    proc = subprocess.Popen([mlflow_bin, "models", "serve", "-m", f"models:/{model}@champion", "--env-manager",
-                             "local", "--host", "127.0.0.1", "--port", str(port)], cwd=store["tmp"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "models",
+            "serve",
+            "-m",
+            f"models:/{model}@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=store["tmp"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 180
         while True:
@@ -190,12 +241,13 @@ def test_champion_is_served_over_http(store):
                 time.sleep(1)
         texts = ["The waiter was lovely.", "We loved the crispy tofu bao and the miso soup."]
         body = json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         answer = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
         assert len(answer) == 2 and set(answer[0]) >= {"phrases", "spans", "tokens"}
         for row, text in zip(answer, texts, strict=True):
-            assert all(text[s["start"]: s["end"]] == s["text"] for s in row["spans"])
+            assert all(text[s["start"] : s["end"]] == s["text"] for s in row["spans"])
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -48,8 +48,9 @@ class Postgres:
     def create_db(self, name: str) -> str:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=self.port, user=self.user, dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
@@ -72,11 +73,32 @@ def postgres():
     port = _free_port()
     user = "albert"
     try:
-        subprocess.run([*run_as, initdb, "-D", str(data / "db"), "-U", user, "--auth=trust", "-E", "UTF8",
-                        "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*run_as, initdb, "-D", str(data / "db"), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         opts = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=200"
-        subprocess.run([*run_as, pg_ctl, "-D", str(data / "db"), "-o", opts, "-l", str(data / "server.log"), "-w",
-                        "-t", "60", "start"], check=True, capture_output=True, timeout=90)
+        subprocess.run(
+            [
+                *run_as,
+                pg_ctl,
+                "-D",
+                str(data / "db"),
+                "-o",
+                opts,
+                "-l",
+                str(data / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=90,
+        )
     except subprocess.CalledProcessError as exc:
         log = (data / "server.log").read_text() if (data / "server.log").exists() else ""
         shutil.rmtree(data, ignore_errors=True)
@@ -84,8 +106,9 @@ def postgres():
     try:
         yield Postgres(port, user)
     finally:
-        subprocess.run([*run_as, pg_ctl, "-D", str(data / "db"), "-m", "fast", "-w", "stop"], capture_output=True,
-                       timeout=60)
+        subprocess.run(
+            [*run_as, pg_ctl, "-D", str(data / "db"), "-m", "fast", "-w", "stop"], capture_output=True, timeout=60
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -101,12 +124,39 @@ def test_two_tune_workers_share_one_study(postgres, tmp_path):
     client = MlflowClient(tracking)  # creates the tables once, before the workers race to
     client.create_experiment("team-tune", artifact_location=str(tmp_path / "artifacts"))
     n_trials = 4
-    overrides = " ".join([*TINY, "name=team-tune", f"tune.n_trials={n_trials}", "tune.epochs_max=2",
-                          f"tune.storage={storage}", "tune.study_name=team"])
+    overrides = " ".join(
+        [
+            *TINY,
+            "name=team-tune",
+            f"tune.n_trials={n_trials}",
+            "tune.epochs_max=2",
+            f"tune.storage={storage}",
+            "tune.study_name=team",
+        ]
+    )
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    procs = [subprocess.Popen([sys.executable, "-m", "albert_exp", "tune", "--workdir", str(data), "--set", overrides,
-                               "--worker", str(w)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for w in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "albert_exp",
+                "tune",
+                "--workdir",
+                str(data),
+                "--set",
+                overrides,
+                "--worker",
+                str(w),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w in (0, 1)
+    ]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
 
@@ -122,8 +172,9 @@ def test_two_tune_workers_share_one_study(postgres, tmp_path):
     mlflow.set_tracking_uri(tracking)
     exp = client.get_experiment_by_name("team-tune")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    trial_runs = [r for r in runs if r.data.tags.get("optuna_study") == "team" and r.data.tags.get("stage") ==
-                  "finetune"]
+    trial_runs = [
+        r for r in runs if r.data.tags.get("optuna_study") == "team" and r.data.tags.get("stage") == "finetune"
+    ]
     numbers = [int(r.data.tags["optuna_trial"]) for r in trial_runs]
     assert sorted(numbers) == sorted(t.number for t in trials), "one MLflow run per trial, none duplicated"
     for r in trial_runs:
@@ -148,10 +199,27 @@ def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
     artifacts = tmp_path / "server-artifacts"
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    server = subprocess.Popen([os.path.join(bin_dir, "mlflow"), "server", "--backend-store-uri", backend,
-                               "--serve-artifacts", "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            os.path.join(bin_dir, "mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -165,13 +233,38 @@ def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
                 time.sleep(1)
         work = tmp_path / "client"
         work.mkdir()
-        small = [*TINY, "corpus.toy_documents=300", "corpus.toy_train_rows=300", "corpus.toy_val_rows=100",
-                 "corpus.toy_test_rows=100", "vocab.vocab_size=400", "finetune.epochs=2", "tune.n_trials=2",
-                 "tune.epochs_max=2", f"tune.storage={storage}", "promote.model_name=team-tagger"]
-        out = subprocess.run([sys.executable, "-m", "albert_exp", "main", "--config",
-                              str(ROOT / "experiments" / "toy.yaml"), "--workdir", str(work / "runs"), "--set",
-                              " ".join(small)], cwd=work, env={**env, "MLFLOW_TRACKING_URI": uri},
-                             capture_output=True, text=True, timeout=900)
+        small = [
+            *TINY,
+            "corpus.toy_documents=300",
+            "corpus.toy_train_rows=300",
+            "corpus.toy_val_rows=100",
+            "corpus.toy_test_rows=100",
+            "vocab.vocab_size=400",
+            "finetune.epochs=2",
+            "tune.n_trials=2",
+            "tune.epochs_max=2",
+            f"tune.storage={storage}",
+            "promote.model_name=team-tagger",
+        ]
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "albert_exp",
+                "main",
+                "--config",
+                str(ROOT / "experiments" / "toy.yaml"),
+                "--workdir",
+                str(work / "runs"),
+                "--set",
+                " ".join(small),
+            ],
+            cwd=work,
+            env={**env, "MLFLOW_TRACKING_URI": uri},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "models:/team-tagger@champion" in out.stdout
         assert not (work / "mlruns").exists(), "artifacts must go through the server, not to a local folder"

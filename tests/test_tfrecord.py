@@ -31,8 +31,11 @@ def _batch(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     out = {}
     for name, (kind, length) in FEATURES.items():
         shape = (n, lengths[length])
-        out[name] = (rng.integers(0, 2, shape).astype(np.float32) if kind == "float"
-                     else rng.integers(0, 30000 if "ids" in name else 2, shape))
+        out[name] = (
+            rng.integers(0, 2, shape).astype(np.float32)
+            if kind == "float"
+            else rng.integers(0, 30000 if "ids" in name else 2, shape)
+        )
     return out
 
 
@@ -41,9 +44,11 @@ def _row(batch: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
 
 
 def test_encode_decode_round_trip_with_extreme_values():
-    ex = {"input_ids": np.array([0, 1, 127, 128, 16383, 16384, 2**40, -1, -(2**63), 2**63 - 1]),
-          "masked_lm_weights": np.array([0.0, 1.0, -2.5, 1e-30], dtype=np.float32),
-          "empty": np.zeros(0, dtype=np.int64)}
+    ex = {
+        "input_ids": np.array([0, 1, 127, 128, 16383, 16384, 2**40, -1, -(2**63), 2**63 - 1]),
+        "masked_lm_weights": np.array([0.0, 1.0, -2.5, 1e-30], dtype=np.float32),
+        "empty": np.zeros(0, dtype=np.int64),
+    }
     d = decode_example(encode_example(ex))
     assert d["input_ids"].dtype == np.int64 and d["masked_lm_weights"].dtype == np.float32
     np.testing.assert_array_equal(d["input_ids"], ex["input_ids"])
@@ -58,7 +63,7 @@ def test_batch_encoding_is_byte_identical_to_single_examples():
     buf, offsets = encode_batch(batch)
     assert offsets[0] == 0 and offsets[-1] == buf.size
     for i in range(50):
-        assert buf[offsets[i]:offsets[i + 1]].tobytes() == encode_example(_row(batch, i))
+        assert buf[offsets[i] : offsets[i + 1]].tobytes() == encode_example(_row(batch, i))
 
 
 def test_write_and_read_back_plain_and_gzip(tmp_path):
@@ -141,7 +146,7 @@ def test_tensorflow_parses_our_files_with_googles_feature_spec(tmp_path):
     tf = pytest.importorskip("tensorflow")
     batch = _batch(20, seed=3)
     buf, offsets = encode_batch(batch)
-    payloads = [buf[offsets[i]:offsets[i + 1]].tobytes() for i in range(20)]
+    payloads = [buf[offsets[i] : offsets[i + 1]].tobytes() for i in range(20)]
     write_records(tmp_path / "x.tfrecord", payloads)
     write_records(tmp_path / "x.tfrecord.gz", payloads, compress=True)
     # google-research/albert run_pretraining.py input_fn_builder (with and without masked_lm_budget).

@@ -56,10 +56,18 @@ def test_restarts_and_duplicates_match_the_truth(tmp_path):
     assert r.params == {"train_batch_size": "512"} and len(r.input_files) == 4
 
 
-@pytest.mark.parametrize("variant", [
-    dict(formats="absl"), dict(formats="glog"), dict(order="absl_first"), dict(layout="single"),
-    dict(gzip=True), dict(crlf=True), dict(gzip=True, crlf=True, layout="single"),
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(formats="absl"),
+        dict(formats="glog"),
+        dict(order="absl_first"),
+        dict(layout="single"),
+        dict(gzip=True),
+        dict(crlf=True),
+        dict(gzip=True, crlf=True, layout="single"),
+    ],
+)
 def test_formats_and_encodings(tmp_path, variant):
     spec = SynthSpec(num_train_steps=3000, crashes=(1750,), eval_every=1000, seed=2, **variant)
     logs = write_logs(spec, tmp_path)
@@ -71,8 +79,14 @@ def test_formats_and_encodings(tmp_path, variant):
 
 
 def test_year_from_flag_file_name_or_mtime_and_across_new_year(tmp_path):
-    spec = SynthSpec(num_train_steps=3000, steps_per_sec=0.2, start=datetime(2019, 12, 31, 22, 0, 0),
-                     cpp_header=False, crashes=(1500,), seed=3)
+    spec = SynthSpec(
+        num_train_steps=3000,
+        steps_per_sec=0.2,
+        start=datetime(2019, 12, 31, 22, 0, 0),
+        cpp_header=False,
+        crashes=(1500,),
+        seed=3,
+    )
     logs = write_logs(spec, tmp_path / "a")
     truth = {k: _utc(v) for k, v in logs.truth.times.items()}
     assert logs.truth.end_time.year == 2020  # the run crosses new year inside the first file
@@ -143,8 +157,9 @@ def test_command_cli_prints_a_tee_command_and_checks_required_keys(capsys):
     out = capsys.readouterr().out.strip()
     assert out.splitlines()[-1].strip().startswith("2>&1 | tee tpu-recipe-$(date -u")
     assert "--num_train_steps=1000000" in out
-    assert main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml",
-                 "--set", "pretrain.tpu_name=null"]) == 2
+    assert (
+        main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml", "--set", "pretrain.tpu_name=null"]) == 2
+    )
     assert "pretrain.tpu_name" in capsys.readouterr().err
 
 
@@ -159,8 +174,17 @@ def test_bulk_chatter_filter_gives_what_feeding_every_line_gives(tmp_path):
     from albert_exp.tpu_logs.grammar import FileParser
     from albert_exp.tpu_logs.parse import parse_file, read_log
 
-    spec = SynthSpec(num_train_steps=3000, crashes=(1750,), eval_every=1000, order="random", garbage=True,
-                     truncate_last=True, layout="single", echo_command=True, seed=7)
+    spec = SynthSpec(
+        num_train_steps=3000,
+        crashes=(1750,),
+        eval_every=1000,
+        order="random",
+        garbage=True,
+        truncate_last=True,
+        layout="single",
+        echo_command=True,
+        seed=7,
+    )
     path = write_logs(spec, tmp_path).files[0]
     bulk = parse_file(path).parser
     lines, tail, _ = read_log(path)
@@ -171,12 +195,12 @@ def test_bulk_chatter_filter_gives_what_feeding_every_line_gives(tmp_path):
     slow.close()
 
     def rows(p):
-        return list(zip(p.line, [p.timeline[i] for i in p.ti], p.own, p.step, p.metric, p.value, p.seg,
-                        strict=True))
+        return list(zip(p.line, [p.timeline[i] for i in p.ti], p.own, p.step, p.metric, p.value, p.seg, strict=True))
 
     assert rows(bulk) == rows(slow) and len(rows(slow)) > 50
-    assert [(c[0], bulk.timeline[c[1]], *c[2:]) for c in bulk.checkpoints] == \
-        [(c[0], slow.timeline[c[1]], *c[2:]) for c in slow.checkpoints]
+    assert [(c[0], bulk.timeline[c[1]], *c[2:]) for c in bulk.checkpoints] == [
+        (c[0], slow.timeline[c[1]], *c[2:]) for c in slow.checkpoints
+    ]
     assert bulk.counts == slow.counts and bulk.lines_read == slow.lines_read == len(lines) + 1
     assert bulk.timeline[bulk.first_ti] == slow.timeline[slow.first_ti]
     assert bulk.timeline[-1] == slow.timeline[-1]  # the file's end time

@@ -49,8 +49,9 @@ def _truth(logs, key) -> dict[int, tuple[float, int]]:
 def test_ingest_backfills_steps_times_params_and_is_idempotent(store, tmp_path):
     from mlflow import MlflowClient
 
-    logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(2350,), eval_every=1000, echo_command=True,
-                                seed=11), tmp_path / "logs")
+    logs = write_logs(
+        SynthSpec(num_train_steps=4000, crashes=(2350,), eval_every=1000, echo_command=True, seed=11), tmp_path / "logs"
+    )
     res = ingest([str(f) for f in logs.files], experiment="tpu", progress=False)
     assert res["status"] == "ingested" and res["run_status"] == "FINISHED"
     client = MlflowClient()
@@ -66,8 +67,14 @@ def test_ingest_backfills_steps_times_params_and_is_idempotent(store, tmp_path):
     assert run.data.tags["tpu_logs.last_checkpoint"] == logs.truth.checkpoints[4000]
     assert run.data.tags["stage"] == "tpu-logs" and run.data.tags[TAG_COMPLETE] == "true"
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "tpu_logs")}
-    assert {"tpu_logs/table.parquet", "tpu_logs/table.csv", "tpu_logs/checkpoints.csv", "tpu_logs/loss_curve.png",
-            "tpu_logs/summary.json", "tpu_logs/results.json"} <= arts
+    assert {
+        "tpu_logs/table.parquet",
+        "tpu_logs/table.csv",
+        "tpu_logs/checkpoints.csv",
+        "tpu_logs/loss_curve.png",
+        "tpu_logs/summary.json",
+        "tpu_logs/results.json",
+    } <= arts
     # Same files again (another order): nothing changes.
     again = ingest([str(f) for f in reversed(logs.files)], experiment="tpu", progress=False)
     assert again["status"] == "unchanged" and again["run_id"] == run.info.run_id
@@ -146,8 +153,24 @@ def test_cli_ingest_with_intermixed_options_and_a_command_file(store, tmp_path, 
     script.write_text(build_command(load_config(ROOT / "experiments" / "tpu_recipe.yaml")) + "\n")
     logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1500,), cpp_header=False, seed=14), tmp_path)
     a, b = (str(f) for f in logs.files)
-    assert main(["tpu-logs", "ingest", a, "--year", "2020", b, "--experiment", "cli", "--no-progress",
-                 "--command-file", str(script)]) == 0
+    assert (
+        main(
+            [
+                "tpu-logs",
+                "ingest",
+                a,
+                "--year",
+                "2020",
+                b,
+                "--experiment",
+                "cli",
+                "--no-progress",
+                "--command-file",
+                str(script),
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["year_source"] == "--year" and res["run_status"] == "FINISHED"
     # the recipe's 1M steps at ~5.2 steps/s leave about 53 hours after step 3000
@@ -184,7 +207,7 @@ def test_follow_logs_points_as_the_file_grows(store, tmp_path, monkeypatch):
         pos = 2000
         while pos < len(data):
             time.sleep(0.1)
-            live.open("ab").write(data[pos:pos + 6007])  # chunks end in the middle of lines
+            live.open("ab").write(data[pos : pos + 6007])  # chunks end in the middle of lines
             pos += 6007
 
     t = threading.Thread(target=writer)
@@ -240,5 +263,6 @@ def test_background_parse_gives_the_same_run(store, tmp_path):
     with pytest.raises(UserError, match="unknown time zone"):
         ingest([str(logs.files[0])], experiment="bg2", timezone="Mars/Olympus", background=True, progress=False)
     # and an unchanged ingest stops the parsing process it started
-    assert ingest([str(f) for f in logs.files], experiment="bg", background=True,
-                  progress=False)["status"] == "unchanged"
+    assert (
+        ingest([str(f) for f in logs.files], experiment="bg", background=True, progress=False)["status"] == "unchanged"
+    )

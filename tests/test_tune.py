@@ -16,10 +16,22 @@ from pathlib import Path
 import pytest
 
 # A model of ~25k parameters on 240 reviews: an epoch takes about a second on one core.
-TINY = ["corpus.toy=true", "model.embedding_size=16", "model.hidden_size=32", "model.num_hidden_layers=1",
-        "model.num_attention_heads=2", "model.intermediate_size=64", "model.max_position_embeddings=64",
-        "finetune.max_seq_length=48", "finetune.batch_size=16", "finetune.torch_threads=1",
-        "tune.lr_min=1e-4", "tune.lr_max=3e-2", "tune.epochs_min=1", "tune.epochs_max=3"]
+TINY = [
+    "corpus.toy=true",
+    "model.embedding_size=16",
+    "model.hidden_size=32",
+    "model.num_hidden_layers=1",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=64",
+    "model.max_position_embeddings=64",
+    "finetune.max_seq_length=48",
+    "finetune.batch_size=16",
+    "finetune.torch_threads=1",
+    "tune.lr_min=1e-4",
+    "tune.lr_max=3e-2",
+    "tune.epochs_min=1",
+    "tune.epochs_max=3",
+]
 
 
 def make_data(root: Path, *, rows: int = 240, seed: int = 0) -> Path:
@@ -35,8 +47,9 @@ def make_data(root: Path, *, rows: int = 240, seed: int = 0) -> Path:
         reviews = toy.labelled_rows(seed, split, n, 0.5, 2)
         write_labelled_csv(corpus / f"{split}.csv", ((r.text, r.phrases) for r in reviews))
     lines = [s for doc in toy.pretraining_documents(seed, 300) for s in doc]
-    train_sentencepiece([normalize(s, lowercase=True, keep_accents=False) for s in lines], vocab / "spiece", 400,
-                        "unigram", 1.0)
+    train_sentencepiece(
+        [normalize(s, lowercase=True, keep_accents=False) for s in lines], vocab / "spiece", 400, "unigram", 1.0
+    )
     build_hf_tokenizer(vocab / "spiece.model", vocab / "tokenizer", lowercase=True, keep_accents=False)
     return root
 
@@ -65,8 +78,15 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     # an explicit study name: the default one carries the git state, which other work in this checkout may change
-    args = cli_args(data_root, "tune.n_trials=6", "tune.epochs_min=2", f"tune.storage={storage}",
-                    "tune.pruner_startup_trials=1", "tune.lr_min=1e-5", "tune.study_name=search")
+    args = cli_args(
+        data_root,
+        "tune.n_trials=6",
+        "tune.epochs_min=2",
+        f"tune.storage={storage}",
+        "tune.pruner_startup_trials=1",
+        "tune.lr_min=1e-5",
+        "tune.study_name=search",
+    )
     code = main(["tune", *args])
     assert code == 0
     res = json.loads((data_root / "tune" / "results.json").read_text())
@@ -94,11 +114,16 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
     # 1e-5 for a fresh model learns nothing in 2 epochs: the median pruner must have cut something
     assert res["n_pruned"] >= 1, res["trials"]
     assert parent.info.status == "FINISHED"
-    assert parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res[
-        "best_value"]
+    assert (
+        parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res["best_value"]
+    )
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/intermediate_values.png",
-            "plots/param_importances.png", "plots/contour_lr_epochs.png"} <= plots
+    assert {
+        "plots/optimization_history.png",
+        "plots/intermediate_values.png",
+        "plots/param_importances.png",
+        "plots/contour_lr_epochs.png",
+    } <= plots
 
     # a rerun of the same study with nothing left to do starts no trial and reports the same best
     assert main(["tune", *args]) == 0
@@ -146,18 +171,28 @@ def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tm
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    extra = ["tune.n_trials=3", "tune.epochs_min=3", "tune.heartbeat_s=1", "tune.grace_s=3",
-             "tune.pruner_startup_trials=5", f"tune.storage={storage}", "tune.study_name=killed"]
+    extra = [
+        "tune.n_trials=3",
+        "tune.epochs_min=3",
+        "tune.heartbeat_s=1",
+        "tune.grace_s=3",
+        "tune.pruner_startup_trials=5",
+        f"tune.storage={storage}",
+        "tune.study_name=killed",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
-    proc = subprocess.Popen(tune_cmd(data_root, *extra), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        tune_cmd(data_root, *extra), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
+
         def trial1_has_an_epoch():
             try:
                 trials = optuna.load_study(study_name="killed", storage=storage).trials
             except KeyError:
                 return False
             return len(trials) > 1 and trials[1].state.name == "RUNNING" and trials[1].intermediate_values
+
         _wait_for(trial1_has_an_epoch, 240, "trial 1's first epoch", proc)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -166,8 +201,9 @@ def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tm
     assert any(r.info.status == "RUNNING" for r in runs)  # what a SIGKILL leaves behind
     time.sleep(4)  # past the grace period: trial 1's heartbeat is stale
 
-    out = subprocess.run(tune_cmd(data_root, *extra), cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        tune_cmd(data_root, *extra), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study = optuna.load_study(study_name="killed", storage=storage)
     states = [t.state.name for t in study.trials]

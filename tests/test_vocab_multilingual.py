@@ -28,8 +28,9 @@ def _sentence(rng: random.Random, lang: str) -> str:
 def _vocab(root: Path, keep_accents: bool, langs=tuple(WORDS)) -> Path:
     rng = random.Random(0)
     lines = [_sentence(rng, lang) for _ in range(500) for lang in langs]
-    train_sentencepiece([normalize(s, lowercase=True, keep_accents=keep_accents) for s in lines],
-                        root / "spiece", 300, "unigram", 1.0)
+    train_sentencepiece(
+        [normalize(s, lowercase=True, keep_accents=keep_accents) for s in lines], root / "spiece", 300, "unigram", 1.0
+    )
     build_hf_tokenizer(root / "spiece.model", root / "tokenizer", lowercase=True, keep_accents=keep_accents)
     return root / "tokenizer"
 

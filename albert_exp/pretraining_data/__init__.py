@@ -30,8 +30,11 @@ __all__ = ["run", "build_tasks", "execute", "summarize"]
 def _tokenizer_settings(tokenizer_dir: Path) -> tuple[bool, bool]:
     cfg_file = tokenizer_dir / "tokenizer_config.json"
     if not cfg_file.is_file():
-        raise UserError("tokenizer directory not found (no tokenizer_config.json)", where=str(tokenizer_dir),
-                        fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir")
+        raise UserError(
+            "tokenizer directory not found (no tokenizer_config.json)",
+            where=str(tokenizer_dir),
+            fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir",
+        )
     tc = json.loads(cfg_file.read_text())
     return bool(tc.get("do_lower_case", True)), bool(tc.get("keep_accents", False))
 
@@ -43,8 +46,11 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
     c = cfg.pretraining_data
     manifest_path = Path(c.input) if c.input else cfg.stage_dir("corpus") / "manifest.json"
     if not manifest_path.is_file():
-        raise UserError("corpus manifest not found", where=str(manifest_path),
-                        fix="run `albert-exp corpus` first, or set pretraining_data.input to its manifest.json")
+        raise UserError(
+            "corpus manifest not found",
+            where=str(manifest_path),
+            fix="run `albert-exp corpus` first, or set pretraining_data.input to its manifest.json",
+        )
     corpus = json.loads(manifest_path.read_text())
     if not corpus.get("shards"):
         raise UserError("the corpus manifest lists no shards", where=str(manifest_path))
@@ -53,11 +59,19 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
     params = InstanceParams(
         max_seq_length=c.max_seq_length or cfg.pretrain.max_seq_length,
         max_predictions_per_seq=c.max_predictions_per_seq or cfg.pretrain.max_predictions_per_seq,
-        masked_lm_prob=c.masked_lm_prob, short_seq_prob=c.short_seq_prob, dupe_factor=c.dupe_factor,
-        ngram=c.ngram, favor_shorter_ngram=c.favor_shorter_ngram, whole_word_mask=c.whole_word_mask)
+        masked_lm_prob=c.masked_lm_prob,
+        short_seq_prob=c.short_seq_prob,
+        dupe_factor=c.dupe_factor,
+        ngram=c.ngram,
+        favor_shorter_ngram=c.favor_shorter_ngram,
+        whole_word_mask=c.whole_word_mask,
+    )
     if params.max_seq_length < 5:
-        raise UserError(f"max_seq_length {params.max_seq_length} leaves no room for two segments",
-                        where=cfg.source, fix="use max_seq_length >= 5")
+        raise UserError(
+            f"max_seq_length {params.max_seq_length} leaves no room for two segments",
+            where=cfg.source,
+            fix="use max_seq_length >= 5",
+        )
     out = Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".tfrecord.gz" if c.compress else ".tfrecord"
@@ -65,20 +79,44 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
     for i, shard in enumerate(corpus["shards"]):
         src = manifest_path.parent / shard["path"]
         if not src.is_file():
-            raise UserError("corpus shard listed in the manifest is missing", where=str(src),
-                            fix="rerun `albert-exp corpus`")
-        tasks.append(ShardTask(index=i, input_path=str(src.resolve()), input_sha256=shard.get("sha256", ""),
-                               output_path=str((out / f"shard-{i:05d}{suffix}").resolve()),
-                               tokenizer_dir=str(tok_dir.resolve()), lowercase=lowercase,
-                               keep_accents=keep_accents, params=params, seed=cfg.seed,
-                               block_lines=c.block_lines, compress=c.compress))
+            raise UserError(
+                "corpus shard listed in the manifest is missing", where=str(src), fix="rerun `albert-exp corpus`"
+            )
+        tasks.append(
+            ShardTask(
+                index=i,
+                input_path=str(src.resolve()),
+                input_sha256=shard.get("sha256", ""),
+                output_path=str((out / f"shard-{i:05d}{suffix}").resolve()),
+                tokenizer_dir=str(tok_dir.resolve()),
+                lowercase=lowercase,
+                keep_accents=keep_accents,
+                params=params,
+                seed=cfg.seed,
+                block_lines=c.block_lines,
+                compress=c.compress,
+            )
+        )
     lines = {i: s.get("lines", 0) for i, s in enumerate(corpus["shards"])}
-    return tasks, out, {"corpus_manifest": str(manifest_path), "corpus_sha256": corpus.get("sha256", ""),
-                        "tokenizer_dir": str(tok_dir), "lines": lines}
+    return (
+        tasks,
+        out,
+        {
+            "corpus_manifest": str(manifest_path),
+            "corpus_sha256": corpus.get("sha256", ""),
+            "tokenizer_dir": str(tok_dir),
+            "lines": lines,
+        },
+    )
 
 
-def execute(tasks: list, executor: str = "local", workers: int = 0, address: str | None = None,
-            lines: dict[int, int] | None = None) -> list[dict]:
+def execute(
+    tasks: list,
+    executor: str = "local",
+    workers: int = 0,
+    address: str | None = None,
+    lines: dict[int, int] | None = None,
+) -> list[dict]:
     """Run every shard task; results in shard order whatever the completion order."""
     from tqdm import tqdm
 
@@ -123,8 +161,12 @@ def _execute_ray(tasks: list, address: str | None, done) -> None:
     from albert_exp.pretraining_data.shards import process_shard
 
     root = str(Path(__file__).resolve().parents[2])
-    ray.init(address=address or None, log_to_driver=False, configure_logging=False,
-             runtime_env={"env_vars": {"PYTHONPATH": root}})  # nodes without the package installed
+    ray.init(
+        address=address or None,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},
+    )  # nodes without the package installed
     try:
         remote = ray.remote(num_cpus=1, max_retries=2)(process_shard)
         pending = [remote.remote(t) for t in tasks]
@@ -151,10 +193,12 @@ def summarize(entries: list[dict]) -> dict[str, Any]:
         "target_masked_share": total.target_masked / max(total.tokens, 1),
         "sop_swapped_share": total.sop_swapped / n,
         "short_target_share": total.short_target / n,
-        "mask_share": total.replaced_mask / masked, "keep_share": total.replaced_keep / masked,
+        "mask_share": total.replaced_mask / masked,
+        "keep_share": total.replaced_keep / masked,
         "random_share": total.replaced_random / masked,
         "ngram_share": [h / max(sum(hist), 1) for h in hist],
-        "records": sum(e["records"] for e in entries), "bytes": sum(e["bytes"] for e in entries),
+        "records": sum(e["records"] for e in entries),
+        "bytes": sum(e["bytes"] for e in entries),
         "lines": sum(e["lines"] for e in entries),
     }
 
@@ -170,26 +214,45 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
         totals = summarize(entries)
         lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
-        manifest = {"shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
-                    "totals": totals, "params": asdict(p), "seed": cfg.seed, "compress": c.compress,
-                    "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()}, **info}
+        manifest = {
+            "shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
+            "totals": totals,
+            "params": asdict(p),
+            "seed": cfg.seed,
+            "compress": c.compress,
+            "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()},
+            **info,
+        }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for e in entries:  # per shard, step = shard index
             s = e["stats"]
-            tracker.log_metrics({"pretraining_data/shard_instances": s["instances"],
-                                 "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
-                                 "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
-                                 "pretraining_data/shard_seconds": e["seconds"]}, step=e["index"])
+            tracker.log_metrics(
+                {
+                    "pretraining_data/shard_instances": s["instances"],
+                    "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
+                    "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
+                    "pretraining_data/shard_seconds": e["seconds"],
+                },
+                step=e["index"],
+            )
         scalars = {f"pretraining_data/{k}": v for k, v in totals.items() if isinstance(v, (int, float))}
         scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
         tracker.log_metrics(scalars, step=0)
         tracker.log_artifact(out / "manifest.json")
         skipped = sum(1 for e in entries if e.get("skipped"))
-        results = {"output_dir": str(out), "manifest": str(out / "manifest.json"),
-                   "files": [str(out / e["path"]) for e in entries], "records": totals["records"],
-                   "bytes": totals["bytes"], "shards": len(entries), "shards_skipped": skipped,
-                   "masked_share": totals["masked_share"], "sop_swapped_share": totals["sop_swapped_share"],
-                   "max_seq_length": p.max_seq_length, "max_predictions_per_seq": p.max_predictions_per_seq,
-                   "run_id": tracker.run_id}
+        results = {
+            "output_dir": str(out),
+            "manifest": str(out / "manifest.json"),
+            "files": [str(out / e["path"]) for e in entries],
+            "records": totals["records"],
+            "bytes": totals["bytes"],
+            "shards": len(entries),
+            "shards_skipped": skipped,
+            "masked_share": totals["masked_share"],
+            "sop_swapped_share": totals["sop_swapped_share"],
+            "max_seq_length": p.max_seq_length,
+            "max_predictions_per_seq": p.max_predictions_per_seq,
+            "run_id": tracker.run_id,
+        }
         write_results(out, results, tracker)
     return results

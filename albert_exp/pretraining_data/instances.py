@@ -29,11 +29,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PUNCT = set('!"#$%&\'()*+,-./:;?@[\\]^_`{|}~') | {"€", "£"}
+PUNCT = set("!\"#$%&'()*+,-./:;?@[\\]^_`{|}~") | {"€", "£"}
 # Scripts written without spaces between words: every piece of them starts a word for whole-word masking.
-_NO_SPACE_RANGES = [(0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x2E80, 0x2FDF), (0x3040, 0x30FF),
-                    (0x3100, 0x312F), (0x31A0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),
-                    (0xFF66, 0xFF9F), (0x20000, 0x2FA1F)]
+_NO_SPACE_RANGES = [
+    (0x0E00, 0x0EFF),
+    (0x1000, 0x109F),
+    (0x1780, 0x17FF),
+    (0x2E80, 0x2FDF),
+    (0x3040, 0x30FF),
+    (0x3100, 0x312F),
+    (0x31A0, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0xFF66, 0xFF9F),
+    (0x20000, 0x2FA1F),
+]
 
 
 def _no_space_script(ch: str) -> bool:
@@ -67,8 +78,7 @@ class VocabInfo:
     def from_pieces(cls, pieces: list[str], specials: dict[str, int], control: set[int]) -> VocabInfo:
         is_start = np.array([is_word_start(p, i in control) for i, p in enumerate(pieces)], dtype=bool)
         random_ids = np.array([i for i in range(len(pieces)) if i not in control], dtype=np.int64)
-        return cls(is_start, specials["[CLS]"], specials["[SEP]"], specials["[MASK]"], specials["<pad>"],
-                   random_ids)
+        return cls(is_start, specials["[CLS]"], specials["[SEP]"], specials["[MASK]"], specials["<pad>"], random_ids)
 
 
 @dataclass
@@ -102,8 +112,12 @@ class BlockStats:
         for k, v in vars(other).items():
             if k == "ngram_hist":
                 n = max(len(self.ngram_hist), len(v))
-                self.ngram_hist = [a + b for a, b in zip(self.ngram_hist + [0] * (n - len(self.ngram_hist)),
-                                                         v + [0] * (n - len(v)), strict=True)]
+                self.ngram_hist = [
+                    a + b
+                    for a, b in zip(
+                        self.ngram_hist + [0] * (n - len(self.ngram_hist)), v + [0] * (n - len(v)), strict=True
+                    )
+                ]
             else:
                 setattr(self, k, getattr(self, k) + v)
 
@@ -140,9 +154,15 @@ def _truncate(la: np.ndarray, lb: np.ndarray, max_tokens: int) -> tuple[np.ndarr
     return na, nb
 
 
-def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, vocab: VocabInfo,
-                   p: InstanceParams, rng: np.random.Generator,
-                   batch: int = 4096) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+def make_instances(
+    ids: np.ndarray,
+    seg_start: np.ndarray,
+    doc_seg: np.ndarray,
+    vocab: VocabInfo,
+    p: InstanceParams,
+    rng: np.random.Generator,
+    batch: int = 4096,
+) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
     """Instances of one block of documents, in a random order, in batches of `batch` (numpy temporaries
     stay in cache; the batch size is part of the random stream, so keep it fixed for reproducible bytes).
 
@@ -182,8 +202,12 @@ def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, 
     swap = u_swap < 0.5
     v, t0, t1, split, swap = v[keep], t0[keep], t1[keep], split[keep], swap[keep]
     n = v.size
-    a0, a1, b0, b1 = np.where(swap, split, t0), np.where(swap, t1, split), np.where(swap, t0, split), \
-        np.where(swap, split, t1)
+    a0, a1, b0, b1 = (
+        np.where(swap, split, t0),
+        np.where(swap, t1, split),
+        np.where(swap, t0, split),
+        np.where(swap, split, t1),
+    )
     la, lb = a1 - a0, b1 - b0
     na, nb = _truncate(la, lb, max_tokens)
     a0 = a0 + rng.binomial(la - na, 0.5)
@@ -196,7 +220,7 @@ def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, 
     ext_start = np.concatenate([vocab.is_start[ids], [True, True, False]])
     first = True
     for lo in range(0, n, batch):
-        idx = perm[lo:lo + batch]
+        idx = perm[lo : lo + batch]
         features, bstats = _build(ext_ids, ext_start, a0[idx], na[idx], b0[idx], nb[idx], swap[idx], vocab, p, rng)
         if first:
             bstats.add(stats)
@@ -204,8 +228,9 @@ def make_instances(ids: np.ndarray, seg_start: np.ndarray, doc_seg: np.ndarray, 
         yield features, bstats
 
 
-def _build(ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams,
-           rng: np.random.Generator) -> tuple[dict[str, np.ndarray], BlockStats]:
+def _build(
+    ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], BlockStats]:
     """Assemble and mask a batch of instances whose segments are ids[a0:a0+na] and ids[b0:b0+nb], where ext_ids
     is ids followed by [CLS], [SEP], <pad> and ext_start[i] whether ext_ids[i] starts a word (True for [CLS] and
     [SEP], False for <pad>: google's token_boundary)."""
@@ -243,7 +268,7 @@ def _build(ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: Instan
     word_at = np.arange(n)[:, None] * width + wid  # flat [n, width] index of each token's word
     # wcum[r, w]: real tokens before word w of row r. Counted one column to the right (the last column holds
     # no word, so nothing crosses into the next row) and summed in place: no second n x width array.
-    wcum = np.bincount(word_at[real] + 1, minlength=n * width + 1)[:n * width].reshape(n, width)
+    wcum = np.bincount(word_at[real] + 1, minlength=n * width + 1)[: n * width].reshape(n, width)
     np.cumsum(wcum, axis=1, out=wcum)
     to_predict = np.minimum(P, np.maximum(1, np.rint(n_tok * p.masked_lm_prob).astype(np.int64)))
 
@@ -325,9 +350,14 @@ def _build(ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: Instan
     positions.reshape(-1)[at], lm_ids.reshape(-1)[at], weights.reshape(-1)[at] = mc, labels, 1.0
 
     features = {
-        "input_ids": input_ids, "input_mask": input_mask, "segment_ids": segment_ids,
-        "token_boundary": token_boundary, "masked_lm_positions": positions, "masked_lm_ids": lm_ids,
-        "masked_lm_weights": weights, "next_sentence_labels": swap.astype(np.uint8)[:, None],
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "segment_ids": segment_ids,
+        "token_boundary": token_boundary,
+        "masked_lm_positions": positions,
+        "masked_lm_ids": lm_ids,
+        "masked_lm_weights": weights,
+        "next_sentence_labels": swap.astype(np.uint8)[:, None],
     }
     stats.instances, stats.tokens, stats.masked = n, int(n_tok.sum()), int(mr.size)
     stats.target_masked = int(to_predict.sum())

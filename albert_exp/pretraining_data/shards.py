@@ -72,8 +72,11 @@ class Tokenizer:
 
         model = Path(tokenizer_dir) / "spiece.model"
         if not model.is_file():
-            raise UserError("no spiece.model in the tokenizer directory", where=str(tokenizer_dir),
-                            fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir")
+            raise UserError(
+                "no spiece.model in the tokenizer directory",
+                where=str(tokenizer_dir),
+                fix="run `albert-exp vocab` first, or set pretraining_data.tokenizer_dir",
+            )
         self.sp = spm.SentencePieceProcessor(model_file=str(model))
         self.lowercase, self.keep_accents = lowercase, keep_accents
         pieces = [self.sp.id_to_piece(i) for i in range(self.sp.get_piece_size())]
@@ -82,8 +85,11 @@ class Tokenizer:
         for name in ("[CLS]", "[SEP]", "[MASK]", "<pad>"):
             i = self.sp.piece_to_id(name)
             if pieces[i] != name:
-                raise UserError(f"the vocabulary has no {name} piece", where=str(model),
-                                fix="train it with `albert-exp vocab` (ALBERT's special tokens)")
+                raise UserError(
+                    f"the vocabulary has no {name} piece",
+                    where=str(model),
+                    fix="train it with `albert-exp vocab` (ALBERT's special tokens)",
+                )
             specials[name] = i
         self.vocab = VocabInfo.from_pieces(pieces, specials, control)
 
@@ -115,16 +121,20 @@ def read_blocks(path: Path, block_lines: int) -> Iterator[list[list[str]]]:
                         yield block
                         block, n = [], 0
         except UnicodeDecodeError as exc:
-            raise UserError(f"not UTF-8 text ({exc.reason})", where=str(path),
-                            fix="run `albert-exp corpus` on it, which cleans or rejects bad lines") from None
+            raise UserError(
+                f"not UTF-8 text ({exc.reason})",
+                where=str(path),
+                fix="run `albert-exp corpus` on it, which cleans or rejects bad lines",
+            ) from None
     if doc:
         block.append(doc)
     if block:
         yield block
 
 
-def block_instances(docs: list[list[str]], tok: Tokenizer, params: InstanceParams,
-                    rng: np.random.Generator) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+def block_instances(
+    docs: list[list[str]], tok: Tokenizer, params: InstanceParams, rng: np.random.Generator
+) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
     lines = [s for d in docs for s in d]
     ids, lens = tok.encode_lines(lines)
     doc_of_line = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
@@ -173,9 +183,17 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
             if progress:
                 progress(n_lines)
         info = writer.close()
-    entry = {"index": task.index, "path": os.path.basename(task.output_path), "input": task.input_path,
-             "input_sha256": task.input_sha256, "lines": lines, **info, "fingerprint": task.fingerprint(),
-             "seconds": round(time.perf_counter() - t0, 3), "stats": asdict(total)}
+    entry = {
+        "index": task.index,
+        "path": os.path.basename(task.output_path),
+        "input": task.input_path,
+        "input_sha256": task.input_sha256,
+        "lines": lines,
+        **info,
+        "fingerprint": task.fingerprint(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stats": asdict(total),
+    }
     side = Path(task.output_path + ".json")
     side.with_suffix(".tmp").write_text(json.dumps(entry, indent=1))
     os.replace(side.with_suffix(".tmp"), side)

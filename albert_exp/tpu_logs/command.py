@@ -32,7 +32,7 @@ def flags_from_command(text: str) -> dict[str, str]:
     if start is None:
         return {}
     flags: dict[str, str] = {}
-    rest = tokens[start + 1:]
+    rest = tokens[start + 1 :]
     i = 0
     while i < len(rest):
         tok = rest[i]
@@ -56,12 +56,22 @@ def run_pretraining_flags(cfg: Any) -> list[tuple[str, Any]]:
     p = cfg.pretrain
     s = p.scaled()
     albert_config = getattr(p, "albert_config", None)
-    missing = [k for k, v in (("pretrain.input", p.input), ("pretrain.output_dir", p.output_dir),
-                              ("pretrain.albert_config", albert_config), ("pretrain.tpu_name", p.tpu_name))
-               if not v]
+    missing = [
+        k
+        for k, v in (
+            ("pretrain.input", p.input),
+            ("pretrain.output_dir", p.output_dir),
+            ("pretrain.albert_config", albert_config),
+            ("pretrain.tpu_name", p.tpu_name),
+        )
+        if not v
+    ]
     if missing:
-        raise UserError(f"a TPU run needs {', '.join(missing)}", where=cfg.source,
-                        fix="set them in the YAML (see experiments/tpu_recipe.yaml) or with --set KEY=VALUE")
+        raise UserError(
+            f"a TPU run needs {', '.join(missing)}",
+            where=cfg.source,
+            fix="set them in the YAML (see experiments/tpu_recipe.yaml) or with --set KEY=VALUE",
+        )
     if p.iterations_per_loop < 1:
         raise UserError("pretrain.iterations_per_loop must be >= 1", where=cfg.source)
     flags: list[tuple[str, Any]] = [
@@ -111,18 +121,21 @@ def notes(cfg: Any) -> list[str]:
     if any(v and not v.startswith("gs://") for v in [*p.input, p.output_dir or ""]):
         out.append("a Cloud TPU reads and writes only gs:// paths: input and output_dir should be gs:// URIs")
     if p.save_checkpoints_steps % p.iterations_per_loop:
-        out.append(f"save_checkpoints_steps={p.save_checkpoints_steps} is not a multiple of iterations_per_loop="
-                   f"{p.iterations_per_loop}: TPUEstimator saves only at loop ends")
+        out.append(
+            f"save_checkpoints_steps={p.save_checkpoints_steps} is not a multiple of iterations_per_loop="
+            f"{p.iterations_per_loop}: TPUEstimator saves only at loop ends"
+        )
     return out
 
 
 def main(cfg: Any, log: str | None = None) -> dict[str, Any]:
     command = build_command(cfg, log)
     s = cfg.pretrain.scaled()
-    print(f"# {cfg.name}: batch {s.batch_size} -> {s.num_train_steps:,} steps, {s.num_warmup_steps:,} warm-up, "
-          f"lr {s.learning_rate:g} ({s.rule})")
-    print(f"# afterwards: albert-exp tpu-logs ingest {cfg.name}-*.log --experiment {cfg.name} "
-          "--command-file THIS_FILE")
+    print(
+        f"# {cfg.name}: batch {s.batch_size} -> {s.num_train_steps:,} steps, {s.num_warmup_steps:,} warm-up, "
+        f"lr {s.learning_rate:g} ({s.rule})"
+    )
+    print(f"# afterwards: albert-exp tpu-logs ingest {cfg.name}-*.log --experiment {cfg.name} --command-file THIS_FILE")
     print(command)
     for n in notes(cfg):
         print(f"note: {n}", file=sys.stderr)

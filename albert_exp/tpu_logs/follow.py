@@ -50,11 +50,23 @@ class _Tail:
         return lines
 
 
-def follow(paths: list[str], *, experiment: str | None = None, run_name: str | None = None,
-           year: int | None = None, timezone: str = "UTC", command_file: str | None = None,
-           append: bool = False, run_id: str | None = None, out_dir: str | None = None,
-           poll_s: float = 5.0, idle_exit_s: float | None = None, max_s: float | None = None,
-           stop: threading.Event | None = None, progress: bool = True) -> dict[str, Any]:
+def follow(
+    paths: list[str],
+    *,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    year: int | None = None,
+    timezone: str = "UTC",
+    command_file: str | None = None,
+    append: bool = False,
+    run_id: str | None = None,
+    out_dir: str | None = None,
+    poll_s: float = 5.0,
+    idle_exit_s: float | None = None,
+    max_s: float | None = None,
+    stop: threading.Event | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     import pandas as pd
     from mlflow import MlflowClient
 
@@ -92,14 +104,20 @@ def follow(paths: list[str], *, experiment: str | None = None, run_name: str | N
         run = ing.append_target(client, exp_id, run_id, run_name)
     else:
         start_ms = int(ing.to_ms(ing._series([result.start_time or pd.Timestamp.now(tz="UTC")]))[0])
-        run = client.create_run(exp_id, start_time=start_ms,
-                                run_name=run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
-                                tags={"stage": ing.STAGE, ing.TAG_COMPLETE: "false"})
+        run = client.create_run(
+            exp_id,
+            start_time=start_ms,
+            run_name=run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
+            tags={"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
+        )
     rid = run.info.run_id
     from albert_exp.tracking import git_commit, write_results
 
-    ing.set_tags(client, rid, {"stage": ing.STAGE, "git_commit": git_commit(), "tpu_logs.following": "true",
-                               ing.TAG_COMPLETE: "false"})
+    ing.set_tags(
+        client,
+        rid,
+        {"stage": ing.STAGE, "git_commit": git_commit(), "tpu_logs.following": "true", ing.TAG_COMPLETE: "false"},
+    )
     warnings += ing.log_params(client, run, params)
     logged = ing.logged_points(client, rid, sorted(run.data.metrics)) if (append or run_id) else {}
     logged.update(_log_new(client, rid, result.table, logged, progress))
@@ -120,8 +138,7 @@ def follow(paths: list[str], *, experiment: str | None = None, run_name: str | N
                 continue
             idle_since = time.monotonic()
             parser.feed(new, parser.lines_read + 1)
-            n_rows, n_ckpt = _flush(client, rid, followed, files, year, now, timezone, n_rows, n_ckpt, logged,
-                                    progress)
+            n_rows, n_ckpt = _flush(client, rid, followed, files, year, now, timezone, n_rows, n_ckpt, logged, progress)
     except KeyboardInterrupt:
         pass
     parser.close()
@@ -136,17 +153,40 @@ def follow(paths: list[str], *, experiment: str | None = None, run_name: str | N
     all_digests = sorted(known | {ing.short(d) for d in digests})
     digest = ing.run_digest(all_digests)
     summary = result.summary()
-    summary.update(run_id=rid, points_logged=len(logged), warnings=warnings, kept_earlier_values=differ,
-                   followed=last, status_reason="end of training in the log" if status == "FINISHED"
-                   else "stopped following before the log showed the end of training")
+    summary.update(
+        run_id=rid,
+        points_logged=len(logged),
+        warnings=warnings,
+        kept_earlier_values=differ,
+        followed=last,
+        status_reason="end of training in the log"
+        if status == "FINISHED"
+        else "stopped following before the log showed the end of training",
+    )
     out = Path(out_dir or Path("runs") / "tpu_logs" / digest[:12])
-    ing.write_artifacts(client, rid, out, result, summary,
-                        [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)], progress)
+    ing.write_artifacts(
+        client,
+        rid,
+        out,
+        result,
+        summary,
+        [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)],
+        progress,
+    )
     last_ck = result.checkpoints.iloc[-1]["uri"] if len(result.checkpoints) else None
-    ing.set_tags(client, rid, {ing.TAG_DIGEST: digest, ing.TAG_FILES: ",".join(all_digests),
-                               "tpu_logs.last_checkpoint": last_ck, "tpu_logs.finished": result.finished,
-                               "tpu_logs.restarts": len(result.restarts), "tpu_logs.following": "false",
-                               ing.TAG_COMPLETE: "true"})
+    ing.set_tags(
+        client,
+        rid,
+        {
+            ing.TAG_DIGEST: digest,
+            ing.TAG_FILES: ",".join(all_digests),
+            "tpu_logs.last_checkpoint": last_ck,
+            "tpu_logs.finished": result.finished,
+            "tpu_logs.restarts": len(result.restarts),
+            "tpu_logs.following": "false",
+            ing.TAG_COMPLETE: "true",
+        },
+    )
     end_ms = int(ing.to_ms(ing._series([result.end_time]))[0]) if result.end_time is not None else None
     client.set_terminated(rid, status, end_time=end_ms)
     results = {"status": "followed", "run_status": status, **summary}
@@ -155,8 +195,19 @@ def follow(paths: list[str], *, experiment: str | None = None, run_name: str | N
     return results
 
 
-def _flush(client: Any, rid: str, followed: Any, files: list, year: int | None, now: datetime, timezone: str,
-           n_rows: int, n_ckpt: int, logged: dict, progress: bool) -> tuple[int, int]:
+def _flush(
+    client: Any,
+    rid: str,
+    followed: Any,
+    files: list,
+    year: int | None,
+    now: datetime,
+    timezone: str,
+    n_rows: int,
+    n_ckpt: int,
+    logged: dict,
+    progress: bool,
+) -> tuple[int, int]:
     """Log the followed file's rows and checkpoints that appeared since the last flush."""
     import pandas as pd
 
@@ -167,10 +218,14 @@ def _flush(client: Any, rid: str, followed: Any, files: list, year: int | None, 
     if len(p.line) > n_rows:
         assign_years(files, year, now)  # cheap: the timeline holds only the times that carry data
         times = followed.times
-        new = pd.DataFrame({
-            "metric": p.metric[n_rows:], "step": p.step[n_rows:], "value": p.value[n_rows:],
-            "wall_time": _localize([times[i] if i >= 0 and times else None for i in p.ti[n_rows:]], timezone),
-        }).drop_duplicates(["metric", "step"], keep="first")
+        new = pd.DataFrame(
+            {
+                "metric": p.metric[n_rows:],
+                "step": p.step[n_rows:],
+                "value": p.value[n_rows:],
+                "wall_time": _localize([times[i] if i >= 0 and times else None for i in p.ti[n_rows:]], timezone),
+            }
+        ).drop_duplicates(["metric", "step"], keep="first")
         logged.update(_log_new(client, rid, new, logged, progress=False))
     if len(p.checkpoints) > n_ckpt:
         ing.set_tags(client, rid, {"tpu_logs.last_checkpoint": p.checkpoints[-1][3]})
@@ -182,8 +237,9 @@ def _log_new(client: Any, rid: str, table: Any, logged: dict, progress: bool) ->
 
     from albert_exp.tpu_logs.ingest import log_points
 
-    keep = np.array([(m, int(s)) not in logged for m, s in zip(table["metric"], table["step"], strict=True)],
-                    dtype=bool)
+    keep = np.array(
+        [(m, int(s)) not in logged for m, s in zip(table["metric"], table["step"], strict=True)], dtype=bool
+    )
     todo = table[keep]  # a boolean array, not a list: an empty list would select columns
     if len(todo):
         log_points(client, rid, todo, progress=progress)

@@ -93,8 +93,12 @@ class FileParser:
         if self._cur_ti < 0:
             if self._cur_glog is not None:  # parse the glog time lazily: most timed lines carry no data
                 t = self._cur_glog
-                self._cur = (int(t[1:3]), int(t[3:5]), int(t[6:8]) * 3600 + int(t[9:11]) * 60 + int(t[12:14])
-                             + int(t[15:21].ljust(6, "0")) / 1e6, 0)
+                self._cur = (
+                    int(t[1:3]),
+                    int(t[3:5]),
+                    int(t[6:8]) * 3600 + int(t[9:11]) * 60 + int(t[12:14]) + int(t[15:21].ljust(6, "0")) / 1e6,
+                    0,
+                )
                 self._cur_glog = None
             if self._cur is None:
                 return -1
@@ -168,12 +172,11 @@ class FileParser:
             if c in "IWEF" and text[1:2].isdigit():
                 # glog: fixed positions checked cheaply (a regex per line costs a second per million lines)
                 end = text.find("] ", 22)
-                if end > 0 and text[5:6] == " " and text[8:9] == ":" and text[14:15] == "." and \
-                        GLOG_TIME.match(text):
+                if end > 0 and text[5:6] == " " and text[8:9] == ":" and text[14:15] == "." and GLOG_TIME.match(text):
                     self._cur_glog, self._cur_ti, self._cur_pos = text[:21], -1, lineno
                     if self.first_ti < 0:
                         self.first_ti = self._time_index()
-                    level, msg, own = c, text[end + 2:], True
+                    level, msg, own = c, text[end + 2 :], True
                 else:
                     msg = text
             elif text.startswith(ABSL_LEVELS):
@@ -182,8 +185,12 @@ class FileParser:
                 level = lvl[0]
             elif c.isdigit() and (m := FULL_DATE.match(text)):
                 g = m.groups()
-                self._set_time(int(g[1]), int(g[2]), int(g[3]) * 3600 + int(g[4]) * 60 + int(g[5])
-                               + int((g[6] or "0")[:6].ljust(6, "0")) / 1e6, int(g[0]))
+                self._set_time(
+                    int(g[1]),
+                    int(g[2]),
+                    int(g[3]) * 3600 + int(g[4]) * 60 + int(g[5]) + int((g[6] or "0")[:6].ljust(6, "0")) / 1e6,
+                    int(g[0]),
+                )
                 self._cur_pos = lineno
                 rest, own = g[7], True
                 # TF C++: "I tensorflow/core/...cc:142] message"; python asctime formats: "INFO ... message"
@@ -217,7 +224,7 @@ class FileParser:
                 return
         for prefix, metric in RATE_METRICS.items():
             if msg.startswith(prefix):
-                value = _float(msg[len(prefix):].strip())
+                value = _float(msg[len(prefix) :].strip())
                 if value is None:
                     break
                 if self._last_loss_step is None:
@@ -318,7 +325,7 @@ class FileParser:
                 self._cur_glog, self._cur_ti, self._cur_pos = lines[tb][:21], -1, tb + 1
                 if self.first_ti < 0:
                     self.first_ti = self._time_index()
-            self.feed(lines[i:i + 1], i + 1)
+            self.feed(lines[i : i + 1], i + 1)
         self.counts[NO_DATA] += chatter
         self.lines_read += chatter
 

@@ -47,14 +47,20 @@ def experiment_id(client: Any, name: str | None) -> str:
     if exp is None:
         return client.create_experiment(name)
     if exp.lifecycle_stage == "deleted":
-        raise UserError(f"experiment {name!r} is deleted", fix="restore it (mlflow experiments restore) or pick "
-                        "another --experiment")
+        raise UserError(
+            f"experiment {name!r} is deleted",
+            fix="restore it (mlflow experiments restore) or pick another --experiment",
+        )
     return exp.experiment_id
 
 
 def find_by_digest(client: Any, exp_id: str, digest: str) -> Any | None:
-    runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'",
-                              order_by=["attributes.start_time DESC"], max_results=5)
+    runs = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
     return runs[0] if runs else None
 
 
@@ -62,11 +68,12 @@ def append_target(client: Any, exp_id: str, run_id: str | None, run_name: str | 
     if run_id:
         return client.get_run(run_id)
     filt = f"tags.stage = '{STAGE}'" + (f" and attributes.run_name = '{run_name}'" if run_name else "")
-    runs = client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"],
-                              max_results=1)
+    runs = client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise UserError("--append found no earlier tpu-logs run" + (f" named {run_name!r}" if run_name else ""),
-                        fix="ingest the first files without --append, or pass --run-id")
+        raise UserError(
+            "--append found no earlier tpu-logs run" + (f" named {run_name!r}" if run_name else ""),
+            fix="ingest the first files without --append, or pass --run-id",
+        )
     return runs[0]
 
 
@@ -91,20 +98,23 @@ def logged_points(client: Any, run_id: str, keys: list[str]) -> dict[tuple[str, 
     return out
 
 
-def log_points(client: Any, run_id: str, table: Any, skip: dict[tuple[str, int], float] | None = None,
-               progress: bool = True) -> int:
+def log_points(
+    client: Any, run_id: str, table: Any, skip: dict[tuple[str, int], float] | None = None, progress: bool = True
+) -> int:
     """Back-fill the table's points the run does not have yet; returns how many were logged."""
     from mlflow.entities import Metric
     from tqdm import tqdm
 
     ms = to_ms(table["wall_time"])
-    metrics = [Metric(m, float(v), int(t), int(s))
-               for m, v, t, s in zip(table["metric"], table["value"], ms, table["step"], strict=True)
-               if not skip or (m, int(s)) not in skip]
+    metrics = [
+        Metric(m, float(v), int(t), int(s))
+        for m, v, t, s in zip(table["metric"], table["value"], ms, table["step"], strict=True)
+        if not skip or (m, int(s)) not in skip
+    ]
     with tqdm(total=len(metrics), unit=" points", desc="mlflow", disable=None if progress else True) as bar:
         for i in range(0, len(metrics), MAX_METRICS):
-            client.log_batch(run_id, metrics=metrics[i:i + MAX_METRICS])
-            bar.update(len(metrics[i:i + MAX_METRICS]))
+            client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS])
+            bar.update(len(metrics[i : i + MAX_METRICS]))
     return len(metrics)
 
 
@@ -113,11 +123,14 @@ def log_params(client: Any, run: Any, params: dict[str, str]) -> list[str]:
     from mlflow.entities import Param
 
     have = run.data.params if run is not None else {}
-    warnings = [f"param {k}: the run has {have[k]!r}, the new log says {v!r}; kept the run's"
-                for k, v in params.items() if k in have and have[k] != str(v)[:6000]]
+    warnings = [
+        f"param {k}: the run has {have[k]!r}, the new log says {v!r}; kept the run's"
+        for k, v in params.items()
+        if k in have and have[k] != str(v)[:6000]
+    ]
     todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
     for i in range(0, len(todo), MAX_PARAMS):
-        client.log_batch(run.info.run_id, params=todo[i:i + MAX_PARAMS])
+        client.log_batch(run.info.run_id, params=todo[i : i + MAX_PARAMS])
     return warnings
 
 
@@ -126,7 +139,7 @@ def set_tags(client: Any, run_id: str, tags: dict[str, Any]) -> None:
 
     items = [RunTag(k, str(v)[:8000]) for k, v in tags.items() if v is not None]
     for i in range(0, len(items), MAX_TAGS):
-        client.log_batch(run_id, tags=items[i:i + MAX_TAGS])
+        client.log_batch(run_id, tags=items[i : i + MAX_TAGS])
 
 
 def reconcile(table: Any, logged: dict[tuple[str, int], float]) -> tuple[Any, int]:
@@ -141,8 +154,9 @@ def reconcile(table: Any, logged: dict[tuple[str, int], float]) -> tuple[Any, in
     return table, differ
 
 
-def write_artifacts(client: Any, run_id: str, out_dir: Path, result: Any, summary: dict, files: list[dict],
-                    progress: bool = True) -> list[str]:
+def write_artifacts(
+    client: Any, run_id: str, out_dir: Path, result: Any, summary: dict, files: list[dict], progress: bool = True
+) -> list[str]:
     """Tables (CSV + Parquet), checkpoints, loss curve, summary, file list -> out_dir and the run."""
     from albert_exp.tpu_logs.plot import loss_curve
 
@@ -173,10 +187,20 @@ def _old_table(client: Any, run_id: str) -> Any:
         return pd.read_parquet(local)
 
 
-def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | None = None,
-           year: int | None = None, timezone: str = "UTC", command_file: str | None = None,
-           append: bool = False, run_id: str | None = None, out_dir: str | None = None,
-           progress: bool = True, background: bool | None = None) -> dict[str, Any]:
+def ingest(
+    paths: list[str],
+    *,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    year: int | None = None,
+    timezone: str = "UTC",
+    command_file: str | None = None,
+    append: bool = False,
+    run_id: str | None = None,
+    out_dir: str | None = None,
+    progress: bool = True,
+    background: bool | None = None,
+) -> dict[str, Any]:
     """Parse `paths` and make sure one MLflow run holds them. Returns the results (also results.json).
 
     background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more).
@@ -196,19 +220,46 @@ def ingest(paths: list[str], *, experiment: str | None = None, run_name: str | N
     if background is None:
         background = sum(Path(p).stat().st_size for p in paths) >= BACKGROUND_MIN_BYTES
     # --append parses only the files new to the run, known once MLflow answers: not in the background.
-    bg = BackgroundParse(paths, year=year, timezone=timezone, progress=progress) \
-        if background and not (append or run_id) else None
+    bg = (
+        BackgroundParse(paths, year=year, timezone=timezone, progress=progress)
+        if background and not (append or run_id)
+        else None
+    )
     try:
-        return _ingest(paths, digests, flags, bg, experiment=experiment, run_name=run_name, year=year,
-                       timezone=timezone, append=append, run_id=run_id, out_dir=out_dir, progress=progress)
+        return _ingest(
+            paths,
+            digests,
+            flags,
+            bg,
+            experiment=experiment,
+            run_name=run_name,
+            year=year,
+            timezone=timezone,
+            append=append,
+            run_id=run_id,
+            out_dir=out_dir,
+            progress=progress,
+        )
     finally:
         if bg is not None:
             bg.cancel()  # the answer was "unchanged", or an error: nothing waits for the parse any more
 
 
-def _ingest(paths: list[str], digests: list[str], flags: dict[str, str], bg: Any, *, experiment: str | None,
-            run_name: str | None, year: int | None, timezone: str, append: bool, run_id: str | None,
-            out_dir: str | None, progress: bool) -> dict[str, Any]:
+def _ingest(
+    paths: list[str],
+    digests: list[str],
+    flags: dict[str, str],
+    bg: Any,
+    *,
+    experiment: str | None,
+    run_name: str | None,
+    year: int | None,
+    timezone: str,
+    append: bool,
+    run_id: str | None,
+    out_dir: str | None,
+    progress: bool,
+) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from albert_exp.tpu_logs.parse import parse_files
@@ -243,17 +294,20 @@ def _ingest(paths: list[str], digests: list[str], flags: dict[str, str], bg: Any
         timings = {"parse_s": round(time.perf_counter() - clock, 2)}
     if result.table.empty or not (result.table["metric"] == "train/loss").any():
         lines = result.counts.get("lines", 0)
-        raise UserError(f"no `loss = ..., step = ...` lines in {lines} lines "
-                        f"({result.counts.get('unknown format', 0)} of unknown format)",
-                        where=", ".join(paths),
-                        fix="give the console output of run_pretraining.py (`2>&1 | tee LOG` keeps stderr)")
+        raise UserError(
+            f"no `loss = ..., step = ...` lines in {lines} lines "
+            f"({result.counts.get('unknown format', 0)} of unknown format)",
+            where=", ".join(paths),
+            fix="give the console output of run_pretraining.py (`2>&1 | tee LOG` keeps stderr)",
+        )
     params, warnings = _params(result, flags)
     digest = run_digest(all_digests)
     name = run_name or f"{STAGE} {Path(paths[0]).name.split('.')[0]}"
     if run is None:
         start_ms = int(to_ms(_series([result.start_time]))[0]) if result.start_time is not None else None
-        run = client.create_run(exp_id, start_time=start_ms, run_name=name,
-                                tags={"stage": STAGE, TAG_COMPLETE: "false"})
+        run = client.create_run(
+            exp_id, start_time=start_ms, run_name=name, tags={"stage": STAGE, TAG_COMPLETE: "false"}
+        )
     rid = run.info.run_id
     try:
         from albert_exp.tracking import git_commit
@@ -283,29 +337,49 @@ def _ingest(paths: list[str], digests: list[str], flags: dict[str, str], bg: Any
 
             new_loss = result.table[result.table["metric"] == "train/loss"].sort_values(["segment", "step"])
             boundary = new_loss.iloc[0]
-            result.restarts = [*restarts_of(old_table), {"step": int(boundary["step"]), "wall_time":
-                               boundary["wall_time"], "source": str(boundary["source"]),
-                               "line": int(boundary["line"])}, *result.restarts]
+            result.restarts = [
+                *restarts_of(old_table),
+                {
+                    "step": int(boundary["step"]),
+                    "wall_time": boundary["wall_time"],
+                    "source": str(boundary["source"]),
+                    "line": int(boundary["line"]),
+                },
+                *result.restarts,
+            ]
         result.table = table
         clock = time.perf_counter()
         logged = log_points(client, rid, table, skip=already, progress=progress)
         timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
         summary = result.summary()
-        summary.update(run_id=rid, points_logged=logged, points_already_in_run=len(already),
-                       warnings=warnings, kept_earlier_values=differ)
+        summary.update(
+            run_id=rid,
+            points_logged=logged,
+            points_already_in_run=len(already),
+            warnings=warnings,
+            kept_earlier_values=differ,
+        )
         out = Path(out_dir or Path("runs") / "tpu_logs" / digest[:12])
         files = [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)]
         clock = time.perf_counter()
         write_artifacts(client, rid, out, result, summary, files, progress)
         timings["artifacts_s"] = round(time.perf_counter() - clock, 2)
         last_ck = result.checkpoints.iloc[-1]["uri"] if len(result.checkpoints) else None
-        set_tags(client, rid, {TAG_DIGEST: digest, TAG_FILES: ",".join(all_digests),
-                               "tpu_logs.last_checkpoint": last_ck, "tpu_logs.finished": result.finished,
-                               "tpu_logs.restarts": len(result.restarts), TAG_COMPLETE: "true"})
+        set_tags(
+            client,
+            rid,
+            {
+                TAG_DIGEST: digest,
+                TAG_FILES: ",".join(all_digests),
+                "tpu_logs.last_checkpoint": last_ck,
+                "tpu_logs.finished": result.finished,
+                "tpu_logs.restarts": len(result.restarts),
+                TAG_COMPLETE: "true",
+            },
+        )
         status = "FINISHED" if result.finished else "KILLED"
         end_ms = int(to_ms(_series([result.end_time]))[0]) if result.end_time is not None else None
-        set_tags(client, rid, {"tpu_logs.start_time": summary["start_time"],
-                               "tpu_logs.end_time": summary["end_time"]})
+        set_tags(client, rid, {"tpu_logs.start_time": summary["start_time"], "tpu_logs.end_time": summary["end_time"]})
         if rid == env_run:  # `mlflow run` made this run now: an end time from the log would precede its start
             end_ms = None
         client.set_terminated(rid, status, end_time=end_ms)
@@ -333,8 +407,13 @@ def _series(values: list) -> Any:
 
 
 def _unchanged(run: Any, why: str) -> dict[str, Any]:
-    return {"status": "unchanged", "why": why, "run_id": run.info.run_id, "run_status": run.info.status,
-            "digest": run.data.tags.get(TAG_DIGEST)}
+    return {
+        "status": "unchanged",
+        "why": why,
+        "run_id": run.info.run_id,
+        "run_status": run.info.status,
+        "digest": run.data.tags.get(TAG_DIGEST),
+    }
 
 
 def read_command_file(path: str) -> dict[str, str]:
@@ -342,11 +421,17 @@ def read_command_file(path: str) -> dict[str, str]:
 
     p = Path(path)
     if not p.is_file():
-        raise UserError("command file not found", where=path, fix="give the script that ran run_pretraining.py "
-                        "(e.g. the output of `albert-exp tpu-logs command`)")
+        raise UserError(
+            "command file not found",
+            where=path,
+            fix="give the script that ran run_pretraining.py (e.g. the output of `albert-exp tpu-logs command`)",
+        )
     flags = flags_from_command(p.read_text(encoding="utf-8", errors="replace"))
     if not flags:
-        raise UserError("no run_pretraining.py command with --flags in it", where=path,
-                        fix="the file should contain the command line, e.g. `python3 -m albert.run_pretraining "
-                        "--train_batch_size=512 ...`")
+        raise UserError(
+            "no run_pretraining.py command with --flags in it",
+            where=path,
+            fix="the file should contain the command line, e.g. `python3 -m albert.run_pretraining "
+            "--train_batch_size=512 ...`",
+        )
     return flags

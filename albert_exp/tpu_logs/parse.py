@@ -47,7 +47,7 @@ def _gunzip(data: bytes) -> tuple[bytes, bool]:
         d = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             for i in range(0, len(data), 1 << 20):
-                out.append(d.decompress(data[i:i + (1 << 20)]))
+                out.append(d.decompress(data[i : i + (1 << 20)]))
                 if d.eof:
                     break
         except zlib.error:
@@ -69,8 +69,11 @@ def read_log(path: str | Path) -> tuple[list[str], str, list[str]]:
     """A log file -> (complete lines, unterminated tail, notes). Missing or unreadable files are UserErrors."""
     p = Path(path)
     if not p.is_file():
-        raise UserError("log file not found", where=str(path),
-                        fix="give the files the TPU run wrote (e.g. `2>&1 | tee pretrain.log`)")
+        raise UserError(
+            "log file not found",
+            where=str(path),
+            fix="give the files the TPU run wrote (e.g. `2>&1 | tee pretrain.log`)",
+        )
     data = p.read_bytes()
     notes = []
     if data[:2] == b"\x1f\x8b":
@@ -151,14 +154,15 @@ def parse_file(path: str | Path, *, progress: Any = None) -> ParsedFile:
     lines, tail, notes = read_log(path)
     parser = FileParser(Path(path).name)
     for start in range(0, len(lines), CHUNK_LINES * 10):
-        chunk = lines[start:start + CHUNK_LINES * 10]
+        chunk = lines[start : start + CHUNK_LINES * 10]
         chatter, glog = chatter_masks(chunk)
         keep = np.flatnonzero(~chatter)
         glog_idx = np.flatnonzero(glog)
         pos = np.searchsorted(glog_idx, keep) - 1  # the last glog line before each kept line
         before = np.where(pos >= 0, glog_idx[np.maximum(pos, 0)], -1) if len(glog_idx) else np.full(len(keep), -1)
-        parser.feed_selected(lines, (keep + start).tolist(),
-                             [b + start if b >= 0 else -1 for b in before.tolist()], int(chatter.sum()))
+        parser.feed_selected(
+            lines, (keep + start).tolist(), [b + start if b >= 0 else -1 for b in before.tolist()], int(chatter.sum())
+        )
         if len(glog_idx):
             last = int(glog_idx[-1]) + start
             parser.last_time_from(lines[last], last + 1)
@@ -171,8 +175,14 @@ def parse_file(path: str | Path, *, progress: Any = None) -> ParsedFile:
     return ParsedFile(str(path), parser, tail, notes)
 
 
-def parse_files(paths: list[str | Path], *, year: int | None = None, timezone: str = "UTC",
-                now: datetime | None = None, progress: bool = True) -> ParseResult:
+def parse_files(
+    paths: list[str | Path],
+    *,
+    year: int | None = None,
+    timezone: str = "UTC",
+    now: datetime | None = None,
+    progress: bool = True,
+) -> ParseResult:
     from tqdm import tqdm
 
     parsed = []
@@ -272,21 +282,31 @@ def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC
     duplicates, superseded = len(df) - per_segment, per_segment - len(res)
     if res["time"].isna().any():  # a file without any timestamp: borrow the time of the same value elsewhere
         timed = df[df["own"] & df["time"].notna()].drop_duplicates(["metric", "step", "value"], keep="last")
-        fill = res.merge(timed[["metric", "step", "value", "time"]], on=["metric", "step", "value"],
-                         how="left", suffixes=("", "_dup"))["time_dup"].to_numpy()
+        fill = res.merge(
+            timed[["metric", "step", "value", "time"]],
+            on=["metric", "step", "value"],
+            how="left",
+            suffixes=("", "_dup"),
+        )["time_dup"].to_numpy()
         res["time"] = res["time"].fillna(pd.Series(fill, index=res.index))
         if res["time"].isna().any():
             notes.append("some points have no timestamp in any file; they get the ingest time")
     sources = [f.parser.source for f in files]
-    table = pd.DataFrame({
-        "source": [sources[i] for i in res["file"]],
-        "line": res["line"].to_numpy(),
-        "wall_time": _localize(res["time"], timezone),
-        "step": res["step"].astype("int64").to_numpy(),
-        "metric": res["metric"].to_numpy(),
-        "value": res["value"].astype("float64").to_numpy(),
-        "segment": res["segment"].to_numpy(),
-    }).sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
+    table = (
+        pd.DataFrame(
+            {
+                "source": [sources[i] for i in res["file"]],
+                "line": res["line"].to_numpy(),
+                "wall_time": _localize(res["time"], timezone),
+                "step": res["step"].astype("int64").to_numpy(),
+                "metric": res["metric"].to_numpy(),
+                "value": res["value"].astype("float64").to_numpy(),
+                "segment": res["segment"].to_numpy(),
+            }
+        )
+        .sort_values(["metric", "step"], kind="stable")
+        .reset_index(drop=True)
+    )
     ck = pd.DataFrame(ckpts, columns=["step", "uri", "wall_time", "source", "line", "segment"])
     ck["wall_time"] = _localize(pd.to_datetime(ck["wall_time"]), timezone)
     ck = ck.sort_values(["segment", "line"], kind="stable").drop_duplicates("step", keep="last")
@@ -298,9 +318,24 @@ def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC
     all_times = [t for f in files for t in (f.times or []) if t is not None]
     start = _localize(pd.Series([min(all_times)]), timezone)[0] if all_times else None
     end = _localize(pd.Series([max(all_times)]), timezone)[0] if all_times else None
-    return ParseResult(files, table, ck.sort_values("step").reset_index(drop=True), params, flags, inputs,
-                       counts, duplicates, superseded, restarts, finished, start, end, year_source, notes,
-                       timezone)
+    return ParseResult(
+        files,
+        table,
+        ck.sort_values("step").reset_index(drop=True),
+        params,
+        flags,
+        inputs,
+        counts,
+        duplicates,
+        superseded,
+        restarts,
+        finished,
+        start,
+        end,
+        year_source,
+        notes,
+        timezone,
+    )
 
 
 def restarts_of(table: Any) -> list[dict]:
@@ -309,8 +344,14 @@ def restarts_of(table: Any) -> list[dict]:
     out = []
     for _, first in loss.sort_values(["segment", "step"]).groupby("segment").head(1).iterrows():
         if first["segment"] != loss["segment"].min():
-            out.append({"step": int(first["step"]), "wall_time": first["wall_time"],
-                        "source": str(first["source"]), "line": int(first["line"])})
+            out.append(
+                {
+                    "step": int(first["step"]),
+                    "wall_time": first["wall_time"],
+                    "source": str(first["source"]),
+                    "line": int(first["line"]),
+                }
+            )
     return out
 
 
@@ -323,6 +364,7 @@ def _localize(times: Any, timezone: str) -> Any:
         try:
             times = times.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
         except Exception as exc:  # an unknown zone name
-            raise UserError(f"unknown time zone {timezone!r}: {exc}", fix="use an IANA name such as UTC or "
-                            "Europe/Berlin") from None
+            raise UserError(
+                f"unknown time zone {timezone!r}: {exc}", fix="use an IANA name such as UTC or Europe/Berlin"
+            ) from None
     return times.dt.tz_convert("UTC")

@@ -83,9 +83,14 @@ def summarize(result: Any) -> dict[str, Any]:
     }
     if len(loss):
         best = loss.loc[loss["value"].idxmin()]
-        out.update(first_step=int(loss["step"].iloc[0]), last_step=int(loss["step"].iloc[-1]),
-                   first_loss=float(loss["value"].iloc[0]), last_loss=float(loss["value"].iloc[-1]),
-                   best_loss=float(best["value"]), best_loss_step=int(best["step"]))
+        out.update(
+            first_step=int(loss["step"].iloc[0]),
+            last_step=int(loss["step"].iloc[-1]),
+            first_loss=float(loss["value"].iloc[0]),
+            last_loss=float(loss["value"].iloc[-1]),
+            best_loss=float(best["value"]),
+            best_loss_step=int(best["step"]),
+        )
     if len(rates):
         out["global_step_per_s_median"] = float(rates.median())
     if len(examples):
@@ -102,6 +107,8 @@ def summarize(result: Any) -> dict[str, Any]:
     evals = table[table["metric"].str.startswith("eval/")]
     if len(evals):
         last = evals[evals["step"] == evals["step"].max()]
-        out["last_eval"] = {"step": int(last["step"].iloc[0]),
-                            **{m: float(v) for m, v in zip(last["metric"], last["value"], strict=True)}}
+        out["last_eval"] = {
+            "step": int(last["step"].iloc[0]),
+            **{m: float(v) for m, v in zip(last["metric"], last["value"], strict=True)},
+        }
     return out

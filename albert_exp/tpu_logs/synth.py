@@ -91,8 +91,9 @@ class _Writer:
         absl = f"{dict(I='INFO', W='WARNING', E='ERROR')[level]}:tensorflow:{msg}"
         fmt = self.spec.formats
         pair = [glog, absl] if fmt == "both" else [glog] if fmt == "glog" else [absl]
-        if fmt == "both" and (self.spec.order == "absl_first"
-                              or (self.spec.order == "random" and self.rng.random() < 0.5)):
+        if fmt == "both" and (
+            self.spec.order == "absl_first" or (self.spec.order == "random" and self.rng.random() < 0.5)
+        ):
             pair.reverse()
         self.lines.extend(pair)
         self._seen(t)
@@ -118,39 +119,51 @@ def _num(x: float) -> str:
 
 
 def command_line(spec: SynthSpec) -> str:
-    return (f"python3 -m albert.run_pretraining --input_file={spec.bucket}/data/*.tfrecord "
-            f"--output_dir={spec.bucket}/out --albert_config_file={spec.bucket}/albert_config.json "
-            f"--do_train --train_batch_size={spec.batch_size} --learning_rate=0.00022 "
-            f"--num_train_steps={spec.num_train_steps} --num_warmup_steps=25000 --max_seq_length=64 "
-            f"--save_checkpoints_steps={spec.checkpoint_every} --use_tpu --tpu_name=my-tpu")
+    return (
+        f"python3 -m albert.run_pretraining --input_file={spec.bucket}/data/*.tfrecord "
+        f"--output_dir={spec.bucket}/out --albert_config_file={spec.bucket}/albert_config.json "
+        f"--do_train --train_batch_size={spec.batch_size} --learning_rate=0.00022 "
+        f"--num_train_steps={spec.num_train_steps} --num_warmup_steps=25000 --max_seq_length=64 "
+        f"--save_checkpoints_steps={spec.checkpoint_every} --use_tpu --tpu_name=my-tpu"
+    )
 
 
-def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, crashed: bool,
-             noise_k: int) -> datetime:
+def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, crashed: bool, noise_k: int) -> datetime:
     rng, truth = w.rng, w.truth
     if spec.echo_command:
         w.plain(f"+ {command_line(spec)}")
     if spec.cpp_header:
-        w.cpp(t, "tensorflow/core/platform/cpu_feature_guard.cc:142] Your CPU supports instructions that this "
-                 "TensorFlow binary was not compiled to use: AVX2 FMA")
+        w.cpp(
+            t,
+            "tensorflow/core/platform/cpu_feature_guard.cc:142] Your CPU supports instructions that this "
+            "TensorFlow binary was not compiled to use: AVX2 FMA",
+        )
     t += timedelta(seconds=2.5)
-    w.log(t, "From run_pretraining.py:510: The name tf.gfile.Glob is deprecated.", level="W",
-          where="module_wrapper.py:139")
+    w.log(
+        t,
+        "From run_pretraining.py:510: The name tf.gfile.Glob is deprecated.",
+        level="W",
+        where="module_wrapper.py:139",
+    )
     w.plain("Instructions for updating:")
     w.plain("Use tf.io.gfile.glob instead.")
     w.log(t, "*** Input Files ***", where="run_pretraining.py:475")
     for name in truth.input_files:
         w.log(t, f"  {name}", where="run_pretraining.py:477")
-    w.log(t, "Querying Tensorflow master (grpc://10.240.1.2:8470) for TPU system metadata.",
-          where="tpu_system_metadata.py:78")
+    w.log(
+        t,
+        "Querying Tensorflow master (grpc://10.240.1.2:8470) for TPU system metadata.",
+        where="tpu_system_metadata.py:78",
+    )
     w.log(t, "*** Num TPU Cores: 8", where="tpu_system_metadata.py:148")
     w.log(t, "***** Running training *****", where="run_pretraining.py:511")
     w.log(t, f"  Batch size = {spec.batch_size}", where="run_pretraining.py:512")
     if first:
         w.log(t, f"Restoring parameters from {spec.bucket}/out/model.ckpt-{first}", where="saver.py:1284")
     t += timedelta(seconds=40 + rng.random() * 20)
-    w.log(t, f"Saving checkpoints for {first} into {spec.bucket}/out/model.ckpt.",
-          where="basic_session_run_hooks.py:606")
+    w.log(
+        t, f"Saving checkpoints for {first} into {spec.bucket}/out/model.ckpt.", where="basic_session_run_hooks.py:606"
+    )
     truth.checkpoints[first] = f"{spec.bucket}/out/model.ckpt-{first}"
     loop = 0
     for step in range(first + spec.log_every, last + 1, spec.log_every):
@@ -177,16 +190,23 @@ def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, cr
             w.point("train/examples_per_s", step, float(eps), t2)
         if step % spec.checkpoint_every == 0:
             t += timedelta(seconds=3)
-            w.log(t, f"Saving checkpoints for {step} into {spec.bucket}/out/model.ckpt.",
-                  where="basic_session_run_hooks.py:606")
+            w.log(
+                t,
+                f"Saving checkpoints for {step} into {spec.bucket}/out/model.ckpt.",
+                where="basic_session_run_hooks.py:606",
+            )
             truth.checkpoints[step] = f"{spec.bucket}/out/model.ckpt-{step}"
             if spec.eval_every and step % spec.eval_every == 0:
                 t += timedelta(seconds=20)
                 w.log(t, "***** Eval results *****", where="run_pretraining.py:563")
-                values = {"global_step": str(step), "loss": _num(loss + 0.1),
-                          "masked_lm_accuracy": _num(min(0.9, 0.3 + step / spec.num_train_steps / 2)),
-                          "masked_lm_loss": _num(loss - 0.2), "sentence_order_accuracy": _num(0.9),
-                          "sentence_order_loss": _num(0.25)}
+                values = {
+                    "global_step": str(step),
+                    "loss": _num(loss + 0.1),
+                    "masked_lm_accuracy": _num(min(0.9, 0.3 + step / spec.num_train_steps / 2)),
+                    "masked_lm_loss": _num(loss - 0.2),
+                    "sentence_order_accuracy": _num(0.9),
+                    "sentence_order_loss": _num(0.25),
+                }
                 for key in sorted(values):
                     w.log(t, f"  {key} = {values[key]}", where="run_pretraining.py:566")
                     if key != "global_step":
@@ -194,17 +214,24 @@ def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, cr
     if crashed:
         t += timedelta(seconds=30)
         w.log(t, "Error recorded from outfeed: Socket closed", level="E", where="error_handling.py:75")
-        w.log(t, "An error was raised. This may be due to a preemption in a connected worker or parameter "
-                 "server. The current session will be closed and a new session will be created.",
-              level="W", where="monitored_session.py:1286")
+        w.log(
+            t,
+            "An error was raised. This may be due to a preemption in a connected worker or parameter "
+            "server. The current session will be closed and a new session will be created.",
+            level="W",
+            where="monitored_session.py:1286",
+        )
         w.plain("Traceback (most recent call last):")
         w.plain('  File "run_pretraining.py", line 578, in <module>')
         w.plain("    tf.app.run()")
         w.plain("tensorflow.python.framework.errors_impl.UnavailableError: Socket closed")
     else:
         t += timedelta(seconds=5)
-        w.log(t, f"Saving checkpoints for {last} into {spec.bucket}/out/model.ckpt.",
-              where="basic_session_run_hooks.py:606")
+        w.log(
+            t,
+            f"Saving checkpoints for {last} into {spec.bucket}/out/model.ckpt.",
+            where="basic_session_run_hooks.py:606",
+        )
         truth.checkpoints[last] = f"{spec.bucket}/out/model.ckpt-{last}"
         w.log(t, f"Loss for final step: {_num(loss)}.", where="estimator.py:371")
         w.log(t, "training_loop marked as finished", where="error_handling.py:101")
@@ -217,8 +244,10 @@ def write_logs(spec: SynthSpec, out_dir: str | Path) -> SynthLogs:
     rng = random.Random(spec.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    truth = Truth(input_files=[f"{spec.bucket}/data/tf_examples.tfrecord-{i:05d}-of-00004" for i in range(4)],
-                  command=command_line(spec))
+    truth = Truth(
+        input_files=[f"{spec.bucket}/data/tf_examples.tfrecord-{i:05d}-of-00004" for i in range(4)],
+        command=command_line(spec),
+    )
     copies = 2 if spec.formats == "both" else 1
     overlap = sum(c - c // spec.checkpoint_every * spec.checkpoint_every for c in spec.crashes)
     n_logged = (spec.num_train_steps + overlap) // spec.log_every
@@ -253,8 +282,10 @@ def write_logs(spec: SynthSpec, out_dir: str | Path) -> SynthLogs:
             # Preempted while printing: "step = 5100" cut to "step = 51" would be a wrong point if parsed.
             t = truth.end_time + timedelta(seconds=1)
             step = str(spec.num_train_steps + spec.log_every)
-            text += (f"I{t:%m%d %H:%M:%S}.{t.microsecond:06d} 140213 basic_session_run_hooks.py:260] "
-                     f"loss = 1.95, step = {step[:-2]}")
+            text += (
+                f"I{t:%m%d %H:%M:%S}.{t.microsecond:06d} 140213 basic_session_run_hooks.py:260] "
+                f"loss = 1.95, step = {step[:-2]}"
+            )
         data = text.encode("utf-8", errors="surrogateescape")
         path.write_bytes(gzip.compress(data, mtime=0) if spec.gzip else data)
         truth.lines += len(w.lines)

@@ -19,8 +19,7 @@ def _doy(month: int, day: int) -> int:
     return (month - 1) * 31 + day
 
 
-def year_offsets(timeline: list[tuple[int, int, float, int]], prev_doy: int | None = None,
-                 k: int = 0) -> list[int]:
+def year_offsets(timeline: list[tuple[int, int, float, int]], prev_doy: int | None = None, k: int = 0) -> list[int]:
     """Years added since the first entry: +1 whenever the date goes back by more than a month (new year)."""
     out = []
     for month, day, _, _ in timeline:
