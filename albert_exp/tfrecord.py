@@ -9,8 +9,8 @@
 A TFRecord is `uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`, all
 little-endian. The protobuf wire format of `tf.train.Example` is written by hand because the generated
 classes cost microseconds per field and the pretraining-data stage writes ~100k examples a second per core:
-`encode_batch` builds a whole batch of examples with numpy (every tag, key byte and length is a varint item of
-a fixed layout, so lengths are column sums), and `frame_records` adds the record framing.
+`encode_batch` serializes (and frames) a whole batch of examples in compiled code (`tfrecord_encode`);
+`encode_example` is the plain-Python reference it is tested against, and `frame_records` adds the framing.
 """
 
 from __future__ import annotations
@@ -66,32 +66,6 @@ def masked_crc(data: bytes | memoryview) -> int:
 # Varints
 
 
-_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
-
-
-def _varint_sizes(v: np.ndarray) -> np.ndarray:
-    """Bytes taken by each uint64 as a varint (1..10)."""
-    return 1 + (v[..., None] >= _VARINT_LIMITS).sum(axis=-1, dtype=np.int64)
-
-
-def _emit(items: np.ndarray, raw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Encode a flat uint64 array as varints (or as single raw bytes where `raw`). Returns (bytes, sizes)."""
-    sizes = _varint_sizes(items)
-    if raw is not None:
-        sizes[raw] = 1
-    total = int(sizes.sum())
-    starts = np.cumsum(sizes) - sizes
-    rep = np.repeat(items, sizes)
-    j = (np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)).astype(np.uint64)
-    out = (rep >> (np.uint64(7) * j)) & np.uint64(0x7F)
-    cont = j < np.repeat(sizes - 1, sizes).astype(np.uint64)
-    out |= cont.astype(np.uint64) << np.uint64(7)
-    if raw is not None:
-        rraw = np.repeat(raw, sizes)
-        out[rraw] = rep[rraw] & np.uint64(0xFF)
-    return out.astype(np.uint8), sizes
-
-
 def _varint(n: int) -> bytes:
     n &= 0xFFFFFFFFFFFFFFFF  # negative int64 -> 10-byte two's complement, as protobuf does
     out = bytearray()
@@ -118,14 +92,15 @@ def _feature_kind(name: str, values) -> str:
 
 
 def encode_example(features: dict[str, np.ndarray | list]) -> bytes:
-    """One serialized `tf.train.Example` (int64 or float lists; kind from FEATURES, else from the dtype)."""
+    """One serialized `tf.train.Example` (int64 or float lists; kind from FEATURES, else from the dtype).
+    Plain Python, written straight from the wire format: the reference `encode_batch` is tested against."""
     body = bytearray()
     for name, values in features.items():
         if _feature_kind(name, values) == "float":
             packed = np.asarray(values, dtype="<f4").reshape(-1).tobytes()
             tag = _TAG_FLOAT
         else:
-            packed = _emit(_as_u64(values))[0].tobytes()
+            packed = b"".join(_varint(v) for v in _as_u64(values).tolist())
             tag = _TAG_INT64
         lst = (bytes([_TAG_1]) + _varint(len(packed)) + packed) if packed else b""
         feat = bytes([tag]) + _varint(len(lst)) + lst
@@ -135,141 +110,35 @@ def encode_example(features: dict[str, np.ndarray | list]) -> bytes:
     return bytes([_TAG_1]) + _varint(len(body)) + bytes(body)
 
 
-def _sizes(v: np.ndarray) -> np.ndarray:
-    """Varint sizes (uint8) of non-negative values below 2**63 or of uint64 views."""
-    v = v.astype(np.uint64, copy=False)
-    top = int(v.max()) if v.size else 0
-    sizes = np.ones(v.shape, dtype=np.uint8)
-    for t in _VARINT_LIMITS.tolist():
-        if t > top:
-            break
-        sizes += v >= np.uint64(t)
-    return sizes
-
-
-def _put_varints(mat: np.ndarray, keep: np.ndarray, lo: int, width: int, values: np.ndarray, sizes: np.ndarray) -> None:
-    """Write varints of `values` ([N] or [N, L]) into `width`-byte slots from column `lo`; mark used bytes."""
-    n = mat.shape[0]
-    count = values.size // n
-    slots = mat[:, lo : lo + count * width].reshape(n, count, width)
-    used = keep[:, lo : lo + count * width].reshape(n, count, width)
-    if width == 1:
-        slots[:, :, 0] = values.reshape(n, count)
-        return
-    v = values.reshape(n, count).astype(np.uint64, copy=False)
-    sz = sizes.reshape(n, count)
-    if width <= 4:  # the usual case (values < 2**28): byte by byte in uint32/uint8, ~12x faster than uint64
-        w = v.astype(np.uint32)
-        for j in range(width):
-            b = (w >> (7 * j)).astype(np.uint8) & 0x7F if j else w.astype(np.uint8) & 0x7F
-            if j + 1 < width:
-                b |= (sz > j + 1).view(np.uint8) << 7
-            slots[:, :, j] = b
-            if j:  # byte 0 is always used (keep starts all True)
-                used[:, :, j] = sz > j
-        return
-    for j in range(width):
-        byte = ((v >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        slots[:, :, j] = byte | ((sz > j + 1).astype(np.uint8) << 7)
-        used[:, :, j] = sz > j
-
-
 def encode_batch(arrays: dict[str, np.ndarray], framed: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (integers, or float32 for float
+    """Serialize N examples at once. `arrays[name]` has shape [N, L_name] (integers, or floats for float
     features). Returns (bytes as uint8, offsets [N+1]): example i is `buf[offsets[i]:offsets[i+1]]`,
-    byte-identical to `encode_example` row by row.
+    byte-identical to `encode_example` row by row. With framed=True each example also carries its TFRecord
+    header and footer, so `buf[offsets[i]:offsets[i+1]]` is record i as written to a file (the same bytes as
+    `frame_records` of the unframed result). Runs as compiled code (albert_exp.tfrecord_encode)."""
+    from albert_exp.tfrecord_encode import CRC_TABLES, encode_rows
 
-    Each example is laid out in a padded row (constant tags and keys from a template, every varint in a slot
-    as wide as the widest value of its column group), then the unused slot bytes are dropped in one pass.
-    With framed=True each row also carries its TFRecord header and footer, so `buf[offsets[i]:offsets[i+1]]`
-    is record i as written to a file (the same bytes as `frame_records` of the unframed result)."""
     n = len(next(iter(arrays.values())))
-    feats = []  # (key bytes, is_float, values (uint64 view or raw bytes), sizes, packed length [N])
+    cols, is_float, keys = [], [], []
     for name, a in arrays.items():
         a = np.asarray(a)
         if a.ndim != 2 or a.shape[0] != n:
             raise ValueError(f"encode_batch: {name} has shape {a.shape}, expected [{n}, L]")
-        if _feature_kind(name, a) == "float":
-            raw = np.ascontiguousarray(a, dtype="<f4").view(np.uint8).reshape(n, -1)
-            feats.append((name.encode(), True, raw, None, np.full(n, raw.shape[1], dtype=np.int64)))
-        elif a.size and a.dtype.kind in "iub" and a.min() >= 0 and a.max() < 0x80:
-            # One byte per value (masks, segment ids, labels, positions): no varint arithmetic at all.
-            feats.append((name.encode(), False, a, None, np.full(n, a.shape[1], dtype=np.int64)))
-        else:
-            v = a.astype(np.int64, copy=False).view(np.uint64)
-            sz = _sizes(v)
-            feats.append((name.encode(), False, v, sz, sz.sum(axis=1, dtype=np.int64)))
-    # Lengths of the nested messages, innermost first (each [N]).
-    total = np.zeros(n, dtype=np.int64)
-    lens = []
-    for key, _, _, _, packed in feats:
-        lst = np.where(packed > 0, 1 + _sizes(packed) + packed, 0)
-        feat = 1 + _sizes(lst) + lst
-        entry = 2 + len(key) + 1 + _sizes(feat) + feat
-        total += 1 + _sizes(entry) + entry
-        lens.append((entry, feat, lst, packed))
-    # Template row: constants set, varint slots (filled per row) recorded as (column, width, values, sizes).
-    row: list[int] = []
-    slots: list[tuple[int, int, np.ndarray, np.ndarray]] = []
-
-    def slot(values: np.ndarray, sizes: np.ndarray | None = None, per_value: int = 1, single: bool = False) -> None:
-        sizes = None if single else (_sizes(values) if sizes is None else sizes)
-        width = 1 if sizes is None or not sizes.size else int(sizes.max())
-        slots.append((len(row), width, values, sizes))
-        row.extend([0] * (width * per_value))
-
-    head, tail = (12, 4) if framed else (0, 0)  # TFRecord length + its CRC; data CRC
-    row.extend([0] * head)
-    row.append(_TAG_1)
-    slot(total)
-    fixed_parts = []  # (column, raw bytes [N, B]) for float values
-    for (key, is_float, values, sizes, packed), (entry, feat, lst, _) in zip(feats, lens, strict=True):
-        row.append(_TAG_1)
-        slot(entry)
-        row.extend([_TAG_1, len(key), *key, _TAG_2])
-        slot(feat)
-        row.append(_TAG_FLOAT if is_float else _TAG_INT64)
-        slot(lst)
-        if values.shape[1] == 0:  # an empty list: Feature holds an empty XList (length 0, no field)
-            continue
-        row.append(_TAG_1)
-        slot(packed)
-        if is_float:
-            fixed_parts.append((len(row), values))
-            row.extend([0] * values.shape[1])
-        else:
-            slot(values, sizes, per_value=values.shape[1], single=sizes is None)
-    row.extend([0] * tail)
-    template = np.array(row, dtype=np.uint8)
-    mat = np.empty((n, template.size), dtype=np.uint8)
-    mat[:] = template
-    keep = np.ones_like(mat, dtype=bool)
-    if framed:
-        payload = 1 + _sizes(total).astype(np.int64) + total
-        mat[:, :8] = payload.astype("<u8").view(np.uint8).reshape(n, 8)
-        lengths, inverse = np.unique(payload, return_inverse=True)  # the header CRC depends on the length only
-        head_crc = np.array([masked_crc(_U64.pack(int(x))) for x in lengths], dtype="<u4")
-        mat[:, 8:12] = head_crc[inverse.reshape(-1)].view(np.uint8).reshape(n, 4)
-    for col, raw in fixed_parts:
-        mat[:, col : col + raw.shape[1]] = raw
-    for col, width, values, sizes in slots:
-        _put_varints(mat, keep, col, width, values, sizes)
-    per_example = keep.sum(axis=1, dtype=np.int64)
-    buf = mat.reshape(-1) if per_example.sum() == mat.size else np.compress(keep.reshape(-1), mat.reshape(-1))
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(per_example, out=offsets[1:])
-    if framed and n:
-        mv, crc = memoryview(buf), _crc32c.crc32c
-        crcs = np.fromiter(
-            (crc(mv[lo + 12 : hi - 4]) for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)),
-            dtype=np.uint64,
-            count=n,
+        flt = _feature_kind(name, a) == "float"
+        # float features travel as their float32 bit patterns, so one int64 column type serves every feature
+        cols.append(
+            np.ascontiguousarray(a, dtype="<f4").view(np.uint32).astype(np.int64)
+            if flt
+            else np.ascontiguousarray(a, dtype=np.int64)
         )
-        masked = (
-            (((crcs >> np.uint64(15)) | (crcs << np.uint64(17))) + np.uint64(_MASK_DELTA)) & np.uint64(0xFFFFFFFF)
-        ).astype("<u4")
-        buf[(offsets[1:] - 4)[:, None] + np.arange(4)] = masked.view(np.uint8).reshape(n, 4)
-    return buf, offsets
+        is_float.append(flt)
+        keys.append(name.encode("utf-8"))
+    key_off = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in keys], out=key_off[1:])
+    key_bytes = np.frombuffer(b"".join(keys), dtype=np.uint8) if keys else np.zeros(0, dtype=np.uint8)
+    if not cols:
+        return np.zeros(0, dtype=np.uint8), np.zeros(n + 1, dtype=np.int64)
+    return encode_rows(tuple(cols), np.array(is_float), key_bytes, key_off, framed, CRC_TABLES)
 
 
 def frame_records(buf: np.ndarray | bytes, offsets: np.ndarray) -> bytes:

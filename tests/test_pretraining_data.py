@@ -201,6 +201,38 @@ def test_tensorflow_parses_the_stage_output(tmp_path, tok_dir):
             np.testing.assert_array_equal(parsed[k].numpy(), ours[i][k])
 
 
+def test_written_records_equal_the_features_whatever_the_batch(tok_dir):
+    """The stage's fused kernel (assemble, mask, serialize in one pass) writes exactly encode_batch of the
+    feature arrays, and neither depends on the batch size (each instance has its own random stream)."""
+    from dataclasses import asdict
+
+    from albert_exp.pretraining_data.instances import InstanceParams, RecordBuffer, make_instances, make_records
+    from albert_exp.pretraining_data.shards import Tokenizer, block_arrays
+    from albert_exp.tfrecord import encode_batch
+
+    tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
+    arrays = block_arrays(_toy_docs(80), tok)
+    p = InstanceParams(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=3)
+
+    def stats_of(batches) -> dict:
+        total = None
+        for s in batches:
+            total = s if total is None else (total.add(s) or total)
+        return asdict(total)
+
+    feats = list(make_instances(*arrays, tok.vocab, p, np.random.default_rng(7), batch=4096))
+    small = list(make_instances(*arrays, tok.vocab, p, np.random.default_rng(7), batch=37))
+    for name in FEATURES:
+        whole = np.concatenate([f[name] for f, _ in feats])
+        np.testing.assert_array_equal(whole, np.concatenate([f[name] for f, _ in small]))
+    expected = b"".join(encode_batch(f, framed=True)[0].tobytes() for f, _ in feats)
+    out = RecordBuffer(p, batch=50)
+    recs = [(bytes(b), c, s) for b, c, s in make_records(*arrays, tok.vocab, p, np.random.default_rng(7), out)]
+    assert len(recs) > 2 and b"".join(b for b, _, _ in recs) == expected  # a view per step, copied at once
+    assert sum(c for _, c, _ in recs) == sum(len(f["input_ids"]) for f, _ in feats)
+    assert stats_of(s for _, _, s in recs) == stats_of(s for _, s in feats) == stats_of(s for _, s in small)
+
+
 def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_dir):
     from albert_exp.pretraining_data.instances import InstanceParams, make_instances
     from albert_exp.pretraining_data.shards import Tokenizer, block_instances

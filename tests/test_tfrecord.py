@@ -66,6 +66,34 @@ def test_batch_encoding_is_byte_identical_to_single_examples():
         assert buf[offsets[i] : offsets[i + 1]].tobytes() == encode_example(_row(batch, i))
 
 
+def test_compiled_crc_matches_the_crc32c_package():
+    from albert_exp.tfrecord import masked_crc
+    from albert_exp.tfrecord_encode import CRC_TABLES, masked_crc32c
+
+    rng = np.random.default_rng(1)
+    for size in (0, 1, 7, 8, 9, 15, 16, 17, 100, 1000, 4099):  # around the 8-byte steps and their tail
+        data = rng.integers(0, 256, size, dtype=np.uint8)
+        assert masked_crc32c(data, CRC_TABLES) == masked_crc(data.tobytes()), size
+
+
+def test_batch_encoding_of_odd_shapes():
+    batch = {
+        "input_ids": np.zeros((3, 0), dtype=np.int64),
+        "masked_lm_weights": np.ones((3, 2)),
+        "big": np.full((3, 1), 2**63 - 1),
+        "next_sentence_labels": np.array([[0], [1], [-1]]),
+    }
+    buf, offsets = encode_batch(batch)
+    assert [buf[offsets[i] : offsets[i + 1]].tobytes() for i in range(3)] == [
+        encode_example(_row(batch, i)) for i in range(3)
+    ]
+    for width in range(95, 140):  # bodies of 127/128 bytes and around: the length varint grows a byte
+        wide = {"x": np.arange(width)[None, :] % 2}
+        assert encode_batch(wide)[0].tobytes() == encode_example(_row(wide, 0))
+    empty, off = encode_batch({"input_ids": np.zeros((0, 4), dtype=np.int64)}, framed=True)
+    assert empty.size == 0 and off.tolist() == [0]
+
+
 def test_write_and_read_back_plain_and_gzip(tmp_path):
     batch = _batch(30)
     payloads = [encode_example(_row(batch, i)) for i in range(30)]

@@ -1,7 +1,8 @@
-"""ALBERT pretraining instances from tokenised documents, vectorised with numpy over a whole block.
+"""ALBERT pretraining instances from tokenised documents: planned with numpy over a whole block (chunks, SOP
+splits, truncation, shuffle), then assembled, masked and serialized one instance at a time in compiled code
+(masking.py): `make_instances` gives feature arrays, `make_records` the TFRecord bytes the stage writes.
 
-Same semantics as google-research/albert's `create_pretraining_data.py`, one numpy pass per step instead of
-Python objects per token:
+Same semantics as google-research/albert's `create_pretraining_data.py`, without Python objects per token:
 
 - `dupe_factor` passes over the documents; each pass picks a target length per document (`max_seq_length - 3`,
   or with `short_seq_prob` a uniform length in [2, max_seq_length - 3]) and cuts the document greedily into
@@ -28,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from albert_exp.tfrecord import FEATURES
 
 PUNCT = set("!\"#$%&'()*+,-./:;?@[\\]^_`{|}~") | {"€", "£"}
 # Scripts written without spaces between words: every piece of them starts a word for whole-word masking.
@@ -154,27 +157,33 @@ def _truncate(la: np.ndarray, lb: np.ndarray, max_tokens: int) -> tuple[np.ndarr
     return na, nb
 
 
-def make_instances(
+@dataclass
+class _Plan:
+    """The instances of a block, in their final (shuffled) order: segment spans into ids, SOP labels, the
+    block-level statistics, and the seed of the per-instance random streams of the masking."""
+
+    a0: np.ndarray
+    na: np.ndarray
+    b0: np.ndarray
+    nb: np.ndarray
+    swap: np.ndarray
+    stats: BlockStats
+    seed: np.uint64
+
+
+def _plan(
     ids: np.ndarray,
     seg_start: np.ndarray,
     doc_seg: np.ndarray,
     vocab: VocabInfo,
     p: InstanceParams,
     rng: np.random.Generator,
-    batch: int = 4096,
-) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
-    """Instances of one block of documents, in a random order, in batches of `batch` (numpy temporaries
-    stay in cache; the batch size is part of the random stream, so keep it fixed for reproducible bytes).
-
-    ids: token ids of all sentences, concatenated; seg_start[j]: offset of sentence j in ids (S + 1 entries);
-    doc_seg[d]: first sentence of document d (D + 1 entries). Every sentence has >= 1 token.
-    Yields google's features (shape [n, max_seq_length] or [n, max_predictions_per_seq]) and statistics.
-    """
+) -> _Plan | None:
     stats = BlockStats(ngram_hist=[0] * p.ngram)
     max_tokens = p.max_seq_length - 3
     n_docs = len(doc_seg) - 1
     if n_docs <= 0 or ids.size == 0:  # a block whose lines all tokenised to nothing
-        return
+        return None
     vdoc = np.tile(np.arange(n_docs), p.dupe_factor)
     short = rng.random(vdoc.size) < p.short_seq_prob
     targets = np.where(short, rng.integers(2, max_tokens + 1, vdoc.size), max_tokens)
@@ -201,7 +210,6 @@ def make_instances(
     stats.single_segment_split = int((one & keep).sum())
     swap = u_swap < 0.5
     v, t0, t1, split, swap = v[keep], t0[keep], t1[keep], split[keep], swap[keep]
-    n = v.size
     a0, a1, b0, b1 = (
         np.where(swap, split, t0),
         np.where(swap, t1, split),
@@ -215,153 +223,145 @@ def make_instances(
     stats.sop_swapped = int(swap.sum())
     stats.short_target = int(short[v].sum())
     # google shuffles its instances: so do we, within the block, before building them in batches.
-    perm = rng.permutation(n)
-    ext_ids = np.concatenate([ids, [vocab.cls_id, vocab.sep_id, vocab.pad_id]])
-    ext_start = np.concatenate([vocab.is_start[ids], [True, True, False]])
-    first = True
-    for lo in range(0, n, batch):
-        idx = perm[lo : lo + batch]
-        features, bstats = _build(ext_ids, ext_start, a0[idx], na[idx], b0[idx], nb[idx], swap[idx], vocab, p, rng)
-        if first:
-            bstats.add(stats)
-            first = False
-        yield features, bstats
+    perm = rng.permutation(v.size)
+    seed = rng.integers(0, 2**64, dtype=np.uint64)
+    return _Plan(a0[perm], na[perm], b0[perm], nb[perm], swap[perm], stats, seed)
+
+
+class _Layout:
+    """google's features in FEATURES order, as the compiled writer takes them: key bytes, kinds, widths."""
+
+    def __init__(self, p: InstanceParams):
+        lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
+        keys = [k.encode() for k in FEATURES]
+        self.widths = [lengths[length] for _, length in FEATURES.values()]
+        self.is_float = np.array([kind == "float" for kind, _ in FEATURES.values()])
+        self.keys = np.frombuffer(b"".join(keys), dtype=np.uint8)
+        self.key_off = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
+
+    def columns(self, rows: int) -> tuple[np.ndarray, ...]:
+        return tuple(np.empty((rows, w), dtype=np.int64) for w in self.widths)
 
 
 def _build(
-    ext_ids, ext_start, a0, na, b0, nb, swap, vocab: VocabInfo, p: InstanceParams, rng: np.random.Generator
-) -> tuple[dict[str, np.ndarray], BlockStats]:
-    """Assemble and mask a batch of instances whose segments are ids[a0:a0+na] and ids[b0:b0+nb], where ext_ids
-    is ids followed by [CLS], [SEP], <pad> and ext_start[i] whether ext_ids[i] starts a word (True for [CLS] and
-    [SEP], False for <pad>: google's token_boundary)."""
-    stats = BlockStats(ngram_hist=[0] * p.ngram)
-    L, P = p.max_seq_length, p.max_predictions_per_seq
-    n = a0.size
+    ids,
+    plan: _Plan,
+    lo: int,
+    hi: int,
+    vocab: VocabInfo,
+    p: InstanceParams,
+    layout: _Layout,
+    cols: tuple,
+    out: np.ndarray | None,
+) -> tuple[int, BlockStats]:
+    """Instances lo..hi of a plan through the compiled kernel: into `cols`, or framed into `out` if given."""
+    from albert_exp.pretraining_data.masking import STATS, build
+    from albert_exp.tfrecord_encode import CRC_TABLES
 
-    # Assemble [CLS] A [SEP] B [SEP] <pad>... as one gather from ext = ids + [CLS, SEP, <pad>] (at E, E+1, E+2).
-    E = ext_ids.size - 3
-    j = np.arange(L)[None, :]
-    na_, n_tok = na[:, None], na + nb + 3
-    src = np.where(j <= na_, a0[:, None] - 1, b0[:, None] - na_ - 2) + j
-    src[:, 0] = E
-    rows_ = np.arange(n)
-    src[rows_, na + 1] = E + 1
-    src[rows_, n_tok - 1] = E + 1
-    input_mask = j < n_tok[:, None]
-    src[~input_mask] = E + 2
-    input_ids = ext_ids[src]
-    tb = ext_start[src]
-    real = src < E
-    token_boundary = tb.view(np.uint8)
-    segment_ids = ((j >= na_ + 2) & input_mask).view(np.uint8)
-    input_mask = input_mask.view(np.uint8)
+    specials = np.array([vocab.cls_id, vocab.sep_id, vocab.mask_id, vocab.pad_id], dtype=np.int64)
+    size, counts, hist = build(
+        ids,
+        vocab.is_start,
+        plan.a0[lo:hi],
+        plan.na[lo:hi],
+        plan.b0[lo:hi],
+        plan.nb[lo:hi],
+        plan.swap[lo:hi],
+        lo,
+        specials,
+        vocab.random_ids,
+        p.masked_lm_prob,
+        ngram_cdf(p),
+        p.whole_word_mask,
+        plan.seed,
+        cols,
+        out is not None,
+        layout.is_float,
+        layout.keys,
+        layout.key_off,
+        CRC_TABLES,
+        out if out is not None else np.empty(0, dtype=np.uint8),
+    )
+    stats = BlockStats(
+        instances=hi - lo, ngram_hist=hist[1:].tolist(), **dict(zip(STATS, counts.tolist(), strict=True))
+    )
+    if lo == 0:
+        stats.add(plan.stats)
+    return size, stats
 
-    # Whole words: a real token starts a word if its piece does, or it follows [CLS]/[SEP].
-    after_special = np.zeros_like(real)
-    after_special[:, 1:] = ~real[:, :-1]
-    word_start = real & (tb | after_special | (not p.whole_word_mask))
-    # int32: numpy's cumsum of bool into int64 is ~20x slower (a slow cast loop)
-    wid = np.cumsum(word_start, axis=1, dtype=np.int32) - 1  # word index of each real token
-    nw = wid[:, -1].astype(np.int64) + 1
-    maxw = int(nw.max()) if n else 0
-    width = maxw + p.ngram + 1
-    word_at = np.arange(n)[:, None] * width + wid  # flat [n, width] index of each token's word
-    # wcum[r, w]: real tokens before word w of row r. Counted one column to the right (the last column holds
-    # no word, so nothing crosses into the next row) and summed in place: no second n x width array.
-    wcum = np.bincount(word_at[real] + 1, minlength=n * width + 1)[: n * width].reshape(n, width)
-    np.cumsum(wcum, axis=1, out=wcum)
-    to_predict = np.minimum(P, np.maximum(1, np.rint(n_tok * p.masked_lm_prob).astype(np.int64)))
 
-    # Visit words in random order; n-gram length drawn with p ~ 1/n over the lengths that fit the document.
-    # The order is a Fisher-Yates shuffle of each row's own words done lazily, one draw per visit: a row stops
-    # as soon as its budget is spent (usually after a few visits), so most of the permutation is never drawn.
+def make_instances(
+    ids: np.ndarray,
+    seg_start: np.ndarray,
+    doc_seg: np.ndarray,
+    vocab: VocabInfo,
+    p: InstanceParams,
+    rng: np.random.Generator,
+    batch: int = 4096,
+) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+    """Instances of one block of documents, in a random order, in batches of `batch` (the batch size does
+    not change them: each instance's masking draws from its own stream).
+
+    ids: token ids of all sentences, concatenated; seg_start[j]: offset of sentence j in ids (S + 1 entries);
+    doc_seg[d]: first sentence of document d (D + 1 entries). Every sentence has >= 1 token.
+    Yields google's features (shape [n, max_seq_length] or [n, max_predictions_per_seq]) and statistics.
+    """
+    plan = _plan(ids, seg_start, doc_seg, vocab, p, rng)
+    if plan is None:
+        return
+    layout = _Layout(p)
+    for lo in range(0, plan.a0.size, batch):
+        hi = min(lo + batch, plan.a0.size)
+        cols = layout.columns(hi - lo)
+        _, stats = _build(ids, plan, lo, hi, vocab, p, layout, cols, None)
+        features = dict(zip(FEATURES, cols, strict=True))
+        features["masked_lm_weights"] = features["masked_lm_weights"].astype(np.uint32).view(np.float32)
+        yield features, stats
+
+
+class RecordBuffer:
+    """A reused output buffer (and one-row scratch columns) for `make_records`: `batch` records at a time."""
+
+    def __init__(self, p: InstanceParams, batch: int = 4096):
+        from albert_exp.tfrecord_encode import max_example_bytes
+
+        self.layout = _Layout(p)
+        self.scratch = self.layout.columns(1)
+        per_record = max_example_bytes(
+            self.layout.widths, self.layout.is_float.tolist(), np.diff(self.layout.key_off).tolist()
+        )
+        self.batch = batch
+        self.buf = np.empty(batch * per_record, dtype=np.uint8)
+
+
+def make_records(
+    ids: np.ndarray,
+    seg_start: np.ndarray,
+    doc_seg: np.ndarray,
+    vocab: VocabInfo,
+    p: InstanceParams,
+    rng: np.random.Generator,
+    out: RecordBuffer,
+) -> Iterator[tuple[memoryview, int, BlockStats]]:
+    """The instances of `make_instances` (same arguments, same rng state: the same instances), as framed
+    TFRecords written straight into out.buf by compiled code. Yields (bytes, records, statistics) per batch;
+    the bytes are a view of the reused buffer, valid until the next step."""
+    plan = _plan(ids, seg_start, doc_seg, vocab, p, rng)
+    if plan is None:
+        return
+    for lo in range(0, plan.a0.size, out.batch):
+        hi = min(lo + out.batch, plan.a0.size)
+        size, stats = _build(ids, plan, lo, hi, vocab, p, out.layout, out.scratch, out.buf)
+        yield memoryview(out.buf)[:size], hi - lo, stats
+
+
+def ngram_cdf(p: InstanceParams) -> np.ndarray:
+    """cdf[avail, k]: P(n-gram length <= k + 1) when `avail` words are left, lengths weighted 1/n (or n)."""
     pv = 1.0 / np.arange(1, p.ngram + 1)
     if not p.favor_shorter_ngram:
         pv = pv[::-1]
-    cdf = np.zeros((p.ngram + 1, p.ngram))  # cdf[avail] over lengths 1..avail
+    cdf = np.zeros((p.ngram + 1, p.ngram))
     for a in range(1, p.ngram + 1):
         cdf[a, :a] = np.cumsum(pv[:a]) / pv[:a].sum()
         cdf[a, a:] = 1.0
-    cdf_t = np.ascontiguousarray(cdf.T)  # cdf_t[k][avail]: P(length <= k + 1)
-    covered = np.zeros(n * width, dtype=bool)  # flat [n, width]: word w of row r at r * width + w
-    wcum_flat = wcum.reshape(-1)
-    order_flat = np.empty((n, max(maxw, 1)), dtype=np.int32)
-    order_flat[:] = np.arange(max(maxw, 1), dtype=np.int32)
-    order_flat = order_flat.reshape(-1)
-    hist = np.zeros(p.ngram + 1, dtype=np.int64)
-    # State of the rows still masking, kept compact (dropping finished rows beats gathering by index).
-    rows = np.flatnonzero(nw > 0)
-    room = to_predict[rows]  # predictions left in the budget
-    nwr = nw[rows]  # words in the row
-    for rank in range(maxw):
-        live = (room > 0) & (nwr > rank)
-        if not live.all():
-            rows, room, nwr = rows[live], room[live], nwr[live]
-            if not rows.size:
-                break
-        u = rng.random((2, rows.size))
-        # Fisher-Yates step: the word at a uniform slot of rank..nw-1 is visited; slot `rank`'s word moves there.
-        at_rank = rows * maxw + rank
-        at_pick = at_rank + (u[0] * (nwr - rank)).astype(np.int64)
-        w = order_flat[at_pick]
-        order_flat[at_pick] = order_flat[at_rank]
-        avail = np.minimum(nwr - w, p.ngram)
-        # Column by column over the n-gram's words: reductions along a length-3 axis cost 4-8x more.
-        nn = np.ones(rows.size, dtype=np.int64)
-        for k in range(p.ngram - 1):
-            nn += u[1] > cdf_t[k][avail]
-        np.minimum(nn, avail, out=nn)
-        at = rows * width + w
-        base = wcum_flat[at]
-        # The longest g <= nn whose tokens still fit the budget (token counts grow with g: a prefix of Trues).
-        chosen = np.zeros(rows.size, dtype=np.int64)
-        hit = np.zeros(rows.size, dtype=bool)
-        taken = np.zeros(rows.size, dtype=np.int64)  # tokens of the chosen n-gram
-        for g in range(p.ngram):
-            span = wcum_flat[at + (g + 1)] - base
-            fits = (span <= room) & (g < nn)
-            chosen += fits
-            hit |= fits & covered[at + g]
-            np.copyto(taken, span, where=fits)
-        ok = (chosen > 0) & ~hit
-        for g in range(p.ngram):
-            covered[at[ok & (chosen > g)] + g] = True
-        g_ok = chosen[ok]
-        room[ok] -= taken[ok]
-        hist += np.bincount(g_ok, minlength=p.ngram + 1)
-
-    # wid is -1 before the first word: the previous row's last column, never covered (width > maxw)
-    masked = covered[word_at] & real
-    # flat indices throughout: 2-D fancy indexing costs ~2x more
-    flat = np.flatnonzero(masked)  # row-major: positions sorted within each instance
-    mr = flat // L
-    mc = flat - mr * L
-    ids_flat = input_ids.reshape(-1)
-    labels = ids_flat[flat]
-    u1, u2 = rng.random(mr.size), rng.random(mr.size)
-    rand_ids = vocab.random_ids[rng.integers(0, vocab.random_ids.size, mr.size)]
-    to_mask, to_keep = u1 < 0.8, (u1 >= 0.8) & (u2 < 0.5)
-    ids_flat[flat] = np.where(to_mask, vocab.mask_id, np.where(to_keep, labels, rand_ids))
-    per_row = np.bincount(mr, minlength=n)
-    at = mr * P + np.arange(mr.size) - (np.cumsum(per_row) - per_row)[mr]  # slot k of row r at r * P + k
-    positions = np.zeros((n, P), dtype=np.int64)
-    lm_ids = np.zeros((n, P), dtype=np.int64)
-    weights = np.zeros((n, P), dtype=np.float32)
-    positions.reshape(-1)[at], lm_ids.reshape(-1)[at], weights.reshape(-1)[at] = mc, labels, 1.0
-
-    features = {
-        "input_ids": input_ids,
-        "input_mask": input_mask,
-        "segment_ids": segment_ids,
-        "token_boundary": token_boundary,
-        "masked_lm_positions": positions,
-        "masked_lm_ids": lm_ids,
-        "masked_lm_weights": weights,
-        "next_sentence_labels": swap.astype(np.uint8)[:, None],
-    }
-    stats.instances, stats.tokens, stats.masked = n, int(n_tok.sum()), int(mr.size)
-    stats.target_masked = int(to_predict.sum())
-    stats.replaced_mask, stats.replaced_keep = int(to_mask.sum()), int(to_keep.sum())
-    stats.replaced_random = int(mr.size - to_mask.sum() - to_keep.sum())
-    stats.ngram_hist = hist[1:].tolist()
-    return features, stats
+    return cdf

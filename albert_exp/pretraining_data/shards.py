@@ -22,11 +22,18 @@ from typing import Any
 import numpy as np
 
 from albert_exp.errors import UserError
-from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, VocabInfo, make_instances
-from albert_exp.tfrecord import RecordWriter, encode_batch
+from albert_exp.pretraining_data.instances import (
+    BlockStats,
+    InstanceParams,
+    RecordBuffer,
+    VocabInfo,
+    make_instances,
+    make_records,
+)
+from albert_exp.tfrecord import RecordWriter
 from albert_exp.vocab import normalize
 
-FORMAT_VERSION = 2  # bump when the bytes for the same inputs change: completed shards are then redone
+FORMAT_VERSION = 3  # bump when the bytes for the same inputs change: completed shards are then redone
 
 
 @dataclass(frozen=True)
@@ -132,19 +139,26 @@ def read_blocks(path: Path, block_lines: int) -> Iterator[list[list[str]]]:
         yield block
 
 
-def block_instances(
-    docs: list[list[str]], tok: Tokenizer, params: InstanceParams, rng: np.random.Generator
-) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+def block_arrays(docs: list[list[str]], tok: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenised block: (ids, seg_start, doc_seg) as `make_instances` takes them. A line with no tokens is
+    dropped, as google's script does; so is a document left with no lines."""
     lines = [s for d in docs for s in d]
     ids, lens = tok.encode_lines(lines)
     doc_of_line = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
-    keep = lens > 0  # a line with no tokens is dropped, as google's script does
+    keep = lens > 0
     seg_start = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
     np.cumsum(lens[keep], out=seg_start[1:])
     doc_of_seg = doc_of_line[keep]
     docs_kept = np.unique(doc_of_seg)
     doc_seg = np.searchsorted(doc_of_seg, np.append(docs_kept, len(docs)), side="left")
-    return make_instances(ids, seg_start, doc_seg, tok.vocab, params, rng)
+    return ids, seg_start, doc_seg
+
+
+def block_instances(
+    docs: list[list[str]], tok: Tokenizer, params: InstanceParams, rng: np.random.Generator
+) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
+    """The instances of a block as feature arrays (what `process_shard` writes, for tests and inspection)."""
+    return make_instances(*block_arrays(docs, tok), tok.vocab, params, rng)
 
 
 def shard_done(task: ShardTask) -> dict[str, Any] | None:
@@ -171,12 +185,12 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
     total = BlockStats(ngram_hist=[0] * task.params.ngram)
     lines = 0
     Path(task.output_path + ".json").unlink(missing_ok=True)
+    out = RecordBuffer(task.params)  # reused by every batch: no fresh memory (page faults) per batch
     with RecordWriter(task.output_path, compress=task.compress) as writer:
         for b, docs in enumerate(read_blocks(Path(task.input_path), task.block_lines)):
             rng = np.random.default_rng([task.seed, task.index, b])
-            for features, stats in block_instances(docs, tok, task.params, rng):
-                buf, offsets = encode_batch(features, framed=True)
-                writer.write_framed(buf, len(offsets) - 1)
+            for framed, count, stats in make_records(*block_arrays(docs, tok), tok.vocab, task.params, rng, out):
+                writer.write_framed(framed, count)
                 total.add(stats)
             n_lines = sum(len(d) for d in docs)
             lines += n_lines
