@@ -233,6 +233,19 @@ def test_written_records_equal_the_features_whatever_the_batch(tok_dir):
     assert stats_of(s for _, _, s in recs) == stats_of(s for _, s in feats) == stats_of(s for _, s in small)
 
 
+def test_instances_draw_from_streams_that_do_not_overlap():
+    from albert_exp.pretraining_data.masking import _next, _row_state
+
+    seed, draws = np.uint64(12345), []
+    for r in range(300):  # neighbouring instances of a block, 40 draws each (more than one masking uses)
+        state = np.uint64(_row_state(seed, r))
+        for _ in range(40):
+            state, z = _next(state)
+            state = np.uint64(state)  # numba hands uint64 back as a Python int
+            draws.append(int(z))
+    assert len(set(draws)) == len(draws)
+
+
 def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_dir):
     from albert_exp.pretraining_data.instances import InstanceParams, make_instances
     from albert_exp.pretraining_data.shards import Tokenizer, block_instances

@@ -25,13 +25,18 @@ STATS = ("tokens", "masked", "target_masked", "replaced_mask", "replaced_keep", 
 
 
 @numba.njit(cache=True, inline="always")
+def _mix(z):
+    """SplitMix64's finalizer: a bijection of uint64 that scrambles every bit into every other."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True, inline="always")
 def _next(state):
     """SplitMix64: (new state, 64 random bits)."""
     state = state + _GOLDEN
-    z = state
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return state, z ^ (z >> np.uint64(31))
+    return state, _mix(state)
 
 
 @numba.njit(cache=True, inline="always")
@@ -172,7 +177,9 @@ def _row(
 
 @numba.njit(cache=True, inline="always")
 def _row_state(seed, r):
-    return seed + np.uint64(r) * _GOLDEN * np.uint64(2)  # the stream of row r, disjoint from its neighbours'
+    """The start of instance r's stream: a scrambled point of the Weyl sequence, not seed + r * step, whose
+    streams would overlap (row r's third draw would be row r + 1's first)."""
+    return _mix(seed + np.uint64(r) * _GOLDEN)
 
 
 ONE_F32 = 0x3F800000  # 1.0f: masked_lm_weights travel as float32 bit patterns, like every column an int64
