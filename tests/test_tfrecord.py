@@ -87,6 +87,16 @@ def test_batch_encoding_of_odd_shapes():
     assert [buf[offsets[i] : offsets[i + 1]].tobytes() for i in range(3)] == [
         encode_example(_row(batch, i)) for i in range(3)
     ]
+    edges = [2**k + d for k in (7, 14, 21, 28, 35, 42, 49, 56, 63) for d in (-1, 0)]
+    rows = {
+        "v": np.array([[1, 2, 3, 4], [1, 200, 3, 4], [0, 0, 0, 127], [2**28, 5, 6, 7], [-1, -(2**63), 0, 1]]),
+        "e": np.array(edges + [0, 1], dtype=np.uint64).view(np.int64).reshape(5, 4),
+    }
+    buf, offsets = encode_batch(rows, framed=True)  # rows all below 128 take the one-byte path, others not
+    unframed, uoff = encode_batch(rows)
+    for i in range(5):
+        assert unframed[uoff[i] : uoff[i + 1]].tobytes() == encode_example(_row(rows, i))
+        assert buf[offsets[i] + 12 : offsets[i + 1] - 4].tobytes() == encode_example(_row(rows, i))
     for width in range(95, 140):  # bodies of 127/128 bytes and around: the length varint grows a byte
         wide = {"x": np.arange(width)[None, :] % 2}
         assert encode_batch(wide)[0].tobytes() == encode_example(_row(wide, 0))
