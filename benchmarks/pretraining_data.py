@@ -14,16 +14,22 @@ label balance. The reference runs unmodified as `python -m albert.create_pretrai
 of --reference-repo (a checkout in a folder named `albert`), in an environment with TensorFlow,
 tensorflow-hub, sentencepiece and six (--reference-python). Its console output is counted, not kept.
 
-Measured 2026-11-25/26 on this 2-core machine class while other jobs ran (load average 2-5), 20,006 fortune
-lines (25% one-sentence documents), 8,000-piece vocabulary. Reference: the command in the first line with
---compress --reference-repo, once; ours after the optimisations of 2026-11-26: two runs without the reference
-(per core = input lines / child CPU-seconds, which includes interpreter start and imports):
-    ours        6,355-6,375 lines/s/core   178 MB peak   8,160 B/line               SOP=1 49.5%
-    ours gzip   4,270-4,900 lines/s/core   176 MB peak   1,712 B/line
-    google           45 lines/s/core     1,051 MB peak   8,214 B/line  84 MB of console  SOP=1 63.5%
-    ratio       141x (before the optimisations: 3,227-3,649 lines/s/core, 76x-86x); same records per line
-A 1,000,300-line shard (the fortunes repeated 50x), one process: 163 CPU-seconds = 6,124 lines/s (2.7 min on one
-core), 236 MB peak, 8.2 GB (before: 279 CPU-seconds, 4.6 min); measured while the reference job ran beside it.
+Measured 2026-11-26 on this 2-core machine class (idle but for the benchmark), 20,006 fortune lines (25%
+one-sentence documents), 8,000-piece vocabulary, final code (compiled kernels, commit "tfrecord_encode:
+branch-free varint sizes..."). Per core = input lines / child CPU-seconds, interpreter start and imports
+included (about 1.1 s of ours: 0.5 s of imports, 0.5 s to load the cached kernels, which a 20k-line run
+cannot amortise; a 1M-line shard does):
+    --lines 20000 --compress --reference-repo /tmp/ref/albert --reference-python /tmp/refvenv/bin/python
+    ours        4,790-5,519 lines/s/core   266 MB peak   8,160 B/line               SOP=1 49.5%   (3 runs)
+    ours gzip   4,445-4,838 lines/s/core   266 MB peak   1,712 B/line
+    google           45 lines/s/core     1,048 MB peak   8,212 B/line  84 MB of console  SOP=1 63.5%
+    ratio       106x-123x (137x in the run beside google, on the first compiled version); same records/line
+    --lines 20000 --repeat 50: a 1,000,300-line shard (the fortunes 50 times), one process
+    ours        10,413-11,225 lines/s/core: 89-96 CPU-s = 1.5-1.6 min on one core, 90-98 s wall, 286-290 MB
+                peak, 8.2 GB (2 runs)
+    ours gzip    7,087 lines/s/core: 141 CPU-s = 2.35 min, 289 MB peak, 1.7 GB (GZIP level 1 costs 45 CPU-s)
+About 20 s of the 89 are the kernel's sys time for writing 8.2 GB (dd writes 8 GB here in 34 s of sys time).
+Before the compiled kernels (numpy throughout): 163 CPU-s for the 1M-line shard, 6,355 lines/s/core at 20k.
 """
 
 from __future__ import annotations
