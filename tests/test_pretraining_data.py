@@ -258,6 +258,17 @@ def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_d
     assert list(block_instances([["\u0301\u0301"]], tok, InstanceParams(), rng)) == []  # only marks: no tokens
     out = list(block_instances([["\u0301"], ["the soup was good .", "we came back ."]], tok, InstanceParams(), rng))
     assert sum(s.instances for _, s in out) > 0
+    # Only one-token, one-sentence documents: every chunk is dropped, and the statistics still say so.
+    from albert_exp.pretraining_data.instances import RecordBuffer, make_records
+    from albert_exp.pretraining_data.shards import block_arrays
+
+    p = InstanceParams(dupe_factor=2)
+    arrays = block_arrays([["the"], ["the"], ["the"]], tok)
+    assert arrays[0].size == 3  # one token each
+    ((feats, stats),) = list(make_instances(*arrays, tok.vocab, p, np.random.default_rng(0)))
+    assert feats["input_ids"].shape == (0, p.max_seq_length) and stats.instances == 0 and stats.dropped_one_token == 6
+    ((data, count, rstats),) = list(make_records(*arrays, tok.vocab, p, np.random.default_rng(0), RecordBuffer(p)))
+    assert len(data) == count == 0 and rstats.dropped_one_token == 6
 
 
 def test_missing_inputs_are_user_errors(tmp_path, tok_dir):

@@ -310,7 +310,7 @@ def make_instances(
     if plan is None:
         return
     layout = _Layout(p)
-    for lo in range(0, plan.a0.size, batch):
+    for lo in range(0, max(plan.a0.size, 1), batch):  # one (empty) batch if every chunk was dropped: its stats
         hi = min(lo + batch, plan.a0.size)
         cols = layout.columns(hi - lo)
         _, stats = _build(ids, plan, lo, hi, vocab, p, layout, cols, None)
@@ -349,7 +349,7 @@ def make_records(
     plan = _plan(ids, seg_start, doc_seg, vocab, p, rng)
     if plan is None:
         return
-    for lo in range(0, plan.a0.size, out.batch):
+    for lo in range(0, max(plan.a0.size, 1), out.batch):
         hi = min(lo + out.batch, plan.a0.size)
         size, stats = _build(ids, plan, lo, hi, vocab, p, out.layout, out.scratch, out.buf)
         yield memoryview(out.buf)[:size], hi - lo, stats
