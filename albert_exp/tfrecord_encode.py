@@ -72,8 +72,7 @@ def masked_crc32c(buf: np.ndarray, t: np.ndarray) -> int:
 
 @numba.njit(cache=True, inline="always")
 def _vsize(v):
-    """Bytes of a varint of v (uint64). Branch-free below 2**28: token ids straddle 128 at random (frequent
-    pieces have small ids), so a test per byte would be mispredicted about every other value."""
+    """Bytes of a varint of v (uint64): branch-free below 2**28, the sizes of nested message lengths."""
     if v >= np.uint64(1 << 28):  # rare, and predictable
         s = 5
         v >>= np.uint64(35)
