@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, tracking_in
+from tests.conftest import ROOT, served_model, tracking_in
 
 # The toy experiment as `make demo` runs it (its pretraining and fine-tuning), with smaller val/test splits and a
 # two-trial search. A shorter pretraining (120 steps) left a model that fine-tuned worse than from scratch.
@@ -111,45 +106,9 @@ def test_pyfunc_extracts_phrases(trained):
     assert "I ordered the smoked duck ramen"[span["start"] : span["end"]].lower() == "smoked duck ramen"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_model_answers_over_http_on_loopback(trained):
-    port = _free_port()
-    bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": trained["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    mlflow_bin = os.path.join(bin_dir, "mlflow")
-    proc = subprocess.Popen(
-        [
-            mlflow_bin,
-            "models",
-            "serve",
-            "-m",
-            trained["results"]["finetune"]["model_uri"],
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=trained["tmp"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                time.sleep(1)
+    uri = trained["results"]["finetune"]["model_uri"]
+    with served_model(uri, trained["uri"], trained["tmp"], timeout_s=120) as port:
         body = json.dumps({"dataframe_records": [{"text": "Highly recommend the crispy tofu bao."}]}).encode()
         req = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
@@ -157,6 +116,3 @@ def test_served_model_answers_over_http_on_loopback(trained):
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
         phrases = answer["predictions"][0]["phrases"]
         assert [p.lower() for p in phrases] == ["crispy tofu bao"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

@@ -21,6 +21,7 @@ from albert_exp.corpus import ShardWriter
 from albert_exp.pretraining_data import run
 from albert_exp.pretraining_data.instances import is_word_start
 from albert_exp.tfrecord import FEATURES, decode_example, iter_records
+from tests.conftest import free_port
 
 SEQ, PRED = 64, 10
 
@@ -281,19 +282,13 @@ def test_missing_inputs_are_user_errors(tmp_path, tok_dir):
         run(_cfg(tmp_path, manifest, tmp_path / "no_tok"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_executor_on_a_real_local_head_gives_the_same_bytes(tmp_path, tok_dir):
     pytest.importorskip("ray")
     ray_bin = Path(sys.executable).with_name("ray")
     manifest = _corpus(tmp_path / "corpus", _toy_docs(120), lines_per_shard=300)
     local = _make(tmp_path / "local", manifest, tok_dir, "pretraining_data.dupe_factor=2")
-    port = _free_port()
+    port = free_port()
     tmp_ray = Path("/tmp") / f"ray_pd_{port}"  # Ray's socket paths must stay short
     head = subprocess.Popen(
         [

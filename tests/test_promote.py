@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import tracking_in
+from tests.conftest import served_model, tracking_in
 from tests.test_tune import TINY, make_data
 
 
@@ -197,48 +196,10 @@ def test_two_promotions_at_once_leave_consistent_aliases(store):
         assert loser.tags["promotion.champion_version"] == str(champion.version)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_champion_is_served_over_http(store):
     model = "served"
     _promote(store, model, "good")
-    port = _free_port()
-    bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    mlflow_bin = os.path.join(bin_dir, "mlflow")
-    proc = subprocess.Popen(
-        [
-            mlflow_bin,
-            "models",
-            "serve",
-            "-m",
-            f"models:/{model}@champion",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=store["tmp"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "server did not come up"
-                time.sleep(1)
+    with served_model(f"models:/{model}@champion", store["uri"], store["tmp"], timeout_s=180) as port:
         texts = ["The waiter was lovely.", "We loved the crispy tofu bao and the miso soup."]
         body = json.dumps({"dataframe_records": [{"text": t} for t in texts]}).encode()
         req = urllib.request.Request(
@@ -248,6 +209,3 @@ def test_champion_is_served_over_http(store):
         assert len(answer) == 2 and set(answer[0]) >= {"phrases", "spans", "tokens"}
         for row, text in zip(answer, texts, strict=True):
             assert all(text[s["start"] : s["end"]] == s["text"] for s in row["spans"])
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

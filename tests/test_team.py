@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,15 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.test_tune import TINY, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bin(name: str) -> str | None:
@@ -70,7 +64,7 @@ def postgres():
             pytest.skip("running as root and there is no `postgres` user to run the server as")
         os.chown(data, pw.pw_uid, pw.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
     user = "albert"
     try:
         subprocess.run(
@@ -195,7 +189,7 @@ def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
     from mlflow.tracking import MlflowClient
 
     backend, storage = postgres.create_db("mlflow_server"), postgres.create_db("optuna_team")
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path / "server-artifacts"
     bin_dir = os.path.dirname(sys.executable)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
