@@ -28,15 +28,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def mlflow_cli_env(**extra: str) -> tuple[str, dict[str, str]]:
+    """The `mlflow` executable of this environment, and an env whose PATH finds its tools (`mlflow models serve`
+    runs `uvicorn` from PATH)."""
+    bin_dir = os.path.dirname(sys.executable)
+    return os.path.join(bin_dir, "mlflow"), {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"], **extra}
+
+
+@contextlib.contextmanager
+def http_process(cmd: list[str], ready_url: str, cwd: Path, env: dict[str, str], timeout_s: float, what: str):
+    """Start cmd; wait until ready_url answers (failing with its stderr if it exits, or after timeout_s);
+    terminate it afterwards."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(ready_url, timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                assert time.time() < deadline, f"{what} did not come up"
+                time.sleep(1)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @contextlib.contextmanager
 def served_model(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float):
-    """`mlflow models serve` of model_uri on a free loopback port, up (its /ping answers) within timeout_s;
-    yields the port and stops the server afterwards."""
+    """`mlflow models serve` of model_uri on a free loopback port; yields the port once /ping answers."""
     port = free_port()
-    bin_dir = os.path.dirname(sys.executable)  # `mlflow models serve` runs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    mlflow_bin, env = mlflow_cli_env(MLFLOW_TRACKING_URI=tracking_uri)
     cmd = [
-        os.path.join(bin_dir, "mlflow"),
+        mlflow_bin,
         "models",
         "serve",
         "-m",
@@ -48,21 +74,8 @@ def served_model(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float)
         "--port",
         str(port),
     ]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + timeout_s
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "server did not come up"
-                time.sleep(1)
+    with http_process(cmd, f"http://127.0.0.1:{port}/ping", cwd, env, timeout_s, "server"):
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @contextlib.contextmanager

@@ -15,13 +15,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, http_process, mlflow_cli_env
 from tests.test_tune import TINY, make_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,96 +189,81 @@ def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
     backend, storage = postgres.create_db("mlflow_server"), postgres.create_db("optuna_team")
     port = free_port()
     artifacts = tmp_path / "server-artifacts"
-    bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
-    server = subprocess.Popen(
-        [
-            os.path.join(bin_dir, "mlflow"),
-            "server",
-            "--backend-store-uri",
-            backend,
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(artifacts),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    mlflow_bin, env = mlflow_cli_env()
+    cmd = [
+        mlflow_bin,
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-3000:]
-                assert time.time() < deadline, "mlflow server did not come up"
-                time.sleep(1)
-        work = tmp_path / "client"
-        work.mkdir()
-        small = [
-            *TINY,
-            "corpus.toy_documents=300",
-            "corpus.toy_train_rows=300",
-            "corpus.toy_val_rows=100",
-            "corpus.toy_test_rows=100",
-            "vocab.vocab_size=400",
-            "finetune.epochs=2",
-            "tune.n_trials=2",
-            "tune.epochs_max=2",
-            f"tune.storage={storage}",
-            "promote.model_name=team-tagger",
-        ]
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "albert_exp",
-                "main",
-                "--config",
-                str(ROOT / "experiments" / "toy.yaml"),
-                "--workdir",
-                str(work / "runs"),
-                "--set",
-                " ".join(small),
-            ],
-            cwd=work,
-            env={**env, "MLFLOW_TRACKING_URI": uri},
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "models:/team-tagger@champion" in out.stdout
-        assert not (work / "mlruns").exists(), "artifacts must go through the server, not to a local folder"
-        client = MlflowClient(uri)
-        exp = client.get_experiment_by_name("toy")
-        runs = client.search_runs([exp.experiment_id], max_results=1000)
-        assert runs and all(r.info.status in ("FINISHED", "KILLED") for r in runs)
-        parent = next(r for r in runs if r.data.tags.get("stage") == "main")
-        children = {r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-        assert {"corpus", "vocab", "finetune", "tune", "promote"} <= children
-        champion = client.get_model_version_by_alias("team-tagger", "champion")
-        assert champion.tags["promotion.decision"] == "promoted"
-        assert any(artifacts.rglob("MLmodel")), "the server stored the logged models"
-        mlflow.set_tracking_uri(uri)
-        model = mlflow.pyfunc.load_model("models:/team-tagger@champion")
-        import pandas as pd
+    with http_process(cmd, f"{uri}/health", tmp_path, env, 180, "mlflow server"):
+        try:
+            work = tmp_path / "client"
+            work.mkdir()
+            small = [
+                *TINY,
+                "corpus.toy_documents=300",
+                "corpus.toy_train_rows=300",
+                "corpus.toy_val_rows=100",
+                "corpus.toy_test_rows=100",
+                "vocab.vocab_size=400",
+                "finetune.epochs=2",
+                "tune.n_trials=2",
+                "tune.epochs_max=2",
+                f"tune.storage={storage}",
+                "promote.model_name=team-tagger",
+            ]
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "albert_exp",
+                    "main",
+                    "--config",
+                    str(ROOT / "experiments" / "toy.yaml"),
+                    "--workdir",
+                    str(work / "runs"),
+                    "--set",
+                    " ".join(small),
+                ],
+                cwd=work,
+                env={**env, "MLFLOW_TRACKING_URI": uri},
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            assert "models:/team-tagger@champion" in out.stdout
+            assert not (work / "mlruns").exists(), "artifacts must go through the server, not to a local folder"
+            client = MlflowClient(uri)
+            exp = client.get_experiment_by_name("toy")
+            runs = client.search_runs([exp.experiment_id], max_results=1000)
+            assert runs and all(r.info.status in ("FINISHED", "KILLED") for r in runs)
+            parent = next(r for r in runs if r.data.tags.get("stage") == "main")
+            children = {
+                r.data.tags["stage"] for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+            }
+            assert {"corpus", "vocab", "finetune", "tune", "promote"} <= children
+            champion = client.get_model_version_by_alias("team-tagger", "champion")
+            assert champion.tags["promotion.decision"] == "promoted"
+            assert any(artifacts.rglob("MLmodel")), "the server stored the logged models"
+            mlflow.set_tracking_uri(uri)
+            model = mlflow.pyfunc.load_model("models:/team-tagger@champion")
+            import pandas as pd
 
-        pred = model.predict(pd.DataFrame({"text": ["The waiter was lovely."]}))
-        assert list(pred.columns) == ["phrases", "spans", "tokens"]
-        results = json.loads((work / "runs" / "results.json").read_text())
-        assert results["promote"]["champion_uri"] == "models:/team-tagger@champion"
-    finally:
-        mlflow.set_tracking_uri(None)
-        server.terminate()
-        server.wait(timeout=30)
+            pred = model.predict(pd.DataFrame({"text": ["The waiter was lovely."]}))
+            assert list(pred.columns) == ["phrases", "spans", "tokens"]
+            results = json.loads((work / "runs" / "results.json").read_text())
+            assert results["promote"]["champion_uri"] == "models:/team-tagger@champion"
+        finally:
+            mlflow.set_tracking_uri(None)
