@@ -128,8 +128,16 @@ class PretrainingDataConfig:
     workers: int = 0  # local processes; 0: one per CPU
     executor: Literal["local", "ray"] = "local"
     address: str | None = None  # Ray cluster address (ray executor); None: a local Ray instance
+    # scale (#13): instance making
+    # one-sentence chunks: "pack" (pack one-sentence documents, join a lone last sentence: full, balanced),
+    # "split" (split them at a word: balanced, shorter), "google" (B from a random document, label 1)
+    pairing: Literal["pack", "split", "google"] = "pack"
+    min_split_words: int = 2  # pack: words kept on each side when a one-sentence chunk is split at a word
+    pack_below_tokens: int | None = None  # pack: shorter documents are packed too; None: (max_seq_length-3)//4
 
     def validate(self, key: str) -> None:
+        _require(self.min_split_words >= 1, f"{key}.min_split_words", "must be >= 1")
+        _require((self.pack_below_tokens or 0) >= 0, f"{key}.pack_below_tokens", "must be >= 0")
         _require(0.0 < self.masked_lm_prob < 1.0, f"{key}.masked_lm_prob", "must be in (0, 1)")
         _require(0.0 <= self.short_seq_prob <= 1.0, f"{key}.short_seq_prob", "must be in [0, 1]")
         for name in ("dupe_factor", "ngram", "block_lines"):

@@ -143,7 +143,7 @@ def test_output_has_googles_features_and_the_asked_statistics(tmp_path, tok_dir,
     assert {s["path"] for s in out_manifest["shards"]} == {Path(f).name for f in res["files"]}
 
 
-def test_sop_balanced_on_short_documents(tmp_path, tok_dir):
+def _short_documents() -> list[list[str]]:
     rng = random.Random(0)
     sentences = [s for d in _toy_docs(400, seed=5) for s in d]
     docs = []
@@ -151,13 +151,43 @@ def test_sop_balanced_on_short_documents(tmp_path, tok_dir):
         k = 1 if rng.random() < 0.6 else 2
         docs.append(sentences[:k])
         sentences = sentences[k:]
-    manifest = _corpus(tmp_path / "corpus", docs, lines_per_shard=100_000)
+    return docs
+
+
+def test_sop_balanced_on_short_documents(tmp_path, tok_dir):
+    manifest = _corpus(tmp_path / "corpus", _short_documents(), lines_per_shard=100_000)
     res = _make(tmp_path, manifest, tok_dir, "pretraining_data.dupe_factor=20")
     labels = np.array([int(r["next_sentence_labels"][0]) for r in _records(res["files"])])
-    assert labels.size > 5000
+    assert labels.size > 2000
     assert abs(labels.mean() - 0.5) < 0.02, labels.mean()
     t = res["totals"]
-    assert t["single_segment_split"] > 0.3 * t["instances"]  # one-sentence chunks were split, not paired
+    assert t["packed_documents"] > 0 and t["single_segment_split"] < 0.2 * t["instances"]  # split: > 0.3
+
+
+def test_pairing_modes_fill_instances_and_keep_sop_balanced(tok_dir):
+    """pack (the default) fills instances at least as well as google's random-document B, keeps labels
+    balanced like split, and leaves fewer tiny segments than split; google's labels lean to 1."""
+    from albert_exp.pretraining_data.instances import InstanceParams, make_instances
+    from albert_exp.pretraining_data.shards import Tokenizer, block_arrays
+
+    tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
+    arrays = block_arrays(_short_documents(), tok)
+    got = {}
+    for mode in ("pack", "split", "google"):
+        p = InstanceParams(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=10, pairing=mode)
+        feats = [f for f, _ in make_instances(*arrays, tok.vocab, p, np.random.default_rng(3))]
+        mask = np.concatenate([f["input_mask"] for f in feats])
+        seg = np.concatenate([f["segment_ids"] for f in feats])
+        real, lb = mask.sum(1), seg.sum(1) - 1
+        got[mode] = {
+            "tokens": real.mean(),
+            "label1": np.concatenate([f["next_sentence_labels"] for f in feats]).mean(),
+            "tiny": np.mean(np.minimum(real - lb - 3, lb) <= 2),
+        }
+    assert got["pack"]["tokens"] >= got["google"]["tokens"] > got["split"]["tokens"], got
+    assert abs(got["pack"]["label1"] - 0.5) < 0.03 and abs(got["split"]["label1"] - 0.5) < 0.03, got
+    assert got["google"]["label1"] > 0.6, got
+    assert got["pack"]["tiny"] < got["split"]["tiny"], got
 
 
 def test_deterministic_whatever_the_workers_and_resumable(tmp_path, tok_dir):
@@ -263,7 +293,7 @@ def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_d
     from albert_exp.pretraining_data.instances import RecordBuffer, make_records
     from albert_exp.pretraining_data.shards import block_arrays
 
-    p = InstanceParams(dupe_factor=2)
+    p = InstanceParams(dupe_factor=2, pairing="split")  # pack would pack the three into one document
     arrays = block_arrays([["the"], ["the"], ["the"]], tok)
     assert arrays[0].size == 3  # one token each
     ((feats, stats),) = list(make_instances(*arrays, tok.vocab, p, np.random.default_rng(0)))

@@ -56,8 +56,9 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
         raise UserError("the corpus manifest lists no shards", where=str(manifest_path))
     tok_dir = Path(c.tokenizer_dir) if c.tokenizer_dir else cfg.stage_dir("vocab") / "tokenizer"
     lowercase, keep_accents = _tokenizer_settings(tok_dir)
+    seq = c.max_seq_length or cfg.pretrain.max_seq_length
     params = InstanceParams(
-        max_seq_length=c.max_seq_length or cfg.pretrain.max_seq_length,
+        max_seq_length=seq,
         max_predictions_per_seq=c.max_predictions_per_seq or cfg.pretrain.max_predictions_per_seq,
         masked_lm_prob=c.masked_lm_prob,
         short_seq_prob=c.short_seq_prob,
@@ -65,6 +66,9 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
         ngram=c.ngram,
         favor_shorter_ngram=c.favor_shorter_ngram,
         whole_word_mask=c.whole_word_mask,
+        pairing=c.pairing,
+        min_split_words=c.min_split_words,
+        pack_below_tokens=c.pack_below_tokens if c.pack_below_tokens is not None else max(seq - 3, 0) // 4,
     )
     if params.max_seq_length < 5:
         raise UserError(

@@ -33,7 +33,7 @@ from albert_exp.pretraining_data.instances import (
 from albert_exp.tfrecord import RecordWriter
 from albert_exp.vocab import normalize
 
-FORMAT_VERSION = 3  # bump when the bytes for the same inputs change: completed shards are then redone
+FORMAT_VERSION = 4  # bump when the bytes for the same inputs change: completed shards are then redone
 
 
 @dataclass(frozen=True)
