@@ -129,6 +129,9 @@ class PretrainingDataConfig:
     executor: Literal["local", "ray"] = "local"
     address: str | None = None  # Ray cluster address (ray executor); None: a local Ray instance
     # scale (#13): instance making
+    # static: TFRecords with dupe_factor masked copies (google's run_pretraining.py reads them; the TPU path);
+    # dynamic: tokenised documents once (Arrow), pairs and masks drawn per epoch by the pretrain loader
+    mode: Literal["static", "dynamic"] = "static"
     # one-sentence chunks: "pack" (pack one-sentence documents, join a lone last sentence: full, balanced),
     # "split" (split them at a word: balanced, shorter), "google" (B from a random document, label 1)
     pairing: Literal["pack", "split", "google"] = "pack"

@@ -55,6 +55,14 @@ def expand_inputs(patterns: list[str], where: str = "pretrain.input") -> list[st
     return files
 
 
+def resolve_inputs(inputs: list[str], default_dir: Path) -> list[str]:
+    """pretrain.input -> [dynamic manifest] or TFRecord files; empty: what pretraining-data wrote."""
+    manifest = dynamic_manifest(inputs or [str(default_dir)])
+    if manifest:
+        return [manifest]
+    return expand_inputs(inputs or [str(default_dir / "*.tfrecord*")])
+
+
 def to_batch(examples: list[dict[str, np.ndarray]], max_seq_length: int, source: str) -> dict[str, torch.Tensor]:
     """google's features -> model inputs. Masked LM targets stay as (positions, ids, weights) like google's
     run_pretraining.py, so the loss gathers only the masked positions."""
@@ -218,6 +226,92 @@ class StreamDataset(torch.utils.data.IterableDataset):
                     return
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process under torch.distributed, (0, 1) without it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def dynamic_manifest(files: list[str]) -> str | None:
+    """The manifest of dynamic pretraining data if that is what `files` names (one manifest.json, or one
+    directory holding a dynamic manifest), else None."""
+    import json
+
+    if len(files) != 1:
+        return None
+    path = Path(files[0])
+    path = path / "manifest.json" if path.is_dir() else path
+    if path.name != "manifest.json" or not path.is_file():
+        return None
+    try:
+        return str(path) if json.loads(path.read_text()).get("mode") == "dynamic" else None
+    except (OSError, ValueError):
+        return None
+
+
+def features_to_batch(f: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """google's feature arrays of a micro-batch (dynamic masking) -> model inputs, as to_batch makes them."""
+    return {
+        "input_ids": torch.from_numpy(f["input_ids"]),
+        "attention_mask": torch.from_numpy(f["input_mask"]),
+        "token_type_ids": torch.from_numpy(f["segment_ids"]),
+        "mlm_positions": torch.from_numpy(f["masked_lm_positions"]),
+        "mlm_ids": torch.from_numpy(f["masked_lm_ids"]),
+        "mlm_weights": torch.from_numpy(np.ascontiguousarray(f["masked_lm_weights"])),
+        "sop_labels": torch.from_numpy(f["next_sentence_labels"].reshape(-1)),
+    }
+
+
+class DynamicDataset(torch.utils.data.IterableDataset):
+    """Micro-batches masked on the fly (albert_exp.pretraining_data.dynamic), a pure function of the index.
+
+    Global micro-batch g holds instances [g * micro, (g + 1) * micro) of the endless sequence. Rank r of W
+    takes g = k * W + r as its k-th micro-batch, so a global step (W ranks x A accumulation micro-batches)
+    holds the same instances as one process with W * A accumulation steps: the trajectory does not depend on
+    the world size. Loader worker w of n makes the rank's micro-batches k = start + w, start + w + n, ...,
+    which the DataLoader's round-robin returns in order k = start, start + 1, ...: the batches do not depend
+    on the number of workers either. `start`: micro-batches this rank already consumed (resume)."""
+
+    def __init__(self, manifest: str, *, micro: int, start: int, rank: int, world: int, max_seq_length: int, hint):
+        from albert_exp.pretraining_data.dynamic import DynamicSource
+
+        self.source = DynamicSource(manifest)
+        if self.source.params.max_seq_length != max_seq_length:
+            raise UserError(
+                f"the dynamic pretraining data was made for sequence length {self.source.params.max_seq_length}, "
+                f"the config says {max_seq_length}",
+                where=manifest,
+                fix=f"set pretrain.max_seq_length={self.source.params.max_seq_length}",
+            )
+        if hint:
+            self.source.cursor = tuple(hint)
+        self.micro, self.start, self.rank, self.world = micro, start, rank, world
+
+    def batch(self, k: int) -> dict:
+        g = k * self.world + self.rank
+        f, _, epoch = self.source.instances(g * self.micro, self.micro)
+        batch = features_to_batch(f)
+        batch["meta"] = {"epoch": epoch, "cursor": list(self.source.cursor)}
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = self.start + w
+        while True:
+            try:
+                batch = self.batch(k)
+            except UserError as exc:
+                yield {"error": {"what": exc.what, "where": exc.where, "fix": exc.fix, "corrupt": False}}
+                return
+            batch["meta"].update(stream=w, position={"batch": k + 1, "cursor": batch["meta"]["cursor"]}, corrupt=0)
+            yield batch
+            k += n
+
+
 def make_loader(
     files: list[str],
     *,
@@ -231,7 +325,25 @@ def make_loader(
     skip_corrupt: bool,
 ):
     """A DataLoader of micro-batches; `streams` loader processes (0 processes when streams == 1 is not
-    forced: one stream is read in-process)."""
+    forced: one stream is read in-process). Dynamic data (`files` = its manifest): masked on the fly, this
+    rank's share of the global sequence (DynamicDataset)."""
+    workers = streams if streams > 1 else 0
+    manifest = dynamic_manifest(files)
+    if manifest:
+        rank, world = rank_world()
+        hints = [p["cursor"] for p in positions if p and "cursor" in p]
+        dataset = DynamicDataset(
+            manifest,
+            micro=batch_size,
+            start=batches_done,
+            rank=rank,
+            world=world,
+            max_seq_length=max_seq_length,
+            hint=min(hints, key=lambda c: c[2]) if hints else None,  # any cursor at or before start will do
+        )
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+        )
     dataset = StreamDataset(
         files,
         streams,
@@ -243,7 +355,6 @@ def make_loader(
         block=block,
         skip_corrupt=skip_corrupt,
     )
-    workers = streams if streams > 1 else 0
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
     )

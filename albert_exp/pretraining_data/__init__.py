@@ -3,13 +3,15 @@
     albert-exp pretraining-data --config experiments/toy.yaml
     albert-exp pretraining-data --workers 8 --dupe-factor 40 --max-seq-length 64
     albert-exp pretraining-data --executor ray --address <head>:6379    # shards on a Ray cluster
+    albert-exp pretraining-data --mode dynamic     # tokenised documents once; pretrain masks on the fly
 
 Reads <workdir>/corpus/manifest.json and the tokenizer of <workdir>/vocab/tokenizer; writes
 <workdir>/pretraining_data/shard-NNNNN.tfrecord (one per corpus shard; `.tfrecord.gz` with --compress) that
 google's `run_pretraining.py` reads unchanged, plus `manifest.json` (per shard: records, sha256, bytes and
 statistics; totals; the feature spec). Shards run in parallel (local processes, or Ray tasks, which need the
 output directory on storage every node sees); the bytes do not depend on the executor or the worker count.
-A rerun skips complete shards (see shards.py), so a killed job resumes where it stopped.
+A rerun skips complete shards (see shards.py), so a killed job resumes where it stopped. In dynamic mode
+each shard is `shard-NNNNN.arrow` (dynamic.py) and the manifest says `"mode": "dynamic"`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
 from albert_exp.tracking import stage_run, write_results
 
-__all__ = ["run", "build_tasks", "execute", "summarize"]
+__all__ = ["run", "build_tasks", "execute", "summarize", "write_manifest"]
 
 
 def _tokenizer_settings(tokenizer_dir: Path) -> tuple[bool, bool]:
@@ -78,7 +80,7 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
         )
     out = Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
     out.mkdir(parents=True, exist_ok=True)
-    suffix = ".tfrecord.gz" if c.compress else ".tfrecord"
+    suffix = ".arrow" if c.mode == "dynamic" else ".tfrecord.gz" if c.compress else ".tfrecord"
     tasks = []
     for i, shard in enumerate(corpus["shards"]):
         src = manifest_path.parent / shard["path"]
@@ -98,7 +100,8 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
                 params=params,
                 seed=cfg.seed,
                 block_lines=c.block_lines,
-                compress=c.compress,
+                compress=c.compress and c.mode == "static",
+                mode=c.mode,
             )
         )
     lines = {i: s.get("lines", 0) for i, s in enumerate(corpus["shards"])}
@@ -202,32 +205,52 @@ def summarize(entries: list[dict]) -> dict[str, Any]:
         "random_share": total.replaced_random / masked,
         "ngram_share": [h / max(sum(hist), 1) for h in hist],
         "records": sum(e["records"] for e in entries),
+        "stored_documents": sum(e.get("documents", 0) for e in entries),  # dynamic mode
+        "stored_tokens": sum(e.get("tokens", 0) for e in entries),
         "bytes": sum(e["bytes"] for e in entries),
         "lines": sum(e["lines"] for e in entries),
     }
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
+def write_manifest(cfg: ExperimentConfig, out: Path, info: dict, entries: list[dict], p) -> dict[str, Any]:
+    """manifest.json (and, in dynamic mode, the loader's view of the vocabulary: vocab.npz); returns the
+    totals."""
     from albert_exp.tfrecord import FEATURES
 
+    c = cfg.pretraining_data
+    totals = summarize(entries)
+    lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
+    if c.mode == "dynamic":
+        from albert_exp.pretraining_data.dynamic import save_vocab
+        from albert_exp.pretraining_data.shards import Tokenizer
+
+        tok_dir = info["tokenizer_dir"]
+        save_vocab(out / "vocab.npz", Tokenizer(tok_dir, *_tokenizer_settings(Path(tok_dir))).vocab)
+    manifest = {
+        "mode": c.mode,
+        "vocab": "vocab.npz" if c.mode == "dynamic" else None,
+        "shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
+        "totals": totals,
+        "params": asdict(p),
+        "seed": cfg.seed,
+        "compress": c.compress,
+        "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()},
+        **info,
+    }
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")
+    return totals
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
     c = cfg.pretraining_data
     tasks, out, info = build_tasks(cfg)
     p = tasks[0].params
     with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} dupe {p.dupe_factor}") as tracker:
         tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
         entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
-        totals = summarize(entries)
-        lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
-        manifest = {
-            "shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
-            "totals": totals,
-            "params": asdict(p),
-            "seed": cfg.seed,
-            "compress": c.compress,
-            "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()},
-            **info,
-        }
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        totals = write_manifest(cfg, out, info, entries, p)
         for e in entries:  # per shard, step = shard index
             s = e["stats"]
             tracker.log_metrics(

@@ -49,6 +49,7 @@ class ShardTask:
     seed: int
     block_lines: int
     compress: bool
+    mode: str = "static"  # "dynamic": tokenised documents only (dynamic.py), masked in the loader
 
     def fingerprint(self) -> str:
         spm = Path(self.tokenizer_dir) / "spiece.model"
@@ -182,6 +183,14 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         return {**done, "skipped": True}
     t0 = time.perf_counter()
     tok = Tokenizer(task.tokenizer_dir, task.lowercase, task.keep_accents)
+    Path(task.output_path + ".json").unlink(missing_ok=True)
+    if task.mode == "dynamic":
+        from albert_exp.pretraining_data import dynamic
+
+        blocks = read_blocks(Path(task.input_path), task.block_lines)
+        info = dynamic.write_shard(task, tok, blocks, progress)
+        entry = dynamic.manifest_entry(task, info, task.fingerprint(), time.perf_counter() - t0)
+        return _write_sidecar(task, entry)
     total = BlockStats(ngram_hist=[0] * task.params.ngram)
     lines = 0
     Path(task.output_path + ".json").unlink(missing_ok=True)
@@ -208,6 +217,10 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         "seconds": round(time.perf_counter() - t0, 3),
         "stats": asdict(total),
     }
+    return _write_sidecar(task, entry)
+
+
+def _write_sidecar(task: ShardTask, entry: dict[str, Any]) -> dict[str, Any]:
     side = Path(task.output_path + ".json")
     side.with_suffix(".tmp").write_text(json.dumps(entry, indent=1))
     os.replace(side.with_suffix(".tmp"), side)
