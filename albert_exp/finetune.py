@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
-from albert_exp.tracking import NoopTracker, git_commit, stage_run, write_results
+from albert_exp.tracking import FakeTracker, git_commit, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
 
@@ -131,7 +131,7 @@ def train(
     train_data: Any,
     val_data: Any,
     out: Path,
-    tracker: NoopTracker,
+    tracker: FakeTracker,
     on_epoch: EpochHook | None = None,
 ) -> dict[str, Any]:
     import torch
@@ -302,7 +302,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     return results
 
 
-def _log_models(tracker: NoopTracker, best_dir: Path, examples: list[str], max_seq_length: int) -> None:
+def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], max_seq_length: int) -> None:
     """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc."""
     from albert_exp.serving import log_phrase_extractor
 

@@ -17,10 +17,8 @@ from albert_exp.config import ExperimentConfig
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    import mlflow
-
     from albert_exp import corpus, finetune, pretrain, pretraining_data, promote, tune, vocab
-    from albert_exp.tracking import stage_run, write_results
+    from albert_exp.tracking import stage_run, tracking_uri, write_results
 
     t0 = time.time()
     with stage_run(cfg, "main", cfg.name, section="none", extra_params={"stages": ",".join(cfg.stages)}) as parent:
@@ -65,7 +63,6 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             parent.set_tags({"champion_uri": pr["champion_uri"], "champion_version": pr["champion_version"]})
         results["seconds"] = round(time.time() - t0, 1)
         write_results(cfg.root, results, parent)
-    tracking_uri = mlflow.get_tracking_uri()
     if tuned:
         print(
             f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
@@ -78,8 +75,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         print("\n== fine-tuned model: test metrics (dish names never seen in training) ==")
     for k, v in summary.items():
         print(f"  {k:36s} {v:.4f}")
-    print(f"\nruns: {tracking_uri}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
-    print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000")
+    print(f"\nruns: {tracking_uri()}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
+    print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000")
     model_uri = pr["champion_uri"] if pr else ft.get("model_uri")
     if model_uri:
         print(f'serve it:     mlflow models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001')

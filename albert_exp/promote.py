@@ -31,7 +31,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
-from albert_exp.tracking import stage_run, write_results
+from albert_exp.tracking import Registry, download_artifacts, get_run, has_model, stage_run, tracking_uri, write_results
 
 ARTIFACT = "phrase_extractor"  # the pyfunc every finetune run logs
 HF_ARTIFACT = "hf_model"
@@ -59,13 +59,12 @@ def _source_run(cfg: ExperimentConfig) -> str:
 
 def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str, float]:
     """Token and phrase metrics of a finetune run's HF model on a labelled CSV."""
-    import mlflow
     from transformers import AlbertForTokenClassification, AutoTokenizer
 
     from albert_exp.data import encode
     from albert_exp.finetune import evaluate
 
-    local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{HF_ARTIFACT}")
+    local = download_artifacts(f"runs:/{run_id}/{HF_ARTIFACT}")
     tokenizer = AutoTokenizer.from_pretrained(local)
     model = AlbertForTokenClassification.from_pretrained(local, use_safetensors=True)
     f = cfg.finetune
@@ -89,33 +88,23 @@ def file_digest(path: Path) -> str:
 
 
 @contextmanager
-def registry_lock(client: Any, name: str, timeout_s: float, stale_s: float):
+def registry_lock(registry: Registry, name: str, timeout_s: float, stale_s: float):
     """Mutual exclusion between promotions of `name`, through the registry's unique model names."""
-    from mlflow.exceptions import MlflowException
-
     lock = f"{name}.promotion-lock"
     owner = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.time() + timeout_s
-    while True:
-        try:
-            client.create_registered_model(
-                lock,
-                tags={"owner": owner, "since": f"{time.time():.3f}"},
-                description="held while a promotion compares and moves aliases",
-            )
-            break
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
-                raise
-        try:
-            held = client.get_registered_model(lock)
-            since = float(held.tags.get("since", time.time()))
-            if time.time() - since > stale_s:
-                print(f"breaking a stale promotion lock held by {held.tags.get('owner')}")
-                client.delete_registered_model(lock)
-                continue
-        except MlflowException:
+    while not registry.create_model(
+        lock,
+        tags={"owner": owner, "since": f"{time.time():.3f}"},
+        description="held while a promotion compares and moves aliases",
+    ):
+        held = registry.model_tags(lock)
+        if held is None:
             continue  # released meanwhile
+        if time.time() - float(held.get("since", time.time())) > stale_s:
+            print(f"breaking a stale promotion lock held by {held.get('owner')}")
+            registry.delete_model(lock)
+            continue
         if time.time() > deadline:
             raise UserError(
                 f"another promotion of '{name}' holds the lock",
@@ -126,22 +115,7 @@ def registry_lock(client: Any, name: str, timeout_s: float, stale_s: float):
     try:
         yield owner
     finally:
-        client.delete_registered_model(lock)
-
-
-def _version_of_run(client: Any, name: str, run_id: str) -> Any | None:
-    for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-        return v
-    return None
-
-
-def _champion(client: Any, name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, "champion")
-    except MlflowException:
-        return None
+        registry.delete_model(lock)
 
 
 def decide(challenger: float, champion: float | None, margin: float, force: bool) -> tuple[bool, str]:
@@ -158,9 +132,6 @@ def decide(challenger: float, champion: float | None, margin: float, force: bool
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
     p = cfg.promote
     name, metric = model_name(cfg), p.metric
     from albert_exp.finetune import _paths
@@ -168,34 +139,31 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     eval_csv = Path(p.eval_csv) if p.eval_csv else _paths(cfg)["test"]
     digest = file_digest(eval_csv)
     run_id = _source_run(cfg)
-    client = MlflowClient()
-    try:
-        source = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
+    registry = Registry()
+    source = get_run(run_id)
+    if source is None:
         raise UserError(
-            f"no MLflow run {run_id} in {mlflow.get_tracking_uri()}",
+            f"no MLflow run {run_id} in {tracking_uri()}",
             where="promote.run_id",
             fix="give a finetune run id from this tracking store",
-        ) from None
-    try:
-        mlflow.models.get_model_info(f"runs:/{run_id}/{ARTIFACT}")
-    except (mlflow.exceptions.MlflowException, OSError):
+        )
+    if not has_model(f"runs:/{run_id}/{ARTIFACT}"):
         raise UserError(
             f"run {run_id} has no '{ARTIFACT}' model",
             where="promote.run_id",
             fix="promote a finetune run (they log the phrase extractor)",
-        ) from None
+        )
     with stage_run(cfg, "promote", name) as tracker:
         scores = evaluate_run(run_id, eval_csv, cfg)
         challenger_score = scores[metric]
-        with registry_lock(client, name, p.lock_timeout_s, p.lock_stale_s) as owner:
-            version = _version_of_run(client, name, run_id) or mlflow.register_model(
+        with registry_lock(registry, name, p.lock_timeout_s, p.lock_stale_s) as owner:
+            version = registry.version_of_run(name, run_id) or registry.register(
                 f"runs:/{run_id}/{ARTIFACT}",
                 name,
-                tags={"dataset_digest": source.data.tags.get("dataset_digest", ""), "source_run_id": run_id},
+                tags={"dataset_digest": source.tags.get("dataset_digest", ""), "source_run_id": run_id},
             )
-            client.set_registered_model_alias(name, "challenger", version.version)
-            champ = _champion(client, name)
+            registry.set_alias(name, "challenger", version.version)
+            champ = registry.by_alias(name, "champion")
             champ_score, champ_how = None, "none"
             if champ is not None and champ.version == version.version:
                 champ_score, champ_how = challenger_score, "this version"
@@ -226,18 +194,17 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 "promotion.by": owner,
                 "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            for k, v in tags.items():
-                client.set_model_version_tag(name, version.version, k, str(v))
+            registry.set_version_tags(name, version.version, tags)
             if promoted:
-                client.set_registered_model_alias(name, "champion", version.version)
+                registry.set_alias(name, "champion", version.version)
                 if champ is not None:
-                    client.set_model_version_tag(name, champ.version, "promotion.replaced_by", version.version)
+                    registry.set_version_tags(name, champ.version, {"promotion.replaced_by": version.version})
             champ_text = "none" if champ_score is None else f"v{champ.version} {champ_score:.4f} ({champ_how})"
             description = (
                 f"{decision}: {why}. {metric} on {eval_csv.name} (sha256 {digest[:12]}): challenger "
                 f"{challenger_score:.4f}, champion {champ_text}." + (f" Forced: {p.reason}" if p.force else "")
             )
-            client.update_model_version(name, version.version, description=description)
+            registry.describe_version(name, version.version, description)
         print(f"{name} v{version.version}: {description}")
         tracker.set_tags(
             {
@@ -253,7 +220,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             | ({f"champion/{metric}": champ_score} if champ_score is not None else {}),
             step=0,
         )
-        champion_now = _champion(client, name)
+        champion_now = registry.by_alias(name, "champion")
         champion_metrics = (
             scores if champion_now.version == version.version else evaluate_run(champion_now.run_id, eval_csv, cfg)
         )

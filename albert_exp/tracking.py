@@ -1,9 +1,20 @@
-"""Tracking behind a small interface: `MlflowTracker` for real runs, `NoopTracker` for tests and non-zero ranks.
+"""The tracking boundary: the only module of the stages that talks to MLflow.
 
-Every stage opens its run with `stage_run(cfg, stage, description)`: a nested run under the active parent
-(the `main` pipeline or a tuning study), or the run `mlflow run` created (MLFLOW_RUN_ID), or a new run in the
-experiment named by the config. The run gets the conventional tags, the resolved config (flattened params and
-a YAML artifact), and ends FAILED on an exception, KILLED on Ctrl-C or SIGTERM: never left RUNNING.
+Stages log through a `Tracker` bound to one run id (every call names its run; nothing depends on MLflow's
+"active run"): `MlflowTracker` for real runs, `FakeTracker` (same interface, records in memory) for unit tests
+and non-zero ranks. `offline()` makes every `stage_run` yield a FakeTracker, so a stage's `run(cfg)` can be
+tested without a store; the end-to-end tests keep the real one.
+
+Every stage opens its run with `stage_run(cfg, stage, description)`: a child of the enclosing stage run (the
+`main` pipeline or a tuning study), or the run `mlflow run` created (MLFLOW_RUN_ID), or a new run in the
+experiment named by the config; `resume_run_id` reattaches to the run a checkpoint was written by. The run gets
+the conventional tags, who runs it (host, pid, start), the resolved config (flattened params and a YAML
+artifact), and ends FAILED on an exception, KILLED on Ctrl-C or SIGTERM: never left RUNNING by a live process.
+A process killed with SIGKILL cannot end its run: the next `stage_run` on the same store marks runs of dead
+processes on this host KILLED with a reason (`sweep_dead_runs`).
+
+Also here: the registry calls of `promote` (`Registry`), closing a dead Optuna trial's runs (`close_runs`),
+artifact downloads and run look-ups for lineage.
 """
 
 from __future__ import annotations
@@ -13,122 +24,294 @@ import contextvars
 import json
 import os
 import signal
-import subprocess
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, flatten, to_dict, to_yaml
+from albert_exp.identity import code_version
+
+# Tags that say who runs a stage: `sweep_dead_runs` closes a RUNNING run whose process is gone.
+HOST, PID, PID_START = "albert_exp.host", "albert_exp.pid", "albert_exp.pid_start"
+KILLED_REASON = "killed_reason"
 
 
-class NoopTracker:
-    """Same interface, records nothing (tests, non-zero ranks). Keeps the last metrics for inspection."""
+class FakeTracker:
+    """The tracker interface; this implementation records in memory (unit tests, non-zero ranks)."""
 
     run_id: str | None = None
-    artifact_uri: str | None = None
+    experiment_id: str | None = None
 
     def __init__(self) -> None:
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
         self.metrics: dict[str, list[tuple[int, float]]] = {}
-
-    def log_params(self, params: dict[str, Any]) -> None: ...
-    def set_tags(self, tags: dict[str, Any]) -> None: ...
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-    def log_dict(self, data: dict, artifact_file: str) -> None: ...
-    def log_text(self, text: str, artifact_file: str) -> None: ...
-    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
-    def log_input(self, df: Any, name: str, source: str, context: str) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        for k, v in metrics.items():
-            self.metrics.setdefault(k, []).append((step, float(v)))
-
-
-class MlflowTracker(NoopTracker):
-    """Thin wrapper over the active MLflow run; every metric carries an explicit step."""
-
-    def __init__(self, run: Any) -> None:
-        super().__init__()
-        import mlflow
-
-        self._mlflow = mlflow
-        self.run_id = run.info.run_id
-        self.artifact_uri = run.info.artifact_uri
+        self.artifacts: list[str] = []
+        self.inputs: list[dict[str, str]] = []
 
     def log_params(self, params: dict[str, Any]) -> None:
         # MLflow caps a param value at 6000 characters; the full config is also logged as YAML.
-        self._mlflow.log_params({k: ("" if v is None else str(v))[:6000] for k, v in params.items()})
+        self.params.update({k: ("" if v is None else str(v))[:6000] for k, v in params.items()})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self.tags.update({k: str(v) for k, v in tags.items()})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        super().log_metrics(metrics, step)
-        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self.log_history([(step, metrics)])
+
+    def log_history(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Several steps at once (one batched write to the store)."""
+        for step, metrics in rows:
+            for k, v in metrics.items():
+                self.metrics.setdefault(k, []).append((int(step), float(v)))
+
+    def logged_steps(self, keys: set[str]) -> set[tuple[str, int]]:
+        """(metric, step) pairs of `keys` already in this run (a resumed run skips them)."""
+        return {(k, s) for k in keys for s, _ in self.metrics.get(k, [])}
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path)
+        self.artifacts.append(f"{artifact_path or ''}/{Path(path).name}".lstrip("/"))
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._mlflow.log_artifacts(str(path), artifact_path)
+        self.artifacts.append(artifact_path or "")
 
     def log_dict(self, data: dict, artifact_file: str) -> None:
-        self._mlflow.log_dict(data, artifact_file)
+        self.artifacts.append(artifact_file)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._mlflow.log_text(text, artifact_file)
+        self.artifacts.append(artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self._mlflow.log_figure(figure, artifact_file)
+        self.artifacts.append(artifact_file)
+
+    def log_input(self, df: Any, name: str, source: str, context: str) -> None:
+        self.inputs.append({"name": name, "source": str(source), "context": context})
+
+
+class MlflowTracker(FakeTracker):
+    """Logs into one MLflow run, named by its id in every call; every metric carries an explicit step."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        from mlflow import MlflowClient
+
+        self._client = MlflowClient()
+        self.run_id = run_id
+        self.experiment_id = self._client.get_run(run_id).info.experiment_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        super().log_params(params)
+        new = {k: v for k, v in self.params.items() if k in params}
+        self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in new.items()])
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        super().set_tags(tags)
+        self._client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_history(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        from mlflow.entities import Metric
+
+        super().log_history(rows)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(s)) for s, m in rows for k, v in m.items()]
+        if batch:
+            self._client.log_batch(self.run_id, metrics=batch)  # splits large batches itself
+
+    def logged_steps(self, keys: set[str]) -> set[tuple[str, int]]:
+        return {(k, h.step) for k in keys for h in self._client.get_metric_history(self.run_id, k)}
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._client.log_artifacts(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, data: dict, artifact_file: str) -> None:
+        self._client.log_dict(self.run_id, data, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self._client.log_figure(self.run_id, figure, artifact_file)
 
     def log_input(self, df: Any, name: str, source: str, context: str) -> None:
         import mlflow.data
         from mlflow.data.dataset_source_registry import get_registered_sources
+        from mlflow.entities import DatasetInput, InputTag
 
+        super().log_input(df, name, source, context)
         # an explicit source object: a bare path is ambiguous to MLflow's source registry (it warns)
         local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
-        src = local(str(Path(source).resolve()))
-        dataset = mlflow.data.from_pandas(df, source=src, name=name)
-        self._mlflow.log_input(dataset, context=context)
+        dataset = mlflow.data.from_pandas(df, source=local(str(Path(source).resolve())), name=name)
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        self._client.log_inputs(self.run_id, datasets=[entity])
 
 
 def git_commit() -> str:
-    """HEAD of the checkout we run from, with `-dirty` when tracked files changed (the run is then not
-    reproducible from the commit alone, and the tag says so)."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The code version as a tag: the commit, `-dirty+<hash of the changes>` when tracked files changed."""
+    return code_version()
 
 
-# Tags every stage run opened in this context gets (a tuning study tags each trial's finetune run with its
-# study and trial number, so a run left by a killed worker can be found and closed).
+# The innermost open stage run of this context (a stage's run is the child of its enclosing one) and the tags
+# and early-stop exceptions every stage run opened in this context gets (a tuning study tags each trial's
+# finetune run with its study and trial number, so a run left by a killed worker can be found and closed).
+_CURRENT: contextvars.ContextVar[FakeTracker | None] = contextvars.ContextVar("albert_exp_run", default=None)
 _EXTRA_TAGS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("albert_exp_tags", default=None)
+_EARLY_STOP: contextvars.ContextVar[tuple[type, ...]] = contextvars.ContextVar("albert_exp_stop", default=())
+# Offline: the list that collects the FakeTrackers stage runs yield instead of MLflow runs.
+_OFFLINE: contextvars.ContextVar[list[FakeTracker] | None] = contextvars.ContextVar("albert_exp_offline", default=None)
 
 
 @contextlib.contextmanager
-def run_tags(tags: dict[str, Any]) -> Iterator[None]:
+def run_tags(tags: dict[str, Any], early_stop: tuple[type, ...] = ()) -> Iterator[None]:
+    """Stage runs opened inside get `tags`; an exception of an `early_stop` type ends them KILLED with the tag
+    `pruned=true` (stopped early on purpose: not a failure, not finished)."""
     token = _EXTRA_TAGS.set({**(_EXTRA_TAGS.get() or {}), **tags})
+    stop = _EARLY_STOP.set(_EARLY_STOP.get() + tuple(early_stop))
     try:
         yield
     finally:
         _EXTRA_TAGS.reset(token)
+        _EARLY_STOP.reset(stop)
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[list[FakeTracker]]:
+    """Every stage_run inside yields a FakeTracker (collected in the yielded list): stages run without a store."""
+    runs: list[FakeTracker] = []
+    token = _OFFLINE.set(runs)
+    try:
+        yield runs
+    finally:
+        _OFFLINE.reset(token)
+
+
+def current_run_id() -> str | None:
+    """The id of the innermost open stage run (None outside one, or offline)."""
+    run = _CURRENT.get()
+    return run.run_id if run else None
+
+
+def tracking_uri() -> str:
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
+def _process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc): a pid reused by another process after
+    a kill has another start time. Empty where /proc is not available."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return not start or _process_start(pid) in ("", start)
+
+
+def who() -> dict[str, str]:
+    """Tags naming the process that runs a stage (host, pid, process start, wall-clock start)."""
+    return {
+        HOST: socket.gethostname(),
+        PID: str(os.getpid()),
+        PID_START: _process_start(os.getpid()),
+        "albert_exp.started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def owner_alive(tags: dict[str, str]) -> bool | None:
+    """Whether the process named by a run's (or trial's) `who()` tags lives; None: another host, unknown."""
+    if tags.get(HOST) != socket.gethostname() or not tags.get(PID):
+        return None
+    return process_alive(int(tags[PID]), tags.get(PID_START, ""))
+
+
+def sweep_dead_runs(experiment_ids: list[str]) -> list[str]:
+    """Mark RUNNING runs whose process on this host is gone (SIGKILL, power loss) KILLED, with the reason."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    closed = []
+    for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'"):
+        if owner_alive(run.data.tags) is False:
+            tags = run.data.tags
+            reason = f"process {tags[PID]} on {tags[HOST]} is gone (killed); found by pid {os.getpid()}"
+            client.set_tag(run.info.run_id, KILLED_REASON, reason)
+            client.set_terminated(run.info.run_id, status="KILLED")
+            closed.append(run.info.run_id)
+    if closed:
+        print(f"marked {len(closed)} run(s) of dead processes KILLED: {', '.join(closed)}")
+    return closed
+
+
+def close_runs(run_ids: set[str], experiment_id: str | None, tag_filter: dict[str, str], reason: str) -> list[str]:
+    """End the RUNNING runs among `run_ids` and those of `experiment_id` whose tags match, as KILLED."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    ids = set(run_ids) - {None}
+    if experiment_id:
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tag_filter.items())
+        ids |= {r.info.run_id for r in client.search_runs([experiment_id], query)}
+    closed = []
+    for run_id in sorted(ids):
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, KILLED_REASON, reason)
+            client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+    return closed
 
 
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, resume_run_id: str | None) -> str:
+    """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run."""
+    from mlflow import MlflowClient
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = MlflowClient()
+    if resume_run_id:
+        return resume_run_id
+    env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
+    if env_run:
+        return env_run
+    if parent is not None and parent.experiment_id:
+        exp_id = parent.experiment_id
+    else:
+        exp = client.get_experiment_by_name(cfg.name)
+        exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.name)
+    tags = {MLFLOW_RUN_NAME: run_name}
+    if parent is not None and parent.run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
+    return client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
+
+
+def _create_experiment(client: Any, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created meanwhile by a process started at the same time
+        return client.get_experiment_by_name(name).experiment_id
 
 
 @contextlib.contextmanager
@@ -140,45 +323,58 @@ def stage_run(
     section: str | None = None,
     extra_params: dict[str, Any] | None = None,
     enabled: bool = True,
-) -> Iterator[NoopTracker]:
-    """Open the MLflow run of one stage and log its resolved config. Yields a tracker."""
-    if not enabled:
-        yield NoopTracker()
+    resume_run_id: str | None = None,
+) -> Iterator[FakeTracker]:
+    """Open the MLflow run of one stage (or reattach to `resume_run_id`) and log its resolved config."""
+    if not enabled or _OFFLINE.get() is not None:
+        fake = FakeTracker()
+        if _OFFLINE.get() is not None:
+            _OFFLINE.get().append(fake)
+        yield fake
         return
     import mlflow
 
-    parent = mlflow.active_run()
-    if parent is None and not os.environ.get("MLFLOW_RUN_ID"):
-        mlflow.set_experiment(cfg.name)
+    parent = _CURRENT.get()
     run_name = f"{stage} {description}".strip()
-    run = mlflow.start_run(run_name=run_name, nested=parent is not None)
-    tracker = MlflowTracker(run)
+    run_id = _open_run(cfg, run_name, parent, resume_run_id)
+    tracker = MlflowTracker(run_id)
+    if parent is None:
+        sweep_dead_runs([tracker.experiment_id])
+    # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while it is open
+    mlflow.start_run(run_id=run_id, nested=True)
+    token = _CURRENT.set(tracker)
     previous = signal.getsignal(signal.SIGTERM)
     with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     status = "FINISHED"
     try:
-        resolved = to_dict(cfg)
-        params = {"name": cfg.name, "seed": cfg.seed}
-        sections = [section or stage.replace("-", "_")]
-        for s in sections:
+        if not resume_run_id:  # a reattached run has its params already (MLflow params are immutable)
+            resolved = to_dict(cfg)
+            params = {"name": cfg.name, "seed": cfg.seed}
+            s = section or stage.replace("-", "_")
             if s in resolved:
                 params.update(flatten(resolved[s], f"{s}."))
-        params.update(extra_params or {})
-        tracker.log_params(params)
+            params.update(extra_params or {})
+            tracker.log_params(params)
+            tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
         tracker.set_tags(
-            {"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(), **(_EXTRA_TAGS.get() or {})}
+            {
+                "stage": stage,
+                "experiment_config": cfg.source,
+                "git_commit": git_commit(),
+                **who(),
+                **(_EXTRA_TAGS.get() or {}),
+            }
         )
-        tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
         yield tracker
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     except Exception as exc:
         status = "FAILED"
-        if type(exc).__name__ == "TrialPruned":  # optuna stopped it early: not a failure, but not finished
+        if isinstance(exc, _EARLY_STOP.get()):  # stopped early on purpose (Optuna pruning)
             status = "KILLED"
-            mlflow.set_tag("pruned", "true")
+            tracker.set_tags({"pruned": "true"})
         raise
     except BaseException:
         status = "FAILED"
@@ -186,10 +382,15 @@ def stage_run(
     finally:
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, previous)
-        mlflow.end_run(status=status)
+        _CURRENT.reset(token)
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            mlflow.MlflowClient().set_terminated(run_id, status=status)
 
 
-def write_results(out_dir: str | Path, results: dict[str, Any], tracker: NoopTracker | None = None) -> Path:
+def write_results(out_dir: str | Path, results: dict[str, Any], tracker: FakeTracker | None = None) -> Path:
     """Every stage ends by writing results.json into its output directory (tests and Optuna read it)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,3 +402,130 @@ def write_results(out_dir: str | Path, results: dict[str, Any], tracker: NoopTra
     if tracker is not None:
         tracker.log_artifact(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading runs back, and the model registry (promote, lineage)
+
+
+@dataclass
+class RunView:
+    """What the stages read back about a run."""
+
+    run_id: str
+    experiment_id: str
+    status: str
+    name: str
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    inputs: list[dict[str, str]] = field(default_factory=list)
+
+
+def get_run(run_id: str) -> RunView | None:
+    """The run, or None when this store has no such run."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        r = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return None
+    inputs = [
+        {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
+        for d in (r.inputs.dataset_inputs if r.inputs else [])
+    ]
+    return RunView(
+        r.info.run_id,
+        r.info.experiment_id,
+        r.info.status,
+        r.info.run_name or "",
+        dict(r.data.tags),
+        dict(r.data.params),
+        dict(r.data.metrics),
+        inputs,
+    )
+
+
+def run_url(run: RunView) -> str:
+    """Where the run is: the UI's address for an http store, else the store URI and the run's path in it."""
+    uri = tracking_uri()
+    if uri.startswith("http"):
+        return f"{uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    return f"{uri} experiment {run.experiment_id} run {run.run_id}"
+
+
+def download_artifacts(uri: str) -> str:
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(uri)
+
+
+def has_model(uri: str) -> bool:
+    import mlflow
+
+    try:
+        mlflow.models.get_model_info(uri)
+    except (mlflow.exceptions.MlflowException, OSError):
+        return False
+    return True
+
+
+class Registry:
+    """The model-registry calls `promote` and `lineage` make."""
+
+    def __init__(self) -> None:
+        from mlflow import MlflowClient
+
+        self._client = MlflowClient()
+
+    def create_model(self, name: str, tags: dict[str, str], description: str) -> bool:
+        """Create registered model `name`; False if it exists already (atomic in every store: a lock)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name, tags=tags, description=description)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code) and "already exists" not in str(exc):
+                raise
+            return False
+        return True
+
+    def model_tags(self, name: str) -> dict[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return dict(self._client.get_registered_model(name).tags)
+        except MlflowException:
+            return None
+
+    def delete_model(self, name: str) -> None:
+        self._client.delete_registered_model(name)
+
+    def version_of_run(self, name: str, run_id: str) -> Any | None:
+        for v in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            return v
+        return None
+
+    def by_alias(self, name: str, alias: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def register(self, model_uri: str, name: str, tags: dict[str, str]) -> Any:
+        import mlflow
+
+        return mlflow.register_model(model_uri, name, tags=tags)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self._client.set_model_version_tag(name, version, k, str(v))
+
+    def describe_version(self, name: str, version: str, description: str) -> None:
+        self._client.update_model_version(name, version, description=description)

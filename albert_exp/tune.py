@@ -31,7 +31,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig, flatten, to_dict
 from albert_exp.errors import UserError
-from albert_exp.tracking import git_commit, run_tags, stage_run, write_results
+from albert_exp.tracking import close_runs, current_run_id, git_commit, run_tags, stage_run, tracking_uri, write_results
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -68,8 +68,6 @@ def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epo
 def study_name(cfg: ExperimentConfig) -> str:
     if cfg.tune.study_name:
         return cfg.tune.study_name
-    import mlflow
-
     from albert_exp.finetune import _paths
 
     p = _paths(cfg)
@@ -84,7 +82,7 @@ def study_name(cfg: ExperimentConfig) -> str:
             cfg.seed,
             space,
             git_commit(),
-            mlflow.get_tracking_uri(),
+            tracking_uri(),
             cfg.name,
             _files_digest([p["tokenizer"], p["train"], p["val"], p["test"]]),
         ],
@@ -103,24 +101,11 @@ def _masked(url: str) -> str:
 
 
 def close_trial_runs(study_name: str, trial: Any, reason: str) -> list[str]:
-    """End the MLflow runs of a dead trial (its finetune run and its worker's parent run) as KILLED."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
+    """End the MLflow runs of a dead trial (its finetune run and its worker's parent run) as KILLED; a trial
+    killed before its first epoch has not recorded its run id yet: its run is found by its tags."""
     ids = {trial.user_attrs.get("mlflow_run_id"), trial.user_attrs.get("mlflow_parent_run_id")} - {None}
-    exp_id = trial.user_attrs.get("mlflow_experiment_id")
-    if exp_id:  # a trial killed before its first epoch has not recorded its run id yet: find it by its tags
-        found = client.search_runs(
-            [exp_id], f"tags.optuna_study = '{study_name}' and tags.optuna_trial = '{trial.number}'"
-        )
-        ids |= {r.info.run_id for r in found}
-    closed = []
-    for run_id in sorted(ids):
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_tag(run_id, "killed_reason", reason)
-            client.set_terminated(run_id, status="KILLED")
-            closed.append(run_id)
-    return closed
+    tags = {"optuna_study": study_name, "optuna_trial": str(trial.number)}
+    return close_runs(ids, trial.user_attrs.get("mlflow_experiment_id"), tags, reason)
 
 
 class CloseRunsAndRetry:
@@ -181,7 +166,6 @@ def _counts(study: Any) -> dict[str, int]:
 
 
 def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
-    import mlflow
     import optuna
 
     from albert_exp import finetune
@@ -195,12 +179,12 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
         tcfg = trial_config(cfg, study_dir / f"trial_{trial.number if origin is None else origin}", lr, epochs)
         trial.set_user_attr("mlflow_parent_run_id", parent.run_id)
-        trial.set_user_attr("mlflow_experiment_id", mlflow.active_run().info.experiment_id)
+        trial.set_user_attr("mlflow_experiment_id", parent.experiment_id)
         trial.set_user_attr("worker", t.worker)
 
         def on_epoch(epoch: int, val: dict[str, float]) -> None:
-            if "mlflow_run_id" not in trial.user_attrs and mlflow.active_run():
-                trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
+            if "mlflow_run_id" not in trial.user_attrs and current_run_id():
+                trial.set_user_attr("mlflow_run_id", current_run_id())
             trial.report(val[t.objective], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: val/{t.objective}={val[t.objective]:.4f} below the median")
@@ -208,7 +192,7 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         tags = {"optuna_study": trial.study.study_name, "optuna_trial": trial.number, "optuna_worker": t.worker}
         if origin is not None:
             tags["optuna_retry_of"] = origin
-        with run_tags(tags):
+        with run_tags(tags, early_stop=(optuna.TrialPruned,)):
             res = finetune.run(tcfg, on_epoch=on_epoch)
         trial.set_user_attr("mlflow_run_id", res["run_id"])
         for key in (

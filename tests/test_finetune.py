@@ -10,7 +10,7 @@ from albert_exp.config import load_config
 from albert_exp.corpus import write_labelled_csv
 from albert_exp.data import encode
 from albert_exp.toy import labelled_rows
-from albert_exp.tracking import NoopTracker
+from albert_exp.tracking import FakeTracker
 
 TINY = [
     "model.embedding_size=16",
@@ -39,7 +39,7 @@ def splits(tmp_path_factory, tiny_tokenizer):
 def _train(tmp_path, tokenizer, splits, *extra, hook=None):
     cfg = load_config(None, TINY + list(extra))
     out = tmp_path / "ft"
-    return finetune.train(cfg, tokenizer, splits["train"], splits["val"], out, NoopTracker(), hook), out
+    return finetune.train(cfg, tokenizer, splits["train"], splits["val"], out, FakeTracker(), hook), out
 
 
 def test_same_seed_same_losses(tmp_path, tiny_tokenizer, splits):

@@ -125,12 +125,13 @@ def test_lock_excludes_and_breaks_stale_locks(store):
 
     from albert_exp.errors import UserError
     from albert_exp.promote import registry_lock
+    from albert_exp.tracking import Registry
 
-    client = MlflowClient()
+    client, registry = MlflowClient(), Registry()
     inside, order = [], []
 
     def worker(tag):
-        with registry_lock(client, "locked", 30, 600):
+        with registry_lock(registry, "locked", 30, 600):
             inside.append(tag)
             assert len(inside) == 1, "two holders at once"
             order.append(tag)
@@ -143,12 +144,12 @@ def test_lock_excludes_and_breaks_stale_locks(store):
     for t in threads:
         t.join()
     assert sorted(order) == [0, 1, 2]
-    with registry_lock(client, "locked", 5, 600):
+    with registry_lock(registry, "locked", 5, 600):
         with pytest.raises(UserError, match="holds the lock"):
-            with registry_lock(client, "locked", 0.5, 600):
+            with registry_lock(registry, "locked", 0.5, 600):
                 pass
     client.create_registered_model("locked.promotion-lock", tags={"owner": "dead", "since": "0"})
-    with registry_lock(client, "locked", 5, 60):  # older than lock_stale_s: broken
+    with registry_lock(registry, "locked", 5, 60):  # older than lock_stale_s: broken
         pass
     assert not client.search_registered_models("name = 'locked.promotion-lock'")
 

@@ -13,7 +13,6 @@ Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, platea
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from albert_exp.errors import UserError
@@ -55,22 +54,6 @@ def build_model(cfg):
         )
     model.sop_classifier.dropout.p = 0.0  # google's SOP head has no dropout
     return model, info
-
-
-def _resume_mlflow_run(run_id: str | None) -> bool:
-    """Continue logging into the run that wrote the checkpoint (only for a top-level run that exists)."""
-    if not run_id or os.environ.get("MLFLOW_RUN_ID"):
-        return False
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        return False
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except Exception:  # a different tracking store: start a new run
-        return False
-    os.environ["MLFLOW_RUN_ID"] = run_id  # mlflow.start_run() in stage_run picks it up
-    return True
 
 
 def _check_same_config(cfg, saved: dict, where) -> None:
@@ -160,29 +143,22 @@ def run(cfg) -> dict:
         else []
     )
 
-    # set MLFLOW_RUN_ID only now, right before the try that unsets it: a check above that fails must not
-    # leave it behind (a later run in this process would attach to this one's run)
-    reattached = bool(saved) and _resume_mlflow_run(saved.get("mlflow_run_id"))
-    try:
-        return _train(
-            cfg,
-            out,
-            model,
-            optimizer,
-            scheduler,
-            state,
-            plateau,
-            files,
-            eval_data,
-            resume_from,
-            init_info,
-            derived,
-            last_step,
-            device,
-        )
-    finally:
-        if reattached:
-            os.environ.pop("MLFLOW_RUN_ID", None)
+    return _train(
+        cfg,
+        out,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        plateau,
+        files,
+        eval_data,
+        resume_from,
+        init_info,
+        derived,
+        last_step,
+        device,
+    )
 
 
 def _train(
@@ -204,12 +180,18 @@ def _train(
     from albert_exp.config import to_dict
     from albert_exp.pretrain import checkpoint
     from albert_exp.pretrain.loop import Trainer
-    from albert_exp.tracking import stage_run, write_results
+    from albert_exp.tracking import get_run, stage_run, write_results
 
     pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
     n_params = derived["derived.parameters"]
+    saved_run = checkpoint.load_trainer_state(resume_from).get("mlflow_run_id") if resume_from else None
+    resume_run = saved_run if saved_run and get_run(saved_run) else None  # None: a checkpoint from another store
     with stage_run(
-        cfg, "pretrain", f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}", extra_params=derived
+        cfg,
+        "pretrain",
+        f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}",
+        extra_params=derived,
+        resume_run_id=resume_run,
     ) as tracker:
         print(
             f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "

@@ -169,27 +169,11 @@ class Trainer:
             for s, m in pending:
                 f.write(json.dumps({"step": s, **m}) + "\n")
         fresh = [(s, {k: v for k, v in m.items() if (k, s) not in logged}) for s, m in pending]
-        if self.tracker.run_id:  # one batched write instead of a transaction per step
-            import mlflow
-            from mlflow.entities import Metric
-
-            now = int(time.time() * 1000)
-            rows = [Metric(k, float(v), now, s) for s, m in fresh for k, v in m.items()]
-            mlflow.MlflowClient().log_batch(self.tracker.run_id, metrics=rows)  # splits large batches itself
-        else:
-            for s, m in fresh:
-                if m:
-                    self.tracker.log_metrics(m, step=s)
+        self.tracker.log_history([(s, m) for s, m in fresh if m])  # one batched write, not one per step
         (ckpt / FLUSHED).touch()
 
     def _already_logged(self, pending: list) -> set[tuple[str, int]]:
-        if not self.tracker.run_id or not pending:
-            return set()
-        import mlflow
-
-        client = mlflow.MlflowClient()
-        keys = {k for _, m in pending for k in m}
-        return {(k, h.step) for k in keys for h in client.get_metric_history(self.tracker.run_id, k)}
+        return self.tracker.logged_steps({k for _, m in pending for k in m}) if pending else set()
 
     def train(self, last_step: int) -> dict:
         st, pc = self.state, self.pc

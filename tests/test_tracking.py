@@ -1,0 +1,56 @@
+"""The tracking boundary: stages run without a store through the fake, runs are bound to their ids, and runs of
+dead processes are closed by the next command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from albert_exp import corpus, tracking
+from albert_exp.config import load_config
+
+
+def test_a_stage_runs_offline_through_the_fake(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, [f"workdir={tmp_path / 'w'}", "corpus.toy=true", "corpus.toy_documents=20"])
+    with tracking.offline() as runs:
+        res = corpus.run(cfg)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    (run,) = runs
+    assert run.tags["corpus_sha256"] == res["corpus_sha256"]
+    assert run.metrics["corpus/documents"] == [(0, 20.0)]
+    assert "manifest.json" in run.artifacts and "results.json" in run.artifacts
+
+
+def test_trackers_log_into_their_own_run_not_the_active_one(mlflow_store):
+    from mlflow import MlflowClient
+
+    cfg = load_config(None, ["name=bound"])
+    with tracking.stage_run(cfg, "main", "outer") as outer:
+        with tracking.stage_run(cfg, "corpus", "inner") as inner:
+            outer.log_metrics({"x": 1.0}, step=3)  # the inner run is the active one meanwhile
+            inner.log_metrics({"y": 2.0}, step=4)
+            assert tracking.current_run_id() == inner.run_id
+        assert tracking.current_run_id() == outer.run_id
+    client = MlflowClient()
+    a, b = client.get_run(outer.run_id), client.get_run(inner.run_id)
+    assert a.data.metrics == {"x": 1.0} and b.data.metrics == {"y": 2.0}
+    assert b.data.tags["mlflow.parentRunId"] == outer.run_id
+    assert b.data.tags[tracking.PID] == str(__import__("os").getpid())
+    assert a.info.status == b.info.status == "FINISHED"
+
+
+def test_runs_of_dead_processes_are_marked_killed_by_the_next_command(mlflow_store):
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    exp = client.create_experiment("sweep")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = client.create_run(exp, tags={**tracking.who(), tracking.PID: str(dead.pid)}).info.run_id
+    alive = client.create_run(exp, tags=tracking.who()).info.run_id
+    elsewhere = client.create_run(exp, tags={**tracking.who(), tracking.HOST: "another-host"}).info.run_id
+    assert tracking.sweep_dead_runs([exp]) == [orphan]
+    run = client.get_run(orphan)
+    assert run.info.status == "KILLED" and "is gone" in run.data.tags[tracking.KILLED_REASON]
+    assert client.get_run(alive).info.status == client.get_run(elsewhere).info.status == "RUNNING"
