@@ -529,3 +529,145 @@ class Registry:
 
     def describe_version(self, name: str, version: str, description: str) -> None:
         self._client.update_model_version(name, version, description=description)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runs back-filled from outside the process that trained (tpu-logs: console logs of a TPU job). A RunRecord is
+# an MlflowTracker that also logs points with their own timestamps, reads values back, downloads its artifacts
+# and ends itself; RunStore finds, gets and creates such runs in one experiment.
+
+
+@contextlib.contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM (kill, timeout, docker stop, systemd) raises KeyboardInterrupt as Ctrl-C does,
+    so the caller's wrap-up runs; a second signal during that wrap-up is ignored."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class RunRecord(MlflowTracker):
+    """One run, bound to its id. Points go in with `log_batch`, 1,000 per request (MLflow's limit)."""
+
+    MAX_METRICS = 1000
+
+    def __init__(self, run: Any) -> None:
+        FakeTracker.__init__(self)
+        from mlflow import MlflowClient
+
+        self._client, self.run_id, self.experiment_id = MlflowClient(), run.info.run_id, run.info.experiment_id
+        self.status, self.tags, self.params = run.info.status, dict(run.data.tags), dict(run.data.params)
+        self.metric_keys = sorted(run.data.metrics)
+
+    def log_points(self, keys: Any, values: Any, timestamps_ms: Any, steps: Any) -> int:
+        """Metric points with their own times (columns of equal length); returns how many were logged."""
+        from mlflow.entities import Metric
+
+        metrics = [
+            Metric(k, float(v), int(t), int(s)) for k, v, t, s in zip(keys, values, timestamps_ms, steps, strict=True)
+        ]
+        for i in range(0, len(metrics), self.MAX_METRICS):
+            self._client.log_batch(self.run_id, metrics=metrics[i : i + self.MAX_METRICS])
+        return len(metrics)
+
+    def log_params(self, params: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        """Params are immutable: logs the new ones; returns {key: (the run's value, the new one)} that differ."""
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        differ = {k: (self.params[k], v) for k, v in values.items() if k in self.params and self.params[k] != v}
+        new = {k: v for k, v in values.items() if k not in self.params}
+        if new:
+            super().log_params(new)
+        return differ
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        super().set_tags({k: str(v)[:8000] for k, v in tags.items() if v is not None})
+
+    def history(self, keys: list[str] | None = None) -> dict[tuple[str, int], float]:
+        """What the run holds: {(metric, step): value} (the first value where a step has several)."""
+        out: dict[tuple[str, int], float] = {}
+        for key in self.metric_keys if keys is None else keys:
+            for m in self._client.get_metric_history(self.run_id, key):
+                out.setdefault((key, m.step), m.value)
+        return out
+
+    def download(self, artifact: str, dst: str | Path) -> Path | None:
+        """An artifact of the run into dst; None when the run has none of that name."""
+        try:
+            return Path(self._client.download_artifacts(self.run_id, artifact, str(dst)))
+        except Exception:  # MLflow raises several types for a missing artifact
+            return None
+
+    def terminate(self, status: str, end_ms: int | None = None) -> None:
+        self._client.set_terminated(self.run_id, status, end_time=end_ms)
+        self.status = status
+
+    @contextlib.contextmanager
+    def ended_on_error(self) -> Iterator[None]:
+        """An exception inside ends the run FAILED, Ctrl-C or SIGTERM KILLED: never left RUNNING."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.terminate("KILLED")
+            raise
+        except BaseException:
+            self.terminate("FAILED")
+            raise
+
+
+class RunStore:
+    """The runs of one experiment (created when missing): find by tags, get by id, create."""
+
+    def __init__(self, experiment: str) -> None:
+        from mlflow import MlflowClient
+
+        from albert_exp.errors import UserError
+
+        self._client = MlflowClient()
+        exp = self._client.get_experiment_by_name(experiment)
+        if exp is not None and exp.lifecycle_stage == "deleted":
+            raise UserError(
+                f"experiment {experiment!r} is deleted",
+                fix="restore it (mlflow experiments restore) or pick another --experiment",
+            )
+        self.experiment_id = exp.experiment_id if exp else _create_experiment(self._client, experiment)
+
+    def find(self, tags: dict[str, str], run_name: str | None = None) -> RunRecord | None:
+        """The latest run carrying all `tags` (and named run_name if given)."""
+        filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        if run_name:
+            filt += " and attributes.run_name = '{}'".format(run_name.replace("'", "\\'"))
+        runs = self._client.search_runs(
+            [self.experiment_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return RunRecord(runs[0]) if runs else None
+
+    def get(self, run_id: str, where: str = "--run-id") -> RunRecord:
+        from mlflow.exceptions import MlflowException
+
+        from albert_exp.errors import UserError
+
+        try:
+            run = self._client.get_run(run_id)
+        except MlflowException:
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            raise UserError(
+                f"no MLflow run {run_id!r} in {tracking_uri()}",
+                where=where,
+                fix="copy the run id from the MLflow UI or from results.json",
+            )
+        return RunRecord(run)
+
+    def create(self, run_name: str, start_ms: int | None, tags: dict[str, str]) -> RunRecord:
+        return RunRecord(self._client.create_run(self.experiment_id, start_time=start_ms, run_name=run_name, tags=tags))

@@ -1,19 +1,19 @@
-"""tpu-logs ingest vs a naive line-by-line `mlflow.log_metric` loop, on a 1,000,000-line synthetic TPU log.
+"""tpu-logs ingest vs the `log_batch` baseline (issue #14), on a synthetic 1,000,000-line TPU log.
 
-    .venv/bin/python benchmarks/tpu_logs.py                    # 1M lines: a 1M-step run logged every 100 steps
-    .venv/bin/python benchmarks/tpu_logs.py --lines 200000 --naive-lines 20000
+    .venv/bin/python benchmarks/tpu_logs.py                  # 1M lines: a 1M-step run logged every 100 steps
+    .venv/bin/python benchmarks/tpu_logs.py --lines 200000 --repeat 3
 
 The log: 1,000,000 steps printed every 100 (10,000 loss lines, each with its glog copy and rate lines), two
 restarts, eval blocks, and TPU infeed/outfeed chatter padding it to --lines lines (albert_exp/tpu_logs/synth.py).
 
-Measured:
-1. parsing alone (lines/s), in process;
-2. end to end: `python -m albert_exp tpu-logs ingest LOG` in a fresh process into a fresh local SQLite MLflow
-   store created beforehand (process start, imports, parse, back-fill, tables, plot, results.json), wall-clock;
-3. naive: read the file line by line, regex each line, `mlflow.log_metric(key, value, step=step)` per metric
-   line inside one run. It is run on the first --naive-lines lines only and extrapolated linearly to the whole
-   file (metric lines are spread evenly through the log); the printout says so. It is also counted in its
-   favour: its store is created before the clock starts, and it neither de-duplicates nor writes artifacts.
+The baseline is `benchmarks/tpu_logs_log_batch.py`: ~40 lines that match the glog lines with one regex, keep
+the first value per (metric, step) and call `MlflowClient.log_batch` in chunks of 1,000. Both run as fresh
+processes (`python -m albert_exp tpu-logs ingest LOG` and `python benchmarks/tpu_logs_log_batch.py LOG`) into
+the same SQLite store (created and migrated before any clock starts), back to back, alternating, --repeat
+times each; the benchmark checks that both logged the same points. Reported per side: the median wall time
+and the median CPU seconds (user + sys of the process and its children, which counts our parsing process),
+and the ratios baseline / ours (> 1: ours is faster). Ours does more: de-duplication across restarts and
+formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,43 +35,35 @@ sys.path.insert(0, str(ROOT))
 from albert_exp.tpu_logs.parse import parse_files  # noqa: E402
 from albert_exp.tpu_logs.synth import SynthSpec, write_logs  # noqa: E402
 
-LOSS = re.compile(r"loss = ([^,\s]+), step = (\d+)")
-RATE = re.compile(r"(global_step/sec|examples/sec): (\S+)")
+
+def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, str]:
+    """(wall s, CPU s of the child and its children, stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    out = subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), out
 
 
-def naive(log: Path, max_lines: int, uri: str) -> tuple[float, int, int]:
-    """Returns (seconds, lines read, log_metric calls)."""
-    import mlflow
+def points_of(db: Path, experiment: str) -> dict:
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("naive")
-    calls, step, n = 0, 0, 0
-    with mlflow.start_run():
-        t0 = time.perf_counter()
-        with open(log, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if n > max_lines:
-                    n -= 1
-                    break
-                m = LOSS.search(line)
-                if m:
-                    step = int(m.group(2))
-                    mlflow.log_metric("train/loss", float(m.group(1)), step=step)
-                    calls += 1
-                    continue
-                m = RATE.search(line)
-                if m:
-                    mlflow.log_metric("train/" + m.group(1).replace("/sec", "_per_s"), float(m.group(2)), step=step)
-                    calls += 1
-        seconds = time.perf_counter() - t0
-    return seconds, n, calls
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name(experiment)
+    (run,) = client.search_runs([exp.experiment_id], max_results=1)
+    out = {}
+    for key in run.data.metrics:
+        for m in client.get_metric_history(run.info.run_id, key):
+            out[(key, m.step)] = (m.value, m.timestamp)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=1_000_000)
-    ap.add_argument("--naive-lines", type=int, default=20_000, help="lines the naive loop really runs on")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side (medians are reported)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tpu_logs_bench_") as tmp:
         tmp = Path(tmp)
@@ -91,68 +84,50 @@ def main() -> None:
             f"log: {lines:,} lines, {log.stat().st_size / 1e6:.0f} MB, {len(logs.truth.metrics):,} metric points "
             f"(generated in {time.perf_counter() - t:.1f} s)"
         )
-
         t = time.perf_counter()
         result = parse_files([log], progress=False)
         parse_s = time.perf_counter() - t
         assert len(result.table) == len(logs.truth.metrics)
-        print(f"parse only:          {parse_s:6.2f} s   {lines / parse_s:,.0f} lines/s")
+        print(f"parse only (in process): {parse_s:6.2f} s   {lines / parse_s:,.0f} lines/s")
 
-        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'ours.db'}", "HF_HUB_OFFLINE": "1"}
-        # The store exists before the clock starts (as a user's mlflow.db does; the naive loop gets the same).
-        t = time.perf_counter()
+        db = tmp / "mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "HF_HUB_OFFLINE": "1"}
         subprocess.run(
             [sys.executable, "-c", "from mlflow import MlflowClient; MlflowClient().search_experiments()"],
             env=env,
             check=True,
             stderr=subprocess.DEVNULL,
         )
-        print(f"(creating the SQLite store: {time.perf_counter() - t:.1f} s, not counted)")
-        t = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "albert_exp",
-                "tpu-logs",
-                "ingest",
-                str(log),
-                "--experiment",
-                "bench",
-                "--no-progress",
-                "--out",
-                str(tmp / "out"),
-            ],
-            cwd=tmp,
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        ours_s = time.perf_counter() - t
-        timings = json.loads((tmp / "out" / "results.json").read_text())["timings"]
-        print(
-            f"ingest end to end:   {ours_s:6.2f} s   ({len(result.table):,} points back-filled; target < 30 s: "
-            f"{'met' if ours_s < 30 else 'NOT met'})"
-        )
-        parse = (
-            f"parse {timings['parse_s']} s"
-            if "parse_s" in timings
-            else f"waiting for the parse (a second process, started before MLflow loads) {timings['parse_wait_s']} s"
-        )
-        print(
-            f"   of which {parse}, log_batch {timings['log_metrics_s']} s, tables + plot "
-            f"{timings['artifacts_s']} s; the rest is process start, imports (mlflow, pandas) and run set-up"
-        )
-
-        naive_s, naive_lines, calls = naive(log, args.naive_lines, f"sqlite:///{tmp / 'naive.db'}")
-        factor = lines / naive_lines
-        naive_total = naive_s * factor
-        print(
-            f"naive log_metric:    {naive_s:6.2f} s for the first {naive_lines:,} lines ({calls:,} calls); "
-            f"extrapolated x{factor:.0f} to the whole log: {naive_total:,.0f} s"
-        )
-        print(f"ratio naive / ingest: {naive_total / ours_s:,.1f}x")
+        year = str(logs.truth.start_time.year)
+        ours, base = [], []
+        for n in range(args.repeat):
+            ours.append(
+                timed(
+                    [sys.executable, "-m", "albert_exp", "tpu-logs", "ingest", str(log), "--experiment", f"ours{n}"]
+                    + ["--no-progress", "--out", str(tmp / f"out{n}")],
+                    env,
+                    tmp,
+                )
+            )
+            base.append(
+                timed(
+                    [sys.executable, str(ROOT / "benchmarks" / "tpu_logs_log_batch.py"), str(log)]
+                    + ["--year", year, "--experiment", f"base{n}"],
+                    env,
+                    tmp,
+                )
+            )
+        mine, theirs = points_of(db, "ours0"), points_of(db, "base0")
+        assert mine == theirs, f"the two logged different points ({len(mine)} vs {len(theirs)})"
+        timings = json.loads((tmp / "out0" / "results.json").read_text())["timings"]
+        wall_o, cpu_o = statistics.median(w for w, _, _ in ours), statistics.median(c for _, c, _ in ours)
+        wall_b, cpu_b = statistics.median(w for w, _, _ in base), statistics.median(c for _, c, _ in base)
+        print(f"same {len(mine):,} points (values and timestamps) in both runs; medians of {args.repeat} runs each:")
+        print(f"  ours (tpu-logs ingest):  wall {wall_o:6.2f} s   CPU {cpu_o:6.2f} s   ({timings})")
+        print(f"  baseline (log_batch):    wall {wall_b:6.2f} s   CPU {cpu_b:6.2f} s")
+        walls = {name: [round(w, 2) for w, _, _ in runs] for name, runs in (("ours", ours), ("baseline", base))}
+        print(f"  every run's wall s: {walls}")
+        print(f"ratio baseline / ours: wall {wall_b / wall_o:.2f}x, CPU {cpu_b / cpu_o:.2f}x (> 1: ours is faster)")
 
 
 if __name__ == "__main__":

@@ -46,7 +46,11 @@ def test_restarts_and_duplicates_match_the_truth(tmp_path):
     assert dict(zip(r.checkpoints["step"], r.checkpoints["uri"], strict=True)) == logs.truth.checkpoints
     assert r.finished
     assert r.duplicates > len(r.table)  # every line came twice (glog + absl)
-    assert r.superseded > 0  # steps 2100..2300 and 3100..3700 were logged by two attempts
+    # steps 2100..2300 and 3100..3700 were logged by two attempts: the first attempt's values stay
+    assert {(m, int(s)): v for m, s, v in r.overlaps[["metric", "step", "value_dropped"]].itertuples(index=False)} == (
+        logs.truth.overlaps
+    )
+    assert len(logs.truth.overlaps) > 10
     assert r.start_time == _utc(logs.truth.start_time) and r.end_time == _utc(logs.truth.end_time)
     s = r.summary()
     assert s["last_step"] == 5000 and s["restarts"] == 2 and s["year_source"] == "full-date lines in the log"

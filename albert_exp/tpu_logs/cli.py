@@ -56,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="--follow: stop after this many seconds without new lines (default: never)",
     )
     g.add_argument("--max-seconds", type=float, default=None, help="--follow: stop after this many seconds")
+    g.add_argument(
+        "--finish-wait",
+        type=float,
+        default=None,
+        help="--follow: after the end-of-training lines, stop once the log is quiet this long (the --do_eval "
+        "evaluation prints after them; default 300; no wait when the command has no --do_eval)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     c = parser.add_argument_group("command")
     c.add_argument("--config", default="", help="experiment YAML whose `pretrain:` section gives the flags")
@@ -120,7 +127,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
         if args.poll <= 0:
             raise UserError("--poll must be > 0")
-        return follow(logs, poll_s=args.poll, idle_exit_s=args.idle_exit, max_s=args.max_seconds, **kwargs)
+        wait = {} if args.finish_wait is None else {"finish_wait_s": args.finish_wait}
+        return follow(logs, poll_s=args.poll, idle_exit_s=args.idle_exit, max_s=args.max_seconds, **wait, **kwargs)
     from albert_exp.tpu_logs.ingest import ingest
 
     return ingest(logs, **kwargs)

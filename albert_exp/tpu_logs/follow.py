@@ -5,10 +5,13 @@
 
 The files' current contents go in first (like a plain ingest, into a run left RUNNING); then the last file is
 polled every `poll_s` seconds. Only complete lines are parsed (a half-written line waits for its newline),
-through the same grammar and year rules. The run ends FINISHED when the log shows the end of training,
-KILLED when following stops first (`idle_exit_s` without new bytes, `max_s`, Ctrl-C); the tables, the plot,
-the summary and the digest of the files as last read are written then, so a later plain ingest of the same
-files finds this run.
+through the same grammar, year and overlap rules. After the end-of-training markers the job may still
+evaluate (`--do_eval` prints its eval block afterwards): following goes on until the log has been quiet for
+`finish_wait_s`, or stops at once when the command (echoed in the log or --command-file) has no --do_eval.
+It also stops after `idle_exit_s` without new bytes, after `max_s`, on Ctrl-C or SIGTERM (kill, timeout,
+docker stop, systemd). Whatever stops it, the wrap-up of a plain ingest runs (ingest.wrap_up: tables, plot,
+summary, identity tags, so a later plain ingest of the same files finds this run) and the run ends FINISHED
+when the log showed the end of training, else KILLED.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+
+FINISH_WAIT_S = 300.0  # TPU evaluation after training: compiling the eval graph alone can take minutes
 
 
 class _Tail:
@@ -50,6 +56,28 @@ class _Tail:
         return lines
 
 
+@dataclass
+class _Stop:
+    """When to stop tailing."""
+
+    poll_s: float
+    idle_exit_s: float | None
+    max_s: float | None
+    finish_wait_s: float
+    event: threading.Event | None
+
+    def reason(self, parser: Any, started: float, quiet: float, eval_expected: bool) -> str | None:
+        if self.event is not None and self.event.is_set():
+            return "stopped"
+        if self.max_s is not None and time.monotonic() - started > self.max_s:
+            return f"--max-seconds {self.max_s:g} reached"
+        if parser.finished_ti is not None and (not eval_expected or quiet > self.finish_wait_s):
+            return "end of training in the log"
+        if self.idle_exit_s is not None and quiet > self.idle_exit_s:
+            return f"no new lines for {self.idle_exit_s:g} s"
+        return None
+
+
 def follow(
     paths: list[str],
     *,
@@ -64,16 +92,12 @@ def follow(
     poll_s: float = 5.0,
     idle_exit_s: float | None = None,
     max_s: float | None = None,
+    finish_wait_s: float = FINISH_WAIT_S,
     stop: threading.Event | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    import pandas as pd
-    from mlflow import MlflowClient
-
     from albert_exp.tpu_logs import ingest as ing
-    from albert_exp.tpu_logs.grammar import FileParser
-    from albert_exp.tpu_logs.parse import ParsedFile, assign_years, build_result, file_digest, parse_file
-    from albert_exp.tpu_logs.parse import split_lines as split
+    from albert_exp.tracking import RunStore, signals_as_interrupt
 
     if not paths:
         raise UserError("no log file to follow", fix="albert-exp tpu-logs ingest LOG --follow")
@@ -83,164 +107,110 @@ def follow(
     last = paths[-1]
     if Path(last).read_bytes()[:2] == b"\x1f\x8b":
         raise UserError("cannot follow a gzip file", where=last, fix="follow the plain log the job is writing")
-    # The files as they are now: the earlier ones whole, the followed one up to its last complete line.
-    files = [parse_file(p) for p in paths[:-1]]
-    data = Path(last).read_bytes()
-    cut = data.rfind(b"\n") + 1
-    lines, _ = split(data[:cut])
-    parser = FileParser(Path(last).name)
-    parser.feed(lines, 1)
-    followed = ParsedFile(last, parser, "", [])
-    files.append(followed)
-    tail = _Tail(last, cut, data[cut:])
-    now = datetime.now()
-    year_source = assign_years(files, year, now)
-    result = build_result(files, year_source, timezone)
     flags = ing.read_command_file(command_file) if command_file else {}
-    params, warnings = ing._params(result, flags)
-    client = MlflowClient()
-    exp_id = ing.experiment_id(client, experiment)
+    live = _Live(paths, year, timezone)
+    store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or ing.DEFAULT_EXPERIMENT)
     if append or run_id:
-        run = ing.append_target(client, exp_id, run_id, run_name)
+        run = ing.append_target(store, run_id, run_name)
     else:
-        start_ms = int(ing.to_ms(ing._series([result.start_time or pd.Timestamp.now(tz="UTC")]))[0])
-        run = client.create_run(
-            exp_id,
-            start_time=start_ms,
-            run_name=run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
-            tags={"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
+        run = store.create(
+            run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
+            ing._ms(live.result.start_time) or int(time.time() * 1000),
+            {"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
         )
-    rid = run.info.run_id
-    from albert_exp.tracking import git_commit, write_results
+    until = _Stop(poll_s, idle_exit_s, max_s, finish_wait_s, stop)
+    command = {**flags, **{k: v for f in live.files for k, v in f.parser.flags.items()}}
+    reason, warnings, live.have = "interrupted (Ctrl-C or SIGTERM)", [], {}
+    with signals_as_interrupt(), run.ended_on_error():
+        try:
+            warnings = ing.begin(run, live.result, flags, {"tpu_logs.following": "true"})
+            live.have = run.history() if run.metric_keys else {}
+            ing.log_new_points(run, live.result, live.have, progress)
+            reason = live.tail(run, until, _eval_expected(command))
+        except KeyboardInterrupt:
+            pass  # the wrap-up below ends the run
+        return _wrap_up(ing, run, live, reason, warnings, append or bool(run_id), out_dir)
 
-    ing.set_tags(
-        client,
-        rid,
-        {"stage": ing.STAGE, "git_commit": git_commit(), "tpu_logs.following": "true", ing.TAG_COMPLETE: "false"},
-    )
-    warnings += ing.log_params(client, run, params)
-    logged = ing.logged_points(client, rid, sorted(run.data.metrics)) if (append or run_id) else {}
-    logged.update(_log_new(client, rid, result.table, logged, progress))
-    n_rows, n_ckpt = len(parser.line), len(parser.checkpoints)
-    started, idle_since = time.monotonic(), time.monotonic()
-    status = "KILLED"
-    try:
-        while parser.finished_ti is None:
-            if stop is not None and stop.is_set():
-                break
-            if max_s is not None and time.monotonic() - started > max_s:
-                break
-            if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                break
-            new = tail.read()
+
+def _eval_expected(flags: dict[str, str]) -> bool:
+    """Whether an evaluation may follow the end of training: unknown (so yes) without the command."""
+    if not flags:
+        return True
+    return str(flags.get("do_eval", "false")).lower() in ("true", "1", "yes")
+
+
+class _Live:
+    """The files as they are now (the earlier ones whole, the followed one up to its last complete line),
+    then the followed file's new lines as they come."""
+
+    def __init__(self, paths: list[str], year: int | None, timezone: str):
+        from albert_exp.tpu_logs.grammar import FileParser
+        from albert_exp.tpu_logs.parse import ParsedFile, parse_file, split_lines
+
+        self.paths, self.year, self.timezone, self.now = paths, year, timezone, datetime.now()
+        self.files = [parse_file(p) for p in paths[:-1]]
+        data = Path(paths[-1]).read_bytes()
+        cut = data.rfind(b"\n") + 1
+        self.parser = FileParser(Path(paths[-1]).name)
+        self.parser.feed(split_lines(data[:cut])[0], 1)
+        self.files.append(ParsedFile(paths[-1], self.parser, "", []))
+        self._tail = _Tail(paths[-1], cut, data[cut:])
+        self.result = self.build()
+        self.have: dict[tuple[str, int], float] = {}  # what the run holds
+
+    def build(self) -> Any:
+        from albert_exp.tpu_logs.parse import assign_years, build_result
+
+        return build_result(self.files, assign_years(self.files, self.year, self.now), self.timezone)
+
+    def tail(self, run: Any, until: _Stop, eval_expected: bool) -> str:
+        """Poll the followed file, logging new points, until `until` says why to stop."""
+        from albert_exp.tpu_logs.ingest import log_new_points
+
+        started = idle_since = time.monotonic()
+        rows, checkpoints = len(self.parser.line), len(self.parser.checkpoints)
+        while (reason := until.reason(self.parser, started, time.monotonic() - idle_since, eval_expected)) is None:
+            new = self._tail.read()
             if new is None:
-                time.sleep(poll_s)
+                time.sleep(until.poll_s)
                 continue
             idle_since = time.monotonic()
-            parser.feed(new, parser.lines_read + 1)
-            n_rows, n_ckpt = _flush(client, rid, followed, files, year, now, timezone, n_rows, n_ckpt, logged, progress)
-    except KeyboardInterrupt:
-        pass
-    parser.close()
-    _flush(client, rid, followed, files, year, now, timezone, n_rows, n_ckpt, logged, progress)
-    if parser.finished_ti is not None:
-        status = "FINISHED"
-    # Final tables: what MLflow holds (first-logged values), the plot, the summary, the identity tags.
-    result = build_result(files, assign_years(files, year, now), timezone)
-    result.table, differ = ing.reconcile(result.table, logged)
-    digests = [file_digest(p) for p in paths]
-    known = set(run.data.tags.get(ing.TAG_FILES, "").split(",")) - {""} if (append or run_id) else set()
-    all_digests = sorted(known | {ing.short(d) for d in digests})
-    digest = ing.run_digest(all_digests)
-    summary = result.summary()
-    summary.update(
-        run_id=rid,
-        points_logged=len(logged),
-        warnings=warnings,
-        kept_earlier_values=differ,
-        followed=last,
-        status_reason="end of training in the log"
-        if status == "FINISHED"
-        else "stopped following before the log showed the end of training",
-    )
-    out = Path(out_dir or Path("runs") / "tpu_logs" / digest[:12])
-    ing.write_artifacts(
-        client,
-        rid,
-        out,
+            self.parser.feed(new, self.parser.lines_read + 1)
+            if len(self.parser.line) > rows:  # the same rules as a plain ingest; logged points are skipped
+                rows, self.result = len(self.parser.line), self.build()
+                log_new_points(run, self.result, self.have)
+            if len(self.parser.checkpoints) > checkpoints:
+                checkpoints = len(self.parser.checkpoints)
+                run.set_tags({"tpu_logs.last_checkpoint": self.parser.checkpoints[-1][3]})
+        return reason
+
+
+def _wrap_up(
+    ing: Any, run: Any, live: _Live, reason: str, warnings: list[str], appending: bool, out_dir: str | None
+) -> dict[str, Any]:
+    from albert_exp.tpu_logs.parse import file_digest
+
+    live.parser.close()  # an eval block still open at the end of the file
+    live.result = result = live.build()
+    ing.log_new_points(run, result, live.have)
+    files = [{"path": p, "sha256": file_digest(p), "bytes": Path(p).stat().st_size} for p in live.paths]
+    known = [d for d in run.tags.get(ing.TAG_FILES, "").split(",") if d] if appending else []
+    digests = sorted(set(known) | {f["sha256"][:16] for f in files})
+    status = "FINISHED" if live.parser.finished_ti is not None else "KILLED"
+    return ing.wrap_up(
+        run,
         result,
-        summary,
-        [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)],
-        progress,
-    )
-    last_ck = result.checkpoints.iloc[-1]["uri"] if len(result.checkpoints) else None
-    ing.set_tags(
-        client,
-        rid,
-        {
-            ing.TAG_DIGEST: digest,
-            ing.TAG_FILES: ",".join(all_digests),
-            "tpu_logs.last_checkpoint": last_ck,
-            "tpu_logs.finished": result.finished,
-            "tpu_logs.restarts": len(result.restarts),
-            "tpu_logs.following": "false",
-            ing.TAG_COMPLETE: "true",
+        identity=ing.run_digest(digests, live.year, live.timezone),
+        digests=digests,
+        files=files,
+        status=status,
+        out_dir=out_dir,
+        extra={
+            "warnings": warnings,
+            "followed": live.paths[-1],
+            "status_reason": reason
+            if status == "FINISHED"
+            else f"stopped following before the end of training: {reason}",
         },
+        results={"status": "followed"},
     )
-    end_ms = int(ing.to_ms(ing._series([result.end_time]))[0]) if result.end_time is not None else None
-    client.set_terminated(rid, status, end_time=end_ms)
-    results = {"status": "followed", "run_status": status, **summary}
-    write_results(out, results)
-    client.log_artifact(rid, str(out / "results.json"), ing.ARTIFACT_DIR)
-    return results
-
-
-def _flush(
-    client: Any,
-    rid: str,
-    followed: Any,
-    files: list,
-    year: int | None,
-    now: datetime,
-    timezone: str,
-    n_rows: int,
-    n_ckpt: int,
-    logged: dict,
-    progress: bool,
-) -> tuple[int, int]:
-    """Log the followed file's rows and checkpoints that appeared since the last flush."""
-    import pandas as pd
-
-    from albert_exp.tpu_logs import ingest as ing
-    from albert_exp.tpu_logs.parse import _localize, assign_years
-
-    p = followed.parser
-    if len(p.line) > n_rows:
-        assign_years(files, year, now)  # cheap: the timeline holds only the times that carry data
-        times = followed.times
-        new = pd.DataFrame(
-            {
-                "metric": p.metric[n_rows:],
-                "step": p.step[n_rows:],
-                "value": p.value[n_rows:],
-                "wall_time": _localize([times[i] if i >= 0 and times else None for i in p.ti[n_rows:]], timezone),
-            }
-        ).drop_duplicates(["metric", "step"], keep="first")
-        logged.update(_log_new(client, rid, new, logged, progress=False))
-    if len(p.checkpoints) > n_ckpt:
-        ing.set_tags(client, rid, {"tpu_logs.last_checkpoint": p.checkpoints[-1][3]})
-    return len(p.line), len(p.checkpoints)
-
-
-def _log_new(client: Any, rid: str, table: Any, logged: dict, progress: bool) -> dict:
-    import numpy as np
-
-    from albert_exp.tpu_logs.ingest import log_points
-
-    keep = np.array(
-        [(m, int(s)) not in logged for m, s in zip(table["metric"], table["step"], strict=True)], dtype=bool
-    )
-    todo = table[keep]  # a boolean array, not a list: an empty list would select columns
-    if len(todo):
-        log_points(client, rid, todo, progress=progress)
-    return {(m, int(s)): float(v) for m, s, v in zip(todo["metric"], todo["step"], todo["value"], strict=True)}

@@ -4,14 +4,16 @@
     albert-exp tpu-logs ingest pretrain-3.log --append          # add a restart's log to the latest run
     albert-exp tpu-logs ingest pretrain-3.log --follow          # see follow.py
 
-Identity: a run carries `tpu_logs.digest` (sha256 over the sorted sha256 of its files) and
-`tpu_logs.file_digests`. Ingesting the same files again finds the run by digest and changes nothing; a run
-whose earlier ingest died half-way (`tpu_logs.complete` not true) is completed: only the points it lacks are
-logged. `--append` adds files whose digests the run does not have yet; MLflow cannot rewrite a metric
-history, so steps the run already has keep their logged values there (the summary counts any that differ).
+Identity: a run carries `tpu_logs.digest` (sha256 over the sorted sha256 of its files, and over `--year` and
+`--timezone` when given: they change the times) and `tpu_logs.file_digests`. Ingesting the same files with
+the same options again finds the run by digest and changes nothing; a run whose earlier ingest died half-way
+(`tpu_logs.complete` not true) is completed: only the points it lacks are logged. `--append` adds files the
+run does not have yet; a file that grew since (its start is a file of the run) continues that file's attempt.
 
-Metrics go in with `MlflowClient.log_batch` (1000 per request, MLflow's limit), run start/end times and the
-status (FINISHED when the log shows the end of training, else KILLED) come from the log.
+Overlaps: a step logged by several attempts keeps the first attempt's value (parse.OVERLAP_RULE), whichever
+way the files came in (all at once, --append, --follow); the dropped values are counted in the summary and
+listed in `overlaps.csv`. Run start/end times and the status (FINISHED when the log shows the end of
+training, else KILLED) come from the log; the headline figures are metrics too (`tpu/*`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,162 +32,203 @@ from albert_exp.errors import UserError
 STAGE = "tpu-logs"
 TAG_DIGEST, TAG_FILES, TAG_COMPLETE = "tpu_logs.digest", "tpu_logs.file_digests", "tpu_logs.complete"
 DEFAULT_EXPERIMENT = "tpu-pretraining"
-MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # MLflow's per-request limits of log_batch
 ARTIFACT_DIR = "tpu_logs"
+# Summary figures logged as metrics (at the last step), so that they are columns of the runs table.
+SUMMARY_METRICS = {
+    "best_loss": "tpu/best_loss",
+    "last_loss": "tpu/last_loss",
+    "last_step": "tpu/last_step",
+    "tpu_hours": "tpu/tpu_hours",
+    "examples_per_s_median": "tpu/examples_per_s",
+    "global_step_per_s_median": "tpu/global_step_per_s",
+    "estimated_hours_to_finish": "tpu/hours_to_finish",
+}
 
 
-def run_digest(file_digests: list[str]) -> str:
-    return hashlib.sha256(",".join(sorted(set(file_digests))).encode()).hexdigest()
+@dataclass
+class LogFile:
+    path: str
+    sha256: str
+    bytes: int
+
+    @property
+    def short(self) -> str:
+        return self.sha256[:16]
 
 
-def short(digest: str) -> str:
-    return digest[:16]
+def log_files(paths: list[str]) -> list[LogFile]:
+    """The files as given, each once (the same file twice, or a byte-identical copy, counts once)."""
+    from albert_exp.tpu_logs.parse import file_digest
+
+    out: dict[str, LogFile] = {}
+    for p in paths:
+        if not Path(p).is_file():
+            raise UserError("log file not found", where=str(p), fix="check the path")
+        digest = file_digest(p)
+        out.setdefault(digest, LogFile(str(p), digest, Path(p).stat().st_size))
+    return list(out.values())
 
 
-def experiment_id(client: Any, name: str | None) -> str:
-    name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name)
-    if exp.lifecycle_stage == "deleted":
-        raise UserError(
-            f"experiment {name!r} is deleted",
-            fix="restore it (mlflow experiments restore) or pick another --experiment",
-        )
-    return exp.experiment_id
-
-
-def find_by_digest(client: Any, exp_id: str, digest: str) -> Any | None:
-    runs = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.`{TAG_DIGEST}` = '{digest}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=5,
-    )
-    return runs[0] if runs else None
-
-
-def append_target(client: Any, exp_id: str, run_id: str | None, run_name: str | None) -> Any:
-    if run_id:
-        return client.get_run(run_id)
-    filt = f"tags.stage = '{STAGE}'" + (f" and attributes.run_name = '{run_name}'" if run_name else "")
-    runs = client.search_runs([exp_id], filter_string=filt, order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise UserError(
-            "--append found no earlier tpu-logs run" + (f" named {run_name!r}" if run_name else ""),
-            fix="ingest the first files without --append, or pass --run-id",
-        )
-    return runs[0]
+def run_digest(short_digests: list[str], year: int | None = None, timezone: str = "UTC") -> str:
+    options = "" if year is None and timezone == "UTC" else f";year={year};timezone={timezone}"
+    return hashlib.sha256((",".join(sorted(set(short_digests))) + options).encode()).hexdigest()
 
 
 def to_ms(times: Any) -> Any:
     """UTC timestamps (pandas) -> epoch milliseconds; missing times become now."""
     import pandas as pd
 
-    s = pd.Series(times)
-    if s.dt.tz is not None:
-        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    s = pd.Series(pd.to_datetime(pd.Series(times), utc=True)).dt.tz_localize(None)
     ms = s.to_numpy(dtype="datetime64[ms]").astype("int64")
     ms[s.isna().to_numpy()] = int(time.time() * 1000)
     return ms
 
 
-def logged_points(client: Any, run_id: str, keys: list[str]) -> dict[tuple[str, int], float]:
-    """What the run already has: {(metric, step): value}."""
-    out: dict[tuple[str, int], float] = {}
-    for key in keys:
-        for m in client.get_metric_history(run_id, key):
-            out.setdefault((key, m.step), m.value)
-    return out
+def _ms(t: Any) -> int | None:
+    return None if t is None else int(to_ms([t])[0])
 
 
-def log_points(
-    client: Any, run_id: str, table: Any, skip: dict[tuple[str, int], float] | None = None, progress: bool = True
-) -> int:
-    """Back-fill the table's points the run does not have yet; returns how many were logged."""
-    from mlflow.entities import Metric
-    from tqdm import tqdm
-
-    ms = to_ms(table["wall_time"])
-    metrics = [
-        Metric(m, float(v), int(t), int(s))
-        for m, v, t, s in zip(table["metric"], table["value"], ms, table["step"], strict=True)
-        if not skip or (m, int(s)) not in skip
-    ]
-    with tqdm(total=len(metrics), unit=" points", desc="mlflow", disable=None if progress else True) as bar:
-        for i in range(0, len(metrics), MAX_METRICS):
-            client.log_batch(run_id, metrics=metrics[i : i + MAX_METRICS])
-            bar.update(len(metrics[i : i + MAX_METRICS]))
-    return len(metrics)
+# ---------------------------------------------------------------------------------------------------------
+# Which run, which files
 
 
-def log_params(client: Any, run: Any, params: dict[str, str]) -> list[str]:
-    """Params are immutable in MLflow: log the new ones, report disagreements with the logged ones."""
-    from mlflow.entities import Param
+@dataclass
+class Earlier:
+    """What an --append target already holds (from its artifacts)."""
 
-    have = run.data.params if run is not None else {}
-    warnings = [
-        f"param {k}: the run has {have[k]!r}, the new log says {v!r}; kept the run's"
-        for k, v in params.items()
-        if k in have and have[k] != str(v)[:6000]
-    ]
-    todo = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in have]
-    for i in range(0, len(todo), MAX_PARAMS):
-        client.log_batch(run.info.run_id, params=todo[i : i + MAX_PARAMS])
-    return warnings
+    table: Any  # the parsed table as logged
+    restarts: list[dict]
+    files: list[dict]  # path, sha256, bytes
+    grown: dict[str, str] = field(default_factory=dict)  # new file's path -> the recorded short digest it extends
 
 
-def set_tags(client: Any, run_id: str, tags: dict[str, Any]) -> None:
-    from mlflow.entities import RunTag
-
-    items = [RunTag(k, str(v)[:8000]) for k, v in tags.items() if v is not None]
-    for i in range(0, len(items), MAX_TAGS):
-        client.log_batch(run_id, tags=items[i : i + MAX_TAGS])
-
-
-def reconcile(table: Any, logged: dict[tuple[str, int], float]) -> tuple[Any, int]:
-    """Make the table say what MLflow has for points logged earlier; returns (table, how many differed)."""
-    if not logged or table.empty:
-        return table, 0
-    keys = list(zip(table["metric"], table["step"].astype(int), strict=True))
-    old = [logged.get(k) for k in keys]
-    differ = sum(1 for o, v in zip(old, table["value"], strict=True) if o is not None and o != v)
-    table = table.copy()
-    table["value"] = [v if o is None else o for o, v in zip(old, table["value"], strict=True)]
-    return table, differ
+@dataclass
+class Plan:
+    run: Any  # tracking.RunRecord or None (create one)
+    files: list[LogFile]  # the files to parse
+    digests: list[str]  # the run's file digests (short) once ingested
+    earlier: Earlier | None = None
+    unchanged: str | None = None  # why nothing needs doing
 
 
-def write_artifacts(
-    client: Any, run_id: str, out_dir: Path, result: Any, summary: dict, files: list[dict], progress: bool = True
-) -> list[str]:
-    """Tables (CSV + Parquet), checkpoints, loss curve, summary, file list -> out_dir and the run."""
-    from albert_exp.tpu_logs.plot import loss_curve
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    table = result.table
-    table.to_csv(out_dir / "table.csv", index=False)
-    table.to_parquet(out_dir / "table.parquet", index=False)
-    result.checkpoints.to_csv(out_dir / "checkpoints.csv", index=False)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out_dir / "files.json").write_text(json.dumps(files, indent=2))
-    paths += ["table.csv", "table.parquet", "checkpoints.csv", "summary.json", "files.json"]
-    if loss_curve(table, result.restarts, out_dir / "loss_curve.png"):
-        paths.append("loss_curve.png")
-    for p in paths:
-        client.log_artifact(run_id, str(out_dir / p), ARTIFACT_DIR)
-    return paths
+def plan(
+    store: Any,
+    files: list[LogFile],
+    *,
+    append: bool,
+    run_id: str | None,
+    run_name: str | None,
+    year: int | None,
+    timezone: str,
+) -> Plan:
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    if append or (run_id and not env_run):
+        return _plan_append(store, files, run_id, run_name)
+    digests = [f.short for f in files]
+    found = store.find({TAG_DIGEST: run_digest(digests, year, timezone)})
+    if found is not None and found.tags.get(TAG_COMPLETE) == "true":
+        return Plan(found, [], digests, unchanged="these files were ingested before")
+    return Plan(found or (store.get(env_run, "MLFLOW_RUN_ID") if env_run else None), files, digests)
 
 
-def _old_table(client: Any, run_id: str) -> Any:
+def append_target(store: Any, run_id: str | None, run_name: str | None) -> Any:
+    """The run --append (or --run-id) adds to: the given one, else the latest tpu-logs run (of run_name)."""
+    run = store.get(run_id) if run_id else store.find({"stage": STAGE}, run_name)
+    if run is None:
+        raise UserError(
+            "--append found no earlier tpu-logs run" + (f" named {run_name!r}" if run_name else ""),
+            fix="ingest the first files without --append, or pass --run-id",
+        )
+    return run
+
+
+def _plan_append(store: Any, files: list[LogFile], run_id: str | None, run_name: str | None) -> Plan:
+    run = append_target(store, run_id, run_name)
+    known = [d for d in run.tags.get(TAG_FILES, "").split(",") if d]
+    new = [f for f in files if f.short not in known]
+    if not new:
+        return Plan(run, [], known, unchanged="every file is already in the run")
+    earlier = _earlier(run)
+    for f in new:
+        if (old := _grown_from(f, earlier.files)) is not None:
+            earlier.grown[f.path] = old
+    digests = [d for d in known if d not in earlier.grown.values()] + [f.short for f in new]
+    return Plan(run, new, digests, earlier)
+
+
+def _earlier(run: Any) -> Earlier:
     import pandas as pd
 
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, f"{ARTIFACT_DIR}/table.parquet", tmp)
-        except Exception:  # a run made by hand or an older ingest: start from what MLflow has
-            return None
-        return pd.read_parquet(local)
+        table = run.download(f"{ARTIFACT_DIR}/table.parquet", tmp)
+        restarts = run.download(f"{ARTIFACT_DIR}/restarts.json", tmp)
+        files = run.download(f"{ARTIFACT_DIR}/files.json", tmp)
+        return Earlier(
+            pd.read_parquet(table) if table else None,
+            json.loads(restarts.read_text()) if restarts else [],
+            json.loads(files.read_text()) if files else [],
+        )
+
+
+def _grown_from(f: LogFile, recorded: list[dict]) -> str | None:
+    """The short digest of a file of the run that `f` starts with (the same log, grown since), if any."""
+    for old in recorded:
+        size = old.get("bytes")
+        if size and size < f.bytes:
+            with open(f.path, "rb") as fh:
+                if hashlib.sha256(fh.read(size)).hexdigest() == old["sha256"]:
+                    return old["sha256"][:16]
+    return None
+
+
+def merge_earlier(result: Any, earlier: Earlier) -> None:
+    """--append: the run's points stay (OVERLAP_RULE); the new files' attempts come after the run's, except
+    that a grown file continues its own attempt. Updates result.table, .overlaps and .restarts."""
+    import pandas as pd
+
+    old, new = earlier.table, result.table.copy()
+    if old is None or old.empty:
+        return
+    grown = {Path(p).name for p in earlier.grown}
+    is_grown = new["source"].isin(grown)
+    first_old_seg = old.groupby("source")["segment"].min()
+    base = int(old["segment"].max()) + 1
+    new.loc[~is_grown, "segment"] += base - int(new.loc[~is_grown, "segment"].min()) if (~is_grown).any() else 0
+    if is_grown.any():  # segments of a grown file continue where the run has them
+        g = new[is_grown]
+        new.loc[is_grown, "segment"] = g["segment"] - g["segment"].min() + g["source"].map(first_old_seg).fillna(base)
+    both = new.merge(old[["metric", "step", "value", "source", "line"]], on=["metric", "step"], suffixes=("", "_old"))
+    same = (both["source"] == both["source_old"]) & (both["line"] == both["line_old"])  # a grown file's old part
+    dropped = both[~same]
+    overlaps = pd.DataFrame(
+        {
+            "metric": dropped["metric"],
+            "step": dropped["step"],
+            "value": dropped["value_old"],
+            "source": dropped["source_old"],
+            "line": dropped["line_old"],
+            "value_dropped": dropped["value"],
+            "source_dropped": dropped["source"],
+            "line_dropped": dropped["line"],
+        }
+    )
+    result.overlaps = pd.concat([result.overlaps, overlaps], ignore_index=True)
+    table = pd.concat([old, new], ignore_index=True).drop_duplicates(["metric", "step"], keep="first")
+    result.table = table.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
+    old_lines = old.groupby("source")["line"].max()
+    fresh = [r for r in result.restarts if r["line"] > old_lines.get(r["source"], 0)]
+    boundary = []
+    loss = new[(new["metric"] == "train/loss") & ~is_grown].sort_values(["segment", "step"])
+    if len(loss):  # where the first new attempt begins
+        b = loss.iloc[0]
+        boundary = [
+            {"step": int(b["step"]), "wall_time": b["wall_time"], "source": b["source"], "line": int(b["line"])}
+        ]
+    result.restarts = [*earlier.restarts, *boundary, *fresh]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stage
 
 
 def ingest(
@@ -205,214 +249,203 @@ def ingest(
 
     background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more).
     """
-    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse, file_digest
+    from albert_exp.tracking import signals_as_interrupt
 
     if not paths:
         raise UserError("no log files given", fix="albert-exp tpu-logs ingest LOG [LOG...]")
-    seen: dict[str, str] = {}
-    for p in paths:
-        if not Path(p).is_file():
-            raise UserError("log file not found", where=str(p), fix="check the path")
-        seen.setdefault(file_digest(p), str(p))  # the same file given twice (or a byte-identical copy): once
-    digests = list(seen)
-    paths = list(seen.values())
+    files = log_files(paths)
     flags = read_command_file(command_file) if command_file else {}
-    if background is None:
-        background = sum(Path(p).stat().st_size for p in paths) >= BACKGROUND_MIN_BYTES
-    # --append parses only the files new to the run, known once MLflow answers: not in the background.
-    bg = (
-        BackgroundParse(paths, year=year, timezone=timezone, progress=progress)
-        if background and not (append or run_id)
-        else None
+    opts = dict(append=append, run_id=run_id, run_name=run_name, year=year, timezone=timezone)
+    store, todo, result, timings = _plan_and_parse(experiment, files, opts, background, progress)
+    if todo.unchanged:
+        return _unchanged(todo.run, todo.unchanged)
+    require_loss(result, [f.path for f in todo.files])
+    run = todo.run or store.create(
+        run_name or f"{STAGE} {Path(files[0].path).name.split('.')[0]}",
+        _ms(result.start_time),
+        {"stage": STAGE, TAG_COMPLETE: "false"},
     )
-    try:
-        return _ingest(
-            paths,
-            digests,
-            flags,
-            bg,
-            experiment=experiment,
-            run_name=run_name,
-            year=year,
-            timezone=timezone,
-            append=append,
-            run_id=run_id,
+    with signals_as_interrupt(), run.ended_on_error():
+        identity = run_digest(todo.digests, year, timezone)
+        # findable by digest at once, so that a crash half-way is completed by a re-run
+        start_tags = {} if todo.earlier else {TAG_DIGEST: identity, TAG_FILES: ",".join(todo.digests)}
+        warnings = begin(run, result, flags, start_tags)
+        if todo.earlier is not None:
+            merge_earlier(result, todo.earlier)
+        have = run.history() if run.metric_keys else {}
+        already = len(have)
+        clock = time.perf_counter()
+        logged = log_new_points(run, result, have, progress)
+        timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
+        recorded = [*(todo.earlier.files if todo.earlier else []), *(vars(f) for f in todo.files)]
+        return wrap_up(
+            run,
+            result,
+            identity=identity,
+            digests=todo.digests,
+            files=[f for f in recorded if f["sha256"][:16] in todo.digests],
+            status="FINISHED" if result.finished else "KILLED",
             out_dir=out_dir,
-            progress=progress,
+            extra={"points_logged": logged, "points_already_in_run": already, "warnings": warnings},
+            results={"status": "ingested", "timings": timings},
         )
+
+
+def _plan_and_parse(
+    experiment: str | None, files: list[LogFile], opts: dict, background: bool | None, progress: bool
+) -> tuple[Any, Plan, Any, dict]:
+    """Which run and which files (MLflow), and the parsed files. A big log is parsed in a second process
+    while MLflow loads, except for --append, whose files are known only once MLflow answers."""
+    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse, parse_files
+    from albert_exp.tracking import RunStore
+
+    year, timezone = opts["year"], opts["timezone"]
+    if background is None:
+        background = sum(f.bytes for f in files) >= BACKGROUND_MIN_BYTES
+    bg = None
+    if background and not (opts["append"] or opts["run_id"]):
+        bg = BackgroundParse([f.path for f in files], year=year, timezone=timezone, progress=progress)
+    try:
+        store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        todo = plan(store, files, **opts)
+        if todo.unchanged:
+            return store, todo, None, {}
+        clock = time.perf_counter()
+        if bg is not None:
+            result = bg.result()
+            return store, todo, result, {"parse_wait_s": round(time.perf_counter() - clock, 2)}
+        result = parse_files([f.path for f in todo.files], year=year, timezone=timezone, progress=progress)
+        return store, todo, result, {"parse_s": round(time.perf_counter() - clock, 2)}
     finally:
         if bg is not None:
             bg.cancel()  # the answer was "unchanged", or an error: nothing waits for the parse any more
 
 
-def _ingest(
-    paths: list[str],
-    digests: list[str],
-    flags: dict[str, str],
-    bg: Any,
-    *,
-    experiment: str | None,
-    run_name: str | None,
-    year: int | None,
-    timezone: str,
-    append: bool,
-    run_id: str | None,
-    out_dir: str | None,
-    progress: bool,
-) -> dict[str, Any]:
-    from mlflow import MlflowClient
-
-    from albert_exp.tpu_logs.parse import parse_files
-
-    client = MlflowClient()
-    exp_id = experiment_id(client, experiment)
-    env_run = os.environ.get("MLFLOW_RUN_ID")
-    run = None
-    already: dict[tuple[str, int], float] = {}
-    old_table = None
-    if append or (run_id and not env_run):
-        run = append_target(client, exp_id, run_id, run_name)
-        known = set(run.data.tags.get(TAG_FILES, "").split(","))
-        new = [(d, p) for d, p in zip(digests, paths, strict=True) if short(d) not in known]
-        if not new:
-            return _unchanged(run, "every file is already in the run")
-        all_digests = sorted(known - {""}) + [short(d) for d, _ in new]
-        digests, paths = [d for d, _ in new], [p for _, p in new]
-        old_table = _old_table(client, run.info.run_id)
-    else:
-        all_digests = [short(d) for d in digests]
-        found = find_by_digest(client, exp_id, run_digest(all_digests))
-        if found is not None and found.data.tags.get(TAG_COMPLETE) == "true":
-            return _unchanged(found, "these files were ingested before")
-        run = found or (client.get_run(env_run) if env_run else None)
-    clock = time.perf_counter()
-    if bg is not None:
-        result = bg.result()
-        timings = {"parse_wait_s": round(time.perf_counter() - clock, 2)}  # parsing ran alongside the above
-    else:
-        result = parse_files(paths, year=year, timezone=timezone, progress=progress)
-        timings = {"parse_s": round(time.perf_counter() - clock, 2)}
+def require_loss(result: Any, paths: list[str]) -> None:
     if result.table.empty or not (result.table["metric"] == "train/loss").any():
-        lines = result.counts.get("lines", 0)
+        counts = result.counts
         raise UserError(
-            f"no `loss = ..., step = ...` lines in {lines} lines "
-            f"({result.counts.get('unknown format', 0)} of unknown format)",
+            f"no `loss = ..., step = ...` lines in {counts.get('lines', 0)} lines "
+            f"({counts.get('unknown format', 0)} of unknown format)",
             where=", ".join(paths),
             fix="give the console output of run_pretraining.py (`2>&1 | tee LOG` keeps stderr)",
         )
-    params, warnings = _params(result, flags)
-    digest = run_digest(all_digests)
-    name = run_name or f"{STAGE} {Path(paths[0]).name.split('.')[0]}"
-    if run is None:
-        start_ms = int(to_ms(_series([result.start_time]))[0]) if result.start_time is not None else None
-        run = client.create_run(
-            exp_id, start_time=start_ms, run_name=name, tags={"stage": STAGE, TAG_COMPLETE: "false"}
-        )
-    rid = run.info.run_id
-    try:
-        from albert_exp.tracking import git_commit
 
-        tags = {"stage": STAGE, "git_commit": git_commit(), TAG_COMPLETE: "false"}
-        if old_table is None:  # findable by digest at once, so a crash half-way is completed by a re-run
-            tags.update({TAG_DIGEST: digest, TAG_FILES: ",".join(all_digests)})
-        set_tags(client, rid, tags)
-        warnings += log_params(client, run, params)
-        table = result.table
-        overlap_differs = 0
-        if old_table is not None:  # --append: earlier points stay, new segments come after them
-            import pandas as pd
 
-            table["segment"] += int(old_table["segment"].max()) + 1 if len(old_table) else 0
-            both = table.merge(old_table[["metric", "step", "value"]], on=["metric", "step"], suffixes=("", "_old"))
-            overlap_differs = int((both["value"] != both["value_old"]).sum())
-            table = pd.concat([old_table, table], ignore_index=True)
-            table = table.drop_duplicates(["metric", "step"], keep="first")
-            table = table.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
-        if run.data.metrics or old_table is not None:
-            already = logged_points(client, rid, sorted(table["metric"].unique()))
-        table, differ = reconcile(table, already)
-        differ += overlap_differs
-        if old_table is not None:  # restarts: the old ones, the step where the new files begin, theirs
-            from albert_exp.tpu_logs.parse import restarts_of
+def begin(run: Any, result: Any, flags: dict[str, str], tags: dict[str, str]) -> list[str]:
+    """Stage tags and params on a run about to receive points; returns warnings (params that differ)."""
+    from albert_exp.tpu_logs.summary import run_params
+    from albert_exp.tracking import git_commit
 
-            new_loss = result.table[result.table["metric"] == "train/loss"].sort_values(["segment", "step"])
-            boundary = new_loss.iloc[0]
-            result.restarts = [
-                *restarts_of(old_table),
-                {
-                    "step": int(boundary["step"]),
-                    "wall_time": boundary["wall_time"],
-                    "source": str(boundary["source"]),
-                    "line": int(boundary["line"]),
-                },
-                *result.restarts,
-            ]
-        result.table = table
-        clock = time.perf_counter()
-        logged = log_points(client, rid, table, skip=already, progress=progress)
-        timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
-        summary = result.summary()
-        summary.update(
-            run_id=rid,
-            points_logged=logged,
-            points_already_in_run=len(already),
-            warnings=warnings,
-            kept_earlier_values=differ,
-        )
-        out = Path(out_dir or Path("runs") / "tpu_logs" / digest[:12])
-        files = [{"path": p, "sha256": d} for p, d in zip(paths, digests, strict=True)]
-        clock = time.perf_counter()
-        write_artifacts(client, rid, out, result, summary, files, progress)
-        timings["artifacts_s"] = round(time.perf_counter() - clock, 2)
-        last_ck = result.checkpoints.iloc[-1]["uri"] if len(result.checkpoints) else None
-        set_tags(
-            client,
-            rid,
-            {
-                TAG_DIGEST: digest,
-                TAG_FILES: ",".join(all_digests),
-                "tpu_logs.last_checkpoint": last_ck,
-                "tpu_logs.finished": result.finished,
-                "tpu_logs.restarts": len(result.restarts),
-                TAG_COMPLETE: "true",
-            },
-        )
-        status = "FINISHED" if result.finished else "KILLED"
-        end_ms = int(to_ms(_series([result.end_time]))[0]) if result.end_time is not None else None
-        set_tags(client, rid, {"tpu_logs.start_time": summary["start_time"], "tpu_logs.end_time": summary["end_time"]})
-        if rid == env_run:  # `mlflow run` made this run now: an end time from the log would precede its start
-            end_ms = None
-        client.set_terminated(rid, status, end_time=end_ms)
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
-        raise
+    params, warnings = run_params(result, flags)
+    run.set_tags({"stage": STAGE, "git_commit": git_commit(), TAG_COMPLETE: "false", **tags})
+    differ = run.log_params(params)
+    return warnings + [
+        f"param {k}: the run has {a!r}, the new log says {b!r}; kept the run's" for k, (a, b) in differ.items()
+    ]
+
+
+def log_new_points(run: Any, result: Any, have: dict[tuple[str, int], float], progress: bool = False) -> int:
+    """Log the table's points that are not in `have` (what the run holds: {(metric, step): value}; updated
+    here). Where the run already has a step, the table takes the run's value (MLflow cannot rewrite it) and
+    result.kept_earlier_values counts those that differ. Returns how many points were logged."""
+    from tqdm import tqdm
+
+    table = result.table
+    keys = list(zip(table["metric"], table["step"].astype(int), strict=True))
+    old = [have.get(k) for k in keys]
+    new = [o is None for o in old]
+    if not all(new):
+        values = table["value"].to_numpy()
+        result.kept_earlier_values = sum(1 for o, v in zip(old, values, strict=True) if o is not None and o != v)
+        result.table = table = table.assign(value=[v if o is None else o for o, v in zip(old, values, strict=True)])
+    todo = table[new] if not all(new) else table
+    with tqdm(total=len(todo), unit=" points", desc="mlflow", disable=None if progress else True) as bar:
+        for i in range(0, len(todo), 10_000):
+            chunk = todo.iloc[i : i + 10_000]
+            bar.update(run.log_points(chunk["metric"], chunk["value"], to_ms(chunk["wall_time"]), chunk["step"]))
+    have.update(zip(zip(todo["metric"], todo["step"].astype(int), strict=True), todo["value"], strict=True))
+    return len(todo)
+
+
+def wrap_up(
+    run: Any,
+    result: Any,
+    *,
+    identity: str,
+    digests: list[str],
+    files: list[dict],
+    status: str,
+    out_dir: str | None,
+    extra: dict[str, Any],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """The end of an ingest or a follow: summary (also as `tpu/*` metrics), tables, plot and results.json
+    into out_dir and the run, identity tags, and the run ended with the log's end time."""
     from albert_exp.tracking import write_results
 
-    results = {"status": "ingested", "run_status": status, **summary, "timings": timings}
+    summary = {**result.summary(), "run_id": run.run_id, **extra}
+    summary["kept_earlier_values"] = getattr(result, "kept_earlier_values", 0)
+    out = Path(out_dir or Path("runs") / "tpu_logs" / identity[:12])
+    clock = time.perf_counter()
+    write_tables(out, result, summary, files)
+    results = {**results, "run_status": status, **summary}
+    results.setdefault("timings", {})["artifacts_s"] = round(time.perf_counter() - clock, 2)
     write_results(out, results)
-    client.log_artifact(rid, str(out / "results.json"), ARTIFACT_DIR)
+    run.log_artifacts(out, ARTIFACT_DIR)
+    log_summary_metrics(run, summary)
+    run.set_tags(
+        {
+            TAG_DIGEST: identity,
+            TAG_FILES: ",".join(digests),
+            "tpu_logs.last_checkpoint": summary["last_checkpoint"],
+            "tpu_logs.finished": result.finished,
+            "tpu_logs.restarts": len(result.restarts),
+            "tpu_logs.start_time": summary["start_time"],
+            "tpu_logs.end_time": summary["end_time"],
+            "tpu_logs.projected_finish": summary.get("projected_finish"),
+            "tpu_logs.following": "false" if "tpu_logs.following" in run.tags else None,
+            TAG_COMPLETE: "true",
+        }
+    )
+    # `mlflow run` made its run now: an end time from the log would precede its start
+    end_ms = None if run.run_id == os.environ.get("MLFLOW_RUN_ID") else _ms(result.end_time)
+    run.terminate(status, end_ms)
     return results
 
 
-def _params(result: Any, flags: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    from albert_exp.tpu_logs.summary import run_params
+def log_summary_metrics(run: Any, summary: dict[str, Any]) -> None:
+    """The headline figures as `tpu/*` metrics at the last step (again at a later step after --append)."""
+    step = summary.get("last_step", 0)
+    points = {SUMMARY_METRICS[k]: summary[k] for k in SUMMARY_METRICS if summary.get(k) is not None}
+    have = run.history(sorted(set(points) & set(run.metric_keys)))
+    todo = {k: v for k, v in points.items() if (k, step) not in have}
+    now = int(time.time() * 1000)
+    run.log_points(list(todo), list(todo.values()), [now] * len(todo), [step] * len(todo))
 
-    return run_params(result, flags)
 
+def write_tables(out: Path, result: Any, summary: dict, files: list[dict]) -> None:
+    """Table (CSV + Parquet), checkpoints, overlaps, restarts, loss curve, summary and file list -> out."""
+    from albert_exp.tpu_logs.plot import loss_curve
 
-def _series(values: list) -> Any:
-    import pandas as pd
-
-    return pd.Series(pd.to_datetime(values, utc=True))
+    out.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out / "table.csv", index=False)
+    result.table.to_parquet(out / "table.parquet", index=False)
+    result.checkpoints.to_csv(out / "checkpoints.csv", index=False)
+    result.overlaps.to_csv(out / "overlaps.csv", index=False)
+    (out / "restarts.json").write_text(json.dumps(result.restarts, indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "files.json").write_text(json.dumps(files, indent=2))
+    loss_curve(result.table, result.restarts, out / "loss_curve.png")
 
 
 def _unchanged(run: Any, why: str) -> dict[str, Any]:
     return {
         "status": "unchanged",
         "why": why,
-        "run_id": run.info.run_id,
-        "run_status": run.info.status,
-        "digest": run.data.tags.get(TAG_DIGEST),
+        "run_id": run.run_id,
+        "run_status": run.status,
+        "digest": run.tags.get(TAG_DIGEST),
     }
 
 

@@ -11,14 +11,18 @@ What happens to the lines (see grammar.py for one line):
   for the first file, else a date in the file name (`pretrain-20200407T...log`), else the file's modification
   time (its last line cannot be later); other files take the year that puts them nearest to that reference.
   Within a file times stay monotonic across new year (Dec 31 -> Jan 1 adds a year);
-- restarts: a new file or a step going back starts a *segment*; files are ordered by their first time (when
-  every file has one, else as given) and for a (metric, step) logged in several segments the later segment
-  wins; within a segment the glog and absl copies of a line collapse into one (the timed copy wins).
+- restarts: a new file or a step going back starts a *segment* (an attempt); files are ordered by their
+  first time when every file has one, else by their first loss step. A (metric, step) logged by several
+  attempts keeps the first attempt's value (OVERLAP_RULE; the dropped values are reported in `overlaps`);
+  within an attempt the glog and absl copies of a line collapse into one (the timed copy wins);
+- time zones: `--timezone` names the TPU host's clock; in a DST fall-back the repeated hour is resolved by
+  the order of the lines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
-from albert_exp.tpu_logs.grammar import TRUNCATED, FileParser
+from albert_exp.tpu_logs.grammar import CHATTER, MAX_LINE, NO_DATA, TRUNCATED, FileParser, is_special
 from albert_exp.tpu_logs.years import assign_years
 
-CHUNK_LINES = 50_000
+CHUNK_LINES = 500_000  # progress bar granularity
+GLOG_START = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] ")
 
 
 def file_digest(path: str | Path) -> str:
@@ -97,6 +102,7 @@ class ParsedFile:
     offsets: list[int] = field(default_factory=list)  # year offset per timeline entry
     base_year: int | None = None
     times: list[datetime | None] = field(default_factory=list)
+    utc: Any = None  # numpy datetime64 per timeline entry (+ a trailing NaT), set by build_result
 
     def first_time(self) -> datetime | None:
         return self.times[self.parser.first_ti] if self.parser.first_ti >= 0 else None
@@ -112,7 +118,7 @@ class ParseResult:
     input_files: list[str]
     counts: dict[str, int]
     duplicates: int
-    superseded: int
+    overlaps: Any  # pandas DataFrame: metric, step, value, source, line, value_dropped, source_dropped, ...
     restarts: list[dict]
     finished: bool
     start_time: datetime | None
@@ -120,6 +126,7 @@ class ParseResult:
     year_source: str
     notes: list[str]
     timezone: str = "UTC"
+    kept_earlier_values: int = 0  # points whose value the run already had differently (set by ingest)
 
     def summary(self) -> dict[str, Any]:
         from albert_exp.tpu_logs.summary import summarize
@@ -127,47 +134,39 @@ class ParseResult:
         return summarize(self)
 
 
-# INFO lines whose message cannot start a data line (see grammar.DATA_START), as RE2 patterns (no lookahead):
-# a first character no data message starts with, or a data first character followed by the wrong second one.
-_CHATTER_MSG = r"(?:[^lgeS*LtT \t]|l[^o]|g[^l]|e[^x]|S[^a]|\*[^*]|L[^o]|t[^r]|T[^r])"
-CHATTER = r"^(?:I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] |INFO:[^:]*:)" + _CHATTER_MSG
-SPECIAL = "run_pretraining|\x00|\ufffd"  # the command line, binary garbage: always looked at
-GLOG_START = r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] "
-
-
-def chatter_masks(lines: list[str]) -> tuple[Any, Any]:
-    """(chatter, glog) boolean arrays, computed in bulk by Arrow's C++ regex engine: most of a TPU log is
-    infeed/outfeed chatter, and a Python loop over every line would be most of the ingest time."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    arr = pa.array(lines, type=pa.large_string())
-    special = pc.or_(pc.match_substring_regex(arr, SPECIAL), pc.greater(pc.utf8_length(arr), 20_000))
-    chatter = pc.and_(pc.match_substring_regex(arr, CHATTER), pc.invert(special))
-    glog = pc.match_substring_regex(arr, GLOG_START)
-    return chatter.to_numpy(zero_copy_only=False), glog.to_numpy(zero_copy_only=False)
+def _has_special(chunk: list[str]) -> bool:
+    text = "\n".join(chunk)
+    return "run_pretraining" in text or "\x00" in text or "\ufffd" in text or max(map(len, chunk), default=0) > MAX_LINE
 
 
 def parse_file(path: str | Path, *, progress: Any = None) -> ParsedFile:
-    import numpy as np
-
+    """One file through the grammar. Chatter (most of a TPU log) is recognised by one regex per line and
+    only counted; the parser sees the other lines with the time of the last glog line before each, so the
+    result is exactly what feeding every line gives (tests check this)."""
     lines, tail, notes = read_log(path)
     parser = FileParser(Path(path).name)
-    for start in range(0, len(lines), CHUNK_LINES * 10):
-        chunk = lines[start : start + CHUNK_LINES * 10]
-        chatter, glog = chatter_masks(chunk)
-        keep = np.flatnonzero(~chatter)
-        glog_idx = np.flatnonzero(glog)
-        pos = np.searchsorted(glog_idx, keep) - 1  # the last glog line before each kept line
-        before = np.where(pos >= 0, glog_idx[np.maximum(pos, 0)], -1) if len(glog_idx) else np.full(len(keep), -1)
-        parser.feed_selected(
-            lines, (keep + start).tolist(), [b + start if b >= 0 else -1 for b in before.tolist()], int(chatter.sum())
-        )
-        if len(glog_idx):
-            last = int(glog_idx[-1]) + start
-            parser.last_time_from(lines[last], last + 1)
+    chatter, glog = CHATTER.match, GLOG_START.match
+    prev = -1  # the last line the parser saw
+    for start in range(0, len(lines), CHUNK_LINES):
+        chunk = lines[start : start + CHUNK_LINES]
+        keep = [i for i, text in enumerate(chunk, start) if not chatter(text)]
+        if _has_special(chunk):  # rare: the command line, binary garbage
+            keep = sorted({*keep, *(i for i, text in enumerate(chunk, start) if is_special(text))})
+        for i in keep:
+            for j in range(i - 1, prev, -1):  # the latest glog time among the chatter lines skipped since
+                if glog(lines[j]):
+                    parser.glog_time(lines[j], j + 1)
+                    break
+            parser.feed_line(lines[i], i + 1)
+            prev = i
+        parser.counts[NO_DATA] += len(chunk) - len(keep)
+        parser.lines_read += len(chunk)
         if progress is not None:
             progress.update(len(chunk))
+    for j in range(len(lines) - 1, prev, -1):  # the file's last time, when its last glog line was chatter
+        if glog(lines[j]):
+            parser.glog_time(lines[j], j + 1)
+            break
     if tail:
         parser.counts[TRUNCATED] += 1
         parser.lines_read += 1
@@ -236,135 +235,171 @@ def _parse_worker(conn: Any, paths: list[str], kwargs: dict) -> None:
 
 
 def _order(files: list[ParsedFile]) -> list[ParsedFile]:
-    """Restart order: by each file's first time when all have one, else as given."""
+    """Attempt order: by each file's first time when every file has one, else by its first loss step (a
+    restart resumes from a later checkpoint), files without a loss line last, ties as given."""
     if all(f.first_time() is not None for f in files):
         return sorted(files, key=lambda f: f.first_time())
-    return list(files)
+
+    def first_step(f: ParsedFile) -> float:
+        p = f.parser
+        return next((s for m, s in zip(p.metric, p.step, strict=True) if m == "train/loss"), float("inf"))
+
+    return sorted(files, key=first_step)
+
+
+def localize(times: list[datetime | None], timezone: str) -> Any:
+    """A file's naive times (the TPU host's clock, in file order) -> UTC as numpy datetime64[ns], with a NaT
+    appended so that timeline index -1 (no time) selects NaT. In the hour a DST fall-back repeats, a time is
+    the first (summer) pass until the clock is seen going back, the second pass after that."""
+    import numpy as np
+    import pandas as pd
+
+    naive = pd.DatetimeIndex(pd.to_datetime(pd.Series(times, dtype="object")))
+    if timezone != "UTC":
+        try:
+            summer = naive.tz_localize(timezone, ambiguous=np.ones(len(naive), bool), nonexistent="shift_forward")
+        except Exception as exc:  # an unknown zone name
+            raise UserError(
+                f"unknown time zone {timezone!r}: {exc}", fix="use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        winter = naive.tz_localize(timezone, ambiguous=np.zeros(len(naive), bool), nonexistent="shift_forward")
+        dst, went_back, prev = np.ones(len(naive), bool), False, None
+        for i in np.flatnonzero(summer != winter):  # the repeated hour only: consecutive entries
+            if prev != i - 1:
+                went_back = False  # a new stretch (another night, another year)
+            elif naive[i] < naive[prev]:
+                went_back = True  # the clock went back: from here on the second (winter) pass
+            dst[i], prev = not went_back, i
+        naive = naive.tz_localize(timezone, ambiguous=dst, nonexistent="shift_forward").tz_convert("UTC")
+        naive = naive.tz_localize(None)
+    return np.append(naive.to_numpy("datetime64[ns]"), np.datetime64("NaT", "ns"))
+
+
+def _rows(files: list[ParsedFile], timezone: str) -> tuple[Any, Any]:
+    """Every data row of every file (before any rule) and every checkpoint, with UTC times and segments
+    numbered across files in attempt order."""
+    import numpy as np
+    import pandas as pd
+
+    frames, ckpts, seg_offset = [], [], 0
+    for n, f in enumerate(files):
+        p = f.parser
+        f.utc = localize(f.times if f.times else [None] * len(p.timeline), timezone)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "file": n,
+                    "line": np.asarray(p.line, dtype="int64"),
+                    "time": f.utc[np.asarray(p.ti, dtype="int64")],
+                    "own": np.asarray(p.own, dtype=bool),
+                    "step": np.asarray(p.step, dtype="int64"),
+                    "metric": p.metric,
+                    "value": np.asarray(p.value, dtype="float64"),
+                    "segment": np.asarray(p.seg, dtype="int64") + seg_offset,
+                }
+            )
+        )
+        for line, ti, step, uri, seg in p.checkpoints:
+            ckpts.append((step, uri, f.utc[ti], p.source, line, seg + seg_offset))
+        seg_offset += (max(p.seg) + 1) if p.seg else 1
+    rows = pd.concat(frames, ignore_index=True)
+    rows["time"] = rows.groupby("file")["time"].bfill()  # absl lines before the file's first timed line
+    rows["source"] = np.array([f.parser.source for f in files], dtype=object)[rows["file"].to_numpy()]
+    ck = pd.DataFrame(ckpts, columns=["step", "uri", "wall_time", "source", "line", "segment"])
+    ck["wall_time"] = pd.to_datetime(ck["wall_time"]).dt.tz_localize("UTC")
+    ck = ck.sort_values(["segment", "line"], kind="stable").drop_duplicates("step", keep="first")
+    return rows, ck.sort_values("step").reset_index(drop=True)
+
+
+OVERLAP_RULE = "a step logged by several attempts keeps the first attempt's value"
+TABLE_COLUMNS = ["source", "line", "wall_time", "step", "metric", "value", "segment"]
+
+
+def resolve(rows: Any) -> tuple[Any, Any, int]:
+    """The rules: within an attempt (segment) the glog and absl copies of a line are one point (the timed
+    copy wins); across attempts OVERLAP_RULE, the same rule --append and --follow must follow since MLflow
+    cannot rewrite a logged point. Returns (table, overlaps: the dropped points beside the kept ones,
+    number of copies collapsed)."""
+    rows = rows.sort_values(["metric", "step", "segment", "own", "line"], kind="stable")
+    per_attempt = rows.drop_duplicates(["metric", "step", "segment"], keep="last")
+    kept = per_attempt.drop_duplicates(["metric", "step"], keep="first")
+    dropped = per_attempt.drop(kept.index)
+    overlaps = kept[["metric", "step", "value", "source", "line"]].merge(
+        dropped[["metric", "step", "value", "source", "line"]], on=["metric", "step"], suffixes=("", "_dropped")
+    )
+    kept = _borrow_times(kept, rows)
+    table = kept.assign(wall_time=kept["time"].dt.tz_localize("UTC"))[TABLE_COLUMNS]
+    return table.reset_index(drop=True), overlaps.reset_index(drop=True), len(rows) - len(per_attempt)
+
+
+def _borrow_times(kept: Any, rows: Any) -> Any:
+    """A file without any timestamp borrows the time of the same point in a timed file (a glog copy)."""
+    import pandas as pd
+
+    if not kept["time"].isna().any():
+        return kept
+    timed = rows[rows["own"] & rows["time"].notna()].drop_duplicates(["metric", "step", "value"], keep="last")
+    fill = kept.merge(
+        timed[["metric", "step", "value", "time"]], on=["metric", "step", "value"], how="left", suffixes=("", "_dup")
+    )["time_dup"].to_numpy()
+    return kept.assign(time=kept["time"].fillna(pd.Series(fill, index=kept.index)))
+
+
+def restarts_of(rows: Any) -> list[dict]:
+    """Where each attempt after the first begins: its first loss step, also when an earlier attempt had
+    already logged that step."""
+    loss = rows[rows["metric"] == "train/loss"].sort_values(["segment", "step"], kind="stable")
+    firsts = loss.groupby("segment").head(1)
+    return [
+        {"step": int(r.step), "wall_time": _utc(r.time), "source": r.source, "line": int(r.line)}
+        for r in firsts.itertuples()
+        if r.segment != loss["segment"].min()
+    ]
+
+
+def _utc(t: Any) -> Any:
+    """A naive UTC numpy/pandas time -> a UTC pandas Timestamp (None for NaT)."""
+    import pandas as pd
+
+    return None if pd.isna(t) else pd.Timestamp(t).tz_localize("UTC")
 
 
 def build_result(files: list[ParsedFile], year_source: str, timezone: str = "UTC") -> ParseResult:
-    import pandas as pd
-
     files = _order(files)
-    cols: dict[str, list] = {k: [] for k in ("file", "line", "time", "own", "step", "metric", "value", "segment")}
-    ckpts, counts, notes = [], {}, []
+    rows, checkpoints = _rows(files, timezone)
+    table, overlaps, duplicates = resolve(rows)
+    notes = [n for f in files for n in f.notes]
+    if table["wall_time"].isna().any():
+        notes.append("some points have no timestamp in any file; they get the ingest time")
+    counts: dict[str, int] = {"lines": 0}
     params: dict[str, str] = {}
     flags: dict[str, str] = {}
     inputs: list[str] = []
-    seg_offset = 0
-    for n, f in enumerate(files):
+    for f in files:
         p = f.parser
-        times = f.times
-        cols["file"].extend([n] * len(p.line))
-        cols["line"].extend(p.line)
-        cols["time"].extend([times[i] if i >= 0 and times else None for i in p.ti])
-        cols["own"].extend(p.own)
-        cols["step"].extend(p.step)
-        cols["metric"].extend(p.metric)
-        cols["value"].extend(p.value)
-        cols["segment"].extend(s + seg_offset for s in p.seg)
-        for line, ti, step, uri, seg in p.checkpoints:
-            ckpts.append((step, uri, times[ti] if ti >= 0 and times else None, p.source, line, seg + seg_offset))
-        seg_offset += (max(p.seg) + 1) if p.seg else 1
         for k, v in p.counts.items():
             counts[k] = counts.get(k, 0) + v
-        counts["lines"] = counts.get("lines", 0) + p.lines_read
+        counts["lines"] += p.lines_read
         params.update(p.params)
         flags.update(p.flags)
         inputs.extend(x for x in p.input_files if x not in inputs)
-        notes.extend(f.notes)
-    df = pd.DataFrame(cols)
-    df["time"] = pd.to_datetime(df["time"])
-    df["time"] = df.groupby("file")["time"].bfill()  # absl lines before the file's first timed line
-    df = df.sort_values(["metric", "step", "segment", "own", "line"], kind="stable")
-    per_segment = len(df.drop_duplicates(["metric", "step", "segment"]))
-    res = df.drop_duplicates(["metric", "step"], keep="last").copy()
-    duplicates, superseded = len(df) - per_segment, per_segment - len(res)
-    if res["time"].isna().any():  # a file without any timestamp: borrow the time of the same value elsewhere
-        timed = df[df["own"] & df["time"].notna()].drop_duplicates(["metric", "step", "value"], keep="last")
-        fill = res.merge(
-            timed[["metric", "step", "value", "time"]],
-            on=["metric", "step", "value"],
-            how="left",
-            suffixes=("", "_dup"),
-        )["time_dup"].to_numpy()
-        res["time"] = res["time"].fillna(pd.Series(fill, index=res.index))
-        if res["time"].isna().any():
-            notes.append("some points have no timestamp in any file; they get the ingest time")
-    sources = [f.parser.source for f in files]
-    table = (
-        pd.DataFrame(
-            {
-                "source": [sources[i] for i in res["file"]],
-                "line": res["line"].to_numpy(),
-                "wall_time": _localize(res["time"], timezone),
-                "step": res["step"].astype("int64").to_numpy(),
-                "metric": res["metric"].to_numpy(),
-                "value": res["value"].astype("float64").to_numpy(),
-                "segment": res["segment"].to_numpy(),
-            }
-        )
-        .sort_values(["metric", "step"], kind="stable")
-        .reset_index(drop=True)
-    )
-    ck = pd.DataFrame(ckpts, columns=["step", "uri", "wall_time", "source", "line", "segment"])
-    ck["wall_time"] = _localize(pd.to_datetime(ck["wall_time"]), timezone)
-    ck = ck.sort_values(["segment", "line"], kind="stable").drop_duplicates("step", keep="last")
-    restarts = restarts_of(table)
-    finished = False
     data_files = [f for f in files if "train/loss" in f.parser.metric]
-    if data_files:
-        finished = data_files[-1].parser.finished_ti is not None
-    all_times = [t for f in files for t in (f.times or []) if t is not None]
-    start = _localize(pd.Series([min(all_times)]), timezone)[0] if all_times else None
-    end = _localize(pd.Series([max(all_times)]), timezone)[0] if all_times else None
+    times = [t for f in files for t in f.utc[:-1] if t == t]  # NaT != NaT
     return ParseResult(
         files,
-        table,
-        ck.sort_values("step").reset_index(drop=True),
+        table.sort_values(["metric", "step"], kind="stable").reset_index(drop=True),
+        checkpoints,
         params,
         flags,
         inputs,
         counts,
         duplicates,
-        superseded,
-        restarts,
-        finished,
-        start,
-        end,
+        overlaps,
+        restarts_of(rows),
+        bool(data_files) and data_files[-1].parser.finished_ti is not None,
+        _utc(min(times)) if times else None,
+        _utc(max(times)) if times else None,
         year_source,
         notes,
         timezone,
     )
-
-
-def restarts_of(table: Any) -> list[dict]:
-    """Where each segment after the first begins: its first loss step (after later segments won overlaps)."""
-    loss = table[table["metric"] == "train/loss"]
-    out = []
-    for _, first in loss.sort_values(["segment", "step"]).groupby("segment").head(1).iterrows():
-        if first["segment"] != loss["segment"].min():
-            out.append(
-                {
-                    "step": int(first["step"]),
-                    "wall_time": first["wall_time"],
-                    "source": str(first["source"]),
-                    "line": int(first["line"]),
-                }
-            )
-    return out
-
-
-def _localize(times: Any, timezone: str) -> Any:
-    """Naive log times (the TPU host's clock, `--timezone`) -> UTC timestamps."""
-    import pandas as pd
-
-    times = pd.to_datetime(pd.Series(times).reset_index(drop=True))
-    if times.dt.tz is None:
-        try:
-            times = times.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="shift_forward")
-        except Exception as exc:  # an unknown zone name
-            raise UserError(
-                f"unknown time zone {timezone!r}: {exc}", fix="use an IANA name such as UTC or Europe/Berlin"
-            ) from None
-    return times.dt.tz_convert("UTC")

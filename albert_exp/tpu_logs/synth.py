@@ -54,6 +54,7 @@ class SynthSpec:
 class Truth:
     metrics: dict[tuple[str, int], float] = field(default_factory=dict)
     times: dict[tuple[str, int], datetime] = field(default_factory=dict)
+    overlaps: dict[tuple[str, int], float] = field(default_factory=dict)  # re-run values of logged steps
     checkpoints: dict[int, str] = field(default_factory=dict)
     restart_steps: list[int] = field(default_factory=list)
     finished: bool = False
@@ -110,8 +111,13 @@ class _Writer:
         self.truth.end_time = max(self.truth.end_time or t, t)
 
     def point(self, metric: str, step: int, value: float, t: datetime) -> None:
-        self.truth.metrics[(metric, step)] = value
-        self.truth.times[(metric, step)] = t
+        # A step an earlier attempt logged keeps that attempt's value (parse.OVERLAP_RULE); the re-run's is
+        # kept apart so tests can check what is reported as dropped.
+        if (metric, step) in self.truth.metrics:
+            self.truth.overlaps[(metric, step)] = value
+        else:
+            self.truth.metrics[(metric, step)] = value
+            self.truth.times[(metric, step)] = t
 
 
 def _num(x: float) -> str:

@@ -63,34 +63,34 @@ def assign_years(files: list[Any], year: int | None, now: datetime | None = None
     for f in files:
         f.offsets = year_offsets(f.parser.timeline)
         anchor = next((i for i, e in enumerate(f.parser.timeline) if e[3]), None)
-        if anchor is not None:
-            f.base_year = f.parser.timeline[anchor][3] - f.offsets[anchor]
+        f.base_year = None if anchor is None else f.parser.timeline[anchor][3] - f.offsets[anchor]
     timed = [f for f in files if f.parser.timeline]
-    anchored = [f for f in timed if f.base_year is not None]
-    source = "full-date lines in the log"
-    ref = None
-    if anchored:
-        f = anchored[0]
-        ref = to_datetime(f.base_year + f.offsets[0], f.parser.timeline[0])
-    elif timed:
-        first = timed[0]
-        named = next(((f, m) for f in timed if (m := FILE_NAME_DATE.search(Path(f.path).name))), None)
-        if year is not None:
-            source, first.base_year = "--year", year
-        elif named:
-            f, m = named
-            source = "date in the file name"
-            f.base_year = nearest_base(f.parser.timeline[0], 0, datetime(*map(int, m.groups())))
-            first = f
-        else:
-            last = timed[-1]
-            limit = now or datetime.fromtimestamp(Path(last.path).stat().st_mtime)
-            source = "current time" if now else "file modification time"
-            last.base_year = latest_base_not_after(last.parser.timeline[-1], last.offsets[-1], limit)
-            first = last
-        ref = to_datetime(first.base_year + first.offsets[0], first.parser.timeline[0])
+    if not timed:
+        return "no timestamps in the log"
+    source, ref = _reference(timed, year, now)
     for f in timed:
         if f.base_year is None:
             f.base_year = nearest_base(f.parser.timeline[0], 0, ref) if ref else datetime.now().year
         f.times = [to_datetime(f.base_year + k, e) for k, e in zip(f.offsets, f.parser.timeline, strict=True)]
-    return source if timed else "no timestamps in the log"
+    return source
+
+
+def _reference(timed: list[Any], year: int | None, now: datetime | None) -> tuple[str, datetime | None]:
+    """(where the year comes from, the first time of the file that decides it); sets that file's base year.
+    In order: a file's own full dates, --year (the first file), a date in a file name, the last file's
+    modification time (or `now` for a followed log): its last line cannot be later."""
+    anchored = [f for f in timed if f.base_year is not None]
+    if anchored:
+        first, source = anchored[0], "full-date lines in the log"
+    elif year is not None:
+        first, source = timed[0], "--year"
+        first.base_year = year
+    elif named := next(((f, m) for f in timed if (m := FILE_NAME_DATE.search(Path(f.path).name))), None):
+        (first, m), source = named, "date in the file name"
+        first.base_year = nearest_base(first.parser.timeline[0], 0, datetime(*map(int, m.groups())))
+    else:
+        first = timed[-1]
+        limit = now or datetime.fromtimestamp(Path(first.path).stat().st_mtime)
+        source = "current time" if now else "file modification time"
+        first.base_year = latest_base_not_after(first.parser.timeline[-1], first.offsets[-1], limit)
+    return source, to_datetime(first.base_year + first.offsets[0], first.parser.timeline[0])
