@@ -57,7 +57,14 @@ def test_restarts_and_duplicates_match_the_truth(tmp_path):
     assert s["last_eval"]["step"] == 5000 and "eval/masked_lm_accuracy" in s["last_eval"]
     assert s["last_error"].endswith("UnavailableError: Socket closed")
     assert s["lines_skipped"].get(UNKNOWN, 0) == 0  # warnings, tracebacks and TPU chatter are all known
-    assert r.params == {"train_batch_size": "512"} and len(r.input_files) == 4
+    assert len(r.input_files) == 4
+    assert r.params == {  # what the log states: the batch size, the estimator's config
+        "train_batch_size": "512",
+        "output_dir": "gs://my-bucket/albert/out",
+        "save_checkpoints_steps": "1000",
+        "iterations_per_loop": "100",
+        "num_tpu_cores": "8",
+    }
 
 
 @pytest.mark.parametrize(
@@ -228,3 +235,37 @@ def test_restart_in_one_file_without_a_start_banner_is_found_by_the_step_going_b
     path.write_text("\n".join(kept) + "\n")
     r = parse_files([path], progress=False)
     assert [x["step"] for x in r.restarts] == [1100] and _values(r) == logs.truth.metrics
+
+
+def test_logs_without_timestamps_are_ordered_by_their_steps(tmp_path):
+    logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(1750, 2900), formats="absl", seed=21), tmp_path)
+    r = parse_files(list(reversed(logs.files)), progress=False)  # argument order is not the attempt order
+    assert [x["step"] for x in r.restarts] == logs.truth.restart_steps == [1100, 2100]
+    assert _values(r) == logs.truth.metrics  # the first attempt's values at the overlapping steps
+
+
+def test_the_year_comes_from_starting_evaluation_lines(tmp_path):
+    spec = SynthSpec(num_train_steps=2000, cpp_header=False, final_eval=True, start=datetime(2020, 1, 26, 9), seed=22)
+    logs = write_logs(spec, tmp_path)
+    ts = datetime(2024, 6, 1).timestamp()  # copied years later: the mtime says nothing about the run
+    os.utime(logs.files[0], (ts, ts))
+    r = parse_files(logs.files, progress=False)
+    assert r.year_source == "full-date lines in the log"
+    assert _times(r) == {k: _utc(v) for k, v in logs.truth.times.items()}
+    assert r.table["metric"].eq("eval/masked_lm_accuracy").sum() == 1  # the --do_eval block after the end
+
+
+def test_dst_fall_back_hour_is_resolved_by_the_order_of_the_lines(tmp_path):
+    # Europe/Berlin, 2020-10-25: 03:00 CEST (UTC+2) -> 02:00 CET (UTC+1); the hour 02:xx comes twice.
+    local = ["01:50", "02:10", "02:40", "02:55", "02:05", "02:30", "02:59", "03:10"]
+    utc = ["23:50", "00:10", "00:40", "00:55", "01:05", "01:30", "01:59", "02:10"]
+    lines = [
+        f"I1025 {t}:00.000000 1 basic_session_run_hooks.py:260] loss = 2.5, step = {100 * (n + 1)}"
+        for n, t in enumerate(local)
+    ]
+    path = tmp_path / "pretrain-20201024.log"
+    path.write_text("\n".join(lines) + "\n")
+    r = parse_files([path], timezone="Europe/Berlin", progress=False)
+    day = {"23": "2020-10-24"}
+    expected = [pd.Timestamp(f"{day.get(t[:2], '2020-10-25')} {t}", tz="UTC") for t in utc]
+    assert r.table.sort_values("step")["wall_time"].tolist() == expected

@@ -41,6 +41,8 @@ class SynthSpec:
     finish: bool = True  # the last attempt reaches num_train_steps and says so
     cpp_header: bool = True  # TF C++ startup lines (they carry the year)
     echo_command: bool = False  # the run_pretraining.py command echoed at the top of each file
+    estimator_config: bool = True  # the estimator's `Using config: {...}` line (output dir, loop size, cores)
+    final_eval: bool = False  # `--do_eval`: an evaluation of the last checkpoint after the end of training
     garbage: bool = False  # one binary line and one unknown line per file
     truncate_last: bool = False  # the last file ends in the middle of a loss line
     gzip: bool = False
@@ -162,6 +164,15 @@ def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, cr
         where="tpu_system_metadata.py:78",
     )
     w.log(t, "*** Num TPU Cores: 8", where="tpu_system_metadata.py:148")
+    if spec.estimator_config:
+        w.log(
+            t,
+            f"Using config: {{'_model_dir': '{spec.bucket}/out', '_tf_random_seed': None, "
+            f"'_save_summary_steps': 100, '_save_checkpoints_steps': {spec.checkpoint_every}, "
+            f"'_keep_checkpoint_max': 5, '_tpu_config': TPUConfig(iterations_per_loop={spec.log_every}, "
+            "num_shards=8, num_cores_per_replica=None, per_host_input_for_training=3)}",
+            where="estimator.py:212",
+        )
     w.log(t, "***** Running training *****", where="run_pretraining.py:511")
     w.log(t, f"  Batch size = {spec.batch_size}", where="run_pretraining.py:512")
     if first:
@@ -242,6 +253,35 @@ def _attempt(w: _Writer, spec: SynthSpec, t: datetime, first: int, last: int, cr
         w.log(t, f"Loss for final step: {_num(loss)}.", where="estimator.py:371")
         w.log(t, "training_loop marked as finished", where="error_handling.py:101")
         w.log(t, "Shutdown TPU system.", where="tpu_estimator.py:600")
+        if spec.final_eval:
+            t = _final_eval(w, spec, t, last, loss)
+    return t
+
+
+def _final_eval(w: _Writer, spec: SynthSpec, t: datetime, step: int, loss: float) -> datetime:
+    """What run_pretraining.py --do_eval prints after training: one evaluation of the last checkpoint."""
+    w.log(t, "***** Running evaluation *****", where="run_pretraining.py:540")
+    w.log(t, "  Batch size = 8", where="run_pretraining.py:541")
+    t += timedelta(seconds=75)  # compiling the eval graph
+    w.log(t, f"Starting evaluation at {t:%Y-%m-%dT%H:%M:%S}Z", where="evaluation.py:255")
+    t += timedelta(seconds=30)
+    w.log(t, f"Finished evaluation at {t:%Y-%m-%d-%H:%M:%S}", where="evaluation.py:275")
+    values = {
+        "global_step": str(step),
+        "loss": _num(loss + 0.05),
+        "masked_lm_accuracy": _num(0.61),
+        "masked_lm_loss": _num(loss - 0.25),
+        "sentence_order_accuracy": _num(0.93),
+        "sentence_order_loss": _num(0.2),
+    }
+    w.log(t, "***** Eval results *****", where="run_pretraining.py:556")
+    for n, key in enumerate(sorted(values)):
+        w.log(t, f"  {key} = {values[key]}", where="run_pretraining.py:559")
+        if key != "global_step":
+            w.point(f"eval/{key}", step, float(values[key]), t)
+        if n == 0:  # the first result beats best_perf = 0: the checkpoint is copied as the best one
+            for ext in ("meta", "data-00000-of-00001", "index"):
+                w.log(t, f"saving {spec.bucket}/out/model.ckpt-{step}.{ext} to {spec.bucket}/out/model.ckpt-best.{ext}")
     return t
 
 
