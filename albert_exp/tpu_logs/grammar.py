@@ -217,28 +217,22 @@ class FileParser:
         return None, text, False
 
     def _message(self, lineno: int, text: str, msg: str, level: str | None, own: bool) -> None:
+        """Data lines first, then the open block's continuation lines, then (the block closed) lines that
+        begin a block or mark an event; each handler returns the reason to count, None if it does not match."""
         block = self._block
-        for prefix, handler in DATA_LINES:
-            if msg.startswith(prefix):
-                if reason := handler(self, lineno, msg, own):
-                    self.counts[reason] += 1
-                    return
-                break
-        if block is not None and (reason := BLOCK_LINES[block](self, lineno, msg, own)):
-            self.counts[reason] += 1
-            return
-        self._end_block()
-        for prefix, handler in START_LINES:
-            if msg.startswith(prefix):
-                if reason := handler(self, lineno, msg, own):
-                    self.counts[reason] += 1
-                    return
-                break
-        if "run_pretraining" in msg and "--" in msg:
+        reason = _by_prefix(DATA_LINES, self, lineno, msg, own)
+        if reason is None and block is not None:
+            reason = BLOCK_LINES[block](self, lineno, msg, own)
+        if reason is None:
+            self._end_block()
+            reason = _by_prefix(START_LINES, self, lineno, msg, own)
+        if reason is None and "run_pretraining" in msg and "--" in msg:
             self.flags.update(flags_from_command(msg))
-            self.counts[PARSED] += 1
-            return
-        self._other(lineno, text, msg, level, block)
+            reason = PARSED
+        if reason is None:
+            self._other(lineno, text, msg, level, block)
+        else:
+            self.counts[reason] += 1
 
     def _other(self, lineno: int, text: str, msg: str, level: str | None, block: str | None) -> None:
         """A line without data: counted by level; plain text is a deprecation note's continuation or unknown."""
@@ -359,6 +353,14 @@ class FileParser:
 
 
 Handler = Callable[[FileParser, int, str, bool], "str | None"]
+
+
+def _by_prefix(table: list[tuple[str, Handler]], parser: FileParser, lineno: int, msg: str, own: bool) -> str | None:
+    """The first handler whose prefix starts the message decides (None: it did not match after all)."""
+    for prefix, handler in table:
+        if msg.startswith(prefix):
+            return handler(parser, lineno, msg, own)
+    return None
 
 
 def _begin(block: str) -> Handler:
