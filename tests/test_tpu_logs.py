@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 from datetime import datetime
 
 import pandas as pd
@@ -166,12 +167,29 @@ def test_command_cli_prints_a_tee_command_and_checks_required_keys(capsys):
 
     assert main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml"]) == 0
     out = capsys.readouterr().out.strip()
-    assert out.splitlines()[-1].strip().startswith("2>&1 | tee tpu-recipe-$(date -u")
+    assert out.splitlines()[-1].strip().startswith("} 2>&1 | tee tpu-recipe-$(date -u")
     assert "--num_train_steps=1000000" in out
     assert (
         main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml", "--set", "pretrain.tpu_name=null"]) == 2
     )
     assert "pretrain.tpu_name" in capsys.readouterr().err
+
+
+def test_the_command_script_echoes_its_flags_into_the_log(tmp_path):
+    from albert_exp.config import load_config
+    from albert_exp.tpu_logs.command import build_command
+
+    script = tmp_path / "run_tpu.sh"
+    command = build_command(load_config("experiments/tpu_recipe.yaml"), log=str(tmp_path / "x.log"))
+    fake = tmp_path / "bin"  # a stand-in python3 that prints like run_pretraining.py does
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\necho 'INFO:tensorflow:loss = 3.5, step = 100' >&2\n")
+    (fake / "python3").chmod(0o755)
+    script.write_text(command + "\n")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
+    r = parse_files([tmp_path / "x.log"], year=2020, progress=False)
+    assert r.flags == flags_from_command(command) and r.flags["learning_rate"] == "0.00022"
 
 
 def test_command_echoed_in_the_log_becomes_flags(tmp_path):

@@ -5,8 +5,9 @@
 
 Steps, warm-up and learning rate come from `cfg.pretrain.scaled()` (the batch-size scaling rule of
 albert_exp/scaling.py), so the TPU run and a local `pretrain` run of the same YAML train the same schedule.
-The command ends in `2>&1 | tee LOG` (stderr holds the training log); LOG carries a UTC timestamp so every
-restart writes its own file and the date in its name tells `ingest` the year of the glog times.
+The command runs in `{ set -x; ...; } 2>&1 | tee LOG` (stderr holds the training log; `set -x` echoes the
+command into it, so the log states its flags); LOG carries a UTC timestamp so every restart writes its own
+file and the date in its name tells `ingest` the year of the glog times.
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ def build_command(cfg: Any, log: str | None = None, python: str = "python3") -> 
     """The shell command (with backslash continuations) ending in `2>&1 | tee LOG`."""
     flags = run_pretraining_flags(cfg)
     log = log or f"{cfg.name}-$(date -u +%Y%m%dT%H%M%SZ).log"  # unquoted on purpose: the shell fills the date
-    lines = [f"{python} -m albert.run_pretraining \\"]
+    # `set -x` inside the piped block prints the command into the log: `ingest` reads the flags from there.
+    lines = ["{ set -x", f"{python} -m albert.run_pretraining \\"]
     for k, v in flags:
         lines.append(f"  --{k} \\" if v is True else f"  --{k}={shlex.quote(str(v))} \\")
-    lines.append(f"  2>&1 | tee {log}")
+    lines[-1] = lines[-1].removesuffix(" \\")
+    lines.append(f"}} 2>&1 | tee {log}")
     return "\n".join(lines)
 
 
