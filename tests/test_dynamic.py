@@ -123,9 +123,9 @@ def test_batches_depend_only_on_the_index_not_on_workers_or_ranks(data):
     assert all(np.array_equal(f1[k], again[k]) for k in f1)
 
 
-def test_pretrain_on_dynamic_data_any_worker_count_and_resume(data, tmp_path, mlflow_store):
-    """pretrain reads the dynamic manifest: the same losses with 0 or 2 loader workers, and a run stopped at
-    step 3 and resumed (with another worker count: the batches do not depend on it) continues identically."""
+def test_pretrain_on_dynamic_data_and_resume(data, tmp_path, mlflow_store):
+    """pretrain reads the dynamic manifest, and a run killed after its step-3 checkpoint and run again
+    continues identically (loader workers: test_batches_depend_only_on_the_index_not_on_workers_or_ranks)."""
     from albert_exp.config import load_config
     from albert_exp.pretrain import run
     from tests.test_pretrain import TINY_MODEL
@@ -168,7 +168,6 @@ def test_pretrain_on_dynamic_data_any_worker_count_and_resume(data, tmp_path, ml
     try:
         a = run(cfg("a", num_workers=0))
         first = losses(a)
-        b = run(cfg("b", num_workers=2))
         # A run killed after its step-3 checkpoint: drop the later one, run the same command again.
         import shutil
 
@@ -181,5 +180,4 @@ def test_pretrain_on_dynamic_data_any_worker_count_and_resume(data, tmp_path, ml
     finally:
         torch.set_num_threads(threads)
     assert len(first) == 6 and c["resumed_from"].endswith("step-00000003")
-    np.testing.assert_allclose(losses(b), first, rtol=1e-6)
     np.testing.assert_allclose(losses(c), first, rtol=1e-6)

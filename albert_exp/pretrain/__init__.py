@@ -3,12 +3,14 @@
     albert-exp pretrain --config experiments/pretrain_tiny.yaml
     albert-exp pretrain --config experiments/albert_base_recipe.yaml --init-from albert_base_hub/
     albert-exp pretrain --config experiments/pretrain_tiny.yaml --skip-corrupt   # count, don't stop
+    torchrun --nproc-per-node 8 -m albert_exp pretrain --config cfg.yaml        # data parallel (ddp.py)
 
 Run the same command again after a crash or a kill: it resumes from the last checkpoint in the output dir
 (the config must be unchanged; a different experiment needs a new pretrain.output_dir). `run(cfg)` returns
 {"model_dir": <dir of the best HF checkpoint>, ...}; AlbertForTokenClassification.from_pretrained loads it.
 
-Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), checkpoint.py, loop.py.
+Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), checkpoint.py, loop.py,
+ddp.py (torchrun: ranks, DDP, what rank 0 alone does).
 """
 
 from __future__ import annotations
@@ -88,7 +90,11 @@ def run(cfg) -> dict:
         torch.set_num_threads(pc.torch_threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from albert_exp.pretrain.ddp import Dist
+
+    dist = Dist.init()  # torchrun: this rank (NCCL on GPUs, Gloo on CPU); else a world of one (ddp.py)
+    device = dist.device
+    dist.check(pc, None if data.dynamic_manifest(files) else max(1, pc.num_workers), cfg.source)
 
     resume_from = checkpoint.latest(out) if pc.resume else None
     if not pc.resume and checkpoint.checkpoint_dirs(out):
@@ -111,9 +117,10 @@ def run(cfg) -> dict:
     optimizer = make_optimizer(model, scaled.learning_rate, pc.weight_decay)
     scheduler = make_schedule(optimizer, scaled.num_warmup_steps, scaled.num_train_steps, pc.poly_power)
     state, plateau = State(), Plateau(pc.plateau_window, pc.plateau_min_improvement, pc.plateau_smoothing)
-    streams, micro = max(1, pc.num_workers), pc.batch_size // pc.gradient_accumulation_steps
+    streams, micro = max(1, pc.num_workers), pc.batch_size // (pc.gradient_accumulation_steps * dist.world)
     if saved:
         _check_same_config(cfg, saved.get("config") or {}, resume_from)
+        dist.check_resume(saved, str(resume_from))
         if (saved["streams"], saved["micro_batch"]) != (streams, micro):
             raise UserError(
                 f"the checkpoint was written with num_workers={saved['streams']} and micro-batch "
@@ -134,12 +141,13 @@ def run(cfg) -> dict:
         "derived.parameters": n_params,
         "derived.tokens_per_step": pc.batch_size * pc.max_seq_length,
         "derived.micro_batch": micro,
+        "derived.world_size": dist.world,
         "derived.init": init_info.get("format"),
         "derived.input_files": len(files),
     }
     eval_data = (
         data.eval_batches(eval_files, n=pc.eval_batches, batch_size=micro, max_seq_length=pc.max_seq_length)
-        if eval_files
+        if eval_files and dist.main  # rank 0 alone evaluates
         else []
     )
 
@@ -178,27 +186,31 @@ def _train(
     device,
 ) -> dict:
     from albert_exp.config import to_dict
-    from albert_exp.pretrain import checkpoint
+    from albert_exp.pretrain import checkpoint, ddp
     from albert_exp.pretrain.loop import Trainer
     from albert_exp.tracking import get_run, stage_run, write_results
 
     pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
     n_params = derived["derived.parameters"]
+    dist = ddp.current()
     saved_run = checkpoint.load_trainer_state(resume_from).get("mlflow_run_id") if resume_from else None
-    resume_run = saved_run if saved_run and get_run(saved_run) else None  # None: a checkpoint from another store
+    resume_run = saved_run if saved_run and dist.main and get_run(saved_run) else None  # None: another store
     with stage_run(
         cfg,
         "pretrain",
         f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}",
         extra_params=derived,
         resume_run_id=resume_run,
+        enabled=dist.main,  # rank 0 alone logs: one MLflow run per training
     ) as tracker:
-        print(
-            f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
-            f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
-            + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}")
-        )
-        extra = {"mlflow_run_id": tracker.run_id, "config": to_dict(cfg), "init": init_info}
+        if dist.main:
+            print(
+                f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
+                f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
+                + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}")
+                + f"; {dist.world} processes" * (dist.world > 1)
+            )
+        extra = {"mlflow_run_id": tracker.run_id, "config": to_dict(cfg), "init": init_info, "world_size": dist.world}
         trainer = Trainer(
             model,
             optimizer,
@@ -215,8 +227,9 @@ def _train(
             plateau=plateau,
             extra_state=extra,
             compile=pc.compile,
+            dist=dist,
         )
-        if resume_from:
+        if resume_from and dist.main:
             pending = checkpoint.load_trainer_state(resume_from).get("pending_metrics", [])
             trainer.flush(resume_from, [(step, m) for step, m in pending], resuming=True)
         result = trainer.train(last_step)
@@ -229,5 +242,6 @@ def _train(
             "derived": derived,
             "mlflow_run_id": tracker.run_id,
         }
-        write_results(out, results, tracker)
+        if dist.main:
+            write_results(out, results, tracker)
     return results

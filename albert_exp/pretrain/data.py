@@ -193,18 +193,23 @@ class Stream:
 
 
 class StreamDataset(torch.utils.data.IterableDataset):
-    """Worker w of the DataLoader plays stream (w + rotation) % S, so a resumed loader whose first batch is
-    global batch b (rotation = b % S) continues the round-robin exactly where it stopped."""
+    """Worker w of the DataLoader plays stream mine[(w + rotation) % len(mine)], so a resumed loader whose
+    first batch is this rank's batch b (rotation = b % len(mine)) continues the round-robin exactly where it
+    stopped. One process: mine = all S streams. Rank r of W: streams r, r + W, ..., so its k-th batch is
+    batch k * W + r of the one-process sequence (stream (k * W + r) % S)."""
 
-    def __init__(self, files: list[str], streams: int, positions: list[dict | None], rotation: int, **kw):
+    def __init__(
+        self, files: list[str], streams: int, positions: list[dict | None], rotation: int, mine: list[int], **kw
+    ):
         self.files, self.streams, self.positions, self.rotation, self.kw = files, streams, positions, rotation, kw
+        self.mine = mine
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()
-        workers = [info.id] if info is not None else list(range(self.streams))
+        workers = [info.id] if info is not None else list(range(len(self.mine)))
         its = []
         for w in workers:
-            s = (w + self.rotation) % self.streams
+            s = self.mine[(w + self.rotation) % len(self.mine)]
             pos = self.positions[s]
             its.append(
                 Stream(self.files, s, self.streams, position=Position(**pos) if pos else None, **self.kw).batches()
@@ -327,10 +332,10 @@ def make_loader(
     """A DataLoader of micro-batches; `streams` loader processes (0 processes when streams == 1 is not
     forced: one stream is read in-process). Dynamic data (`files` = its manifest): masked on the fly, this
     rank's share of the global sequence (DynamicDataset)."""
-    workers = streams if streams > 1 else 0
+    rank, world = rank_world()
     manifest = dynamic_manifest(files)
     if manifest:
-        rank, world = rank_world()
+        workers = streams if streams > 1 else 0
         hints = [p["cursor"] for p in positions if p and "cursor" in p]
         dataset = DynamicDataset(
             manifest,
@@ -344,11 +349,14 @@ def make_loader(
         return torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
         )
+    mine = list(range(rank, streams, world))  # ddp.Dist.check: world divides streams
+    workers = len(mine) if len(mine) > 1 else 0
     dataset = StreamDataset(
         files,
         streams,
         positions,
-        batches_done % streams,
+        batches_done % len(mine),
+        mine,
         batch_size=batch_size,
         max_seq_length=max_seq_length,
         seed=seed,

@@ -88,14 +88,20 @@ class Trainer:
         plateau: Plateau,
         extra_state: dict,
         compile: bool = False,
+        dist=None,
     ):
+        from albert_exp.pretrain.ddp import Dist
+
         self.model, self.opt, self.sched, self.pc = model, optimizer, scheduler, pc
         self.files, self.eval_data, self.out, self.tracker = files, eval_data, output_dir, tracker
         self.seed, self.total, self.device, self.state, self.plateau = seed, total_steps, device, state, plateau
         self.extra_state = extra_state
         self.encoder = torch.compile(model.albert) if compile else None
         self.streams = max(1, pc.num_workers)
-        self.micro = pc.batch_size // pc.gradient_accumulation_steps
+        self.dist = dist or Dist()  # torchrun: this rank's share of the global batch, gradients through DDP
+        self.micro = pc.batch_size // (pc.gradient_accumulation_steps * self.dist.world)
+        self.forward, self.no_sync = self.dist.wrap(model, self.encoder)
+        self.static = data.dynamic_manifest(files) is None
         self.pending: list[tuple[int, dict]] = []
         bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
@@ -192,13 +198,21 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         t0, seqs = time.perf_counter(), 0
-        bar = tqdm(total=last_step, initial=st.step, desc="pretrain", unit="step", mininterval=2, leave=False)
+        bar = tqdm(
+            total=last_step,
+            initial=st.step,
+            desc="pretrain",
+            unit="step",
+            mininterval=2,
+            leave=False,
+            disable=not self.dist.main,
+        )
         ckpt = None
         try:
             while st.step < last_step and st.stop_reason is None:
                 lr = self.opt.param_groups[0]["lr"]
                 sums = {k: 0.0 for k in METRICS}
-                for _ in range(pc.gradient_accumulation_steps):
+                for i in range(pc.gradient_accumulation_steps):
                     batch = next(it)
                     data.raise_if_error(batch)
                     meta = batch.pop("meta")
@@ -212,12 +226,14 @@ class Trainer:
                     st.positions[meta["stream"]] = meta["position"]
                     st.corrupt[meta["stream"]] = meta["corrupt"]
                     st.batches_done += 1
-                    with self.autocast():
-                        losses = batch_losses(self.model, self._to_device(batch), self.encoder)
-                    (losses["loss"] / pc.gradient_accumulation_steps).backward()
+                    with self.no_sync(i < pc.gradient_accumulation_steps - 1):  # all-reduce once per step
+                        with self.autocast():
+                            losses = self.forward(self._to_device(batch))
+                        (losses["loss"] / pc.gradient_accumulation_steps).backward()
                     for k in METRICS:
                         sums[k] += losses[k].item() / pc.gradient_accumulation_steps
-                    seqs += batch["input_ids"].shape[0]
+                    seqs += batch["input_ids"].shape[0] * self.dist.world
+                sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
                 if not math.isfinite(sums["loss"]):
                     raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
                 torch.nn.utils.clip_grad_norm_(params, pc.max_grad_norm)
@@ -250,7 +266,9 @@ class Trainer:
                     st.last_eval_loss = ev["eval/loss"]
                     self.pending.append((st.step, ev))
                 if st.step % pc.save_checkpoints_steps == 0 or st.step == last_step or st.stop_reason:
-                    ckpt = self._commit(st.step)
+                    st.positions, st.corrupt = self.dist.gather_streams(st.positions, st.corrupt, self.static)
+                    if self.dist.main:  # rank 0 alone checkpoints and logs
+                        ckpt = self._commit(st.step)
         finally:
             bar.close()
             del it  # stops the loader processes
@@ -258,7 +276,8 @@ class Trainer:
             self.tracker.set_tags({"stop_reason": st.stop_reason, "stop_step": st.step})
         return {
             "step": st.step,
-            "last_checkpoint": str(ckpt or checkpoint.latest(self.out)),
+            # rank 0 only: latest() clears unfinished saves, which on another rank would race rank 0's save
+            "last_checkpoint": str(ckpt or checkpoint.latest(self.out)) if self.dist.main else None,
             "stop_reason": st.stop_reason,
             "best": st.best,
             "corrupt_records": sum(st.corrupt),

@@ -1,0 +1,140 @@
+"""Data-parallel pretraining: two Gloo processes under torchrun on a tiny model, the same code path as one.
+
+Tolerance: the two-process run all-reduces (averages) the gradients of two micro-batches where one process
+accumulates them, so sums happen in another order: losses agree to rtol 1e-5 (float32 round-off), not bit
+for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from albert_exp.pretrain import checkpoint
+from tests.conftest import ROOT, free_port
+from tests.test_pretrain import tiny_config
+
+
+def _torchrun(cfg: dict, tmp: Path, name: str, nproc: int = 2) -> subprocess.Popen:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [*cmd, "-m", "albert_exp", "pretrain", "--config", str(path)],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the kill below reaches torchrun and both ranks
+    )
+
+
+def _single(cfg: dict, tmp: Path, name: str) -> None:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_exp", "pretrain", "--config", str(path)], cwd=tmp, env=env, capture_output=True
+    )
+    assert out.returncode == 0, out.stdout.decode()[-3000:] + out.stderr.decode()[-3000:]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _cfg(tmp: Path, name: str, **pretrain) -> dict:
+    base = tiny_config(tmp, num_train_steps=12, num_workers=2, save_checkpoints_steps=4, **pretrain)
+    return {**base, "pretrain": {**base["pretrain"], "output_dir": str(tmp / name)}}
+
+
+def test_two_ranks_follow_the_one_process_trajectory_and_only_rank_0_logs(tmp_path, mlflow_store):
+    import mlflow
+
+    # One process, 2 accumulation steps of 4 = two ranks x 1 step of 4: the same 8 examples per step.
+    _single(_cfg(tmp_path, "one", gradient_accumulation_steps=2), tmp_path, "one")
+    proc = _torchrun(_cfg(tmp_path, "two"), tmp_path, "two")
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, log[-4000:]
+    one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    for key in ("train/loss", "train/mlm_loss", "train/sop_loss", "eval/loss"):
+        a = [(r["step"], r[key]) for r in one if key in r]
+        b = [(r["step"], r[key]) for r in two if key in r]
+        assert [s for s, _ in a] == [s for s, _ in b], key
+        np.testing.assert_allclose([v for _, v in b], [v for _, v in a], rtol=1e-5, err_msg=key)
+    # One MLflow run, every step once, from rank 0; one results.json; the world size recorded.
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'pretrain'")
+    assert len(runs) == 2  # "one" and "two"
+    res = json.loads((tmp_path / "two" / "results.json").read_text())
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(res["mlflow_run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 13))
+    assert client.get_run(res["mlflow_run_id"]).data.params["derived.world_size"] == "2"
+    assert log.count("pretrain: linear") == 1  # rank 0 alone prints
+
+
+def test_batch_and_streams_must_split_over_ranks_and_a_resume_keeps_the_world_size():
+    from albert_exp.config import load_config
+    from albert_exp.errors import UserError
+    from albert_exp.pretrain.ddp import Dist
+
+    two = Dist(rank=0, world=2)
+    pc = load_config(None, ["pretrain.batch_size=6", "pretrain.gradient_accumulation_steps=2"]).pretrain
+    with pytest.raises(UserError, match=r"batch_size 6 is not divisible by world size 2 x gradient_accumulation"):
+        two.check(pc, None, "cfg.yaml")
+    pc = load_config(None, ["pretrain.batch_size=8", "pretrain.gradient_accumulation_steps=2"]).pretrain
+    two.check(pc, None, "cfg.yaml")  # dynamic data: any worker count
+    two.check(pc, 4, "cfg.yaml")
+    with pytest.raises(UserError, match=r"num_workers=3 streams, which 2 ranks cannot share"):
+        two.check(pc, 3, "cfg.yaml")
+    two.check_resume({"world_size": 2}, "ckpt")
+    with pytest.raises(UserError, match=r"written by 1 process\(es\), this run has 2"):
+        two.check_resume({}, "ckpt")  # checkpoints from before DDP: one process
+
+
+@pytest.mark.slow  # the same errors as a user meets them: two torchrun launches
+def test_world_size_must_divide_the_batch_and_match_the_checkpoint(tmp_path, mlflow_store):
+    bad = _cfg(tmp_path, "bad", batch_size=6, gradient_accumulation_steps=2)  # 2 ranks x 2 do not divide 6
+    proc = _torchrun(bad, tmp_path, "bad")
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode != 0 and "batch_size 6 is not divisible by world size 2" in log, log[-3000:]
+    # A checkpoint of one process, resumed by two: refused, naming both counts.
+    cfg = _cfg(tmp_path, "resume", max_steps=4)
+    _single(cfg, tmp_path, "resume")
+    proc = _torchrun(cfg, tmp_path, "resume")
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode != 0 and "written by 1 process(es), this run has 2" in log, log[-3000:]
+
+
+@pytest.mark.slow  # three torchrun launches of two ranks each: ~2 min on 2 cores
+def test_killed_ddp_job_resumes_exactly(tmp_path, mlflow_store):
+    straight = _torchrun(_cfg(tmp_path, "straight"), tmp_path, "straight")
+    assert straight.wait(timeout=600) == 0, straight.stdout.read().decode()[-3000:]
+    proc = _torchrun(_cfg(tmp_path, "killed"), tmp_path, "killed")
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "checkpoints" / "step-00000004").exists():
+        assert proc.poll() is None and time.time() < deadline, "finished or stuck before the kill"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = checkpoint.latest(tmp_path / "killed")
+    assert done is not None and int(done.name.split("-")[1]) < 12
+    again = _torchrun(_cfg(tmp_path, "killed"), tmp_path, "killed")
+    log = again.communicate(timeout=600)[0].decode()
+    assert again.returncode == 0, log[-3000:]
+    a, b = _rows(tmp_path / "straight"), _rows(tmp_path / "killed")
+    for key in ("train/loss", "eval/loss"):
+        sa = [(r["step"], r[key]) for r in a if key in r]
+        sb = [(r["step"], r[key]) for r in b if key in r]
+        assert [s for s, _ in sa] == [s for s, _ in sb], key
+        np.testing.assert_allclose([v for _, v in sb], [v for _, v in sa], rtol=1e-6, err_msg=key)
