@@ -1,7 +1,8 @@
 """Pretraining throughput, side by side. Prints sequences/s and ratios.
 
     .venv/bin/python benchmarks/pretrain.py                 # CPU: ours vs HF Trainer (tiny, small), loader vs step
-    .venv/bin/python benchmarks/pretrain.py --suite gpu     # ALBERT-base, seq 64, batch 512, bf16: seq/s and MFU
+    .venv/bin/python benchmarks/pretrain.py --suite gpu     # ALBERT-base, seq 64/128, batch 512, bf16: seq/s,
+                                                            # tokens/s, MFU; then 1 vs N processes (torchrun)
 
 * ours: albert_exp.pretrain (TFRecord stream -> AlbertForPreTraining, MLM loss on the gathered masked
   positions + SOP, LAMB, clipping), the loop's own step function.
@@ -10,12 +11,22 @@
 * loader: our TFRecord stream alone (decode + collate, one process) vs what one training step consumes; the
   loader must be >= 5x faster than training so it never limits it (more worker processes scale it further).
 
+* gpu: ALBERT-base (12M parameters, 12 x 768), batch 512 per GPU, bf16 autocast, SDPA attention
+  (transformers' default for ALBERT), LAMB with its foreach path, with and without torch.compile, at seq 64
+  (10 predictions) and 128 (20). tokens/s counts padded positions (seq/s x seq) and real ones (the synthetic
+  sequences hold seq/2..seq tokens). MFU = model FLOPs (matmuls, forward + backward) / the GPU's dense bf16
+  peak. With N > 1 GPUs the same step runs under torchrun in N processes through albert_exp.pretrain.ddp
+  (DDP, NCCL; what `torchrun -m albert_exp pretrain` runs) and the total and per-GPU rates are printed
+  against one process.
+
 Synthetic TFRecords with google's features are written to a temp dir; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,32 +71,36 @@ CONFIGS = {
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks (FLOP/s)
 
 
-def write_data(root: Path, vocab: int, n: int, seed: int = 0) -> list[str]:
+PRED_FOR = {64: 10, 128: 20}  # google's max_predictions_per_seq for these lengths
+
+
+def write_data(root: Path, vocab: int, n: int, seed: int = 0, seq: int = SEQ) -> list[str]:
     rng = np.random.default_rng(seed)
+    pred = PRED_FOR.get(seq, PRED)
     examples = []
     for _ in range(n):
-        length = int(rng.integers(SEQ // 2, SEQ + 1))
-        ids = np.zeros(SEQ, np.int64)
+        length = int(rng.integers(seq // 2, seq + 1))
+        ids = np.zeros(seq, np.int64)
         ids[:length] = rng.integers(5, vocab, length)
         ids[0], ids[length - 1] = 2, 3
-        seg = np.zeros(SEQ, np.int64)
+        seg = np.zeros(seq, np.int64)
         seg[length // 2 : length] = 1
-        pos = np.sort(rng.choice(np.arange(1, length - 1), PRED, replace=False))
+        pos = np.sort(rng.choice(np.arange(1, length - 1), pred, replace=False))
         examples.append(
             encode_example(
                 {
                     "input_ids": ids,
-                    "input_mask": (np.arange(SEQ) < length).astype(np.int64),
+                    "input_mask": (np.arange(seq) < length).astype(np.int64),
                     "segment_ids": seg,
-                    "token_boundary": np.ones(SEQ, np.int64),
+                    "token_boundary": np.ones(seq, np.int64),
                     "masked_lm_positions": pos,
                     "masked_lm_ids": ids[pos],
-                    "masked_lm_weights": np.ones(PRED, np.float32),
+                    "masked_lm_weights": np.ones(pred, np.float32),
                     "next_sentence_labels": [int(rng.integers(0, 2))],
                 }
             )
         )
-    path = root / f"bench-{vocab}.tfrecord"
+    path = root / f"bench-{vocab}-{seq}.tfrecord"
     write_records(path, examples)
     return [str(path)]
 
@@ -106,20 +121,30 @@ def build(name: str, device: str = "cpu"):
 
 
 def ours(
-    name: str, files: list[str], batch: int, steps: int, device: str = "cpu", bf16: bool = False, compile: bool = False
+    name: str,
+    files: list[str],
+    batch: int,
+    steps: int,
+    device: str = "cpu",
+    bf16: bool = False,
+    compile: bool = False,
+    seq: int = SEQ,
+    dist=None,
 ) -> float:
-    """Sequences/s of our training step, data included (in-process stream on CPU, prefetched on GPU)."""
+    """Sequences/s of our training step, data included (in-process stream on CPU, prefetched on GPU).
+    dist: an albert_exp.pretrain.ddp.Dist of a torchrun job: the step goes through DDP (this rank's rate)."""
     model = build(name, device)
     opt = optim.make_optimizer(model, 1e-3)
     encoder = torch.compile(model.albert) if compile else None
-    stream = data.Stream(files, 0, 1, batch_size=batch, max_seq_length=SEQ, seed=0, block=4096).batches()
+    forward = (lambda b: batch_losses(model, b, encoder)) if dist is None else dist.wrap(model, encoder)[0]
+    stream = data.Stream(files, 0, 1, batch_size=batch, max_seq_length=seq, seed=0, block=4096).batches()
     batches = [next(stream) for _ in range(4)] if device != "cpu" else None
 
     def step(i: int) -> None:
         b = batches[i % len(batches)] if batches else next(stream)
         b = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, torch.Tensor)}
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-            loss = batch_losses(model, b, encoder)["loss"]
+            loss = forward(b)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -130,6 +155,8 @@ def ours(
         step(i)
     if device != "cpu":
         torch.cuda.synchronize()
+    if dist is not None and dist.world > 1:
+        torch.distributed.barrier()
     t = time.perf_counter()
     for i in range(steps):
         step(i)
@@ -211,9 +238,62 @@ def flops_per_seq(name: str, seq: int = SEQ, pred: int = PRED) -> float:
     return 3 * (seq * (per_token + attention) + head)
 
 
+def gpu_suite(args, tmp: Path) -> None:
+    """ALBERT-base on the GPU(s) found; the N-process run relaunches this script under torchrun."""
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: the GPU suite needs one")
+    name, batch = "base", 512
+    gpu, n_gpu = torch.cuda.get_device_name(), torch.cuda.device_count()
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    seqs = [args.seq] if args.seq else [64, 128]
+    compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
+    if args.suite == "gpu-rank":
+        from albert_exp.pretrain.ddp import Dist
+
+        dist = Dist.init()
+        files = write_data(tmp, CONFIGS[name]["vocab_size"], 4 * batch, seed=dist.rank, seq=seqs[0])
+        sps = ours(name, files, batch, args.steps, str(dist.device), True, compiles[0], seqs[0], dist)
+        total = dist.mean({"sps": sps})["sps"] * dist.world
+        if dist.main:
+            print(f"RESULT {total}")
+        return
+    single = {}
+    for seq in seqs:
+        files = write_data(tmp, CONFIGS[name]["vocab_size"], 4 * batch, seq=seq)
+        for compile in compiles:
+            sps = ours(name, files, batch, args.steps, "cuda", bf16=True, compile=compile, seq=seq)
+            single[seq, compile] = sps
+            f = flops_per_seq(name, seq, PRED_FOR.get(seq, PRED))
+            mfu = sps * f / peak if peak else float("nan")
+            print(
+                f"{gpu}: ALBERT-base seq {seq} batch {batch} bf16 compile={compile}: {sps:,.0f} seq/s, "
+                f"{sps * seq:,.0f} tokens/s ({sps * seq * 0.75:,.0f} real), MFU {mfu:.1%} "
+                f"({f / 1e9:.2f} GFLOP/seq, peak {peak or 0:.3g})"
+            )
+    if n_gpu < 2:
+        print("one GPU: no 1 vs N comparison")
+        return
+    for (seq, compile), one in single.items():
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n_gpu}", __file__]
+        cmd += ["--suite", "gpu-rank", "--seq", str(seq), "--compile", "on" if compile else "off"]
+        cmd += ["--steps", str(args.steps)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
+        line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+        if line is None:
+            print(f"{n_gpu} processes seq {seq} compile={compile}: failed\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+            continue
+        total = float(line.split()[1])
+        print(
+            f"{n_gpu} x {gpu} (DDP, NCCL, batch {batch} per GPU): seq {seq} compile={compile}: {total:,.0f} seq/s "
+            f"in all, {total / n_gpu:,.0f} per GPU = {total / n_gpu / one:.0%} of one process's {one:,.0f}"
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--suite", choices=["cpu", "gpu", "gpu-rank"], default="cpu", help="gpu-rank: one torchrun rank")
+    p.add_argument("--seq", type=int, default=0, help="gpu: one sequence length only (default: 64 and 128)")
+    p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="gpu: torch.compile")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -222,20 +302,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if args.suite == "gpu":
-            if not torch.cuda.is_available():
-                raise SystemExit("no CUDA device: the GPU suite needs one")
-            name, batch = "base", 512
-            files = write_data(tmp, CONFIGS[name]["vocab_size"], 4 * batch)
-            gpu = torch.cuda.get_device_name()
-            peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-            for compile in (False, True):
-                sps = ours(name, files, batch, args.steps, "cuda", bf16=True, compile=compile)
-                mfu = sps * flops_per_seq(name) / peak if peak else float("nan")
-                print(
-                    f"{gpu}: ALBERT-base seq {SEQ} batch {batch} bf16 compile={compile}: {sps:,.0f} seq/s, "
-                    f"MFU {mfu:.1%} ({flops_per_seq(name) / 1e9:.2f} GFLOP/seq, peak {peak or 0:.3g})"
-                )
+        if args.suite in ("gpu", "gpu-rank"):
+            gpu_suite(args, tmp)
             return
         print(f"CPU, {torch.get_num_threads()} threads, seq {SEQ}, batch {args.batch}, {args.steps} steps")
         for name in ("tiny", "small"):
