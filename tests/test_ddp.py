@@ -21,6 +21,7 @@ import yaml
 from albert_exp.pretrain import checkpoint
 from tests.conftest import ROOT, free_port
 from tests.test_pretrain import tiny_config
+from tests.test_pretraining_data import tok_dir  # noqa: F401 (a fixture)
 
 
 def _torchrun(cfg: dict, tmp: Path, name: str, nproc: int = 2) -> subprocess.Popen:
@@ -138,3 +139,28 @@ def test_killed_ddp_job_resumes_exactly(tmp_path, mlflow_store):
         sb = [(r["step"], r[key]) for r in b if key in r]
         assert [s for s, _ in sa] == [s for s, _ in sb], key
         np.testing.assert_allclose([v for _, v in sb], [v for _, v in sa], rtol=1e-6, err_msg=key)
+
+
+@pytest.mark.slow  # builds a vocabulary and dynamic data first: ~1.5 min on 2 cores
+def test_two_ranks_on_dynamic_data_follow_the_one_process_trajectory(tmp_path, tok_dir, mlflow_store):  # noqa: F811
+    """The same with pretraining_data.mode: dynamic (shared by index; 2 loader workers per rank vs 0)."""
+    from tests.test_dynamic import make_dynamic
+    from tests.test_pretraining_data import _corpus, _toy_docs
+
+    corpus = _corpus(tmp_path / "corpus", _toy_docs(200), lines_per_shard=500)
+    manifest = make_dynamic(tmp_path / "d", corpus, tok_dir)["manifest"]
+
+    def cfg(name: str, **pretrain) -> dict:
+        base = tiny_config(tmp_path, num_train_steps=8, save_checkpoints_steps=4, eval_input=[], **pretrain)
+        model = {**base["model"], "vocab_size": 400, "max_position_embeddings": 64}
+        p = {**base["pretrain"], "input": [manifest], "max_seq_length": 64, "max_predictions_per_seq": 10}
+        return {**base, "model": model, "pretrain": {**p, "output_dir": str(tmp_path / name)}}
+
+    _single(cfg("one", gradient_accumulation_steps=2, num_workers=0), tmp_path, "one")
+    proc = _torchrun(cfg("two", num_workers=2), tmp_path, "two")
+    log = proc.communicate(timeout=600)[0].decode()
+    assert proc.returncode == 0, log[-4000:]
+    a = [(r["step"], r["train/loss"], r["data/epoch"]) for r in _rows(tmp_path / "one") if "train/loss" in r]
+    b = [(r["step"], r["train/loss"], r["data/epoch"]) for r in _rows(tmp_path / "two") if "train/loss" in r]
+    assert [(s, e) for s, _, e in a] == [(s, e) for s, _, e in b] and len(a) == 8
+    np.testing.assert_allclose([v for _, v, _ in b], [v for _, v, _ in a], rtol=1e-5)

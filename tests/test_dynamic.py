@@ -181,3 +181,33 @@ def test_pretrain_on_dynamic_data_and_resume(data, tmp_path, mlflow_store):
         torch.set_num_threads(threads)
     assert len(first) == 6 and c["resumed_from"].endswith("step-00000003")
     np.testing.assert_allclose(losses(c), first, rtol=1e-6)
+
+
+@pytest.mark.slow  # two CLI subprocesses (~25 s): the default run has the same stage in-process (fixture)
+def test_cli_makes_dynamic_data_and_logs_what_it_stored(data, tok_dir, tmp_path, mlflow_store):  # noqa: F811
+    """`albert-exp pretraining-data --mode dynamic` as a user runs it: Arrow shards, vocab.npz, a manifest
+    that says dynamic, MLflow metrics of what was stored (no instance statistics: the loader draws them); a
+    bad mode is a one-line user error (exit 2)."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "albert_exp", "pretraining-data", "--workdir", str(tmp_path / "w")]
+    cmd += ["--input", str(data["corpus"]), "--tokenizer-dir", str(tok_dir), "--workers", "1"]
+    out = subprocess.run([*cmd, "--mode", "dynamic"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "w" / "pretraining_data" / "results.json").read_text())
+    m = json.loads(Path(res["manifest"]).read_text())
+    assert m["mode"] == "dynamic" and all(f.endswith(".arrow") for f in res["files"])
+    assert (tmp_path / "w" / "pretraining_data" / "vocab.npz").is_file()
+    assert m["totals"]["stored_tokens"] == data["dynamic"]["totals"]["stored_tokens"]  # same corpus, same tokens
+    metrics = mlflow.MlflowClient().get_run(res["run_id"]).data.metrics
+    assert metrics["pretraining_data/stored_tokens"] == m["totals"]["stored_tokens"]
+    assert "pretraining_data/masked_share" not in metrics
+    bad = subprocess.run([*cmd, "--mode", "dynamc"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "dynamc" in bad.stderr and "Traceback" not in bad.stderr

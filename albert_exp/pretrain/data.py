@@ -347,7 +347,11 @@ def make_loader(
             hint=min(hints, key=lambda c: c[2]) if hints else None,  # any cursor at or before start will do
         )
         return torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+            pin_memory=torch.cuda.is_available(),  # page-locked: the non_blocking copy to the GPU overlaps
         )
     mine = list(range(rank, streams, world))  # ddp.Dist.check: world divides streams
     workers = len(mine) if len(mine) > 1 else 0
@@ -364,7 +368,12 @@ def make_loader(
         skip_corrupt=skip_corrupt,
     )
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
     )
 
 

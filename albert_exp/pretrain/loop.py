@@ -255,6 +255,7 @@ class Trainer:
                             "train/lr": lr,
                             "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
                             "data/corrupt_records": float(sum(st.corrupt)),
+                            **({"data/epoch": float(meta["epoch"])} if "epoch" in meta else {}),  # dynamic data
                         }
                     )
                     self.pending.append((st.step, m))

@@ -247,23 +247,29 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     c = cfg.pretraining_data
     tasks, out, info = build_tasks(cfg)
     p = tasks[0].params
-    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} dupe {p.dupe_factor}") as tracker:
+    what = "dynamic" if c.mode == "dynamic" else f"dupe {p.dupe_factor}"
+    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} {what}") as tracker:
         tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
         entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
         totals = write_manifest(cfg, out, info, entries, p)
         for e in entries:  # per shard, step = shard index
             s = e["stats"]
-            tracker.log_metrics(
-                {
+            per_shard = (
+                {"pretraining_data/shard_tokens": e["tokens"], "pretraining_data/shard_documents": e["documents"]}
+                if c.mode == "dynamic"  # no instances yet: the loader draws them
+                else {
                     "pretraining_data/shard_instances": s["instances"],
                     "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
                     "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
-                    "pretraining_data/shard_seconds": e["seconds"],
-                },
-                step=e["index"],
+                }
             )
+            tracker.log_metrics({**per_shard, "pretraining_data/shard_seconds": e["seconds"]}, step=e["index"])
         scalars = {f"pretraining_data/{k}": v for k, v in totals.items() if isinstance(v, (int, float))}
-        scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
+        if c.mode == "dynamic":
+            keep = ("stored_documents", "stored_tokens", "bytes", "lines")
+            scalars = {k: v for k, v in scalars.items() if k.split("/")[1] in keep}
+        else:
+            scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
         tracker.log_metrics(scalars, step=0)
         tracker.log_artifact(out / "manifest.json")
         skipped = sum(1 for e in entries if e.get("skipped"))
