@@ -211,3 +211,12 @@ def test_cli_makes_dynamic_data_and_logs_what_it_stored(data, tok_dir, tmp_path,
     assert "pretraining_data/masked_share" not in metrics
     bad = subprocess.run([*cmd, "--mode", "dynamc"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "dynamc" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dynamic_held_out_data_gives_fixed_eval_batches(data):
+    from albert_exp.pretrain.data import eval_batches, resolve_eval_inputs
+
+    files = resolve_eval_inputs([str(Path(data["dynamic"]["manifest"]).parent)])  # the directory will do
+    a = eval_batches(files, n=3, batch_size=8, max_seq_length=SEQ)
+    b = eval_batches(files, n=3, batch_size=8, max_seq_length=SEQ)
+    assert len(a) == 3 and _same(a, b) and a[0]["input_ids"].shape == (8, SEQ)

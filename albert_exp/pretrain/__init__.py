@@ -83,7 +83,7 @@ def run(cfg) -> dict:
     pc = cfg.pretrain
     out = Path(pc.output_dir) if pc.output_dir else cfg.stage_dir("pretrain")
     files = data.resolve_inputs(pc.input, cfg.stage_dir("pretraining-data"))  # TFRecords, or a dynamic manifest
-    eval_files = data.expand_inputs(pc.eval_input, "pretrain.eval_input") if pc.eval_input else []
+    eval_files = data.resolve_eval_inputs(pc.eval_input)  # TFRecords, or a dynamic manifest
     scaled = pc.scaled()
     last_step = min(scaled.num_train_steps, pc.max_steps or scaled.num_train_steps)
     if pc.torch_threads:

@@ -384,8 +384,23 @@ def raise_if_error(batch: dict) -> None:
         raise cls(e["what"], where=e["where"], fix=e["fix"])
 
 
+def resolve_eval_inputs(inputs: list[str]) -> list[str]:
+    """pretrain.eval_input -> [dynamic manifest] (held-out documents made with --mode dynamic) or TFRecords."""
+    if not inputs:
+        return []
+    manifest = dynamic_manifest(inputs)
+    return [manifest] if manifest else expand_inputs(inputs, "pretrain.eval_input")
+
+
 def eval_batches(files: list[str], *, n: int, batch_size: int, max_seq_length: int) -> list[dict]:
-    """The first n batches of the held-out files in file order (the same every time: comparable eval/)."""
+    """The first n batches of the held-out files in file order (the same every time: comparable eval/).
+    Dynamic held-out data: its first n micro-batches of epoch 0 (fixed by its seed)."""
+    manifest = dynamic_manifest(files)
+    if manifest:
+        ds = DynamicDataset(
+            manifest, micro=batch_size, start=0, rank=0, world=1, max_seq_length=max_seq_length, hint=None
+        )
+        return [{k: v for k, v in ds.batch(k).items() if k != "meta"} for k in range(n)]
     stream = Stream(
         files, 0, 1, batch_size=batch_size, max_seq_length=max_seq_length, seed=0, block=1
     )  # block 1: no shuffling
