@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/pretrain.py                 # CPU: ours vs HF Trainer (tiny, small), loader vs step
     .venv/bin/python benchmarks/pretrain.py --suite gpu     # ALBERT-base, seq 64/128, batch 512, bf16: seq/s,
                                                             # tokens/s, MFU; then 1 vs N processes (torchrun)
+    .venv/bin/python benchmarks/pretrain.py --suite gpu --smoke-cpu 2 --steps 3 --compile off
+                                                            # its code paths on CPU (tiny model, 2 Gloo ranks)
 
 * ours: albert_exp.pretrain (TFRecord stream -> AlbertForPreTraining, MLM loss on the gathered masked
   positions + SOP, LAMB, clipping), the loop's own step function.
@@ -239,11 +241,15 @@ def flops_per_seq(name: str, seq: int = SEQ, pred: int = PRED) -> float:
 
 
 def gpu_suite(args, tmp: Path) -> None:
-    """ALBERT-base on the GPU(s) found; the N-process run relaunches this script under torchrun."""
-    if not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: the GPU suite needs one")
-    name, batch = "base", 512
-    gpu, n_gpu = torch.cuda.get_device_name(), torch.cuda.device_count()
+    """ALBERT-base on the GPU(s) found; the N-process run relaunches this script under torchrun.
+    --smoke-cpu N: the same code paths on CPU with the tiny model, batch 16, N Gloo processes (no figures
+    worth reading: it checks that the suite and its torchrun relaunch work where no GPU is lent)."""
+    smoke = args.smoke_cpu
+    if not smoke and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: the GPU suite needs one (--smoke-cpu 2 checks its code paths on CPU)")
+    name, batch = ("tiny", 16) if smoke else ("base", 512)
+    device = "cpu" if smoke else "cuda"
+    gpu, n_gpu = ("CPU (smoke)", smoke) if smoke else (torch.cuda.get_device_name(), torch.cuda.device_count())
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     seqs = [args.seq] if args.seq else [64, 128]
     compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
@@ -261,12 +267,12 @@ def gpu_suite(args, tmp: Path) -> None:
     for seq in seqs:
         files = write_data(tmp, CONFIGS[name]["vocab_size"], 4 * batch, seq=seq)
         for compile in compiles:
-            sps = ours(name, files, batch, args.steps, "cuda", bf16=True, compile=compile, seq=seq)
+            sps = ours(name, files, batch, args.steps, device, bf16=True, compile=compile, seq=seq)
             single[seq, compile] = sps
             f = flops_per_seq(name, seq, PRED_FOR.get(seq, PRED))
             mfu = sps * f / peak if peak else float("nan")
             print(
-                f"{gpu}: ALBERT-base seq {seq} batch {batch} bf16 compile={compile}: {sps:,.0f} seq/s, "
+                f"{gpu}: ALBERT-{name} seq {seq} batch {batch} bf16 compile={compile}: {sps:,.0f} seq/s, "
                 f"{sps * seq:,.0f} tokens/s ({sps * seq * 0.75:,.0f} real), MFU {mfu:.1%} "
                 f"({f / 1e9:.2f} GFLOP/seq, peak {peak or 0:.3g})"
             )
@@ -276,7 +282,7 @@ def gpu_suite(args, tmp: Path) -> None:
     for (seq, compile), one in single.items():
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n_gpu}", __file__]
         cmd += ["--suite", "gpu-rank", "--seq", str(seq), "--compile", "on" if compile else "off"]
-        cmd += ["--steps", str(args.steps)]
+        cmd += ["--steps", str(args.steps)] + (["--smoke-cpu", str(smoke)] if smoke else [])
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
         line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
         if line is None:
@@ -284,8 +290,8 @@ def gpu_suite(args, tmp: Path) -> None:
             continue
         total = float(line.split()[1])
         print(
-            f"{n_gpu} x {gpu} (DDP, NCCL, batch {batch} per GPU): seq {seq} compile={compile}: {total:,.0f} seq/s "
-            f"in all, {total / n_gpu:,.0f} per GPU = {total / n_gpu / one:.0%} of one process's {one:,.0f}"
+            f"{n_gpu} x {gpu} (DDP, batch {batch} per process): seq {seq} compile={compile}: {total:,.0f} seq/s "
+            f"in all, {total / n_gpu:,.0f} per process = {total / n_gpu / one:.0%} of one process's {one:,.0f}"
         )
 
 
@@ -294,6 +300,7 @@ def main() -> None:
     p.add_argument("--suite", choices=["cpu", "gpu", "gpu-rank"], default="cpu", help="gpu-rank: one torchrun rank")
     p.add_argument("--seq", type=int, default=0, help="gpu: one sequence length only (default: 64 and 128)")
     p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="gpu: torch.compile")
+    p.add_argument("--smoke-cpu", type=int, default=0, help="gpu: run its code paths on CPU with N processes")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
