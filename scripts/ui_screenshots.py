@@ -1,0 +1,161 @@
+"""Screenshots of what a user sees in the MLflow UI after `make demo` (issue: "looked at in a browser").
+
+    make ui-screenshots                      # after `make demo`: store ./mlflow.db, pictures in docs/ui/
+    python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/ui --experiment toy
+
+Starts `mlflow ui` on 127.0.0.1 (a free port; never another interface) over the store, finds the experiment's
+`main` parent run, a fine-tune run, the tune run and the registered model through MLflow's API, and saves one
+PNG per page with headless Chromium from the Debian package (`chromium-headless-shell`, or `chromium`):
+nothing is downloaded. Pages are single-page-app routes, so each shot gets a virtual-time budget to render.
+Not part of the test run: it needs a browser and a demo store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
+# MLflow 3.17's UI opens experiments in its GenAI view unless the URL (or the browser's saved choice) says
+# "Model training"; links we print carry this.
+MODEL_TRAINING = "workflowType=machine_learning"
+SHOT_TIMEOUT_S = 300  # seconds a shot may take (a loaded 2-core machine needs ~2 min for the first one)
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    sys.exit("ui-screenshots: no headless Chromium; install Debian's package: apt-get install chromium-headless-shell")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_ui(store: str, port: int) -> Iterator[str]:
+    """`mlflow ui` on loopback; yields its base URL once /health answers, stops it afterwards."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_bin), "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    sys.exit(f"ui-screenshots: `{' '.join(cmd)}` did not start (exit {proc.poll()})")
+                time.sleep(0.5)
+        # warm up: the first API calls import the server's lazy parts, which the browser would otherwise wait on
+        for path in ("/", "/ajax-api/2.0/mlflow/experiments/search?max_results=10"):
+            with contextlib.suppress(OSError), urllib.request.urlopen(base + path, timeout=120):
+                pass
+        yield base
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def shoot(browser: str, url: str, out: Path, size: str = "1800,1100", budget_ms: int = 6000) -> Path:
+    """One PNG of one page. The virtual-time budget lets the React app fetch and draw first (a much larger budget
+    never ends: the UI keeps polling)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ui-shot-") as profile:
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",  # root in a container; the page is our own UI on loopback
+            "--disable-gpu",
+            "--hide-scrollbars",
+            # a profile of its own: with the shared default one, a browser left over from an earlier run takes
+            # the request and this one waits forever
+            f"--user-data-dir={profile}",
+            f"--window-size={size}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={out}",
+            url,
+        ]
+        # no pipes (Chromium's helpers inherit them and outlive it); its own process group, killed whole
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=SHOT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            sys.exit(f"ui-screenshots: Chromium did not finish {url} in {SHOT_TIMEOUT_S} s")
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    if not out.exists() or out.stat().st_size == 0:
+        sys.exit(f"ui-screenshots: Chromium wrote no picture for {url}")
+    return out
+
+
+def pages(store: str, experiment: str) -> dict[str, str]:
+    """name -> UI route (after the '#') of the pages worth a picture, found through MLflow's API."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        sys.exit(f"ui-screenshots: no experiment {experiment!r} in {store}; run `make demo` first")
+    eid = exp.experiment_id
+    routes = {"1_runs_table": f"/experiments/{eid}/runs?{MODEL_TRAINING}"}
+    runs = client.search_runs([eid], order_by=["attributes.start_time DESC"], max_results=500)
+    by_stage: dict[str, list] = {}
+    for r in runs:
+        by_stage.setdefault(r.data.tags.get("stage", ""), []).append(r)
+    if by_stage.get("main"):
+        routes["2_main_run"] = f"/experiments/{eid}/runs/{by_stage['main'][0].info.run_id}?{MODEL_TRAINING}"
+    if by_stage.get("finetune"):
+        ft = next((r for r in by_stage["finetune"] if "optuna_trial" not in r.data.tags), by_stage["finetune"][0])
+        routes["3_finetune_charts"] = f"/experiments/{eid}/runs/{ft.info.run_id}/model-metrics?{MODEL_TRAINING}"
+    if by_stage.get("tune"):
+        tune = by_stage["tune"][0]
+        trials = [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == tune.info.run_id]
+        if trials:
+            ids = ",".join(f'"{t}"' for t in trials)
+            routes["4_tune_comparison"] = f'/compare-runs?runs=[{ids}]&experiments=["{eid}"]'
+    models = {mv.name for mv in client.search_model_versions(max_results=200)}
+    if models:
+        routes["5_registered_model"] = f"/models/{sorted(models)[0]}"
+    return routes
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--store", default="sqlite:///mlflow.db", help="the tracking/registry store of the demo")
+    p.add_argument("--experiment", default="toy", help="experiment name (the YAML's `name:`)")
+    p.add_argument("--out", default="docs/ui", help="folder for the PNGs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("MLFLOW_TRACKING_URI", args.store)
+    browser = _browser()
+    routes = pages(args.store, args.experiment)
+    with mlflow_ui(args.store, _free_port()) as base:
+        for name, route in routes.items():
+            path = shoot(browser, f"{base}/#{route}", Path(args.out) / f"{name}.png")
+            print(f"{path}  <- {base}/#{route}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
