@@ -364,7 +364,8 @@ class PromoteConfig:
         _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s", "must be > 0")
 
 
-MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote")
+# scratch: the fine-tuning again from random weights, the control for the pretraining gain (albert_exp/scratch.py)
+MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "tune", "promote")
 
 
 @dataclass

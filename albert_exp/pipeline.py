@@ -17,7 +17,8 @@ from albert_exp.config import ExperimentConfig
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from albert_exp import corpus, finetune, pretrain, pretraining_data, promote, tune, vocab
+    from albert_exp import corpus, finetune, pretrain, pretraining_data, promote, scratch, tune, vocab
+    from albert_exp.summary import publish, runs_url
     from albert_exp.tracking import stage_run, tracking_uri, write_results
 
     t0 = time.time()
@@ -42,6 +43,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
         parent.log_metrics(summary, step=ft["best_epoch"])
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
+        if scratch.applies(cfg):  # the same fine-tuning from random weights: the pretraining gain
+            results["scratch"] = scratch.run(cfg)
         tuned = pr = None
         if "tune" in cfg.stages:
             # a fresh study per `main` (its name carries the parent run): nothing is reused from an earlier run
@@ -62,7 +65,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             parent.log_metrics({f"champion/{k}": v for k, v in summary.items()}, step=0)
             parent.set_tags({"champion_uri": pr["champion_uri"], "champion_version": pr["champion_version"]})
         results["seconds"] = round(time.time() - t0, 1)
+        note = publish(parent, cfg.name, results)
         write_results(cfg.root, results, parent)
+    print("\n" + note)
     if tuned:
         print(
             f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
@@ -77,6 +82,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         print(f"  {k:36s} {v:.4f}")
     print(f"\nruns: {tracking_uri()}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
     print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000")
+    print(f"runs table:   {runs_url(parent.experiment_id)}")
     model_uri = pr["champion_uri"] if pr else ft.get("model_uri")
     if model_uri:
         print(f'serve it:     mlflow models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001')

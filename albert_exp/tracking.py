@@ -308,8 +308,8 @@ def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, 
 def _create_experiment(client: Any, name: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    try:
-        return client.create_experiment(name)
+    try:  # marked as model training: MLflow 3 would open it in its GenAI view
+        return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created meanwhile by a process started at the same time
         return client.get_experiment_by_name(name).experiment_id
 
@@ -671,3 +671,12 @@ class RunStore:
 
     def create(self, run_name: str, start_ms: int | None, tags: dict[str, str]) -> RunRecord:
         return RunRecord(self._client.create_run(self.experiment_id, start_time=start_ms, run_name=run_name, tags=tags))
+
+
+def set_experiment_tags(experiment_id: str, tags: dict[str, str]) -> None:
+    """Experiment tags (its description `mlflow.note.content`, `mlflow.experimentKind`)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for k, v in tags.items():
+        client.set_experiment_tag(experiment_id, k, v)

@@ -20,6 +20,7 @@ SMALL = [
     "tune.epochs_max=1",
     "tune.lr_min=1e-3",
     "tune.lr_max=3e-3",
+    "stages=[corpus,vocab,pretraining-data,pretrain,finetune,tune,promote]",  # scratch: tests/test_summary.py
 ]
 
 

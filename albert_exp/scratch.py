@@ -1,0 +1,41 @@
+"""`scratch` stage of `main`: the same fine-tuning from random weights, the control for "what did pretraining buy".
+
+    albert-exp main --config experiments/toy.yaml        # on by default; leave `scratch` out of `stages:` to skip
+
+Same data, tokenizer, model size, seed and fine-tuning settings as the `finetune` stage; only the starting
+weights differ (a fresh `model:`-sized ALBERT). Its own work directory (`<workdir>/scratch/`), its own child run
+(`finetune from scratch ...`, tag `stage=scratch`). The parent run then carries `gain/test/<metric>` =
+pretrained minus scratch (albert_exp/summary.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from albert_exp.config import ExperimentConfig
+
+
+def applies(cfg: ExperimentConfig) -> bool:
+    """Only when the `finetune` stage starts from pretrained weights: otherwise it *is* the from-scratch run."""
+    return "scratch" in cfg.stages and ("pretrain" in cfg.stages or bool(cfg.finetune.model_dir))
+
+
+def scratch_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` (as the finetune stage got it) with random initial weights and its own work directory."""
+    from albert_exp.tune import trial_config
+
+    f = cfg.finetune
+    # trial_config pins the data and tokenizer paths (absolute) so that the new workdir does not move them
+    t = trial_config(cfg, cfg.root / "scratch", f.learning_rate, f.epochs)
+    return dataclasses.replace(
+        t, finetune=dataclasses.replace(t.finetune, model_dir=None, select_metric=f.select_metric)
+    )
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    from albert_exp import finetune
+    from albert_exp.tracking import run_tags
+
+    with run_tags({"stage": "scratch"}):  # overrides the `finetune` stage tag: the UI tells the two apart
+        return finetune.run(scratch_config(cfg))

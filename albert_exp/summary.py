@@ -1,0 +1,122 @@
+"""What `main` tells a user first, where the MLflow UI shows it without a click.
+
+The parent run's description and the experiment's description (the banner above the runs table; MLflow keeps
+both in the tag `mlflow.note.content`) get one markdown summary: the champion and its test metrics, the search's
+best learning rate and epochs, pretrained vs from scratch (and the CRF baseline when it ran), with links to the
+runs. The parent run gets `gain/test/<metric>` = pretrained minus from-scratch on the test split. `make demo`
+prints the same text. Everything here but `publish` is a plain function of the stages' results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NOTE = "mlflow.note.content"  # the run's / experiment's description in the MLflow UI
+# MLflow 3 opens an experiment in its GenAI view unless it is marked as model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI = "http://127.0.0.1:5000"
+
+# (results key, label) of the candidates in the table, in this order; missing ones are left out
+CANDIDATES = (
+    ("finetune", "ALBERT pretrained"),
+    ("scratch", "ALBERT from scratch"),
+    ("baseline", "CRF baseline"),
+    ("tune", "best trial"),
+)
+# test metrics shown as columns, in this order, where at least one candidate has them
+COLUMNS = ("token_accuracy", "phrase_f1", "seen_phrase_f1", "unseen_phrase_f1", "negative_fp_rate")
+
+
+def runs_url(experiment_id: str | None, base: str = UI) -> str:
+    """The runs table of an experiment in MLflow's model-training view (not the GenAI overview)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def _run_link(experiment_id: str | None, run_id: str | None, text: str = "run") -> str:
+    if not run_id:
+        return ""
+    if not experiment_id:
+        return f"`{run_id[:8]}`"
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def _test(res: dict[str, Any] | None) -> dict[str, float]:
+    """A stage result's test metrics without the `test/` prefix (the tune result keeps its best trial's)."""
+    return {k[5:]: float(v) for k, v in (res or {}).items() if k.startswith("test/") and isinstance(v, int | float)}
+
+
+def gains(pretrained: dict[str, Any], scratch: dict[str, Any]) -> dict[str, float]:
+    """`gain/test/<metric>`: the pretrained fine-tune minus the from-scratch one, for every test metric both have."""
+    a, b = _test(pretrained), _test(scratch)
+    return {f"gain/test/{k}": a[k] - b[k] for k in a if k in b}
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def _trial(tuned: dict[str, Any]) -> str:
+    p = tuned.get("best_params", {})
+    lr, ep = p.get("learning_rate"), p.get("epochs")
+    return f"trial {tuned.get('best_trial')} lr={lr:.3g} epochs={ep}" if lr is not None else "–"
+
+
+def champion_run(results: dict[str, Any]) -> str | None:
+    """The run whose model is champion now, where this `main` registered it."""
+    pr = results.get("promote") or {}
+    for key in ("promote", "promote_finetune"):
+        r = results.get(key) or {}
+        if r and str(r.get("version")) == str(pr.get("champion_version")):
+            return r.get("source_run_id")
+    return None
+
+
+def markdown(name: str, results: dict[str, Any], experiment_id: str | None = None) -> str:
+    """The summary as markdown: headline lines, then one table row per candidate."""
+    lines = [f"### {name}: which model, which lr and epochs, what pretraining bought"]
+    pr, tuned, ft, sc = (results.get(k) for k in ("promote", "tune", "finetune", "scratch"))
+    if pr:
+        m = pr.get("champion_metrics", {})
+        link = _run_link(experiment_id, champion_run(results), "its run")
+        lines.append(
+            f"- **Champion**: `{pr['model_name']}` v{pr['champion_version']} ({link or 'an earlier run'}): "
+            f"test token accuracy {_fmt(m.get('token_accuracy'))}, phrase F1 {_fmt(m.get('phrase_f1'))}. "
+            f"This run's challenger: {pr.get('decision', '')} ({pr.get('why', '')})."
+        )
+    if tuned:
+        lines.append(
+            f"- **Best fine-tuning settings**: {_trial(tuned)} "
+            f"({tuned.get('objective', 'val')} {_fmt(tuned.get('best_value'))}; "
+            f"{tuned.get('n_complete', '?')} complete, {tuned.get('n_pruned', '?')} pruned)."
+        )
+    if ft and sc:
+        g = gains(ft, sc)
+        shown = ", ".join(f"{k[10:].replace('_', ' ')} {v:+.4f}" for k, v in g.items() if k[10:] in COLUMNS)
+        lines.append(f"- **Pretraining gain** (pretrained − from scratch, test split): {shown}.")
+    rows = [(label, results[key]) for key, label in CANDIDATES if results.get(key)]
+    cols = [c for c in COLUMNS if any(c in _test(r) for _, r in rows)]
+    if rows and cols:
+        lines += ["", "| candidate (test split) | " + " | ".join(cols) + " | run |", "|---" * (len(cols) + 2) + "|"]
+        for label, r in rows:
+            if label == "best trial":
+                label = f"best trial ({_trial(r)})"
+            test = _test(r)
+            run_id = r.get("mlflow_run_id") if label.startswith("best trial") else r.get("run_id")
+            cells = " | ".join(_fmt(test.get(c)) for c in cols)
+            lines.append(f"| {label} | {cells} | {_run_link(experiment_id, run_id)} |")
+    if experiment_id and results.get("parent_run_id"):
+        lines += ["", f"Parent run: {_run_link(experiment_id, results['parent_run_id'], results['parent_run_id'])}."]
+    return "\n".join(lines)
+
+
+def publish(parent: Any, name: str, results: dict[str, Any]) -> str:
+    """Gain metrics and the note on the parent run, the note and the model-training kind on the experiment."""
+    from albert_exp.tracking import set_experiment_tags
+
+    if results.get("finetune") and results.get("scratch"):
+        parent.log_metrics(gains(results["finetune"], results["scratch"]), step=0)
+    text = markdown(name, results, parent.experiment_id)
+    parent.set_tags({NOTE: text})
+    if parent.experiment_id:
+        set_experiment_tags(parent.experiment_id, {NOTE: text, **EXPERIMENT_KIND})
+    return text
