@@ -16,6 +16,7 @@ import torch
 from tests.test_pretraining_data import SEQ, _cfg, _corpus, _make, _toy_docs, tok_dir  # noqa: F401
 
 EPOCHS = 8
+DYN = ("pretraining_data.mode=dynamic", "pretraining_data.block_lines=300")
 
 
 def make_dynamic(tmp: Path, manifest: Path, tok: Path, *extra: str) -> dict:
@@ -33,7 +34,7 @@ def make_dynamic(tmp: Path, manifest: Path, tok: Path, *extra: str) -> dict:
 def data(tmp_path_factory, tok_dir):  # noqa: F811
     tmp = tmp_path_factory.mktemp("dyn")
     manifest = _corpus(tmp / "corpus", _toy_docs(300), lines_per_shard=700)
-    blocks = "pretraining_data.block_lines=300"
+    blocks = DYN[1]
     dyn = make_dynamic(tmp / "d", manifest, tok_dir, blocks)
     static = _make(tmp / "s", manifest, tok_dir, f"pretraining_data.dupe_factor={EPOCHS}", blocks)
     return {"dynamic": dyn, "static": static, "corpus": manifest, "tmp": tmp}
@@ -50,6 +51,16 @@ def test_documents_are_stored_once_in_arrow_with_offsets(data):
     table = pa.ipc.open_file(pa.memory_map(str(f))).read_all()
     assert table.schema.field("documents").type == pa.list_(pa.list_(pa.uint16()))
     assert table.num_rows == m["shards"][0]["documents"]
+    # Resumable per shard like the static stage (sidecar + checksum); the same bytes in another directory.
+    from albert_exp.pretraining_data import build_tasks, execute
+
+    tasks, _, info = build_tasks(_cfg(data["tmp"] / "d", data["corpus"], Path(m["tokenizer_dir"]), *DYN))
+    again = execute(tasks, "local", 1, None, info["lines"])
+    assert all(e["skipped"] for e in again)
+    fresh = json.loads(
+        Path(make_dynamic(data["tmp"] / "d2", data["corpus"], Path(m["tokenizer_dir"]), DYN[1])["manifest"]).read_text()
+    )
+    assert [e["sha256"] for e in fresh["shards"]] == [e["sha256"] for e in m["shards"]]
 
 
 def test_statistics_match_the_static_path(data):
