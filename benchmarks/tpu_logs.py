@@ -13,7 +13,9 @@ the same SQLite store (created and migrated before any clock starts), back to ba
 times each; the benchmark checks that both logged the same points. Reported per side: the median wall time
 and the median CPU seconds (user + sys of the process and its children, which counts our parsing process),
 and the ratios baseline / ours (> 1: ours is faster). Ours does more: de-duplication across restarts and
-formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json.
+formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json; its second process
+parses while MLflow loads and writes the tables and the plot while the points are logged, so on a machine
+with a free core the wall time follows the main process's CPU (printed too), not the total.
 """
 
 from __future__ import annotations
@@ -121,15 +123,20 @@ def main() -> None:
             )
         mine, theirs = points_of(db, "ours0"), points_of(db, "base0")
         assert mine == theirs, f"the two logged different points ({len(mine)} vs {len(theirs)})"
-        timings = json.loads((tmp / "out0" / "results.json").read_text())["timings"]
+        timings = [json.loads((tmp / f"out{n}" / "results.json").read_text())["timings"] for n in range(args.repeat)]
+        main_cpu = statistics.median(t["cpu_s"] for t in timings)
         wall_o, cpu_o = statistics.median(w for w, _, _ in ours), statistics.median(c for _, c, _ in ours)
         wall_b, cpu_b = statistics.median(w for w, _, _ in base), statistics.median(c for _, c, _ in base)
         print(f"same {len(mine):,} points (values and timestamps) in both runs; medians of {args.repeat} runs each:")
-        print(f"  ours (tpu-logs ingest):  wall {wall_o:6.2f} s   CPU {cpu_o:6.2f} s   ({timings})")
-        print(f"  baseline (log_batch):    wall {wall_b:6.2f} s   CPU {cpu_b:6.2f} s")
+        print(f"  ours (tpu-logs ingest):  wall {wall_o:6.2f} s   CPU {cpu_o:6.2f} s   (main process {main_cpu:.2f} s)")
+        print(f"  baseline (log_batch):    wall {wall_b:6.2f} s   CPU {cpu_b:6.2f} s   (one process)")
+        print(f"  ours, first run: {timings[0]}")
         walls = {name: [round(w, 2) for w, _, _ in runs] for name, runs in (("ours", ours), ("baseline", base))}
         print(f"  every run's wall s: {walls}")
-        print(f"ratio baseline / ours: wall {wall_b / wall_o:.2f}x, CPU {cpu_b / cpu_o:.2f}x (> 1: ours is faster)")
+        print(
+            f"ratio baseline / ours: wall {wall_b / wall_o:.2f}x, CPU {cpu_b / cpu_o:.2f}x, CPU of the process the "
+            f"user waits for {cpu_b / main_cpu:.2f}x (> 1: ours is faster)"
+        )
 
 
 if __name__ == "__main__":

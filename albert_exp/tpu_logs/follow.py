@@ -115,7 +115,7 @@ def follow(
     else:
         run = store.create(
             run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
-            ing._ms(live.result.start_time) or int(time.time() * 1000),
+            ing.epoch_ms(live.result.start_time) or int(time.time() * 1000),
             {"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
         )
     until = _Stop(poll_s, idle_exit_s, max_s, finish_wait_s, stop)
@@ -188,12 +188,10 @@ class _Live:
 def _wrap_up(
     ing: Any, run: Any, live: _Live, reason: str, warnings: list[str], appending: bool, out_dir: str | None
 ) -> dict[str, Any]:
-    from albert_exp.tpu_logs.parse import file_digest
-
     live.parser.close()  # an eval block still open at the end of the file
     live.result = result = live.build()
     ing.log_new_points(run, result, live.have)
-    files = [{"path": p, "sha256": file_digest(p), "bytes": Path(p).stat().st_size} for p in live.paths]
+    files = [vars(f) for f in ing.log_files(live.paths)]  # as they are now
     known = [d for d in run.tags.get(ing.TAG_FILES, "").split(",") if d] if appending else []
     digests = sorted(set(known) | {f["sha256"][:16] for f in files})
     status = "FINISHED" if live.parser.finished_ti is not None else "KILLED"
@@ -204,7 +202,7 @@ def _wrap_up(
         digests=digests,
         files=files,
         status=status,
-        out_dir=out_dir,
+        out=Path(out_dir or ing.default_out(ing.run_digest(digests, live.year, live.timezone))),
         extra={
             "warnings": warnings,
             "followed": live.paths[-1],

@@ -58,7 +58,7 @@ class LogFile:
 
 def log_files(paths: list[str]) -> list[LogFile]:
     """The files as given, each once (the same file twice, or a byte-identical copy, counts once)."""
-    from albert_exp.tpu_logs.parse import file_digest
+    from albert_exp.identity import file_digest
 
     out: dict[str, LogFile] = {}
     for p in paths:
@@ -84,7 +84,7 @@ def to_ms(times: Any) -> Any:
     return ms
 
 
-def _ms(t: Any) -> int | None:
+def epoch_ms(t: Any) -> int | None:
     return None if t is None else int(to_ms([t])[0])
 
 
@@ -247,7 +247,8 @@ def ingest(
 ) -> dict[str, Any]:
     """Parse `paths` and make sure one MLflow run holds them. Returns the results (also results.json).
 
-    background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more).
+    background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more); that
+    process then writes the tables and the plot while this one logs the points.
     """
     from albert_exp.tracking import signals_as_interrupt
 
@@ -256,69 +257,91 @@ def ingest(
     files = log_files(paths)
     flags = read_command_file(command_file) if command_file else {}
     opts = dict(append=append, run_id=run_id, run_name=run_name, year=year, timezone=timezone)
-    store, todo, result, timings = _plan_and_parse(experiment, files, opts, background, progress)
-    if todo.unchanged:
-        return _unchanged(todo.run, todo.unchanged)
-    require_loss(result, [f.path for f in todo.files])
-    run = todo.run or store.create(
-        run_name or f"{STAGE} {Path(files[0].path).name.split('.')[0]}",
-        _ms(result.start_time),
-        {"stage": STAGE, TAG_COMPLETE: "false"},
-    )
-    with signals_as_interrupt(), run.ended_on_error():
-        identity = run_digest(todo.digests, year, timezone)
-        # findable by digest at once, so that a crash half-way is completed by a re-run
-        start_tags = {} if todo.earlier else {TAG_DIGEST: identity, TAG_FILES: ",".join(todo.digests)}
-        warnings = begin(run, result, flags, start_tags)
-        if todo.earlier is not None:
-            merge_earlier(result, todo.earlier)
-        have = run.history() if run.metric_keys else {}
-        already = len(have)
-        clock = time.perf_counter()
-        logged = log_new_points(run, result, have, progress)
-        timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
-        recorded = [*(todo.earlier.files if todo.earlier else []), *(vars(f) for f in todo.files)]
-        return wrap_up(
-            run,
-            result,
-            identity=identity,
-            digests=todo.digests,
-            files=[f for f in recorded if f["sha256"][:16] in todo.digests],
-            status="FINISHED" if result.finished else "KILLED",
-            out_dir=out_dir,
-            extra={"points_logged": logged, "points_already_in_run": already, "warnings": warnings},
-            results={"status": "ingested", "timings": timings},
+    out = Path(out_dir or default_out(run_digest([f.short for f in files], year, timezone)))
+    bg = _background(files, opts, background, progress, out)  # its tables go where a new run's go
+    try:
+        store, todo, result, timings = _plan_and_parse(experiment, files, opts, bg, progress)
+        if todo.unchanged:
+            return _unchanged(todo.run, todo.unchanged)
+        require_loss(result, [f.path for f in todo.files])
+        run = todo.run or store.create(
+            run_name or f"{STAGE} {Path(files[0].path).name.split('.')[0]}",
+            epoch_ms(result.start_time),
+            {"stage": STAGE, TAG_COMPLETE: "false"},
         )
+        identity = run_digest(todo.digests, year, timezone)
+        with signals_as_interrupt(), run.ended_on_error():
+            return _into_run(
+                run, todo, result, flags, identity, Path(out_dir or default_out(identity)), bg, timings, progress
+            )
+    finally:
+        if bg is not None:
+            bg.cancel()  # "unchanged", or an error: nothing waits for the process any more
+
+
+def default_out(identity: str) -> Path:
+    return Path("runs") / "tpu_logs" / identity[:12]
+
+
+def _into_run(
+    run: Any, todo: Plan, result: Any, flags: dict, identity: str, out: Path, bg: Any, timings: dict, progress: bool
+) -> dict[str, Any]:
+    """Params, tags and the points the run lacks, then the wrap-up (the tables from `bg` if it wrote them)."""
+    # findable by digest at once, so that a crash half-way is completed by a re-run
+    start_tags = {} if todo.earlier else {TAG_DIGEST: identity, TAG_FILES: ",".join(todo.digests)}
+    warnings = begin(run, result, flags, start_tags)
+    if todo.earlier is not None:
+        merge_earlier(result, todo.earlier)
+    have = run.history() if run.metric_keys else {}
+    already = len(have)
+    clock = time.perf_counter()
+    logged = log_new_points(run, result, have, progress)
+    timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
+    recorded = [*(todo.earlier.files if todo.earlier else []), *(vars(f) for f in todo.files)]
+    return wrap_up(
+        run,
+        result,
+        identity=identity,
+        digests=todo.digests,
+        files=[f for f in recorded if f["sha256"][:16] in todo.digests],
+        status="FINISHED" if result.finished else "KILLED",
+        out=out,
+        extra={"points_logged": logged, "points_already_in_run": already, "warnings": warnings},
+        results={"status": "ingested", "timings": timings},
+        tables=bg.tables if bg is not None and not already else None,  # else the table changed here
+    )
+
+
+def _background(files: list[LogFile], opts: dict, background: bool | None, progress: bool, out: Path) -> Any:
+    """A BackgroundParse for big logs, except for --append, whose files are known once MLflow answers."""
+    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse
+
+    if background is None:
+        background = sum(f.bytes for f in files) >= BACKGROUND_MIN_BYTES
+    if not background or opts["append"] or opts["run_id"]:
+        return None
+    kwargs = dict(year=opts["year"], timezone=opts["timezone"], progress=progress)
+    return BackgroundParse([f.path for f in files], tables_dir=out, **kwargs)
 
 
 def _plan_and_parse(
-    experiment: str | None, files: list[LogFile], opts: dict, background: bool | None, progress: bool
+    experiment: str | None, files: list[LogFile], opts: dict, bg: Any, progress: bool
 ) -> tuple[Any, Plan, Any, dict]:
-    """Which run and which files (MLflow), and the parsed files. A big log is parsed in a second process
-    while MLflow loads, except for --append, whose files are known only once MLflow answers."""
-    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse, parse_files
+    """Which run and which files (MLflow), and the parsed files (from `bg` when parsing in the background)."""
+    from albert_exp.tpu_logs.parse import parse_files
     from albert_exp.tracking import RunStore
 
+    store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    todo = plan(store, files, **opts)
+    if todo.unchanged:
+        return store, todo, None, {}
+    clock = time.perf_counter()
+    if bg is not None:
+        result = bg.result()
+        return store, todo, result, {"parse_wait_s": round(time.perf_counter() - clock, 2)}  # it ran alongside
     year, timezone = opts["year"], opts["timezone"]
-    if background is None:
-        background = sum(f.bytes for f in files) >= BACKGROUND_MIN_BYTES
-    bg = None
-    if background and not (opts["append"] or opts["run_id"]):
-        bg = BackgroundParse([f.path for f in files], year=year, timezone=timezone, progress=progress)
-    try:
-        store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        todo = plan(store, files, **opts)
-        if todo.unchanged:
-            return store, todo, None, {}
-        clock = time.perf_counter()
-        if bg is not None:
-            result = bg.result()
-            return store, todo, result, {"parse_wait_s": round(time.perf_counter() - clock, 2)}
-        result = parse_files([f.path for f in todo.files], year=year, timezone=timezone, progress=progress)
-        return store, todo, result, {"parse_s": round(time.perf_counter() - clock, 2)}
-    finally:
-        if bg is not None:
-            bg.cancel()  # the answer was "unchanged", or an error: nothing waits for the parse any more
+    result = parse_files([f.path for f in todo.files], year=year, timezone=timezone, progress=progress)
+    return store, todo, result, {"parse_s": round(time.perf_counter() - clock, 2)}
 
 
 def require_loss(result: Any, paths: list[str]) -> None:
@@ -376,21 +399,29 @@ def wrap_up(
     digests: list[str],
     files: list[dict],
     status: str,
-    out_dir: str | None,
+    out: Path,
     extra: dict[str, Any],
     results: dict[str, Any],
+    tables: Any = None,
 ) -> dict[str, Any]:
     """The end of an ingest or a follow: summary (also as `tpu/*` metrics), tables, plot and results.json
-    into out_dir and the run, identity tags, and the run ended with the log's end time."""
+    into `out` and the run, identity tags, and the run ended with the log's end time. `tables`: waits for
+    the tables another process writes (else they are written here)."""
     from albert_exp.tracking import write_results
 
     summary = {**result.summary(), "run_id": run.run_id, **extra}
-    summary["kept_earlier_values"] = getattr(result, "kept_earlier_values", 0)
-    out = Path(out_dir or Path("runs") / "tpu_logs" / identity[:12])
+    summary["kept_earlier_values"] = result.kept_earlier_values
     clock = time.perf_counter()
-    write_tables(out, result, summary, files)
+    if tables is not None:
+        tables()
+    else:
+        write_tables(out, result)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "files.json").write_text(json.dumps(files, indent=2))
     results = {**results, "run_status": status, **summary}
-    results.setdefault("timings", {})["artifacts_s"] = round(time.perf_counter() - clock, 2)
+    timings = results.setdefault("timings", {})
+    timings["artifacts_s"] = round(time.perf_counter() - clock, 2)
+    timings.update(cpu_seconds())
     write_results(out, results)
     run.log_artifacts(out, ARTIFACT_DIR)
     log_summary_metrics(run, summary)
@@ -409,7 +440,7 @@ def wrap_up(
         }
     )
     # `mlflow run` made its run now: an end time from the log would precede its start
-    end_ms = None if run.run_id == os.environ.get("MLFLOW_RUN_ID") else _ms(result.end_time)
+    end_ms = None if run.run_id == os.environ.get("MLFLOW_RUN_ID") else epoch_ms(result.end_time)
     run.terminate(status, end_ms)
     return results
 
@@ -424,8 +455,8 @@ def log_summary_metrics(run: Any, summary: dict[str, Any]) -> None:
     run.log_points(list(todo), list(todo.values()), [now] * len(todo), [step] * len(todo))
 
 
-def write_tables(out: Path, result: Any, summary: dict, files: list[dict]) -> None:
-    """Table (CSV + Parquet), checkpoints, overlaps, restarts, loss curve, summary and file list -> out."""
+def write_tables(out: Path, result: Any) -> None:
+    """Table (CSV + Parquet), checkpoints, overlaps, restarts and the loss curve -> out."""
     from albert_exp.tpu_logs.plot import loss_curve
 
     out.mkdir(parents=True, exist_ok=True)
@@ -434,9 +465,18 @@ def write_tables(out: Path, result: Any, summary: dict, files: list[dict]) -> No
     result.checkpoints.to_csv(out / "checkpoints.csv", index=False)
     result.overlaps.to_csv(out / "overlaps.csv", index=False)
     (out / "restarts.json").write_text(json.dumps(result.restarts, indent=2, default=str))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "files.json").write_text(json.dumps(files, indent=2))
     loss_curve(result.table, result.restarts, out / "loss_curve.png")
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + sys) so far of this process and of its finished children (the parsing process)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_s": round(own.ru_utime + own.ru_stime, 2),
+        "cpu_children_s": round(children.ru_utime + children.ru_stime, 2),
+    }
 
 
 def _unchanged(run: Any, why: str) -> dict[str, Any]:

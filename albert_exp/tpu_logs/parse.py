@@ -21,7 +21,6 @@ What happens to the lines (see grammar.py for one line):
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from dataclasses import dataclass, field
@@ -35,14 +34,6 @@ from albert_exp.tpu_logs.years import assign_years
 
 CHUNK_LINES = 500_000  # progress bar granularity
 GLOG_START = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ [^\]]*\] ")
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _gunzip(data: bytes) -> tuple[bytes, bool]:
@@ -128,6 +119,18 @@ class ParseResult:
     timezone: str = "UTC"
     kept_earlier_values: int = 0  # points whose value the run already had differently (set by ingest)
 
+    def without_rows(self) -> ParseResult:
+        """A copy without the per-line columns of the parsers (the table holds the points), to send cheaply."""
+        import copy
+
+        out = copy.copy(self)
+        out.files = []
+        for f in self.files:
+            p = copy.copy(f.parser)
+            p.line = p.ti = p.own = p.step = p.metric = p.value = p.seg = p.timeline = []
+            out.files.append(ParsedFile(f.path, p, f.tail, f.notes, base_year=f.base_year))
+        return out
+
     def summary(self) -> dict[str, Any]:
         from albert_exp.tpu_logs.summary import summarize
 
@@ -197,27 +200,36 @@ BACKGROUND_MIN_BYTES = 16 << 20  # below this, starting a process costs more tha
 
 class BackgroundParse:
     """`parse_files` in a spawned process, so that parsing a big log overlaps the seconds MLflow takes to
-    import and open its store. `result()` returns the ParseResult or re-raises the parser's error."""
+    import and open its store. `result()` returns the ParseResult or re-raises the parser's error; with
+    `tables_dir` the process then writes the tables and the plot there (ingest.write_tables) while the
+    caller logs the points, and `tables()` waits for them."""
 
-    def __init__(self, paths: list[str], **kwargs: Any):
+    def __init__(self, paths: list[str], tables_dir: str | Path | None = None, **kwargs: Any):
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")  # a fresh interpreter: safe whatever threads the parent has
         self._recv, send = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_parse_worker, args=(send, [str(p) for p in paths], kwargs), daemon=True)
+        args = (send, [str(p) for p in paths], kwargs, tables_dir and str(tables_dir))
+        self._proc = ctx.Process(target=_parse_worker, args=args, daemon=True)
         self._proc.start()
         send.close()
 
-    def result(self) -> ParseResult:
+    def _next(self) -> Any:
         try:
             ok, payload = self._recv.recv()
         except EOFError:
-            raise RuntimeError(f"the parsing process died (exit code {self._proc.exitcode})") from None
-        finally:
             self._proc.join()
+            raise RuntimeError(f"the parsing process died (exit code {self._proc.exitcode})") from None
         if not ok:
             raise payload
         return payload
+
+    def result(self) -> ParseResult:
+        return self._next()
+
+    def tables(self) -> None:
+        self._next()
+        self._proc.join()
 
     def cancel(self) -> None:
         if self._proc.is_alive():
@@ -225,9 +237,15 @@ class BackgroundParse:
         self._proc.join()
 
 
-def _parse_worker(conn: Any, paths: list[str], kwargs: dict) -> None:
+def _parse_worker(conn: Any, paths: list[str], kwargs: dict, tables_dir: str | None) -> None:
     try:
-        conn.send((True, parse_files(paths, **kwargs)))
+        result = parse_files(paths, **kwargs)
+        conn.send((True, result.without_rows()))
+        if tables_dir:
+            from albert_exp.tpu_logs.ingest import write_tables
+
+            write_tables(Path(tables_dir), result)
+            conn.send((True, None))
     except BaseException as exc:  # sent back and re-raised in the parent
         conn.send((False, exc))
     finally:
