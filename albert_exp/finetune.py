@@ -201,14 +201,15 @@ def train(
             loss_sum += loss.item() * n
             tokens += n
             bar.set_postfix(loss=f"{loss_sum / tokens:.4f}")
-            if b % 20 == 0:
+            # every metric of the run is at the optimizer step (updates done); the last batch's step is the epoch's
+            if b % 20 == 0 and b < steps_per_epoch - 1:
                 tracker.log_metrics(
-                    {"train/batch_loss": loss.item(), "train/lr": sched.get_last_lr()[0]},
-                    step=(epoch - 1) * steps_per_epoch + b,
+                    {"finetune/batch_loss": loss.item(), "finetune/lr": sched.get_last_lr()[0]},
+                    step=(epoch - 1) * steps_per_epoch + b + 1,
                 )
         val, _ = evaluate(model, val_data, f.eval_batch_size, pad)
-        row = {"train/loss": loss_sum / max(tokens, 1), **{f"val/{k}": v for k, v in val.items()}}
-        tracker.log_metrics(row, step=epoch)
+        row = {"finetune/train_loss": loss_sum / max(tokens, 1), **{f"val/{k}": v for k, v in val.items()}}
+        tracker.log_metrics({**row, "epoch": epoch}, step=epoch * steps_per_epoch)
         history.append({"epoch": epoch, **row})
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         value = val[f.select_metric]
@@ -227,7 +228,13 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(epoch, val)
-    return {"history": history, "best_epoch": best["epoch"], "best_value": best["value"], "parameters": params}
+    return {
+        "history": history,
+        "best_epoch": best["epoch"],
+        "best_step": best["epoch"] * steps_per_epoch,
+        "best_value": best["value"],
+        "parameters": params,
+    }
 
 
 def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models: bool = True) -> dict[str, Any]:
@@ -264,13 +271,17 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
     with stage_run(cfg, "finetune", description) as tracker:
         digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
-        tracker.set_tags({"dataset_digest": digest})
+        # one digest per dataset: the sha256 of its file (text and labels), the same in the dataset inputs (its
+        # first 12 characters: MLflow's limit is 36), these tags, promote's eval_digest and the registry
+        tracker.set_tags({"dataset_digest": digest, **{f"data.{s}_sha256": d.digest for s, d in data.items()}})
         for split, d in data.items():
             tracker.log_input(
-                pd.DataFrame({"text": d.texts}),
+                pd.read_csv(paths[split], dtype=str, keep_default_na=False),  # text and labels, as in the file
                 name=f"{split}.csv",
                 source=str(paths[split]),
                 context={"train": "training", "val": "validation", "test": "testing"}[split],
+                digest=d.digest[:12],
+                targets=f.phrase_column,
             )
             if d.dropped:
                 print(
@@ -278,12 +289,13 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
                     f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}"
                 )
                 tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
-            tracker.log_metrics({f"data/{split}_rows": len(d), f"data/{split}_dropped_rows": len(d.dropped)}, step=0)
+            tracker.log_params({f"data.{split}_rows": len(d), f"data.{split}_dropped_rows": len(d.dropped)})
         trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
         best_dir = out / "best_model"
         model = AlbertForTokenClassification.from_pretrained(best_dir, use_safetensors=True)
         test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
-        tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_epoch"])
+        # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
+        tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
         tracker.log_dict({"history": trained["history"]}, "history.json")
         results = {
             "output_dir": str(out),
@@ -295,16 +307,18 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             "run_id": tracker.run_id,
         }
         if log_models and tracker.run_id:
-            _log_models(tracker, best_dir, data["val"].texts[:3], f.max_seq_length)
+            _log_models(tracker, best_dir, data["val"].texts[:3], f.max_seq_length, trained["best_step"])
             results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
             results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
         write_results(out, results, tracker)
     return results
 
 
-def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], max_seq_length: int) -> None:
-    """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc."""
+def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], max_seq_length: int, step: int) -> None:
+    """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc, whose
+    page in the UI shows the metrics of the best epoch's step (not MLflow's default, step 0)."""
     from albert_exp.serving import log_phrase_extractor
 
     tracker.log_artifacts(best_dir, "hf_model")
-    log_phrase_extractor(best_dir, examples, max_seq_length)
+    info = log_phrase_extractor(best_dir, examples, max_seq_length)
+    tracker.link_model_metrics(info.model_id, step)

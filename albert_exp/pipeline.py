@@ -41,7 +41,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             parent.set_tags({"pretrained_model_dir": pt["model_dir"]})
         results["finetune"] = ft = finetune.run(cfg)
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
-        parent.log_metrics(summary, step=ft["best_epoch"])
+        parent.log_metrics(summary, step=0)
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
         if scratch.applies(cfg):  # the same fine-tuning from random weights: the pretraining gain
             results["scratch"] = scratch.run(cfg)

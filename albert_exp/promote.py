@@ -124,11 +124,12 @@ def decide(challenger: float, champion: float | None, margin: float, force: bool
         return True, "forced"
     if champion is None:
         return True, "no champion yet"
+    plus = f" + margin {margin:g}" if margin else ""
     if challenger > champion + margin:
-        return True, f"better by {challenger - champion:.4g} (> margin {margin:g})"
+        return True, f"challenger {challenger:.4f} > champion {champion:.4f}{plus}"
     if challenger == champion:
         return False, "equal: the champion stays"
-    return False, f"not better by more than the margin {margin:g} ({challenger - champion:+.4g})"
+    return False, f"challenger {challenger:.4f} {'<' if challenger < champion else '<='} champion {champion:.4f}{plus}"
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -200,11 +201,28 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 if champ is not None:
                     registry.set_version_tags(name, champ.version, {"promotion.replaced_by": version.version})
             champ_text = "none" if champ_score is None else f"v{champ.version} {champ_score:.4f} ({champ_how})"
+            data = f"{metric.replace('_', ' ')}, {eval_csv.name} sha256 {digest[:12]}…"
             description = (
-                f"{decision}: {why}. {metric} on {eval_csv.name} (sha256 {digest[:12]}): challenger "
-                f"{challenger_score:.4f}, champion {champ_text}." + (f" Forced: {p.reason}" if p.force else "")
+                f"{decision}: {why} ({data}). Challenger v{version.version} {challenger_score:.4f}, champion "
+                f"{champ_text}." + (f" Forced: {p.reason}" if p.force else "")
             )
             registry.describe_version(name, version.version, description)
+            # the model's own page names its champion: the registry list shows only one alias per row
+            now = version.version if promoted else (champ.version if champ else "")
+            now_score = challenger_score if promoted else champ_score
+            if now:
+                registry.describe_model(
+                    name,
+                    f"Champion: v{now}, {metric.replace('_', ' ')} {now_score:.4f} on {eval_csv.name} "
+                    f"(sha256 {digest[:12]}…). Last promotion: v{version.version} {decision}: {why}.",
+                    {
+                        "champion_version": now,
+                        "champion_score": f"{now_score:.4f}",
+                        "champion_metric": metric,
+                        "eval_data": eval_csv.name,
+                        "eval_digest": digest,
+                    },
+                )
         print(f"{name} v{version.version}: {description}")
         tracker.set_tags(
             {

@@ -88,8 +88,13 @@ class FakeTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self.artifacts.append(artifact_file)
 
-    def log_input(self, df: Any, name: str, source: str, context: str) -> None:
-        self.inputs.append({"name": name, "source": str(source), "context": context})
+    def log_input(
+        self, df: Any, name: str, source: str, context: str, digest: str | None = None, targets: str | None = None
+    ) -> None:
+        self.inputs.append({"name": name, "source": str(source), "context": context, "digest": digest or ""})
+
+    def link_model_metrics(self, model_id: str, step: int) -> None:
+        """The run's metrics at `step` become the logged model's (shown on its page in the UI)."""
 
 
 class MlflowTracker(FakeTracker):
@@ -143,15 +148,30 @@ class MlflowTracker(FakeTracker):
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self._client.log_figure(self.run_id, figure, artifact_file)
 
-    def log_input(self, df: Any, name: str, source: str, context: str) -> None:
+    def link_model_metrics(self, model_id: str, step: int) -> None:
+        from mlflow.entities import Metric
+
+        metrics = []
+        for key in self._client.get_run(self.run_id).data.metrics:
+            for m in self._client.get_metric_history(self.run_id, key):
+                if m.step == step and m.model_id is None:
+                    metrics.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=self.run_id))
+        if metrics:
+            self._client.log_batch(self.run_id, metrics=metrics)
+
+    def log_input(
+        self, df: Any, name: str, source: str, context: str, digest: str | None = None, targets: str | None = None
+    ) -> None:
         import mlflow.data
         from mlflow.data.dataset_source_registry import get_registered_sources
         from mlflow.entities import DatasetInput, InputTag
 
-        super().log_input(df, name, source, context)
+        super().log_input(df, name, source, context, digest, targets)
         # an explicit source object: a bare path is ambiguous to MLflow's source registry (it warns)
         local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
-        dataset = mlflow.data.from_pandas(df, source=local(str(Path(source).resolve())), name=name)
+        dataset = mlflow.data.from_pandas(
+            df, source=local(str(Path(source).resolve())), name=name, digest=digest, targets=targets
+        )
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self._client.log_inputs(self.run_id, datasets=[entity])
 
@@ -530,6 +550,11 @@ class Registry:
     def describe_version(self, name: str, version: str, description: str) -> None:
         self._client.update_model_version(name, version, description=description)
 
+    def describe_model(self, name: str, description: str, tags: dict[str, Any]) -> None:
+        self._client.update_registered_model(name, description=description)
+        for k, v in tags.items():
+            self._client.set_registered_model_tag(name, k, str(v))
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Runs back-filled from outside the process that trained (tpu-logs: console logs of a TPU job). A RunRecord is
@@ -680,3 +705,9 @@ def set_experiment_tags(experiment_id: str, tags: dict[str, str]) -> None:
     client = MlflowClient()
     for k, v in tags.items():
         client.set_experiment_tag(experiment_id, k, v)
+
+
+def rename_run(run_id: str, name: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().update_run(run_id, name=name)

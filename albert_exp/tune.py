@@ -31,7 +31,16 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig, flatten, to_dict
 from albert_exp.errors import UserError
-from albert_exp.tracking import close_runs, current_run_id, git_commit, run_tags, stage_run, tracking_uri, write_results
+from albert_exp.tracking import (
+    close_runs,
+    current_run_id,
+    git_commit,
+    rename_run,
+    run_tags,
+    stage_run,
+    tracking_uri,
+    write_results,
+)
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -165,6 +174,25 @@ def _counts(study: Any) -> dict[str, int]:
     return out
 
 
+def trial_run_name(number: int, lr: float, epochs: int, base: bool = False) -> str:
+    """`trial 3 lr=3.5e-04 ep=6` (`base` for the enqueued fine-tuning config; ` pruned` is added when pruned)."""
+    return f"trial {number} lr={lr:.2g} ep={epochs}" + (" base" if base else "")
+
+
+def base_in_space(cfg: ExperimentConfig) -> bool:
+    f, t = cfg.finetune, cfg.tune
+    return t.lr_min <= f.learning_rate <= t.lr_max and t.epochs_min <= f.epochs <= t.epochs_max
+
+
+def enqueue_base(study: Any, cfg: ExperimentConfig) -> bool:
+    """The plain fine-tuning config is the study's first trial, so the search is never worse than it; only inside
+    the search space (a space that leaves it out is a choice) and only into a study that has no trial yet."""
+    if study.trials or not base_in_space(cfg):
+        return False
+    study.enqueue_trial({"learning_rate": cfg.finetune.learning_rate, "epochs": cfg.finetune.epochs})
+    return True
+
+
 def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
     import optuna
 
@@ -192,8 +220,17 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         tags = {"optuna_study": trial.study.study_name, "optuna_trial": trial.number, "optuna_worker": t.worker}
         if origin is not None:
             tags["optuna_retry_of"] = origin
-        with run_tags(tags, early_stop=(optuna.TrialPruned,)):
-            res = finetune.run(tcfg, on_epoch=on_epoch)
+        base = "fixed_params" in trial.storage.get_trial_system_attrs(trial._trial_id)  # enqueued base config
+        name = trial_run_name(trial.number, lr, epochs, base=base)
+        try:
+            with run_tags(tags, early_stop=(optuna.TrialPruned,)):
+                res = finetune.run(tcfg, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            name += " pruned"
+            raise
+        finally:  # the run name tells the trials apart in the UI's table (they would all be `finetune from ...`)
+            if trial.user_attrs.get("mlflow_run_id"):
+                rename_run(trial.user_attrs["mlflow_run_id"], name)
         trial.set_user_attr("mlflow_run_id", res["run_id"])
         for key in (
             "model_uri",
@@ -233,6 +270,7 @@ def _log_plots(study: Any, tracker: Any) -> list[str]:
             continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.set_size_inches(8, 5)
+        fig.tight_layout()  # axis labels inside the saved image (param_importances' y label was clipped)
         tracker.log_figure(fig, f"plots/{name}.png")
         plt.close(fig)
         logged.append(name)
@@ -273,7 +311,22 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
     remaining = max(0, t.n_trials - done)
     print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
-    extra = {**flatten(to_dict(cfg.finetune), "finetune."), "derived.study_name": name}
+    if enqueue_base(study, cfg):
+        print(f"trial 0 is the finetune config: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
+    # the search space as params; the fine-tuning settings every trial shares, without the searched two (the base
+    # values read as if they were searched)
+    fixed = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}
+    extra = {
+        **flatten(fixed, "finetune."),
+        "space.learning_rate": f"log-uniform [{t.lr_min:g}, {t.lr_max:g}]",
+        "space.epochs": f"int [{t.epochs_min}, {t.epochs_max}]",
+        "space.first_trial": (
+            f"lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs} (the finetune config)"
+            if base_in_space(cfg)
+            else "none: the finetune config is outside the space"
+        ),
+        "derived.study_name": name,
+    }
     with stage_run(cfg, "tune", name, section="tune", extra_params=extra) as tracker:
         tracker.set_tags({"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker})
         mine: list[int] = []

@@ -66,10 +66,12 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
     ft = children["finetune"]
     assert ft.data.params["finetune.epochs"] == "8" and "derived.parameters" in ft.data.params
     assert ft.data.tags["git_commit"] and ft.data.tags["experiment_config"].endswith("toy.yaml")
-    history = client.get_metric_history(ft.info.run_id, "val/token_accuracy")
-    assert sorted(m.step for m in history) == list(range(1, 9))
+    # one step meaning in the run (the optimizer step); the epoch is a metric of its own
+    epochs = {m.step: m.value for m in client.get_metric_history(ft.info.run_id, "epoch")}
+    assert sorted(epochs.values()) == list(range(1, 9))
+    assert {m.step for m in client.get_metric_history(ft.info.run_id, "val/token_accuracy")} == set(epochs)
     for key in (
-        "train/loss",
+        "finetune/train_loss",
         "val/loss",
         "val/phrase_f1",
         "val/phrase_precision",

@@ -48,7 +48,7 @@ def test_same_seed_same_losses(tmp_path, tiny_tokenizer, splits):
     c, _ = _train(tmp_path / "c", tiny_tokenizer, splits, "finetune.epochs=2", "seed=7")
     assert a["history"] == b["history"]
     assert a["history"] != c["history"]
-    assert a["history"][-1]["train/loss"] < a["history"][0]["train/loss"]
+    assert a["history"][-1]["finetune/train_loss"] < a["history"][0]["finetune/train_loss"]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_tokenizer, splits):

@@ -124,3 +124,61 @@ def test_parent_and_experiment_carry_the_summary_and_the_gain(small_main):
     assert scratch.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert scratch.data.params["finetune.model_dir"] in ("", "None")  # random initial weights
     assert scratch.info.run_id in note and res["finetune"]["run_id"] in note
+
+
+def test_the_finetune_config_is_the_first_trial_when_inside_the_space():
+    import optuna
+
+    from albert_exp.config import load_config
+    from albert_exp.tune import enqueue_base
+
+    cfg = load_config(ROOT / "experiments" / "toy.yaml")
+    study = optuna.create_study(direction="maximize")
+    assert enqueue_base(study, cfg)
+    first = study.ask()
+    lr = first.suggest_float("learning_rate", cfg.tune.lr_min, cfg.tune.lr_max, log=True)
+    assert (lr, first.suggest_int("epochs", cfg.tune.epochs_min, cfg.tune.epochs_max)) == (
+        cfg.finetune.learning_rate,
+        cfg.finetune.epochs,
+    )
+    assert not enqueue_base(study, cfg)  # a study with trials (a rerun) gets no second copy
+    outside = load_config(ROOT / "experiments" / "toy.yaml", ["tune.epochs_max=3"])
+    assert not enqueue_base(optuna.create_study(direction="maximize"), outside)
+
+
+def _stage(small_main, stage):
+    return next(r for r in small_main["runs"] if r.data.tags.get("stage") == stage)
+
+
+def test_trial_runs_have_distinct_names(small_main):
+    trials = [r for r in small_main["runs"] if "optuna_trial" in r.data.tags]
+    names = [r.info.run_name for r in trials]
+    assert len(trials) == 2 and len(set(names)) == 2
+    assert all(n.startswith(f"trial {r.data.tags['optuna_trial']} lr=") for n, r in zip(names, trials, strict=True))
+
+
+def test_logged_model_carries_the_best_epochs_metrics(small_main):
+    client, ft = small_main["client"], _stage(small_main, "finetune")
+    (output,) = ft.outputs.model_outputs
+    metrics = {m.key: m.value for m in client.get_logged_model(output.model_id).metrics}
+    assert metrics["epoch"] == small_main["results"]["finetune"]["best_epoch"]
+    assert metrics["test/token_accuracy"] == pytest.approx(small_main["results"]["finetune"]["test/token_accuracy"])
+    assert "val/token_accuracy" in metrics and "finetune/batch_loss" not in metrics
+    # row counts are params, not charts
+    assert ft.data.params["data.train_rows"] == "240" and not any(k.startswith("data/") for k in ft.data.metrics)
+
+
+def test_one_digest_per_dataset_in_inputs_tags_and_registry(small_main):
+    client, ft = small_main["client"], _stage(small_main, "finetune")
+    test_sha = ft.data.tags["data.test_sha256"]
+    digests = {d.dataset.name: d.dataset.digest for d in ft.inputs.dataset_inputs}
+    assert digests["test.csv"] == test_sha[:12]
+    for d in ft.inputs.dataset_inputs:  # the logged datasets carry the labels, not only the text
+        assert {"text", "phrase"} <= {c["name"] for c in json.loads(d.dataset.schema)["mlflow_colspec"]}
+    promote = small_main["results"]["promote"]
+    assert promote["eval_digest"] == test_sha
+    model = client.get_registered_model("ui-tagger")
+    assert model.tags["eval_digest"] == test_sha and model.tags["champion_version"] == str(promote["champion_version"])
+    assert model.description.startswith(f"Champion: v{promote['champion_version']}, token accuracy ")
+    version = client.get_model_version("ui-tagger", str(promote["version"]))
+    assert f"token accuracy, test.csv sha256 {test_sha[:12]}…" in version.description

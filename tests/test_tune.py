@@ -104,8 +104,12 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
         t = study.trials[int(r.data.tags["optuna_trial"])]
         assert float(r.data.params["finetune.learning_rate"]) == pytest.approx(t.params["learning_rate"])
         assert r.data.params["finetune.epochs"] == str(t.params["epochs"])
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val/token_accuracy")]
-        assert steps == sorted(t.intermediate_values) and steps
+        steps = [int(m.value) for m in client.get_metric_history(r.info.run_id, "epoch")]
+        assert sorted(steps) == sorted(t.intermediate_values) and steps
+        # the run's name tells the trials apart at a glance
+        lr, ep = t.params["learning_rate"], t.params["epochs"]
+        assert r.info.run_name.startswith(f"trial {t.number} lr={lr:.2g} ep={ep}")
+        assert r.info.run_name.endswith(" pruned") == (t.state.name == "PRUNED")
         if t.state.name == "PRUNED":
             assert r.info.status == "KILLED" and r.data.tags.get("pruned") == "true"
             assert len(steps) < t.params["epochs"]
@@ -117,6 +121,10 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
     assert (
         parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res["best_value"]
     )
+    # the search space, not the base values, as the tune run's params
+    assert parent.data.params["space.learning_rate"] == "log-uniform [1e-05, 0.03]"
+    assert parent.data.params["space.epochs"] == "int [2, 3]"
+    assert "finetune.learning_rate" not in parent.data.params and "finetune.epochs" not in parent.data.params
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {
         "plots/optimization_history.png",
