@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/tpu_logs.py --lines 200000 --repeat 3
 
 The log: 1,000,000 steps printed every 100 (10,000 loss lines, each with its glog copy and rate lines), two
-restarts, eval blocks, and TPU infeed/outfeed chatter padding it to --lines lines (albert_exp/tpu_logs/synth.py).
+restarts, eval blocks, and TPU infeed/outfeed chatter padding it to --lines lines (tests/tpu_logs_synth.py).
 
 The baseline is `benchmarks/tpu_logs_log_batch.py`: ~40 lines that match the glog lines with one regex, keep
 the first value per (metric, step) and call `MlflowClient.log_batch` in chunks of 1,000. Both run as fresh
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from albert_exp.tpu_logs.parse import parse_files  # noqa: E402
-from albert_exp.tpu_logs.synth import SynthSpec, write_logs  # noqa: E402
+from tests.tpu_logs_synth import SynthSpec, write_logs  # noqa: E402 (test data, also used here)
 
 
 def timed(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, str]:

@@ -18,7 +18,7 @@ from albert_exp.errors import UserError
 from albert_exp.tpu_logs.command import flags_from_command
 from albert_exp.tpu_logs.grammar import BINARY, TRUNCATED, UNKNOWN
 from albert_exp.tpu_logs.parse import parse_files
-from albert_exp.tpu_logs.synth import SynthSpec, write_logs
+from tests.tpu_logs_synth import SynthSpec, write_logs
 
 
 def _values(result) -> dict:

@@ -12,7 +12,7 @@ import pytest
 
 from albert_exp.errors import UserError
 from albert_exp.tpu_logs.ingest import TAG_COMPLETE, ingest
-from albert_exp.tpu_logs.synth import SynthSpec, write_logs
+from tests.tpu_logs_synth import SynthSpec, write_logs
 
 
 @pytest.fixture(scope="module")

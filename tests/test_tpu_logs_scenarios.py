@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from albert_exp.cli import main
-from albert_exp.tpu_logs.synth import SynthSpec, write_logs
 from tests import test_tpu_logs_mlflow
 from tests.conftest import ROOT
+from tests.tpu_logs_synth import SynthSpec, write_logs
 
 # fixtures: one migrated SQLite store per module, copied for each test (alembic takes seconds)
 _migrated_db, store = test_tpu_logs_mlflow._migrated_db, test_tpu_logs_mlflow.store

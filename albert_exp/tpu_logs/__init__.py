@@ -4,8 +4,11 @@
     albert-exp tpu-logs ingest pretrain-*.log --experiment tpu-recipe    # parse + back-fill an MLflow run
     albert-exp tpu-logs ingest pretrain-*.log --follow                   # tail a growing log while it trains
 
-Modules: `grammar` (one line at a time: absl/glog/TF C++ formats, blocks, restarts), `parse` (files -> tidy
-pandas tables: years, restarts, duplicates), `ingest` (MLflow: idempotent, --append, --follow), `plot`,
-`command` (the run_pretraining.py command of an experiment), `synth` (realistic synthetic logs for tests and
-the benchmark), `cli`. Nothing heavy is imported here.
+Modules: `grammar` (one line at a time: the three line formats, tables of line patterns, blocks, restarts),
+`years` (the year of year-less glog times), `parse` (files -> tidy pandas tables; the rules for duplicates,
+overlapping attempts, file order, time zones), `summary` (what was parsed; headline figures; params),
+`ingest` (which run, which files; points, tables and identity into MLflow through albert_exp.tracking),
+`follow` (tail a growing log with the same rules and wrap-up), `plot`, `command` (the run_pretraining.py
+command of an experiment), `cli`. Synthetic logs with their ground truth (tests, benchmark) are in
+tests/tpu_logs_synth.py. Nothing heavy is imported here.
 """

@@ -1,6 +1,6 @@
 """Realistic synthetic console logs of run_pretraining.py on TPU, with the ground truth they encode.
 
-    from albert_exp.tpu_logs.synth import SynthSpec, write_logs
+    from tests.tpu_logs_synth import SynthSpec, write_logs
     logs = write_logs(SynthSpec(num_train_steps=5000, crashes=(2300,)), "/tmp/logs")
     logs.files, logs.truth.metrics[("train/loss", 100)]
 
