@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from albert_exp.errors import UserError
 from albert_exp.tpu_logs.ingest import TAG_COMPLETE, ingest
@@ -266,3 +267,25 @@ def test_background_parse_gives_the_same_run(store, tmp_path):
     assert (
         ingest([str(f) for f in logs.files], experiment="bg", background=True, progress=False)["status"] == "unchanged"
     )
+
+
+def test_follow_append_adds_a_restart_and_a_later_follow_continues_the_grown_file(store, tmp_path):
+    from albert_exp.tpu_logs.follow import follow
+
+    logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1500,), seed=19), tmp_path / "logs")
+    first_file, data = str(logs.files[0]), logs.files[1].read_bytes()
+    live = tmp_path / "live.log"
+    live.write_bytes(data[: len(data) // 2])
+    first = ingest([first_file], experiment="tpu", progress=False)
+    kw = dict(experiment="tpu", append=True, poll_s=0.02, idle_exit_s=0.2, finish_wait_s=0.2, progress=False)
+    part = follow([str(live)], **kw)  # the second attempt, followed while it runs, then stopped
+    assert part["run_id"] == first["run_id"] and part["run_status"] == "KILLED"
+    assert part["restart_steps"] == [1100] and part["first_step"] == 100
+    live.write_bytes(data)  # it ran on; following again picks up where the file grew
+    done = follow([str(live)], **kw)
+    assert done["run_id"] == first["run_id"] and done["run_status"] == "FINISHED"
+    assert done["restart_steps"] == [1100] and done["overlaps"]["points_dropped"] == len(logs.truth.overlaps) > 0
+    client = MlflowClient()
+    for key in ("train/loss", "train/examples_per_s"):
+        assert _history(client, first["run_id"], key) == _truth(logs, key), key
+    assert ingest([first_file, str(live)], experiment="tpu", progress=False)["status"] == "unchanged"

@@ -119,6 +119,9 @@ def follow(
             {"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
         )
     until = _Stop(poll_s, idle_exit_s, max_s, finish_wait_s, stop)
+    if append or run_id:
+        live.earlier = ing.earlier_of(run, ing.log_files(paths))
+        live.result = live.build()
     command = {**flags, **{k: v for f in live.files for k, v in f.parser.flags.items()}}
     reason, warnings, live.have = "interrupted (Ctrl-C or SIGTERM)", [], {}
     with signals_as_interrupt(), run.ended_on_error():
@@ -155,13 +158,19 @@ class _Live:
         self.parser.feed(split_lines(data[:cut])[0], 1)
         self.files.append(ParsedFile(paths[-1], self.parser, "", []))
         self._tail = _Tail(paths[-1], cut, data[cut:])
+        self.earlier: Any = None  # ingest.Earlier: what the run holds (following --append)
         self.result = self.build()
         self.have: dict[tuple[str, int], float] = {}  # what the run holds
 
     def build(self) -> Any:
+        """The files' table by the rules of a plain ingest; after what the run held when following --append."""
+        from albert_exp.tpu_logs.ingest import merge_earlier
         from albert_exp.tpu_logs.parse import assign_years, build_result
 
-        return build_result(self.files, assign_years(self.files, self.year, self.now), self.timezone)
+        result = build_result(self.files, assign_years(self.files, self.year, self.now), self.timezone)
+        if self.earlier is not None:
+            merge_earlier(result, self.earlier)
+        return result
 
     def tail(self, run: Any, until: _Stop, eval_expected: bool) -> str:
         """Poll the followed file, logging new points, until `until` says why to stop."""
@@ -191,9 +200,8 @@ def _wrap_up(
     live.parser.close()  # an eval block still open at the end of the file
     live.result = result = live.build()
     ing.log_new_points(run, result, live.have)
-    files = [vars(f) for f in ing.log_files(live.paths)]  # as they are now
     known = [d for d in run.tags.get(ing.TAG_FILES, "").split(",") if d] if appending else []
-    digests = sorted(set(known) | {f["sha256"][:16] for f in files})
+    digests, files = ing.run_files(known, live.earlier, ing.log_files(live.paths))  # the files as they are now
     status = "FINISHED" if live.parser.finished_ti is not None else "KILLED"
     return ing.wrap_up(
         run,

@@ -148,12 +148,26 @@ def _plan_append(store: Any, files: list[LogFile], run_id: str | None, run_name:
     new = [f for f in files if f.short not in known]
     if not new:
         return Plan(run, [], known, unchanged="every file is already in the run")
+    earlier = earlier_of(run, new)
+    return Plan(run, new, run_files(known, earlier, new)[0], earlier)
+
+
+def earlier_of(run: Any, files: list[LogFile]) -> Earlier:
+    """What the run holds, and which of `files` continue a file of the run (grown since, or the same)."""
     earlier = _earlier(run)
-    for f in new:
-        if (old := _grown_from(f, earlier.files)) is not None:
+    known = [d for d in run.tags.get(TAG_FILES, "").split(",") if d]
+    for f in files:
+        if (old := f.short if f.short in known else _grown_from(f, earlier.files)) is not None:
             earlier.grown[f.path] = old
-    digests = [d for d in known if d not in earlier.grown.values()] + [f.short for f in new]
-    return Plan(run, new, digests, earlier)
+    return earlier
+
+
+def run_files(known: list[str], earlier: Earlier | None, files: list[LogFile]) -> tuple[list[str], list[dict]]:
+    """The run's file digests and file records once `files` are in it (a grown file replaces its start)."""
+    grown = set(earlier.grown.values()) if earlier else set()
+    digests = list(dict.fromkeys([d for d in known if d not in grown] + [f.short for f in files]))
+    records = {r["sha256"]: r for r in [*(earlier.files if earlier else []), *(vars(f) for f in files)]}
+    return digests, [r for sha, r in records.items() if sha[:16] in digests]
 
 
 def _earlier(run: Any) -> Earlier:
@@ -297,13 +311,12 @@ def _into_run(
     clock = time.perf_counter()
     logged = log_new_points(run, result, have, progress)
     timings["log_metrics_s"] = round(time.perf_counter() - clock, 2)
-    recorded = [*(todo.earlier.files if todo.earlier else []), *(vars(f) for f in todo.files)]
     return wrap_up(
         run,
         result,
         identity=identity,
         digests=todo.digests,
-        files=[f for f in recorded if f["sha256"][:16] in todo.digests],
+        files=run_files(todo.digests, todo.earlier, todo.files)[1],
         status="FINISHED" if result.finished else "KILLED",
         out=out,
         extra={"points_logged": logged, "points_already_in_run": already, "warnings": warnings},
