@@ -7,7 +7,8 @@
 Modules: `grammar` (one line at a time: the three line formats, tables of line patterns, blocks, restarts),
 `years` (the year of year-less glog times), `parse` (files -> tidy pandas tables; the rules for duplicates,
 overlapping attempts, file order, time zones), `summary` (what was parsed; headline figures; params),
-`ingest` (which run, which files; points, tables and identity into MLflow through albert_exp.tracking),
+`runs` (which run holds which files: identity, --append, grown files, the run's earlier table), `ingest`
+(the stage: points, params, tables, plot and identity into MLflow through albert_exp.tracking),
 `follow` (tail a growing log with the same rules and wrap-up), `plot`, `command` (the run_pretraining.py
 command of an experiment), `cli`. Synthetic logs with their ground truth (tests, benchmark) are in
 tests/tpu_logs_synth.py. Nothing heavy is imported here.

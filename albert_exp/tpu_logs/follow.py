@@ -97,6 +97,7 @@ def follow(
     progress: bool = True,
 ) -> dict[str, Any]:
     from albert_exp.tpu_logs import ingest as ing
+    from albert_exp.tpu_logs import runs
     from albert_exp.tracking import RunStore, signals_as_interrupt
 
     if not paths:
@@ -109,18 +110,18 @@ def follow(
         raise UserError("cannot follow a gzip file", where=last, fix="follow the plain log the job is writing")
     flags = ing.read_command_file(command_file) if command_file else {}
     live = _Live(paths, year, timezone)
-    store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or ing.DEFAULT_EXPERIMENT)
+    store = RunStore(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or runs.DEFAULT_EXPERIMENT)
     if append or run_id:
-        run = ing.append_target(store, run_id, run_name)
+        run = runs.append_target(store, run_id, run_name)
     else:
         run = store.create(
-            run_name or f"{ing.STAGE} {Path(paths[0]).name.split('.')[0]}",
-            ing.epoch_ms(live.result.start_time) or int(time.time() * 1000),
-            {"stage": ing.STAGE, ing.TAG_COMPLETE: "false"},
+            run_name or f"{runs.STAGE} {Path(paths[0]).name.split('.')[0]}",
+            runs.epoch_ms(live.result.start_time) or int(time.time() * 1000),
+            {"stage": runs.STAGE, runs.TAG_COMPLETE: "false"},
         )
     until = _Stop(poll_s, idle_exit_s, max_s, finish_wait_s, stop)
     if append or run_id:
-        live.earlier = ing.earlier_of(run, ing.log_files(paths))
+        live.earlier = runs.earlier_of(run, runs.log_files(paths))
         live.result = live.build()
     command = {**flags, **{k: v for f in live.files for k, v in f.parser.flags.items()}}
     reason, warnings, live.have = "interrupted (Ctrl-C or SIGTERM)", [], {}
@@ -197,20 +198,22 @@ class _Live:
 def _wrap_up(
     ing: Any, run: Any, live: _Live, reason: str, warnings: list[str], appending: bool, out_dir: str | None
 ) -> dict[str, Any]:
+    from albert_exp.tpu_logs import runs
+
     live.parser.close()  # an eval block still open at the end of the file
     live.result = result = live.build()
     ing.log_new_points(run, result, live.have)
-    known = [d for d in run.tags.get(ing.TAG_FILES, "").split(",") if d] if appending else []
-    digests, files = ing.run_files(known, live.earlier, ing.log_files(live.paths))  # the files as they are now
+    known = [d for d in run.tags.get(runs.TAG_FILES, "").split(",") if d] if appending else []
+    digests, files = runs.run_files(known, live.earlier, runs.log_files(live.paths))  # the files as they are now
     status = "FINISHED" if live.parser.finished_ti is not None else "KILLED"
     return ing.wrap_up(
         run,
         result,
-        identity=ing.run_digest(digests, live.year, live.timezone),
+        identity=runs.run_digest(digests, live.year, live.timezone),
         digests=digests,
         files=files,
         status=status,
-        out=Path(out_dir or ing.default_out(ing.run_digest(digests, live.year, live.timezone))),
+        out=Path(out_dir or ing.default_out(runs.run_digest(digests, live.year, live.timezone))),
         extra={
             "warnings": warnings,
             "followed": live.paths[-1],
