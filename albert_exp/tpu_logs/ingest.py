@@ -41,6 +41,7 @@ from albert_exp.tpu_logs.runs import (
     to_ms,
 )
 
+# Summary figures logged as metrics (at the last step), so that they are columns of the runs table.
 SUMMARY_METRICS = {
     "best_loss": "tpu/best_loss",
     "last_loss": "tpu/last_loss",

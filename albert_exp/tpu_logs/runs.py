@@ -24,7 +24,6 @@ STAGE = "tpu-logs"
 TAG_DIGEST, TAG_FILES, TAG_COMPLETE = "tpu_logs.digest", "tpu_logs.file_digests", "tpu_logs.complete"
 DEFAULT_EXPERIMENT = "tpu-pretraining"
 ARTIFACT_DIR = "tpu_logs"
-# Summary figures logged as metrics (at the last step), so that they are columns of the runs table.
 
 
 @dataclass
