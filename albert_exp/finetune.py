@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
+from albert_exp.hf_local import load_model, load_tokenizer
 from albert_exp.tracking import FakeTracker, git_commit, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
@@ -45,8 +46,13 @@ def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
 
     labels = {"id2label": {0: "O", 1: "PHRASE"}, "label2id": {"O": 0, "PHRASE": 1}}
     if cfg.finetune.model_dir:
-        return AlbertForTokenClassification.from_pretrained(
-            cfg.finetune.model_dir, num_labels=2, use_safetensors=True, **labels
+        return load_model(
+            AlbertForTokenClassification,
+            cfg.finetune.model_dir,
+            "finetune.model_dir",
+            num_labels=2,
+            use_safetensors=True,
+            **labels,
         )
     config = cfg.model.albert_config(
         len(tokenizer), classifier_dropout_prob=0.1, pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels
@@ -239,7 +245,7 @@ def train(
 
 def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models: bool = True) -> dict[str, Any]:
     import pandas as pd
-    from transformers import AlbertForTokenClassification, AutoTokenizer
+    from transformers import AlbertForTokenClassification
 
     from albert_exp.data import encode
 
@@ -254,7 +260,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             where=str(paths["tokenizer"]),
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
+    tokenizer = load_tokenizer(paths["tokenizer"])
     kw = dict(
         max_seq_length=f.max_seq_length,
         text_column=f.text_column,
@@ -292,7 +298,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             tracker.log_params({f"data.{split}_rows": len(d), f"data.{split}_dropped_rows": len(d.dropped)})
         trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
         best_dir = out / "best_model"
-        model = AlbertForTokenClassification.from_pretrained(best_dir, use_safetensors=True)
+        model = load_model(AlbertForTokenClassification, best_dir, use_safetensors=True)
         test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
         # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
         tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])

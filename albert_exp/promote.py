@@ -59,14 +59,15 @@ def _source_run(cfg: ExperimentConfig) -> str:
 
 def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str, float]:
     """Token and phrase metrics of a finetune run's HF model on a labelled CSV."""
-    from transformers import AlbertForTokenClassification, AutoTokenizer
+    from transformers import AlbertForTokenClassification
 
     from albert_exp.data import encode
     from albert_exp.finetune import evaluate
+    from albert_exp.hf_local import load_model, load_tokenizer
 
     local = download_artifacts(f"runs:/{run_id}/{HF_ARTIFACT}")
-    tokenizer = AutoTokenizer.from_pretrained(local)
-    model = AlbertForTokenClassification.from_pretrained(local, use_safetensors=True)
+    tokenizer = load_tokenizer(local)
+    model = load_model(AlbertForTokenClassification, local, use_safetensors=True)
     f = cfg.finetune
     data = encode(
         eval_csv,

@@ -80,12 +80,14 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         import torch
-        from transformers import AlbertForTokenClassification, AutoTokenizer
+        from transformers import AlbertForTokenClassification
+
+        from albert_exp.hf_local import load_model, load_tokenizer
 
         model_dir = context.artifacts["hf_model"]
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AlbertForTokenClassification.from_pretrained(model_dir, use_safetensors=True)
+        self.tokenizer = load_tokenizer(model_dir)
+        self.model = load_model(AlbertForTokenClassification, model_dir, use_safetensors=True)
         self.max_seq_length = int((context.model_config or {}).get("max_seq_length", 64))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema

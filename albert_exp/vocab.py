@@ -144,12 +144,14 @@ def train_sentencepiece(
 def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_accents: bool):
     from transformers import AlbertTokenizer
 
+    from albert_exp.hf_local import load_tokenizer
+
     # A fresh directory: from_pretrained prefers an existing tokenizer.json, which would silently keep the
     # previous vocabulary's tokenizer on a rerun.
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(spm_model, out_dir / "spiece.model")
-    tok = AlbertTokenizer.from_pretrained(str(out_dir), do_lower_case=lowercase, keep_accents=keep_accents)
+    tok = load_tokenizer(out_dir, cls=AlbertTokenizer, do_lower_case=lowercase, keep_accents=keep_accents)
     tok.save_pretrained(str(out_dir))
     return tok
 

@@ -7,12 +7,19 @@
 `hub-to-tf` gives a checkpoint google's run_pretraining.py can initialise from (prefix `module/` removed,
 zero adam_m/adam_v, int64 global_step, SOP head added as zeros if missing). `tf-to-hf` / `hf-to-tf` map
 between that layout and `AlbertForPreTraining`; both check the outputs numerically (see hf.py). Each writes
-results.json into --out. Nothing heavy is imported here (the CLI's --help must stay fast).
+results.json into --out. Each writes into a fresh directory next to --out and renames it to --out only once
+the numerical check passed: a failed conversion leaves an earlier --out and its results.json as they were.
+Nothing heavy is imported here (the CLI's --help must stay fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SUBCOMMANDS = {
@@ -44,18 +51,60 @@ def main(args: argparse.Namespace) -> dict:
     except ValueError:
         raise UserError(f"--global-step {args.global_step!r} is not an integer") from None
 
-    if args.direction == "hub-to-tf":
-        from albert_exp.convert.tf_checkpoint import hub_to_tf
+    out = Path(args.out)
+    with staged_output(out) as tmp:  # --out is replaced only by a checked conversion
+        if args.direction == "hub-to-tf":
+            from albert_exp.convert.tf_checkpoint import hub_to_tf
 
-        result = hub_to_tf(args.source, args.out, global_step=step)
-    elif args.direction == "tf-to-hf":
-        from albert_exp.convert.hf import tf_to_hf
+            result = hub_to_tf(args.source, tmp, global_step=step)
+        elif args.direction == "tf-to-hf":
+            from albert_exp.convert.hf import tf_to_hf
 
-        result = tf_to_hf(args.source, args.out, albert_config=args.albert_config or None)
-    else:
-        from albert_exp.convert.hf import hf_to_tf
+            result = tf_to_hf(args.source, tmp, albert_config=args.albert_config or None)
+        else:
+            from albert_exp.convert.hf import hf_to_tf
 
-        result = hf_to_tf(args.source, args.out, global_step=step)
-    result = {"direction": args.direction, **result}
-    write_results(Path(args.out), result)
+            result = hf_to_tf(args.source, tmp, global_step=step)
+        result = {"direction": args.direction, **_moved(result, tmp, out)}
+        write_results(tmp, result)
     return result
+
+
+def _moved(result: dict, tmp: Path, out: Path) -> dict:
+    """Paths in the result as they will be once the staging directory is renamed to --out."""
+    return {k: v.replace(str(tmp), str(out)) if isinstance(v, str) else v for k, v in result.items()}
+
+
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A fresh directory next to `out` to write into; renamed to `out` only if the block succeeds (the old
+    `out`, if any, is then removed). On any failure the staging directory goes and `out` is left as it was."""
+    from albert_exp.errors import UserError
+
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise UserError(
+            f"cannot write there ({exc.strerror})", where=str(parent), fix="choose a writable --out"
+        ) from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; --out gets the usual permissions
+    if out.exists() and not out.is_dir():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError("exists and is not a directory", where=str(out), fix="give a directory for --out")
+    try:
+        yield tmp
+        old = parent / f"{tmp.name}.old"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write the output ({exc.strerror})", where=str(out), fix="free disk space or choose another --out"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -30,14 +30,9 @@ def build_model(hf_kwargs: dict):
 def load_hf(path: str | Path):
     from transformers import AlbertForPreTraining
 
-    try:
-        return AlbertForPreTraining.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load a Hugging Face ALBERT: {str(exc).splitlines()[0]}",
-            where=str(path),
-            fix="give a directory written by save_pretrained (config.json + model.safetensors)",
-        ) from None
+    from albert_exp.hf_local import load_model
+
+    return load_model(AlbertForPreTraining, path, use_safetensors=True)
 
 
 def _state_numpy(model) -> dict[str, np.ndarray]:
@@ -91,18 +86,28 @@ def _check(diff: float, what: str) -> None:
 
 
 def google_config_for(variables: dict[str, np.ndarray], source: str | Path, albert_config: str | Path | None) -> dict:
-    """google's albert_config.json: the one given, else the one next to the checkpoint."""
-    path = Path(albert_config) if albert_config else tf_checkpoint.find_albert_config(source)
+    """google's albert_config.json: the one given, else the one next to the checkpoint. A given one must agree
+    with the one next to the checkpoint where there is one: head and layer counts and the activation cannot be
+    read from the weights, and the numerical check would read the same wrong config."""
+    beside = tf_checkpoint.find_albert_config(source)
+    path = Path(albert_config) if albert_config else beside
     if path is None or not path.is_file():
         raise UserError(
-            "no albert_config.json for this checkpoint",
-            where=str(source),
+            "no albert_config.json for this checkpoint" if path is None else "albert_config.json not found",
+            where=str(source if path is None else path),
             fix="pass --albert-config (layer and head counts cannot be read from the weights)",
         )
-    try:
-        google = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"not valid JSON: {exc}", where=str(path)) from None
+    google = mapping.read_google_config(path)
+    if beside is not None and beside.resolve() != path.resolve():
+        found = mapping.read_google_config(beside)
+        for key in mapping.ARCHITECTURE_KEYS:
+            if key in found and found[key] != google.get(key):
+                raise UserError(
+                    f"{key} is {google.get(key)!r}, but the albert_config.json beside the checkpoint ({beside}) "
+                    f"says {found[key]!r}",
+                    where=str(path),
+                    fix="drop --albert-config to use the config beside the checkpoint, or fix the one you give",
+                )
     groups, inner = mapping.count_groups(variables)
     google.setdefault("num_hidden_groups", groups)
     google.setdefault("inner_group_num", inner)

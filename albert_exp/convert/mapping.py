@@ -247,3 +247,67 @@ def check_shapes(variables: dict[str, np.ndarray], kw: dict, where: str) -> None
                 where=where,
                 fix="give the albert_config.json that belongs to this checkpoint (--albert-config)",
             )
+
+
+# What a config must agree on to describe a checkpoint (the weights alone do not show heads, layers, activation).
+ARCHITECTURE_KEYS = (
+    "num_attention_heads",
+    "num_hidden_layers",
+    "hidden_act",
+    "hidden_size",
+    "embedding_size",
+    "intermediate_size",
+    "vocab_size",
+    "num_hidden_groups",
+    "inner_group_num",
+)
+# google-research/albert modeling.get_activation; its "gelu" is the tanh approximation.
+GOOGLE_ACTIVATIONS = ("gelu", "relu", "tanh", "linear")
+_REQUIRED = (
+    "vocab_size",
+    "embedding_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+
+
+def read_google_config(path) -> dict:
+    """google's albert_config.json, checked: required keys, positive integers, heads dividing the hidden size,
+    an activation google's modeling.py knows. Every problem is a one-line UserError naming the file and key."""
+    import json
+    from pathlib import Path
+
+    where = str(path)
+    try:
+        google = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"not valid JSON ({str(exc).splitlines()[0]})", where=where) from None
+    if not isinstance(google, dict):
+        raise UserError("not a JSON object of ALBERT settings", where=where)
+    fix = "use the albert_config.json that came with the checkpoint (google-research/albert format)"
+    for key in _REQUIRED:
+        if key not in google:
+            raise UserError(f"'{key}' is missing", where=where, fix=fix)
+    for key in (*_REQUIRED, "num_hidden_groups", "inner_group_num", "type_vocab_size"):
+        value = google.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"'{key}' is {value!r}, not a positive integer", where=where, fix=fix)
+    if google["hidden_size"] % google["num_attention_heads"]:
+        raise UserError(
+            f"hidden_size {google['hidden_size']} is not divisible by num_attention_heads "
+            f"{google['num_attention_heads']}",
+            where=where,
+            fix=fix,
+        )
+    act = google.get("hidden_act", "gelu")
+    if act not in GOOGLE_ACTIVATIONS:
+        hint = " (google's 'gelu' is already the tanh approximation HF calls gelu_new)" if act == "gelu_new" else ""
+        raise UserError(
+            f"'hidden_act' is {act!r}, google's ALBERT knows {', '.join(GOOGLE_ACTIVATIONS)}{hint}",
+            where=where,
+            fix='write "hidden_act": "gelu"' if act.startswith("gelu") else fix,
+        )
+    return google

@@ -16,7 +16,7 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
 
 def _act(name: str):
-    return {"gelu": _gelu, "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh}[name]
+    return {"gelu": _gelu, "relu": lambda x: np.maximum(x, 0), "tanh": np.tanh, "linear": lambda x: x}[name]
 
 
 def _ln(x: np.ndarray, v: dict, scope: str, eps: float = 1e-12) -> np.ndarray:

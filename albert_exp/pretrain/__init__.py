@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from albert_exp.errors import UserError
+from albert_exp.hf_local import load_model, load_tokenizer
 
 
 def vocab_size(cfg) -> int:
@@ -30,9 +31,7 @@ def vocab_size(cfg) -> int:
             where=str(tok_dir),
             fix="run `albert-exp vocab` first, or set model.vocab_size",
         )
-    from transformers import AutoTokenizer
-
-    return len(AutoTokenizer.from_pretrained(str(tok_dir)))
+    return len(load_tokenizer(tok_dir))
 
 
 def build_model(cfg):
@@ -108,7 +107,7 @@ def run(cfg) -> dict:
     if resume_from:
         from transformers import AlbertForPreTraining
 
-        model = AlbertForPreTraining.from_pretrained(str(resume_from))
+        model = load_model(AlbertForPreTraining, resume_from)
         model.sop_classifier.dropout.p = 0.0
         init_info = saved.get("init") or {"format": "unknown"}  # as first logged: MLflow params are immutable
     else:

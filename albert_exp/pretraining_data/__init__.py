@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -151,7 +153,10 @@ def execute(
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             n = min(workers or os.cpu_count() or 1, len(tasks))
-            with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as pool:
+            from albert_exp.pretraining_data.shards import die_with_parent
+
+            ctx = mp.get_context("spawn")
+            with ProcessPoolExecutor(n, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(process_shard, t) for t in tasks]
                 for f in as_completed(futures):
                     done(f.result())
@@ -161,25 +166,49 @@ def execute(
 
 
 def _execute_ray(tasks: list, address: str | None, done) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise UserError("the ray executor needs Ray", fix="pip install ray, or use --executor local") from None
     from albert_exp.pretraining_data.shards import process_shard
 
-    root = str(Path(__file__).resolve().parents[2])
-    ray.init(
-        address=address or None,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
-    )  # nodes without the package installed
-    try:
+    with ray_session(address) as ray:
         remote = ray.remote(num_cpus=1, max_retries=2)(process_shard)
         pending = [remote.remote(t) for t in tasks]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             done(ray.get(ready[0]))
+
+
+# Ray reads this when it is imported: off, a local Ray instance takes 127.0.0.1 as its node address instead of
+# the machine's address, and its GCS, raylet and workers listen on loopback only (Ray 2.60; checked by
+# tests/test_hardening.py). Ray's GCS accepts anyone who can reach it, so a head started here must not be
+# reachable from the network; a cluster is joined with --address and secured by whoever runs it.
+_RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """Connect to the Ray cluster at `address`, or start a local Ray instance bound to 127.0.0.1 only."""
+    local = not address
+    if local:
+        os.environ[_RAY_LOOPBACK_ENV] = "0"
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray", fix="pip install ray, or use --executor local") from None
+    consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
+    if local and consts is not None:
+        consts.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
+    root = str(Path(__file__).resolve().parents[2])
+    ctx = ray.init(
+        address=address or None,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},  # nodes without the package installed
+        **({"_node_ip_address": "127.0.0.1", "include_dashboard": False} if local else {}),
+    )
+    try:
+        node_ip = ctx.address_info.get("node_ip_address")
+        if local and node_ip != "127.0.0.1":  # never keep a head running that the network can reach
+            raise RuntimeError(f"the local Ray instance took node address {node_ip}, not 127.0.0.1")
+        yield ray
     finally:
         ray.shutdown()
 

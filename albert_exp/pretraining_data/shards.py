@@ -162,6 +162,22 @@ def block_instances(
     return make_instances(*block_arrays(docs, tok), tok.vocab, params, rng)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Pool-worker initializer: the worker gets SIGKILL when the process that started it dies (Linux
+    PR_SET_PDEATHSIG), so a `kill -9` of `albert-exp pretraining-data` leaves no orphaned workers (and, once
+    they are gone, the resource tracker exits too). Elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
 def shard_done(task: ShardTask) -> dict[str, Any] | None:
     """The sidecar of a complete, valid shard made from the same inputs, or None."""
     out, side = Path(task.output_path), Path(task.output_path + ".json")

@@ -1,0 +1,112 @@
+"""Hardening that needs real processes: nothing listens beyond loopback, no orphans after kill -9, the
+promotion lock is never broken while its holder lives (issue #14)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def test_local_ray_instance_listens_on_loopback_only(tmp_path):
+    """`pretraining-data --executor ray` without --address starts Ray through ray_session(None): every socket
+    that Ray's processes (GCS, raylet, workers, agents, the driver) listen on must be a loopback address."""
+    pytest.importorskip("ray")
+    psutil = pytest.importorskip("psutil")
+    del psutil
+    code = textwrap.dedent(
+        """
+        import json, os, psutil
+        from albert_exp.pretraining_data import ray_session
+        with ray_session(None) as ray:
+            ray.get(ray.remote(lambda: 1).remote())  # a worker is up too
+            me = psutil.Process()
+            ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
+            socks = [
+                [c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()]
+                for c in psutil.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN and c.pid in ours
+            ]
+        print(json.dumps(socks))
+        """
+    )
+    env = {**_env(), "RAY_TMPDIR": "/tmp"}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+
+    socks = json.loads(out.stdout.strip().splitlines()[-1])
+    names = {name for _, _, name in socks}
+    assert any("gcs_server" in n for n in names) and any("raylet" in n for n in names), socks
+    exposed = [s for s in socks if s[0] not in LOOPBACK]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+@pytest.fixture(scope="module")
+def corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
+    from albert_exp import toy
+    from albert_exp.corpus import ShardWriter
+    from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
+
+    root = tmp_path_factory.mktemp("pd")
+    docs = list(toy.pretraining_documents(0, 400))
+    lines = [normalize(s, lowercase=True, keep_accents=False) for d in docs for s in d]
+    train_sentencepiece(lines, root / "spiece", 300, "unigram", 1.0)
+    build_hf_tokenizer(root / "spiece.model", root / "tokenizer", lowercase=True, keep_accents=False)
+    writer = ShardWriter(root / "corpus", 800)
+    for d in docs:
+        writer.add(d)
+    writer.finish({"source": "test"})
+    return root / "corpus" / "manifest.json", root / "tokenizer"
+
+
+def test_kill_9_of_pretraining_data_leaves_no_orphaned_workers(tmp_path, corpus_and_tokenizer):
+    psutil = pytest.importorskip("psutil")
+    manifest, tok = corpus_and_tokenizer
+    cmd = [
+        sys.executable,
+        "-m",
+        "albert_exp",
+        "pretraining-data",
+        "--workdir",
+        str(tmp_path / "w"),
+        "--input",
+        str(manifest),
+        "--tokenizer-dir",
+        str(tok),
+        "--workers",
+        "2",
+        "--dupe-factor",
+        "40",
+    ]
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 120
+    workers: list = []
+    while time.time() < deadline and proc.poll() is None:
+        kids = parent.children(recursive=True)
+        workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
+        if len(workers) >= 2:
+            break
+        time.sleep(0.1)
+    assert len(workers) >= 2, f"no pool workers seen (rc={proc.poll()}): {proc.stderr.read().decode()[-2000:]}"
+    family = parent.children(recursive=True)  # the workers and multiprocessing's resource tracker
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(family, timeout=20)
+    assert not alive, f"left running after kill -9 of the parent: {[(p.pid, p.cmdline()[-2:]) for p in alive]}"
