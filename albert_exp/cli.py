@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import importlib
 import json
 import os
@@ -76,6 +77,7 @@ def _field_flags(parser: argparse.ArgumentParser, section: str) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = typing.get_args(tp) if typing.get_origin(tp) is typing.Literal else None
         help_text = f"default: {default!r}" + (f"; one of {', '.join(choices)}" if choices else "")
+        help_text = f"{f.metadata['help']}; {help_text}" if "help" in f.metadata else help_text
         if tp is bool:
             group.add_argument(
                 flag, dest=f"{section}.{name}", nargs="?", const="true", default=None, metavar="BOOL", help=help_text
@@ -147,6 +149,17 @@ QUIET_DEFAULTS = {
 }
 
 
+# OSErrors that are about the user's machine, with what to do: one line and exit 2 like a UserError.
+USER_ERRNOS = {
+    errno.ENOSPC: "free disk space, or write the output elsewhere (--workdir / the output_dir setting)",
+    errno.EDQUOT: "free space in your quota, or write the output elsewhere",
+    errno.EFBIG: "the file size limit (ulimit -f) is reached: raise it, or write smaller shards",
+    errno.EROFS: "the file system is read-only: write the output elsewhere (--workdir / the output_dir setting)",
+    errno.EACCES: "you cannot write there: fix the permissions, or write the output elsewhere",
+    errno.EPERM: "you cannot write there: fix the permissions, or write the output elsewhere",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in QUIET_DEFAULTS.items():
@@ -166,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc.format()}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk or a read-only directory is the user's to fix, not a bug
+        if args.debug or exc.errno not in USER_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror} ({USER_ERRNOS[exc.errno]})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

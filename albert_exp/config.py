@@ -101,6 +101,9 @@ class VocabConfig:
     keep_accents: bool = False
     character_coverage: float = 0.9995
     sample_sentences: int = 2_000_000  # SentencePiece trains on a seeded sample of this many sentences
+    # An existing SentencePiece model (e.g. spiece.model of a TF-Hub ALBERT module) used instead of training one;
+    # lowercase/keep_accents must then say how that model's text was normalised (google's ALBERT: true/false).
+    from_spm: str | None = None
 
     def validate(self, key: str) -> None:
         _require(self.vocab_size >= 16, f"{key}.vocab_size", "must be >= 16")
@@ -112,7 +115,9 @@ class PretrainingDataConfig:
     """TFRecord shards with google-research/albert's features (SOP, n-gram whole-word masking), one per
     corpus shard, in parallel over local processes or a Ray cluster."""
 
-    input: str | None = None  # corpus manifest.json; None: <workdir>/corpus/manifest.json
+    input: str | None = field(  # corpus manifest.json; None: <workdir>/corpus/manifest.json
+        default=None, metadata={"help": "the corpus manifest.json that `albert-exp corpus` wrote (not a text file)"}
+    )
     tokenizer_dir: str | None = None  # None: <workdir>/vocab/tokenizer
     output_dir: str | None = None  # None: <workdir>/pretraining_data
     max_seq_length: int | None = None  # None: pretrain.max_seq_length (the two must agree)
@@ -229,6 +234,24 @@ class PretrainConfig:
             self.num_workers >= 0 and self.plateau_window >= 0, f"{key}.num_workers/plateau_window", "must be >= 0"
         )
         _require(0.0 <= self.plateau_smoothing < 1.0, f"{key}.plateau_smoothing", "must be in [0, 1)")
+        # Left empty (None) these are derived from the batch size; an explicit 0 or negative value is a mistake,
+        # not a request for the derived value.
+        derived = "(leave it empty to derive it from the batch size)"
+        for name in ("num_train_steps", "max_steps"):
+            value = getattr(self, name)
+            _require(value is None or value >= 1, f"{key}.{name}", f"{value} must be >= 1 {derived}")
+        _require(
+            self.num_warmup_steps is None or self.num_warmup_steps >= 0,
+            f"{key}.num_warmup_steps",
+            f"{self.num_warmup_steps} must be >= 0 {derived}",
+        )
+        _require(
+            self.learning_rate is None or 0 < self.learning_rate < 1,
+            f"{key}.learning_rate",
+            f"{self.learning_rate} must be in (0, 1) {derived}",
+        )
+        _require(self.reference_learning_rate > 0, f"{key}.reference_learning_rate", "must be > 0")
+        _require(self.reference_warmup_steps >= 0, f"{key}.reference_warmup_steps", "must be >= 0")
         _require(
             self.max_grad_norm > 0 and self.weight_decay >= 0,
             f"{key}.max_grad_norm/weight_decay",
@@ -352,7 +375,7 @@ class PromoteConfig:
     force: bool = False  # make the challenger champion whatever the scores (needs a reason)
     reason: str = ""
     lock_timeout_s: float = 120.0  # wait this long for another promotion of the same model to finish
-    lock_stale_s: float = 900.0  # a lock older than this was left by a dead process and is broken
+    lock_stale_s: float = 900.0  # a lock from another host whose heartbeat is older than this is broken
 
     def validate(self, key: str) -> None:
         _require(self.margin >= 0, f"{key}.margin", "must be >= 0")
@@ -447,7 +470,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             allowed_text = ", ".join(map(str, allowed))
             raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {allowed_text}")
-        return value
+        return allowed[allowed.index(value)]
+    if isinstance(value, RawValue) and tp is not str:  # a command-line value for a non-text field: as YAML
+        return _coerce(_yaml_scalar(value), tp, key)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
@@ -477,6 +502,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"bad value for '{key}': {value!r} is not an integer")
         return out
     if tp is str:
+        if isinstance(value, RawValue):  # the text as typed: `--set promote.reason=no` stays "no"
+            return str.__str__(value)
         if isinstance(value, (dict, list)):
             raise ConfigError(f"bad value for '{key}': expected text, got {value!r}")
         return str(value)
@@ -507,15 +534,25 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+class RawValue(str):
+    """A value as typed on the command line. It is converted by the type of the field it sets: kept as typed for
+    text fields (YAML would turn `no` into False and `1e-3` into a string), parsed as YAML for the others."""
+
+
+def _yaml_scalar(raw: str) -> Any:
+    text = str.__str__(raw)
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
 def parse_override(text: str, where: str) -> dict:
-    """`finetune.epochs=4` -> {'finetune': {'epochs': 4}} (the value parsed as YAML)."""
+    """`finetune.epochs=4` -> {'finetune': {'epochs': RawValue('4')}}, converted by the field's type later."""
     if "=" not in text:
         raise ConfigError(f"bad override {text!r}", where=where, fix="write KEY=VALUE, e.g. finetune.epochs=4")
     key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    value = RawValue(raw)
     out: dict = {}
     node = out
     parts = key.strip().split(".")

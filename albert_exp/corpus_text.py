@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import gzip
 import hashlib
+import json
 import os
 import unicodedata
 from collections.abc import Iterator
@@ -151,3 +152,31 @@ def make_corpus(cfg, out: Path) -> dict[str, Any]:
             fix="check corpus.inputs: one sentence per line, a blank line between documents",
         )
     return writer.finish({"source": "files", "normalization": norm.describe(), "on_bad_line": c.on_bad_line, **stats})
+
+
+def read_manifest(path: Path, flag: str = "--input") -> dict[str, Any]:
+    """The corpus stage's manifest.json, checked: a JSON object listing shards that exist. Anything else (a text
+    file given where the manifest is expected, an empty or cut file, no shards) is a one-line UserError."""
+    fix = f"give the manifest.json that `albert-exp corpus` wrote ({flag}), or rerun `albert-exp corpus`"
+    if not path.is_file():
+        raise UserError("corpus manifest not found" if not path.exists() else "not a file", where=str(path), fix=fix)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError("not a corpus manifest (not UTF-8 JSON)", where=str(path), fix=fix) from None
+    except json.JSONDecodeError as exc:
+        what = "empty file" if not path.read_bytes().strip() else f"not valid JSON at line {exc.lineno}"
+        raise UserError(f"not a corpus manifest ({what})", where=str(path), fix=fix) from None
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and "path" in s for s in shards):
+        raise UserError("not a corpus manifest (no list of shards with paths)", where=str(path), fix=fix)
+    if not shards:
+        raise UserError("the corpus manifest lists no shards", where=str(path), fix="rerun `albert-exp corpus`")
+    for s in shards:
+        if not (path.parent / s["path"]).is_file():
+            raise UserError(
+                "corpus shard listed in the manifest is missing",
+                where=str(path.parent / s["path"]),
+                fix="rerun `albert-exp corpus`",
+            )
+    return manifest

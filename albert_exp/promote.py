@@ -13,8 +13,8 @@ any `--force --reason` are written as tags and a description on the challenger's
 Two promotions of the same model at once: the read-compare-move runs under a lock that works on any MLflow
 registry (SQLite, PostgreSQL, a tracking server): creating a registered model is atomic in every store (the
 name is unique), so creating `<model>.promotion-lock` is a compare-and-set. A registry tag cannot be one
-(set_tag is last-writer-wins), and a file lock only guards one machine. A lock older than `lock_stale_s` was
-left by a dead process and is broken.
+(set_tag is last-writer-wins), and a file lock only guards one machine. The lock is broken only when its
+holder is dead (its pid on this host, its heartbeat from elsewhere), and released only by its holder.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import getpass
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -77,7 +78,14 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
         phrase_column=f.phrase_column,
         separator=f.phrase_separator,
         case_insensitive=f.case_insensitive,
+        on_missing_phrase=f.on_missing_phrase,
     )
+    if data.dropped:  # scored without them: say so (finetune.on_missing_phrase: error makes them fatal)
+        d = data.dropped[0]
+        print(
+            f"warning: {eval_csv}: {len(data.dropped)} of {len(data) + len(data.dropped)} rows dropped from the "
+            f"evaluation: their phrase is not in the text (e.g. row {d['row']}: {d['missing']})"
+        )
     metrics, _ = evaluate(model, data, f.eval_batch_size, tokenizer.pad_token_id)
     return metrics
 
@@ -90,33 +98,86 @@ def file_digest(path: Path) -> str:
 
 @contextmanager
 def registry_lock(registry: Registry, name: str, timeout_s: float, stale_s: float):
-    """Mutual exclusion between promotions of `name`, through the registry's unique model names."""
+    """Mutual exclusion between promotions of `name`, through the registry's unique model names.
+
+    The lock records its holder (host, pid) and a heartbeat the holder refreshes while it works. It is broken
+    only when its holder is known dead: on this host, when its pid is gone; from another host, when its
+    heartbeat is older than `stale_s`. A holder that is alive is never overtaken, however long it evaluates.
+    The lock is released only by its own holder.
+    """
     lock = f"{name}.promotion-lock"
-    owner = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    host, pid = socket.gethostname(), os.getpid()
+    owner = f"{getpass.getuser()}@{host}:{pid}:{uuid.uuid4().hex[:8]}"
     deadline = time.time() + timeout_s
-    while not registry.create_model(
-        lock,
-        tags={"owner": owner, "since": f"{time.time():.3f}"},
-        description="held while a promotion compares and moves aliases",
-    ):
+    while True:
+        now = f"{time.time():.3f}"
+        tags = {"owner": owner, "host": host, "pid": str(pid), "since": now, "heartbeat": now}
+        if registry.create_model(lock, tags=tags, description="held while a promotion compares and moves aliases"):
+            break
         held = registry.model_tags(lock)
         if held is None:
             continue  # released meanwhile
-        if time.time() - float(held.get("since", time.time())) > stale_s:
-            print(f"breaking a stale promotion lock held by {held.get('owner')}")
+        dead = _holder_dead(held, host, stale_s)
+        if dead and (registry.model_tags(lock) or {}).get("owner") == held.get("owner"):
+            print(f"breaking the promotion lock of {held.get('owner')}: {dead}")
             registry.delete_model(lock)
             continue
         if time.time() > deadline:
             raise UserError(
-                f"another promotion of '{name}' holds the lock",
+                f"another promotion of '{name}' holds the lock ({held.get('owner')})",
                 where=lock,
                 fix=f"wait for it, or delete the registered model '{lock}' if its owner is dead",
             )
         time.sleep(0.2)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(registry, lock, owner, stop, stale_s), daemon=True)
+    beat.start()
     try:
         yield owner
     finally:
-        registry.delete_model(lock)
+        stop.set()
+        beat.join()
+        if (registry.model_tags(lock) or {}).get("owner") == owner:
+            registry.delete_model(lock)
+        else:
+            print(f"the promotion lock '{lock}' was no longer held by this promotion: left as it is")
+
+
+def _holder_dead(tags: dict, host: str, stale_s: float) -> str:
+    """Why the lock's holder is dead ("" while it may be alive)."""
+    pid = tags.get("pid", "")
+    if tags.get("host") == host and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return f"process {pid} on {host} is gone"
+        except PermissionError:
+            pass  # alive, another user's process
+        return ""
+    age = time.time() - float(tags.get("heartbeat") or tags.get("since") or 0)
+    return f"no heartbeat for {age:.0f} s (> lock_stale_s {stale_s:g})" if age > stale_s else ""
+
+
+def _heartbeat(registry: Registry, lock: str, owner: str, stop: threading.Event, stale_s: float) -> None:
+    """Refresh the lock's heartbeat a few times per `stale_s` while the promotion runs."""
+    while not stop.wait(max(0.05, min(stale_s / 4, 30.0))):
+        try:
+            if (registry.model_tags(lock) or {}).get("owner") != owner:
+                return
+            registry.set_model_tag(lock, "heartbeat", f"{time.time():.3f}")
+        except Exception:  # a missed beat only makes the lock look older
+            pass
+
+
+def _archive_decision(registry: Registry, name: str, run_id: str) -> None:
+    """A repeated promotion of a version keeps the earlier decision: its tags go to promotion.history.N."""
+    version = registry.version_of_run(name, run_id)
+    tags = dict(version.tags) if version is not None else {}
+    if "promotion.decision" not in tags:
+        return
+    n = 1 + sum(k.startswith("promotion.history.") for k in tags)
+    keep = {k: v for k, v in tags.items() if k.startswith(("promotion.", "eval_")) and "history" not in k}
+    registry.set_version_tags(name, version.version, {f"promotion.history.{n}": json.dumps(keep)[:5000]})
 
 
 def decide(challenger: float, champion: float | None, margin: float, force: bool) -> tuple[bool, str]:
@@ -196,6 +257,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 "promotion.by": owner,
                 "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
+            _archive_decision(registry, name, run_id)
             registry.set_version_tags(name, version.version, tags)
             if promoted:
                 registry.set_alias(name, "champion", version.version)

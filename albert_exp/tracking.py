@@ -522,6 +522,9 @@ class Registry:
     def delete_model(self, name: str) -> None:
         self._client.delete_registered_model(name)
 
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self._client.set_registered_model_tag(name, key, value)
+
     def version_of_run(self, name: str, run_id: str) -> Any | None:
         for v in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             return v

@@ -12,8 +12,10 @@ and serving all tokenise identically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import re
 import shutil
 import unicodedata
 from collections.abc import Iterator
@@ -52,6 +54,15 @@ def normalize(text: str, *, lowercase: bool, keep_accents: bool) -> str:
 _ACCENTED_SCRIPTS = ("LATIN", "GREEK", "CYRILLIC")
 
 
+def _not_an_accent(mark: str, base: str) -> bool:
+    """Marks whose removal loses no letter: variation selectors (emoji vs text style, U+FE0F), the combining
+    keycap, and any mark on a symbol or emoji (ZWJ sequences join emoji with U+200D, which is not a mark)."""
+    cp = ord(mark)
+    if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF or cp == 0x20E3:
+        return True
+    return bool(base) and unicodedata.category(base)[0] in "SZC"  # symbols (emoji), separators, controls
+
+
 def check_accent_policy(lines: list[str], keep_accents: bool, where: str, max_share: float = 0.01) -> None:
     """Refuse keep_accents=false when it would strip vowel or tone marks from more than `max_share` of the
     sentences (e.g. Thai), instead of silently training a vocabulary on damaged text."""
@@ -64,6 +75,8 @@ def check_accent_policy(lines: list[str], keep_accents: bool, where: str, max_sh
         base = ""
         for ch in unicodedata.normalize("NFKD", line):
             if unicodedata.category(ch).startswith("M"):
+                if _not_an_accent(ch, base):
+                    continue
                 script = unicodedata.name(base, "UNKNOWN").split(" ")[0] if base else "UNKNOWN"
                 if script not in _ACCENTED_SCRIPTS:
                     damaged[script] = damaged.get(script, 0) + 1
@@ -82,18 +95,23 @@ def check_accent_policy(lines: list[str], keep_accents: bool, where: str, max_sh
 
 
 def corpus_sentences(manifest_path: Path) -> Iterator[str]:
-    if not manifest_path.is_file():
-        raise UserError(
-            "corpus manifest not found",
-            where=str(manifest_path),
-            fix="run `albert-exp corpus` first, or point --workdir at its output",
-        )
-    manifest = json.loads(manifest_path.read_text())
+    from albert_exp.corpus_text import read_manifest
+
+    manifest = read_manifest(manifest_path, flag="--workdir")
     for shard in manifest["shards"]:
-        with open(manifest_path.parent / shard["path"], encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    yield line.strip()
+        path = manifest_path.parent / shard["path"]
+        with open(path, encoding="utf-8") as fh:
+            n = 0
+            try:
+                for n, line in enumerate(fh, 1):  # noqa: B007 (n names the line of a decoding error)
+                    if line.strip():
+                        yield line.strip()
+            except UnicodeDecodeError as exc:
+                raise UserError(
+                    f"not UTF-8 text after line {n} ({exc.reason})",
+                    where=str(path),
+                    fix="make shards with `albert-exp corpus` (on_bad_line: skip drops such lines)",
+                ) from None
 
 
 def sample(sentences: Iterator[str], k: int, seed: int) -> list[str]:
@@ -137,6 +155,15 @@ def train_sentencepiece(
             num_threads=1,
             minloglevel=2,
         )  # one thread, no shuffling: the same model on every run
+    except RuntimeError as exc:
+        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(exc))
+        if not m:
+            raise
+        raise UserError(
+            f"vocab_size {vocab_size} is below the {m.group(2)} distinct characters (and specials) the sample needs",
+            where="vocab.vocab_size",
+            fix=f"set vocab.vocab_size above {m.group(2)}, or lower vocab.character_coverage",
+        ) from None
     finally:
         text_file.unlink(missing_ok=True)
 
@@ -156,14 +183,61 @@ def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_
     return tok
 
 
+def import_sentencepiece(source: Path, out: Path) -> dict[str, Any]:
+    """Copy an existing SentencePiece model (e.g. the spiece.model of a TF-Hub ALBERT module) to out/spiece.model
+    after checking it loads and has ALBERT's special tokens at ids 0-4. Returns what it records about it."""
+    import sentencepiece as spm
+
+    if not source.is_file():
+        raise UserError("SentencePiece model not found", where=str(source), fix="give the path of a spiece.model")
+    sp = spm.SentencePieceProcessor()
+    try:
+        sp.load(str(source))
+    except (OSError, RuntimeError) as exc:
+        raise UserError(
+            f"not a SentencePiece model ({str(exc).splitlines()[0][:120]})",
+            where=str(source),
+            fix="give a model written by SentencePiece (spiece.model)",
+        ) from None
+    pieces = [sp.id_to_piece(i) for i in range(min(5, sp.get_piece_size()))]
+    if pieces != SPECIALS:
+        raise UserError(
+            f"ids 0-4 are {pieces}, ALBERT needs {SPECIALS}",
+            where=str(source),
+            fix="use an ALBERT SentencePiece model (google's, or one made by `albert-exp vocab`)",
+        )
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(sp.serialized_model_proto())
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, out / "spiece.model")
+    return {
+        "source": str(source),
+        "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "pieces": sp.get_piece_size(),
+        "model_type": sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower(),
+        "spm_normalizer": proto.normalizer_spec.name,  # SentencePiece's own rule, applied inside encode()
+    }
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     v = cfg.vocab
     out = cfg.stage_dir("vocab")
-    with stage_run(cfg, "vocab", f"{v.model_type} {v.vocab_size}") as tracker:
-        lines = sample(corpus_sentences(cfg.stage_dir("corpus") / "manifest.json"), v.sample_sentences, cfg.seed)
+    label = f"from {Path(v.from_spm).name}" if v.from_spm else f"{v.model_type} {v.vocab_size}"
+    with stage_run(cfg, "vocab", label) as tracker:
+        manifest = cfg.stage_dir("corpus") / "manifest.json"
+        imported = None
+        if v.from_spm:  # the corpus, when there is one, only measures the unknown-token rate
+            imported = import_sentencepiece(Path(v.from_spm), out)
+            n = min(v.sample_sentences, 20000)  # enough for the unknown-token rate
+            lines = sample(corpus_sentences(manifest), n, cfg.seed) if manifest.is_file() else []
+        else:
+            lines = sample(corpus_sentences(manifest), v.sample_sentences, cfg.seed)
         check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
         lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
-        train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
+        if not v.from_spm:
+            train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
         tok = build_hf_tokenizer(
             out / "spiece.model", out / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
         )
@@ -172,6 +246,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         total = sum(len(tok(s)["input_ids"]) for s in lines[:2000])
         metrics = {"vocab/size": len(tok), "vocab/sample_sentences": len(lines), "vocab/unk_rate": unk / max(total, 1)}
         tracker.log_metrics(metrics, step=0)
+        # The normalisation every later stage applies (the tokenizer stores it too): recorded beside the model.
+        normalisation = {"lowercase": v.lowercase, "keep_accents": v.keep_accents, **(imported or {})}
+        if imported is None:
+            normalisation["spm_normalizer"] = "nmt_nfkc"  # SentencePiece's default, used when training here
+        (out / "tokenizer" / "normalization.json").write_text(json.dumps(normalisation, indent=1) + "\n")
+        tracker.set_tags({f"vocab.{key}": val for key, val in normalisation.items() if key != "source"})
         tracker.log_artifacts(out / "tokenizer", "tokenizer")
         results = {
             "output_dir": str(out),
@@ -179,6 +259,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             "spm_model": str(out / "spiece.model"),
             "vocab_size": len(tok),
             "unk_rate": metrics["vocab/unk_rate"],
+            "normalization": normalisation,
             "run_id": tracker.run_id,
         }
         write_results(out, results, tracker)

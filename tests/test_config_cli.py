@@ -68,17 +68,31 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 def test_empty_flag_values_mean_as_in_the_config(tmp_path, monkeypatch):
     import albert_exp.finetune as ft
 
-    seen = {}
-    monkeypatch.setattr(ft, "run", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    seen = []
+    monkeypatch.setattr(ft, "run", lambda cfg: seen.append(cfg) or {})
     f = tmp_path / "e.yaml"
-    f.write_text("finetune:\n  epochs: 7\n")
+    f.write_text("finetune:\n  epochs: 7\n  learning_rate: 0.002\n")
     assert main(["finetune", "--config", str(f), "--epochs", "", "--learning-rate", "", "--set", ""]) == 0
-    assert seen["cfg"].finetune.epochs == 7
+    assert (seen[-1].finetune.epochs, seen[-1].finetune.learning_rate) == (7, 0.002)  # "" = as in the config
+    # MLproject passes every pair in one string: each pair is applied
     assert main(["finetune", "--config", str(f), "--set", "finetune.epochs=2 finetune.batch_size=8"]) == 0
-    assert (seen["cfg"].finetune.epochs, seen["cfg"].finetune.batch_size) == (7, 32)  # setdefault kept first
-    seen.clear()
-    assert main(["finetune", "--config", str(f), "--set", "finetune.epochs=2 finetune.batch_size=8"]) == 0
-    assert (seen["cfg"].finetune.epochs, seen["cfg"].finetune.batch_size) == (2, 8)
+    assert (seen[-1].finetune.epochs, seen[-1].finetune.batch_size) == (2, 8)
+    assert len(seen) == 2
+
+
+def test_command_line_values_are_converted_by_the_fields_type():
+    cfg = load_config(None, ["promote.reason=no", "promote.model_name=1e3", "finetune.epochs=3", "vocab.lowercase=no"])
+    assert cfg.promote.reason == "no" and cfg.promote.model_name == "1e3"  # text stays as typed (not YAML's False)
+    assert cfg.finetune.epochs == 3 and cfg.vocab.lowercase is False  # numbers and booleans are parsed
+    assert load_config(None, ["pretrain.input=a.tfrecord,b.tfrecord"]).pretrain.input == ["a.tfrecord", "b.tfrecord"]
+    for bad, key in (
+        ("pretrain.learning_rate=0", "pretrain.learning_rate"),  # not silently the derived value
+        ("pretrain.learning_rate=-1", "pretrain.learning_rate"),
+        ("pretrain.num_train_steps=-5", "pretrain.num_train_steps"),
+        ("pretrain.num_warmup_steps=-1", "pretrain.num_warmup_steps"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])
 
 
 def test_console_script_and_module_entry_agree():

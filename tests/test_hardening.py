@@ -110,3 +110,46 @@ def test_kill_9_of_pretraining_data_leaves_no_orphaned_workers(tmp_path, corpus_
     proc.wait()
     gone, alive = psutil.wait_procs(family, timeout=20)
     assert not alive, f"left running after kill -9 of the parent: {[(p.pid, p.cmdline()[-2:]) for p in alive]}"
+
+
+def test_promotion_lock_is_never_broken_while_its_holder_lives(tmp_path, mlflow_store):
+    import socket as sock
+
+    from mlflow.tracking import MlflowClient
+
+    from albert_exp.errors import UserError
+    from albert_exp.promote import registry_lock
+    from albert_exp.tracking import Registry
+
+    client, registry = MlflowClient(), Registry()
+    lock = "m.promotion-lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        old = f"{time.time() - 3600:.3f}"  # an hour-old lock whose holder is alive on this host
+        tags = {"owner": "other", "host": sock.gethostname(), "pid": str(holder.pid), "since": old, "heartbeat": old}
+        client.create_registered_model(lock, tags=tags)
+        with pytest.raises(UserError, match="holds the lock"):
+            with registry_lock(registry, "m", timeout_s=1.0, stale_s=0.1):
+                pass
+        assert client.get_registered_model(lock).tags["owner"] == "other"
+    finally:
+        holder.kill()
+        holder.wait()
+    with registry_lock(registry, "m", timeout_s=5.0, stale_s=0.1) as owner:  # its holder is dead now: broken
+        assert client.get_registered_model(lock).tags["owner"] == owner
+        time.sleep(0.5)  # several heartbeats: another host's breaker (stale_s 0.1) would see a fresh one
+        beat = float(client.get_registered_model(lock).tags["heartbeat"])
+        assert time.time() - beat < 0.5
+    assert not client.search_registered_models(f"name = '{lock}'")  # released
+
+    # Another host's lock: broken only once its heartbeat is older than stale_s.
+    fresh = f"{time.time():.3f}"
+    client.create_registered_model(lock, tags={"owner": "far", "host": "elsewhere", "pid": "1", "heartbeat": fresh})
+    with pytest.raises(UserError):
+        with registry_lock(registry, "m", timeout_s=0.5, stale_s=60):
+            pass
+    with registry_lock(registry, "m", timeout_s=5.0, stale_s=0.2):
+        # Released only by its holder: a lock that someone else took over meanwhile is left alone.
+        client.delete_registered_model(lock)
+        client.create_registered_model(lock, tags={"owner": "usurper", "host": "elsewhere", "heartbeat": fresh})
+    assert client.get_registered_model(lock).tags["owner"] == "usurper"

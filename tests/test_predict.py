@@ -48,9 +48,31 @@ def test_predict_txt_and_csv(model_uri, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == reviews and summary["reviews"] == 3
-    for r in rows:
+    # With threshold 0 every real token is tagged, so every review has spans: the offsets are checked on real
+    # spans (at 0.5 a tiny model may find none, and a check over no spans cannot fail).
+    out0 = tmp_path / "all.jsonl"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "reviews.txt"),
+                "--output",
+                str(out0),
+                "--threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    tagged = [json.loads(line) for line in out0.read_text().splitlines()]
+    assert len(tagged) == 3 and all(r["spans"] for r in tagged)
+    for r in rows + tagged:
         assert [s["text"] for s in r["spans"]] == r["phrases"]
-        assert all(r["text"][s["start"] : s["end"]] == s["text"] for s in r["spans"])
+        assert all(r["text"][s["start"] : s["end"]] == s["text"] and s["text"].strip() for s in r["spans"])
 
     with open(tmp_path / "reviews.csv", "w", newline="") as fh:
         w = csv.writer(fh)

@@ -27,9 +27,10 @@ SEQ, PRED, VOCAB = 16, 3, 40
 CLS, SEP, MASK = 2, 3, 4
 
 
-def toy_examples(n: int, seed: int) -> list[bytes]:
+def toy_examples(n: int, seed: int, ragged: bool = False) -> list[bytes]:
     """Learnable data: segment A counts up from a random start, segment B continues it; SOP label 1 swaps them.
-    Masked tokens are predictable from their neighbours."""
+    Masked tokens are predictable from their neighbours. `ragged`: 1..PRED real predictions per example, the
+    rest padded with weight 0 (as google's data has when a sequence has few maskable tokens)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -43,8 +44,10 @@ def toy_examples(n: int, seed: int) -> list[bytes]:
         ids, seg = ids + [0] * (SEQ - len(ids)), seg + [0] * (SEQ - len(seg))
         mask = [1] * 16
         positions = sorted(rng.choice([i for i in range(1, 16) if ids[i] not in (CLS, SEP)], PRED, replace=False))
-        targets = [ids[p] for p in positions]
-        for p in positions:
+        real = int(rng.integers(1, PRED + 1)) if ragged else PRED
+        positions = [*positions[:real], *[0] * (PRED - real)]
+        targets = [ids[p] if i < real else 0 for i, p in enumerate(positions)]
+        for p in positions[:real]:
             ids[p] = MASK
         out.append(
             encode_example(
@@ -55,7 +58,7 @@ def toy_examples(n: int, seed: int) -> list[bytes]:
                     "token_boundary": [1] * SEQ,
                     "masked_lm_positions": positions,
                     "masked_lm_ids": targets,
-                    "masked_lm_weights": np.ones(PRED, np.float32),
+                    "masked_lm_weights": np.array([1.0] * real + [0.0] * (PRED - real), np.float32),
                     "next_sentence_labels": [swap],
                 }
             )
@@ -63,11 +66,11 @@ def toy_examples(n: int, seed: int) -> list[bytes]:
     return out
 
 
-def make_shards(root: Path, shards: int = 3, per_shard: int = 64, seed: int = 0) -> list[str]:
+def make_shards(root: Path, shards: int = 3, per_shard: int = 64, seed: int = 0, ragged: bool = False) -> list[str]:
     paths = []
     for i in range(shards):
         p = root / f"shard-{i:03d}.tfrecord"
-        write_records(p, toy_examples(per_shard, seed * 100 + i))
+        write_records(p, toy_examples(per_shard, seed * 100 + i, ragged))
         paths.append(str(p))
     return paths
 
@@ -384,6 +387,10 @@ def test_resume_refuses_a_different_worker_count(tmp_path, mlflow_store):
         run(cfg_from(tmp_path, d)[0])
 
 
+def _payloads(root: Path) -> list[bytes]:
+    return [p for f in sorted(root.glob("*.tfrecord")) for _, p in iter_records(str(f))]
+
+
 def _losses(res) -> list[float]:
     rows = [json.loads(x) for x in (Path(res["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
     return [r["train/loss"] for r in rows if "train/loss" in r]
@@ -391,6 +398,12 @@ def _losses(res) -> list[float]:
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, mlflow_store):
     from albert_exp.pretrain import run
+
+    # Ragged mask weights (1..PRED real predictions per example): the micro-batches hold different numbers of
+    # predictions, so normalising the MLM loss per micro-batch instead of over the whole batch would differ.
+    make_shards(tmp_path / "data", ragged=True)
+    weights = [decode_example(p)["masked_lm_weights"] for p in _payloads(tmp_path / "data")]
+    assert len({float(w.sum()) for w in weights}) > 1
 
     full = run(
         cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=6, eval_input=[], output_dir=str(tmp_path / "full")))[

@@ -57,17 +57,17 @@ def test_conda_and_pyproject_pins_agree():
     assert all("==" in d for d in deps), "every runtime dependency is pinned"
 
 
-def test_help_is_fast_and_imports_nothing_heavy():
+def test_help_imports_nothing_heavy():
+    """What keeps --help fast; its time is measured by benchmarks/cli_help.py (no timings in unit tests)."""
     code = (
-        "import sys, time; t=time.perf_counter(); from albert_exp.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy=[m for m in ('torch','transformers','mlflow','pandas','tensorflow') if m in sys.modules]\n"
-        "print(time.perf_counter()-t, heavy)"
+        "import sys; from albert_exp.cli import main\n"
+        "for argv in (['--help'], ['pretraining-data', '--help'], ['convert', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print([m for m in ('torch','transformers','mlflow','pandas','tensorflow','ray') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    seconds, heavy = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    heavy = out.stdout.strip().splitlines()[-1]
     assert heavy == "[]", f"--help imported {heavy}"
-    assert float(seconds) < 1.0
 
 
 def test_every_experiment_yaml_loads_and_has_a_header():

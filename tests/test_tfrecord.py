@@ -205,7 +205,22 @@ def test_tensorflow_parses_our_files_with_googles_feature_spec(tmp_path):
         for i, p in enumerate(parsed):
             for k in spec:
                 np.testing.assert_array_equal(p[k].numpy(), batch[k][i])
-    # And TF's own serialization decodes here.
-    ex = tf.train.Example()
-    ex.ParseFromString(payloads[0])
-    assert ex.SerializeToString() != b"" and decode_example(ex.SerializeToString()).keys() == set(FEATURES)
+    # And examples serialised by TF itself (with values our encoder never writes: negative, 64-bit, fractional
+    # floats) decode here to exactly the values TF was given.
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        row = {k: v[i].copy() for k, v in batch.items()}
+        row["input_ids"][:3] = [-1, 2**62 + 3, -(2**63)]
+        row["masked_lm_weights"] = rng.normal(size=PRED).astype(np.float32)
+        feature = {
+            k: tf.train.Feature(float_list=tf.train.FloatList(value=v.tolist()))
+            if FEATURES[k][0] == "float"
+            else tf.train.Feature(int64_list=tf.train.Int64List(value=v.tolist()))
+            for k, v in row.items()
+        }
+        theirs = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        ours = decode_example(theirs)
+        assert ours.keys() == set(FEATURES)
+        for k, v in row.items():
+            np.testing.assert_array_equal(ours[k], v)
+            assert ours[k].dtype == (np.float32 if FEATURES[k][0] == "float" else np.int64)

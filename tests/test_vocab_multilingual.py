@@ -91,15 +91,20 @@ def test_stripping_accents_is_refused_where_marks_are_vowels_and_tones():
 
 
 def test_rebuilding_the_tokenizer_dir_follows_the_new_model(tmp_path):
+    import sentencepiece as spm
     from transformers import AlbertTokenizer
 
+    s = "我们喜欢这家餐厅。"
     first = _vocab(tmp_path, keep_accents=True, langs=("la",))
-    size_first = len(AlbertTokenizer.from_pretrained(str(first)))
+    old = AlbertTokenizer.from_pretrained(str(first))
+    assert old.unk_token_id in old(s, add_special_tokens=False)["input_ids"]  # Latin-only: no CJK pieces
     second = _vocab(tmp_path, keep_accents=True, langs=("zh", "th"))  # same directory, other vocabulary
     tok = AlbertTokenizer.from_pretrained(str(second))
-    s = "我们喜欢这家餐厅。"
-    assert tok.unk_token_id not in tok(s, add_special_tokens=False)["input_ids"]
-    assert len(tok) != size_first or tok.decode(tok(s, add_special_tokens=False)["input_ids"]) == s
+    ids = tok(s, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids) == s
+    # The tokenizer (also its tokenizer.json) is the new SentencePiece model's, piece for piece.
+    new = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    assert ids == new.encode(s) and len(tok) == new.get_piece_size()
 
 
 def test_the_mark_table_covers_every_combining_mark_in_unicode():
@@ -107,3 +112,40 @@ def test_the_mark_table_covers_every_combining_mark_in_unicode():
 
     every = {cp for cp in range(0x110000) if unicodedata.category(chr(cp)).startswith("M")}
     assert set(_marks()) == every
+
+
+def test_emoji_variation_selectors_and_zwj_sequences_are_not_accents():
+    emoji = ["I ❤️ this place 👍🏽", "family 👨‍👩‍👧 table, 1️⃣ pizza ☕️", "best ramen ever 🍜🍜 ✌️"] * 50
+    check_accent_policy(emoji, keep_accents=False, where="vocab.keep_accents")  # nothing to refuse
+    thai = [_sentence(random.Random(i), "th") for i in range(50)]
+    with pytest.raises(UserError, match="THAI"):  # real vowel marks still count, emoji or not
+        check_accent_policy(emoji[:50] + thai, keep_accents=False, where="vocab.keep_accents")
+
+
+def test_vocab_from_an_existing_sentencepiece_model(tmp_path, mlflow_store):
+    import json
+
+    from albert_exp.config import load_config
+    from albert_exp.vocab import run
+
+    _vocab(tmp_path / "given", keep_accents=False, langs=("la", "ru"))
+    given = tmp_path / "given" / "spiece.model"
+    cfg = load_config(None, [f"workdir={tmp_path / 'w'}", f"vocab.from_spm={given}", "vocab.lowercase=true"])
+    res = run(cfg)  # no corpus needed
+    out = Path(res["tokenizer_dir"])
+    assert (out / "spiece.model").read_bytes() == given.read_bytes()
+    norm = json.loads((out / "normalization.json").read_text())
+    assert norm["lowercase"] is True and norm["keep_accents"] is False and norm["spm_normalizer"] == "nmt_nfkc"
+    assert res["normalization"]["source"] == str(given) and norm["model_type"] == "unigram"
+    # the tokenizer directory the other stages use, with the recorded normalisation applied
+    import sentencepiece as spm
+    from transformers import AlbertTokenizer
+
+    from albert_exp.pretraining_data.shards import Tokenizer
+
+    tok = AlbertTokenizer.from_pretrained(str(out))
+    s = "Café CRÈME brûlée, Москва"
+    sp = spm.SentencePieceProcessor(model_file=str(given))
+    assert tok(s, add_special_tokens=False)["input_ids"] == sp.encode(normalize(s, lowercase=True, keep_accents=False))
+    ids, _ = Tokenizer(out, lowercase=True, keep_accents=False).encode_lines([s])
+    assert list(ids) == tok(s, add_special_tokens=False)["input_ids"]

@@ -106,7 +106,9 @@ class Dist:
         from albert_exp.pretrain.loop import batch_losses
 
         if self.world == 1:
-            return (lambda batch: batch_losses(model, batch, encoder)), (lambda skip: contextlib.nullcontext())
+            return (lambda batch, *share: batch_losses(model, batch, encoder, *share)), (
+                lambda skip: contextlib.nullcontext()
+            )
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ddp = DDP(_Losses(model, encoder), device_ids=[self.local_rank] if self.device.type == "cuda" else None)
@@ -154,7 +156,7 @@ class _Losses(torch.nn.Module):
         self.model = model
         self._encoder = [encoder]  # a list: not registered twice (torch.compile wraps the same parameters)
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, parts: int = 1, mlm_weight_total: float | None = None) -> dict:
         from albert_exp.pretrain.loop import batch_losses
 
-        return batch_losses(self.model, batch, self._encoder[0])
+        return batch_losses(self.model, batch, self._encoder[0], parts, mlm_weight_total)

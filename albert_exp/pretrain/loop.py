@@ -26,10 +26,15 @@ METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy")
 FLUSHED = "metrics_flushed"  # marker: this checkpoint's metrics reached metrics.jsonl and the tracker
 
 
-def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None) -> dict[str, torch.Tensor]:
+def batch_losses(
+    model, batch: dict[str, torch.Tensor], encoder=None, parts: int = 1, mlm_weight_total: float | None = None
+) -> dict[str, torch.Tensor]:
     """MLM loss over the masked positions only (gathered before the vocabulary projection, as google's
     run_pretraining.py does: 10 positions instead of 64 per sequence) + SOP loss; sums for accuracies.
-    `encoder`: a torch.compile'd `model.albert` (the model itself stays uncompiled, so it saves plainly)."""
+    `encoder`: a torch.compile'd `model.albert` (the model itself stays uncompiled, so it saves plainly).
+    A micro-batch, one of `parts` of a batch whose MLM weights sum to `mlm_weight_total`, returns its share:
+    the shares of all micro-batches add up to the values of the whole batch (the MLM loss is normalised by the
+    batch's weights, not each micro-batch's, which differ when sequences have different numbers of masks)."""
     out = (encoder or model.albert)(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
     )
@@ -39,12 +44,13 @@ def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None) -> dict[st
     logits = model.predictions(gathered).float()
     ids, w = batch["mlm_ids"], batch["mlm_weights"]
     ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(w)
-    mlm_loss = (ce * w).sum() / (w.sum() + 1e-5)  # google's normalisation
+    total = w.sum() if mlm_weight_total is None else mlm_weight_total
+    mlm_loss = (ce * w).sum() / (total + 1e-5)  # google's normalisation
     sop_logits = model.sop_classifier(out.pooler_output).float()
-    sop_loss = F.cross_entropy(sop_logits, batch["sop_labels"])
+    sop_loss = F.cross_entropy(sop_logits, batch["sop_labels"]) / parts
     with torch.no_grad():
-        mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / w.sum().clamp_min(1e-5)
-        sop_acc = (sop_logits.argmax(-1) == batch["sop_labels"]).float().mean()
+        mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / max(float(total), 1e-5)
+        sop_acc = (sop_logits.argmax(-1) == batch["sop_labels"]).float().mean() / parts
     return {
         "loss": mlm_loss + sop_loss,
         "mlm_loss": mlm_loss,
@@ -212,9 +218,12 @@ class Trainer:
             while st.step < last_step and st.stop_reason is None:
                 lr = self.opt.param_groups[0]["lr"]
                 sums = {k: 0.0 for k in METRICS}
-                for i in range(pc.gradient_accumulation_steps):
-                    batch = next(it)
-                    data.raise_if_error(batch)
+                micro = []  # the whole batch first: the MLM loss is normalised by all of its weights
+                for _ in range(pc.gradient_accumulation_steps):
+                    micro.append(next(it))
+                    data.raise_if_error(micro[-1])
+                weight_total = sum(float(b["mlm_weights"].sum()) for b in micro)
+                for i, batch in enumerate(micro):
                     meta = batch.pop("meta")
                     if int(batch["input_ids"].max()) >= self.vocab_size:  # else: an opaque index error
                         raise UserError(
@@ -226,12 +235,12 @@ class Trainer:
                     st.positions[meta["stream"]] = meta["position"]
                     st.corrupt[meta["stream"]] = meta["corrupt"]
                     st.batches_done += 1
-                    with self.no_sync(i < pc.gradient_accumulation_steps - 1):  # all-reduce once per step
+                    with self.no_sync(i < len(micro) - 1):  # all-reduce once per step
                         with self.autocast():
-                            losses = self.forward(self._to_device(batch))
-                        (losses["loss"] / pc.gradient_accumulation_steps).backward()
+                            losses = self.forward(self._to_device(batch), len(micro), weight_total)
+                        losses["loss"].backward()  # this micro-batch's share of the batch's loss
                     for k in METRICS:
-                        sums[k] += losses[k].item() / pc.gradient_accumulation_steps
+                        sums[k] += losses[k].item()
                     seqs += batch["input_ids"].shape[0] * self.dist.world
                 sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
                 if not math.isfinite(sums["loss"]):

@@ -48,16 +48,10 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
     from albert_exp.pretraining_data.shards import ShardTask
 
     c = cfg.pretraining_data
+    from albert_exp.corpus_text import read_manifest
+
     manifest_path = Path(c.input) if c.input else cfg.stage_dir("corpus") / "manifest.json"
-    if not manifest_path.is_file():
-        raise UserError(
-            "corpus manifest not found",
-            where=str(manifest_path),
-            fix="run `albert-exp corpus` first, or set pretraining_data.input to its manifest.json",
-        )
-    corpus = json.loads(manifest_path.read_text())
-    if not corpus.get("shards"):
-        raise UserError("the corpus manifest lists no shards", where=str(manifest_path))
+    corpus = read_manifest(manifest_path, flag="--input")
     tok_dir = Path(c.tokenizer_dir) if c.tokenizer_dir else cfg.stage_dir("vocab") / "tokenizer"
     lowercase, keep_accents = _tokenizer_settings(tok_dir)
     seq = c.max_seq_length or cfg.pretrain.max_seq_length
@@ -86,10 +80,6 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
     tasks = []
     for i, shard in enumerate(corpus["shards"]):
         src = manifest_path.parent / shard["path"]
-        if not src.is_file():
-            raise UserError(
-                "corpus shard listed in the manifest is missing", where=str(src), fix="rerun `albert-exp corpus`"
-            )
         tasks.append(
             ShardTask(
                 index=i,
@@ -280,6 +270,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} {what}") as tracker:
         tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
         entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
+        if c.mode != "dynamic" and not sum(e.get("records", 0) for e in entries):
+            raise UserError(
+                f"no pretraining instances from {sum(e['lines'] for e in entries)} lines: every document was too "
+                "short (a single token)",
+                where=info["corpus_manifest"],
+                fix="give a corpus with sentences of several words",
+            )
         totals = write_manifest(cfg, out, info, entries, p)
         for e in entries:  # per shard, step = shard index
             s = e["stats"]

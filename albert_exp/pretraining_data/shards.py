@@ -221,6 +221,12 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
             lines += n_lines
             if progress:
                 progress(n_lines)
+        if lines == 0:  # else a 0-record TFRecord would be reported as a made shard
+            raise UserError(
+                "the corpus shard has no text (no non-blank lines)",
+                where=task.input_path,
+                fix="remove it from the corpus manifest, or rerun `albert-exp corpus` on non-empty input",
+            )
         info = writer.close()
     entry = {
         "index": task.index,
