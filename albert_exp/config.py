@@ -52,6 +52,7 @@ class ModelConfig:
             self.hidden_size % self.num_attention_heads == 0,
             f"{key}.hidden_size",
             f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}",
+            "choose num_attention_heads that divides hidden_size (e.g. hidden 768 with 12 heads)",
         )
 
 
@@ -236,20 +237,14 @@ class PretrainConfig:
         _require(0.0 <= self.plateau_smoothing < 1.0, f"{key}.plateau_smoothing", "must be in [0, 1)")
         # Left empty (None) these are derived from the batch size; an explicit 0 or negative value is a mistake,
         # not a request for the derived value.
-        derived = "(leave it empty to derive it from the batch size)"
+        derived = "leave it empty to derive it from the batch size, or give a valid value"
         for name in ("num_train_steps", "max_steps"):
             value = getattr(self, name)
-            _require(value is None or value >= 1, f"{key}.{name}", f"{value} must be >= 1 {derived}")
-        _require(
-            self.num_warmup_steps is None or self.num_warmup_steps >= 0,
-            f"{key}.num_warmup_steps",
-            f"{self.num_warmup_steps} must be >= 0 {derived}",
-        )
-        _require(
-            self.learning_rate is None or 0 < self.learning_rate < 1,
-            f"{key}.learning_rate",
-            f"{self.learning_rate} must be in (0, 1) {derived}",
-        )
+            _require(value is None or value >= 1, f"{key}.{name}", f"{value} must be >= 1", derived)
+        warmup = self.num_warmup_steps
+        _require(warmup is None or warmup >= 0, f"{key}.num_warmup_steps", f"{warmup} must be >= 0", derived)
+        lr = self.learning_rate
+        _require(lr is None or 0 < lr < 1, f"{key}.learning_rate", f"{lr} must be in (0, 1)", derived)
         _require(self.reference_learning_rate > 0, f"{key}.reference_learning_rate", "must be > 0")
         _require(self.reference_warmup_steps >= 0, f"{key}.reference_warmup_steps", "must be >= 0")
         _require(
@@ -441,9 +436,12 @@ class ExperimentConfig:
 # Loading, overriding and validating
 
 
-def _require(ok: bool, key: str, what: str) -> None:
+def _require(ok: bool, key: str, what: str, fix: str | None = None) -> None:
     if not ok:
-        raise ConfigError(f"bad value for '{key}': {what}")
+        first = key.split("/")[0]  # "a.b/c" names two keys; the fix names the first
+        raise ConfigError(
+            f"bad value for '{key}': {what}", fix=fix or f"change it in the YAML or with --set {first}=..."
+        )
 
 
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:

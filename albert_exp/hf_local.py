@@ -51,7 +51,51 @@ def check_model_dir(path: str | Path, where: str | None = None) -> Path:
         )
     if not any((p / f).is_file() for f in WEIGHT_FILES):
         raise UserError("no model weights (model.safetensors) in the model directory", where=label, fix=FIX)
+    if (p / "model.safetensors").is_file():
+        _check_safetensors(p / "model.safetensors", cfg)
     return p
+
+
+def _check_safetensors(path: Path, cfg: dict) -> None:
+    """Without torch: the file is complete (8-byte header size, JSON header, every tensor's bytes present), and
+    the ALBERT weights it holds have the shapes config.json implies."""
+    fix = "the file is truncated or not a safetensors file: copy or save the model again"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise ValueError("header size beyond the end of the file")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise UserError(
+            f"model.safetensors is truncated or not a safetensors file ({exc})", where=str(path), fix=fix
+        ) from None
+    if 8 + n + end > size:
+        raise UserError(
+            f"model.safetensors is truncated ({size} bytes, its header describes {8 + n + end})",
+            where=str(path),
+            fix=fix,
+        )
+    get = cfg.get
+    expect = {  # AlbertModel's weights whose shapes follow from the config (any head: prefix "albert.")
+        "albert.embeddings.word_embeddings.weight": (get("vocab_size"), get("embedding_size")),
+        "albert.encoder.embedding_hidden_mapping_in.weight": (get("hidden_size"), get("embedding_size")),
+        "albert.pooler.weight": (get("hidden_size"), get("hidden_size")),
+        "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight": (
+            get("intermediate_size"),
+            get("hidden_size"),
+        ),
+    }
+    for name, shape in expect.items():
+        got = header.get(name, {}).get("shape")
+        if got is not None and None not in shape and tuple(got) != shape:
+            raise UserError(
+                f"{name} has shape {tuple(got)} in model.safetensors, config.json implies {shape}",
+                where=str(path.parent),
+                fix="use the config.json saved with these weights",
+            )
 
 
 def _mismatch(cls: Any, p: Path) -> str:

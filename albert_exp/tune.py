@@ -289,6 +289,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             where=str(_paths(cfg)["tokenizer"]),
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
+    from albert_exp.data import read_labelled_csv
+
+    f = cfg.finetune
+    for split in ("train", "val", "test"):  # a bad CSV is one line now, not a failed trial's traceback from Optuna
+        read_labelled_csv(_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
     try:

@@ -25,6 +25,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
+from albert_exp.outputs import staged_output
 from albert_exp.tracking import stage_run, write_results
 
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
@@ -183,9 +184,9 @@ def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_
     return tok
 
 
-def import_sentencepiece(source: Path, out: Path) -> dict[str, Any]:
-    """Copy an existing SentencePiece model (e.g. the spiece.model of a TF-Hub ALBERT module) to out/spiece.model
-    after checking it loads and has ALBERT's special tokens at ids 0-4. Returns what it records about it."""
+def check_sentencepiece(source: Path) -> dict[str, Any]:
+    """An existing SentencePiece model (e.g. the spiece.model of a TF-Hub ALBERT module), checked: it loads and
+    has ALBERT's special tokens at ids 0-4. Returns what `vocab` records about it."""
     import sentencepiece as spm
 
     if not source.is_file():
@@ -210,8 +211,6 @@ def import_sentencepiece(source: Path, out: Path) -> dict[str, Any]:
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sp.serialized_model_proto())
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, out / "spiece.model")
     return {
         "source": str(source),
         "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
@@ -225,21 +224,26 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     v = cfg.vocab
     out = cfg.stage_dir("vocab")
     label = f"from {Path(v.from_spm).name}" if v.from_spm else f"{v.model_type} {v.vocab_size}"
-    with stage_run(cfg, "vocab", label) as tracker:
-        manifest = cfg.stage_dir("corpus") / "manifest.json"
+    # The inputs are read and checked before the MLflow run starts: bad input is one line, not a failed run.
+    manifest = cfg.stage_dir("corpus") / "manifest.json"
+    if v.from_spm:  # the corpus, when there is one, only measures the unknown-token rate
+        spm_info = check_sentencepiece(Path(v.from_spm))
+        n = min(v.sample_sentences, 20000)  # enough for the unknown-token rate
+        lines = sample(corpus_sentences(manifest), n, cfg.seed) if manifest.is_file() else []
+    else:
+        lines = sample(corpus_sentences(manifest), v.sample_sentences, cfg.seed)
+    check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
+    lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
+    # Written into a staging directory renamed over `out` at the end: a failed run leaves the old vocabulary.
+    with stage_run(cfg, "vocab", label) as tracker, staged_output(out) as tmp:
         imported = None
-        if v.from_spm:  # the corpus, when there is one, only measures the unknown-token rate
-            imported = import_sentencepiece(Path(v.from_spm), out)
-            n = min(v.sample_sentences, 20000)  # enough for the unknown-token rate
-            lines = sample(corpus_sentences(manifest), n, cfg.seed) if manifest.is_file() else []
+        if v.from_spm:
+            imported = spm_info
+            shutil.copyfile(v.from_spm, tmp / "spiece.model")
         else:
-            lines = sample(corpus_sentences(manifest), v.sample_sentences, cfg.seed)
-        check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
-        lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
-        if not v.from_spm:
-            train_sentencepiece(lines, out / "spiece", v.vocab_size, v.model_type, v.character_coverage)
+            train_sentencepiece(lines, tmp / "spiece", v.vocab_size, v.model_type, v.character_coverage)
         tok = build_hf_tokenizer(
-            out / "spiece.model", out / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
+            tmp / "spiece.model", tmp / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
         )
         assert tok.convert_ids_to_tokens(list(range(5))) == SPECIALS, "special token ids differ from ALBERT's"
         unk = sum(t == tok.unk_token_id for s in lines[:2000] for t in tok(s)["input_ids"])
@@ -250,9 +254,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         normalisation = {"lowercase": v.lowercase, "keep_accents": v.keep_accents, **(imported or {})}
         if imported is None:
             normalisation["spm_normalizer"] = "nmt_nfkc"  # SentencePiece's default, used when training here
-        (out / "tokenizer" / "normalization.json").write_text(json.dumps(normalisation, indent=1) + "\n")
+        (tmp / "tokenizer" / "normalization.json").write_text(json.dumps(normalisation, indent=1) + "\n")
         tracker.set_tags({f"vocab.{key}": val for key, val in normalisation.items() if key != "source"})
-        tracker.log_artifacts(out / "tokenizer", "tokenizer")
+        tracker.log_artifacts(tmp / "tokenizer", "tokenizer")
         results = {
             "output_dir": str(out),
             "tokenizer_dir": str(out / "tokenizer"),
@@ -262,5 +266,5 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             "normalization": normalisation,
             "run_id": tracker.run_id,
         }
-        write_results(out, results, tracker)
+        write_results(tmp, results, tracker)
     return results

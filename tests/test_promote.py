@@ -118,6 +118,18 @@ def test_promotion_rules_and_records(store):
     assert "promotion.history.3" not in v1.tags
 
 
+def test_eval_rows_whose_phrase_is_missing_are_reported(store, tmp_path, capsys):
+    import csv
+
+    rows = list(csv.reader((store["data"] / "corpus" / "test.csv").open(newline="")))
+    bad = tmp_path / "eval.csv"
+    with bad.open("w", newline="") as fh:
+        csv.writer(fh).writerows([*rows, ["The soup was cold.", "lobster thermidor"]])
+    _promote(store, "dropped-rows", "good", f"promote.eval_csv={bad}")
+    out = capsys.readouterr().out
+    assert f"{bad}: 1 of {len(rows)} rows dropped" in out and "lobster thermidor" in out
+
+
 def test_force_needs_a_reason(store):
     from albert_exp.config import ConfigError, load_config
 

@@ -15,11 +15,6 @@ Nothing heavy is imported here (the CLI's --help must stay fast).
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 SUBCOMMANDS = {
@@ -44,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     from albert_exp.errors import UserError
+    from albert_exp.outputs import staged_output
     from albert_exp.tracking import write_results
 
     try:  # a string flag so MLproject can pass "" for the default
@@ -73,38 +69,3 @@ def main(args: argparse.Namespace) -> dict:
 def _moved(result: dict, tmp: Path, out: Path) -> dict:
     """Paths in the result as they will be once the staging directory is renamed to --out."""
     return {k: v.replace(str(tmp), str(out)) if isinstance(v, str) else v for k, v in result.items()}
-
-
-@contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A fresh directory next to `out` to write into; renamed to `out` only if the block succeeds (the old
-    `out`, if any, is then removed). On any failure the staging directory goes and `out` is left as it was."""
-    from albert_exp.errors import UserError
-
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise UserError(
-            f"cannot write there ({exc.strerror})", where=str(parent), fix="choose a writable --out"
-        ) from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; --out gets the usual permissions
-    if out.exists() and not out.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError("exists and is not a directory", where=str(out), fix="give a directory for --out")
-    try:
-        yield tmp
-        old = parent / f"{tmp.name}.old"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise UserError(
-            f"cannot write the output ({exc.strerror})", where=str(out), fix="free disk space or choose another --out"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -28,9 +28,10 @@ def build_model(hf_kwargs: dict):
 
 
 def load_hf(path: str | Path):
-    from transformers import AlbertForPreTraining
+    from albert_exp.hf_local import check_model_dir, load_model
 
-    from albert_exp.hf_local import load_model
+    check_model_dir(path)  # before importing torch: a bad directory is reported in a second
+    from transformers import AlbertForPreTraining
 
     return load_model(AlbertForPreTraining, path, use_safetensors=True)
 
@@ -85,7 +86,7 @@ def _check(diff: float, what: str) -> None:
         )
 
 
-def google_config_for(variables: dict[str, np.ndarray], source: str | Path, albert_config: str | Path | None) -> dict:
+def google_config_for(source: str | Path, albert_config: str | Path | None) -> tuple[dict, Path]:
     """google's albert_config.json: the one given, else the one next to the checkpoint. A given one must agree
     with the one next to the checkpoint where there is one: head and layer counts and the activation cannot be
     read from the weights, and the numerical check would read the same wrong config."""
@@ -100,14 +101,20 @@ def google_config_for(variables: dict[str, np.ndarray], source: str | Path, albe
     google = mapping.read_google_config(path)
     if beside is not None and beside.resolve() != path.resolve():
         found = mapping.read_google_config(beside)
+        defaults = {"num_hidden_groups": 1, "inner_group_num": 1, "hidden_act": "gelu"}  # google's
         for key in mapping.ARCHITECTURE_KEYS:
-            if key in found and found[key] != google.get(key):
+            given, there = google.get(key, defaults.get(key)), found.get(key, defaults.get(key))
+            if there is not None and given != there:
                 raise UserError(
-                    f"{key} is {google.get(key)!r}, but the albert_config.json beside the checkpoint ({beside}) "
-                    f"says {found[key]!r}",
+                    f"{key} is {given!r}, but the albert_config.json beside the checkpoint ({beside}) says {there!r}",
                     where=str(path),
                     fix="drop --albert-config to use the config beside the checkpoint, or fix the one you give",
                 )
+    return google, path
+
+
+def check_config_matches(google: dict, variables: dict[str, np.ndarray], path: Path) -> dict:
+    """The config must describe the checkpoint's variables: group counts and the shapes they imply."""
     groups, inner = mapping.count_groups(variables)
     google.setdefault("num_hidden_groups", groups)
     google.setdefault("inner_group_num", inner)
@@ -123,8 +130,10 @@ def google_config_for(variables: dict[str, np.ndarray], source: str | Path, albe
 
 def model_from_tf(source: str | Path, albert_config: str | Path | None = None):
     """(AlbertForPreTraining, info) from a TF checkpoint or TF-Hub module, numerically checked."""
+    tf_checkpoint.resolve_checkpoint(source)  # a wrong path first: "no TF checkpoint found"
+    google, config_path = google_config_for(source, albert_config)  # checked before TensorFlow is imported
     variables = mapping.model_variables(tf_checkpoint.read_variables(source))
-    google = google_config_for(variables, source, albert_config)
+    google = check_config_matches(google, variables, config_path)
     kw = mapping.hf_kwargs_from_google(google)
     model = build_model(kw)
     state, absent = mapping.tf_to_hf_arrays(

@@ -8,6 +8,7 @@ TensorFlow is imported only inside these functions (it takes seconds). Checkpoin
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,29 @@ from albert_exp.errors import UserError
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up banner off the console
-    import tensorflow as tf
+    with quiet_native_stderr():
+        import tensorflow as tf
 
     return tf
+
+
+@contextmanager
+def quiet_native_stderr():
+    """TensorFlow's C++ side (absl) logs to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says (e.g. "All log
+    messages before absl::InitializeLog()..." and a line per failed read): keep that off the user's console,
+    where our own one-line error says what happened. Python's sys.stderr is untouched."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def resolve_checkpoint(path: str | Path) -> str:
@@ -64,11 +85,17 @@ def read_variables(path: str | Path) -> dict[str, np.ndarray]:
     """Every variable of a checkpoint as numpy (names as stored, `module/` prefix included)."""
     tf = _tf()
     prefix = resolve_checkpoint(path)
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except Exception as exc:  # TF raises its own DataLossError/NotFoundError types
-        raise UserError(f"cannot read the checkpoint: {str(exc).splitlines()[0]}", where=prefix) from None
-    return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
+    try:  # a truncated or corrupt .index or .data file fails in either call
+        with quiet_native_stderr():
+            reader = tf.train.load_checkpoint(prefix)
+            return {name: np.asarray(reader.get_tensor(name)) for name in reader.get_variable_to_shape_map()}
+    except Exception as exc:  # TF raises its own DataLossError/NotFoundError/OutOfRangeError types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"cannot read the checkpoint ({type(exc).__name__}: {first[:200]})",
+            where=prefix,
+            fix="the .index/.data-* files are truncated or corrupt: copy them again",
+        ) from None
 
 
 def write_checkpoint(prefix: str | Path, variables: dict[str, np.ndarray]) -> str:

@@ -209,25 +209,32 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         return _write_sidecar(task, entry)
     total = BlockStats(ngram_hist=[0] * task.params.ngram)
     lines = 0
-    Path(task.output_path + ".json").unlink(missing_ok=True)
+    # The previous shard and its sidecar stay until the new file is complete (RecordWriter renames it into
+    # place): a run that fails here leaves a complete earlier shard as it was. A sidecar that no longer
+    # describes the file is harmless: shard_done checks the file's sha256 against it.
     out = RecordBuffer(task.params)  # reused by every batch: no fresh memory (page faults) per batch
-    with RecordWriter(task.output_path, compress=task.compress) as writer:
-        for b, docs in enumerate(read_blocks(Path(task.input_path), task.block_lines)):
-            rng = np.random.default_rng([task.seed, task.index, b])
-            for framed, count, stats in make_records(*block_arrays(docs, tok), tok.vocab, task.params, rng, out):
-                writer.write_framed(framed, count)
-                total.add(stats)
-            n_lines = sum(len(d) for d in docs)
-            lines += n_lines
-            if progress:
-                progress(n_lines)
-        if lines == 0:  # else a 0-record TFRecord would be reported as a made shard
-            raise UserError(
-                "the corpus shard has no text (no non-blank lines)",
-                where=task.input_path,
-                fix="remove it from the corpus manifest, or rerun `albert-exp corpus` on non-empty input",
-            )
-        info = writer.close()
+    try:
+        with RecordWriter(task.output_path, compress=task.compress) as writer:
+            for b, docs in enumerate(read_blocks(Path(task.input_path), task.block_lines)):
+                rng = np.random.default_rng([task.seed, task.index, b])
+                for framed, count, stats in make_records(*block_arrays(docs, tok), tok.vocab, task.params, rng, out):
+                    writer.write_framed(framed, count)
+                    total.add(stats)
+                n_lines = sum(len(d) for d in docs)
+                lines += n_lines
+                if progress:
+                    progress(n_lines)
+            if lines == 0:  # else a 0-record TFRecord would be reported as a made shard
+                raise UserError(
+                    "the corpus shard has no text (no non-blank lines)",
+                    where=task.input_path,
+                    fix="remove it from the corpus manifest, or rerun `albert-exp corpus` on non-empty input",
+                )
+            info = writer.close()
+    except OSError as exc:  # a full disk: name the file (write() errors carry no file name)
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, task.output_path) from None
+        raise
     entry = {
         "index": task.index,
         "path": os.path.basename(task.output_path),
