@@ -130,7 +130,8 @@ class PretrainingDataConfig:
     favor_shorter_ngram: bool = True  # p(n) ~ 1/n
     whole_word_mask: bool = True
     block_lines: int = 20000  # lines per block of documents (instances are shuffled within a block)
-    compress: bool = False  # GZIP TFRecords (TF reads them with compression_type="GZIP")
+    # GZIP TFRecords: TF reads them with compression_type="GZIP"; google's run_pretraining.py does not (gunzip first)
+    compress: bool = False
     workers: int = 0  # local processes; 0: one per CPU
     executor: Literal["local", "ray"] = "local"
     address: str | None = None  # Ray cluster address (ray executor); None: a local Ray instance

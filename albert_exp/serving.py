@@ -127,7 +127,7 @@ def log_phrase_extractor(
         package = Path(tmp) / "albert_exp"
         package.mkdir()
         here = Path(__file__).resolve().parent
-        for module in ("__init__.py", "serving.py", "labels.py", "pyfunc_model.py"):
+        for module in ("__init__.py", "serving.py", "labels.py", "pyfunc_model.py", "hf_local.py", "errors.py"):
             shutil.copy(here / module, package / module)
         return mlflow.pyfunc.log_model(
             name=name,

@@ -185,6 +185,12 @@ def test_pretraining_data_bad_shard(good, tmp_path, shard, expect):
     assert not list(out.glob(".*tmp*")), "a temporary shard was left behind"
 
 
+def test_pretraining_data_help_says_input_is_the_corpus_manifest():
+    cmd = [sys.executable, "-m", "albert_exp", "pretraining-data", "--help"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "--input INPUT" in out and "manifest.json that `albert-exp corpus` wrote" in " ".join(out.split())
+
+
 def test_pretraining_data_missing_tokenizer(good, tmp_path):
     args = [*_pd(good, good["w"] / "corpus" / "manifest.json")[:-2], "--tokenizer-dir", tmp_path / "no_tok"]
     run_bad(good, tmp_path, args, ["tokenizer", tmp_path / "no_tok"], intact=[good["w"] / "pretraining_data"])

@@ -6,10 +6,11 @@
     albert-exp pretraining-data --mode dynamic     # tokenised documents once; pretrain masks on the fly
 
 Reads <workdir>/corpus/manifest.json and the tokenizer of <workdir>/vocab/tokenizer; writes
-<workdir>/pretraining_data/shard-NNNNN.tfrecord (one per corpus shard; `.tfrecord.gz` with --compress) that
-google's `run_pretraining.py` reads unchanged, plus `manifest.json` (per shard: records, sha256, bytes and
-statistics; totals; the feature spec). Shards run in parallel (local processes, or Ray tasks, which need the
-output directory on storage every node sees); the bytes do not depend on the executor or the worker count.
+<workdir>/pretraining_data/shard-NNNNN.tfrecord (one per corpus shard) that google's `run_pretraining.py` reads
+unchanged (`.tfrecord.gz` with --compress: GZIP, which it does not read unchanged; gunzip first), plus
+`manifest.json` (per shard: records, sha256, bytes and statistics; totals; the feature spec). Shards run in
+parallel (local processes, or Ray tasks, which need the output directory on storage every node sees); the
+bytes do not depend on the executor or the worker count.
 A rerun skips complete shards (see shards.py), so a killed job resumes where it stopped. In dynamic mode
 each shard is `shard-NNNNN.arrow` (dynamic.py) and the manifest says `"mode": "dynamic"`.
 """

@@ -199,7 +199,9 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         return {**done, "skipped": True}
     t0 = time.perf_counter()
     tok = Tokenizer(task.tokenizer_dir, task.lowercase, task.keep_accents)
-    Path(task.output_path + ".json").unlink(missing_ok=True)
+    # The previous shard and its sidecar stay until the new file is complete (both writers rename it into
+    # place): a run that fails here leaves a complete earlier shard as it was. A sidecar that no longer
+    # describes the file is harmless: shard_done checks the file's sha256 against it.
     if task.mode == "dynamic":
         from albert_exp.pretraining_data import dynamic
 
@@ -209,9 +211,6 @@ def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None
         return _write_sidecar(task, entry)
     total = BlockStats(ngram_hist=[0] * task.params.ngram)
     lines = 0
-    # The previous shard and its sidecar stay until the new file is complete (RecordWriter renames it into
-    # place): a run that fails here leaves a complete earlier shard as it was. A sidecar that no longer
-    # describes the file is harmless: shard_done checks the file's sha256 against it.
     out = RecordBuffer(task.params)  # reused by every batch: no fresh memory (page faults) per batch
     try:
         with RecordWriter(task.output_path, compress=task.compress) as writer:
