@@ -153,3 +153,23 @@ def test_promotion_lock_is_never_broken_while_its_holder_lives(tmp_path, mlflow_
         client.delete_registered_model(lock)
         client.create_registered_model(lock, tags={"owner": "usurper", "host": "elsewhere", "heartbeat": fresh})
     assert client.get_registered_model(lock).tags["owner"] == "usurper"
+
+
+def test_every_hugging_face_load_goes_through_hf_local():
+    """No `from_pretrained` outside albert_exp/hf_local.py, which passes local_files_only=True and checks the
+    directory first: a missing path is an error, never a Hugging Face Hub lookup."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "albert_exp").rglob("*.py")):
+        if path.name != "hf_local.py":
+            tree = ast.parse(path.read_text())
+            calls = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "from_pretrained"]
+            offenders += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in calls]
+    assert not offenders, f"load through albert_exp.hf_local instead: {offenders}"
+    tree = ast.parse((ROOT / "albert_exp" / "hf_local.py").read_text())
+    loads = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "from_pretrained"]
+    local = [
+        any(k.arg == "local_files_only" and getattr(k.value, "value", None) is True for k in n.keywords) for n in loads
+    ]
+    assert len(loads) == 3 and all(local)
