@@ -70,7 +70,10 @@ class CorpusConfig:
     on_bad_line: Literal["error", "skip"] = "error"  # a line that is not UTF-8
     max_document_lines: int = 100_000  # a longer "document" (a file without blank lines) is cut here
     # Toy generator: sizes of the pretraining corpus and of the labelled splits.
-    toy_documents: int = 3000
+    # parts: dish names composed from a few hundred parts; realistic: albert_exp/toy_real.py (several cuisines,
+    # test dishes with words never seen in training, typos, emoji, code-switching, distractor foods/drinks)
+    toy_mode: Literal["parts", "realistic"] = "parts"
+    toy_documents: int = 3000  # documents of the unlabelled (pretraining) corpus
     toy_train_rows: int = 4000
     toy_val_rows: int = 600
     toy_test_rows: int = 600
@@ -299,6 +302,9 @@ class FinetuneConfig:
     select_metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # picks the best epoch on val
     max_train_rows: int | None = None  # cap for quick runs
     torch_threads: int = 0  # 0: torch's default
+    # Phrase extraction (albert_exp/windows.py, albert_exp/words.py), the same in training, metrics and serving:
+    window_stride: int = 16  # tokens shared by consecutive windows of a text longer than max_seq_length - 2
+    aggregation: Literal["first", "average", "max"] = "average"  # token -> word phrase probability (HF's names)
 
     def validate(self, key: str) -> None:
         for name in ("max_seq_length", "batch_size", "eval_batch_size", "epochs"):
@@ -308,6 +314,11 @@ class FinetuneConfig:
         _require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
         _require(self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be > 0")
         _require(len(self.phrase_separator) >= 1, f"{key}.phrase_separator", "must not be empty")
+        _require(
+            0 <= self.window_stride <= (self.max_seq_length - 2) // 2,
+            f"{key}.window_stride",
+            f"must be in [0, (max_seq_length - 2) / 2 = {(self.max_seq_length - 2) // 2}]",
+        )
 
 
 @dataclass

@@ -87,16 +87,7 @@ def write_labelled_csv(path: Path, rows: Iterable[tuple[str, list[str]]], separa
 def make_toy(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
     from albert_exp import toy
 
-    c = cfg.corpus
-    writer = ShardWriter(out, c.lines_per_shard)
-    for doc in toy.pretraining_documents(cfg.seed, c.toy_documents):
-        writer.add(doc)
-    manifest = writer.finish({"source": "toy", "seed": cfg.seed})
-    sizes = {"train": c.toy_train_rows, "val": c.toy_val_rows, "test": c.toy_test_rows}
-    for split, n in sizes.items():
-        rows = toy.labelled_rows(cfg.seed, split, n, c.negative_share, c.max_dishes_per_review)
-        write_labelled_csv(out / f"{split}.csv", ((r.text, r.phrases) for r in rows))
-    return manifest
+    return toy.write_corpus(cfg, out)
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -20,7 +20,12 @@ from albert_exp.labels import IGNORE, phrase_spans, token_labels
 
 @dataclass
 class Encoded:
-    """One split, tokenised: ragged lists (batches are padded when collated)."""
+    """One split, tokenised whole and cut into overlapping windows (albert_exp.windows).
+
+    `input_ids`/`labels` are the windows (`[CLS] ... [SEP]`, labels IGNORE at the specials): what training
+    iterates and `len()` counts. Per text: the gold character spans, the whole token sequence with offsets and
+    labels, and which windows belong to it; evaluation merges the windows back and scores whole texts.
+    """
 
     texts: list[str]
     input_ids: list[list[int]]
@@ -28,9 +33,20 @@ class Encoded:
     offsets: list[list[tuple[int, int]]]
     digest: str
     dropped: list[dict[str, Any]] = field(default_factory=list)
+    spans: list[list[tuple[int, int]]] = field(default_factory=list)
+    token_labels: list[list[int]] = field(default_factory=list)
+    bounds: list[list[tuple[int, int]]] = field(default_factory=list)  # per text: its windows' token ranges
+    phrases: list[str] = field(default_factory=list)  # every gold phrase, for the seen/unseen word split
+    train_words: set[str] | None = None  # words of the training phrases; None: no seen/unseen metrics
+    aggregation: str = "average"  # token -> word scores (albert_exp.words)
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return len(self.input_ids)
+
+    @property
+    def windowed_rows(self) -> int:
+        """Texts longer than one window (tagged in several overlapping windows, never cut)."""
+        return sum(len(b) > 1 for b in self.bounds)
 
 
 def read_labelled_csv(
@@ -86,18 +102,27 @@ def encode(
     case_insensitive: bool = True,
     on_missing_phrase: str = "drop",
     max_rows: int | None = None,
+    stride: int | None = None,
+    aggregation: str = "average",
+    train_words: set[str] | None = None,
 ) -> Encoded:
+    """Read, label and window a labelled CSV. stride: tokens shared by consecutive windows (None: a quarter
+    of a window); train_words: the training phrases' words, for the seen/unseen metrics of val/test."""
+    from albert_exp.windows import tokenize, window_bounds
+
     rows, digest = read_labelled_csv(path, text_column, phrase_column, separator)
     if max_rows:
         rows = rows[:max_rows]
-    out = Encoded([], [], [], [], digest)
-    budget = max_seq_length - 2  # [CLS] and [SEP]
+    out = Encoded([], [], [], [], digest, train_words=train_words, aggregation=aggregation)
+    width = max_seq_length - 2  # [CLS] and [SEP]
+    stride = width // 4 if stride is None else stride
+    kept = []
     for row, text, phrases in rows:
         for ph in phrases:
             n = len(tokenizer(ph, add_special_tokens=False)["input_ids"])
-            if n > budget:
+            if n > width:
                 raise UserError(
-                    f"phrase '{ph[:40]}' has {n} tokens, more than max_seq_length - 2 = {budget}",
+                    f"phrase '{ph[:40]}' has {n} tokens, more than max_seq_length - 2 = {width}",
                     where=f"{path}:row {row}",
                     fix="raise finetune.max_seq_length or shorten the phrase",
                 )
@@ -111,24 +136,26 @@ def encode(
                     fix="fix the row, or set finetune.on_missing_phrase: drop",
                 )
             continue
-        enc = tokenizer(
-            text,
-            truncation=True,
-            max_length=max_seq_length,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-        )
-        offsets = [tuple(o) for o in enc["offset_mapping"]]
-        out.texts.append(text)
-        out.input_ids.append(enc["input_ids"])
-        out.offsets.append(offsets)
-        out.labels.append(token_labels(offsets, enc["special_tokens_mask"], spans))
-    if not out.texts:
+        kept.append((text, spans))
+        out.phrases.extend(phrases)
+    if not kept:
         raise UserError(
             "no usable rows: every phrase is missing from its text",
             where=str(path),
             fix="check the phrase column and finetune.case_insensitive",
         )
+    all_ids, all_offsets = tokenize(tokenizer, [t for t, _ in kept])
+    for (text, spans), ids, offsets in zip(kept, all_ids, all_offsets, strict=True):
+        labels = token_labels(offsets, [0] * len(offsets), spans)
+        bounds = window_bounds(len(ids), width, stride)
+        out.texts.append(text)
+        out.spans.append(spans)
+        out.offsets.append(offsets)
+        out.token_labels.append(labels)
+        out.bounds.append(bounds)
+        for a, b in bounds:
+            out.input_ids.append([tokenizer.cls_token_id, *ids[a:b], tokenizer.sep_token_id])
+            out.labels.append([IGNORE, *labels[a:b], IGNORE])
     return out
 
 
@@ -149,3 +176,23 @@ def collate(input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: 
             lab[i, : len(y)] = torch.tensor(y)
         batch["labels"] = lab
     return batch
+
+
+def encode_splits(paths: dict[str, Path], tokenizer: Any, f: Any) -> dict[str, Encoded]:
+    """train/val/test of a FinetuneConfig `f`, windowed alike; val and test know the training phrases' words
+    (for the seen/unseen metrics)."""
+    from albert_exp.metrics import phrase_words
+
+    kw = dict(
+        max_seq_length=f.max_seq_length,
+        text_column=f.text_column,
+        phrase_column=f.phrase_column,
+        separator=f.phrase_separator,
+        case_insensitive=f.case_insensitive,
+        on_missing_phrase=f.on_missing_phrase,
+        stride=f.window_stride,
+        aggregation=f.aggregation,
+    )
+    train = encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw)
+    known = phrase_words(train.phrases)
+    return {"train": train, **{s: encode(paths[s], tokenizer, train_words=known, **kw) for s in ("val", "test")}}

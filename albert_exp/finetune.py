@@ -80,29 +80,11 @@ def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple
     return opt, sched
 
 
-def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[str, float], list[list[int]]]:
-    """Mean token loss, the metrics of albert_exp.metrics, and the predicted tags per sample."""
-    import torch
+def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[str, float], list]:
+    """Mean token loss and the metrics over whole texts (albert_exp.windows.evaluate), and the predicted spans."""
+    from albert_exp.windows import evaluate as evaluate_windows
 
-    from albert_exp.data import collate
-    from albert_exp.metrics import token_metrics
-
-    model.eval()
-    preds: list[list[int]] = []
-    loss_sum = tokens = 0.0
-    with torch.no_grad():
-        for i in range(0, len(data), batch_size):
-            batch = collate(data.input_ids[i : i + batch_size], data.labels[i : i + batch_size], pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            n = int((batch["labels"] != -100).sum())
-            loss = torch.nn.functional.cross_entropy(logits.view(-1, 2), batch["labels"].view(-1), ignore_index=-100)
-            loss_sum += loss.item() * n
-            tokens += n
-            p = logits.argmax(-1)
-            preds.extend(p[k, : len(data.labels[i + k])].tolist() for k in range(p.shape[0]))
-    metrics = token_metrics(data.labels, preds)
-    metrics["loss"] = loss_sum / max(tokens, 1)
-    return metrics, preds
+    return evaluate_windows(model, data, batch_size, pad_id)
 
 
 def _fingerprint(cfg: ExperimentConfig, digests: list[str]) -> str:
@@ -247,7 +229,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     import pandas as pd
     from transformers import AlbertForTokenClassification
 
-    from albert_exp.data import encode
+    from albert_exp.data import encode_splits
 
     f = cfg.finetune
     out = cfg.stage_dir("finetune")
@@ -261,19 +243,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
     tokenizer = load_tokenizer(paths["tokenizer"])
-    kw = dict(
-        max_seq_length=f.max_seq_length,
-        text_column=f.text_column,
-        phrase_column=f.phrase_column,
-        separator=f.phrase_separator,
-        case_insensitive=f.case_insensitive,
-        on_missing_phrase=f.on_missing_phrase,
-    )
-    data = {
-        "train": encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw),
-        "val": encode(paths["val"], tokenizer, **kw),
-        "test": encode(paths["test"], tokenizer, **kw),
-    }
+    data = encode_splits(paths, tokenizer, f)
     description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
     with stage_run(cfg, "finetune", description) as tracker:
         digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
@@ -295,7 +265,14 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
                     f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}"
                 )
                 tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
-            tracker.log_params({f"data.{split}_rows": len(d), f"data.{split}_dropped_rows": len(d.dropped)})
+            tracker.log_params(
+                {
+                    f"data.{split}_rows": len(d.texts),
+                    f"data.{split}_dropped_rows": len(d.dropped),
+                    f"data.{split}_windows": len(d),  # rows longer than one window are cut into several
+                    f"data.{split}_windowed_rows": d.windowed_rows,
+                }
+            )
         trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
         best_dir = out / "best_model"
         model = load_model(AlbertForTokenClassification, best_dir, use_safetensors=True)
@@ -313,18 +290,20 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             "run_id": tracker.run_id,
         }
         if log_models and tracker.run_id:
-            _log_models(tracker, best_dir, data["val"].texts[:3], f.max_seq_length, trained["best_step"])
+            _log_models(tracker, best_dir, data["val"].texts[:3], f, trained["best_step"])
             results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
             results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
         write_results(out, results, tracker)
     return results
 
 
-def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], max_seq_length: int, step: int) -> None:
+def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], f: Any, step: int) -> None:
     """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc, whose
     page in the UI shows the metrics of the best epoch's step (not MLflow's default, step 0)."""
     from albert_exp.serving import log_phrase_extractor
 
     tracker.log_artifacts(best_dir, "hf_model")
-    info = log_phrase_extractor(best_dir, examples, max_seq_length)
+    info = log_phrase_extractor(
+        best_dir, examples, f.max_seq_length, window_stride=f.window_stride, aggregation=f.aggregation
+    )
     tracker.link_model_metrics(info.model_id, step)

@@ -20,50 +20,43 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from albert_exp.labels import tags_to_spans
-
 
 def extract(
-    texts: list[str], model: Any, tokenizer: Any, *, max_seq_length: int, batch_size: int = 64, threshold: float = 0.5
+    texts: list[str],
+    model: Any,
+    tokenizer: Any,
+    *,
+    max_seq_length: int,
+    batch_size: int = 64,
+    threshold: float = 0.5,
+    stride: int | None = None,
+    aggregation: str = "average",
 ) -> list[dict[str, Any]]:
-    """Tag each text and return its phrases, character spans and per-token tags with scores."""
-    import torch
+    """Tag whole texts (overlapping windows, albert_exp.windows) and return per text its phrases (runs of
+    whole words, albert_exp.words), their character spans, and the tokens with tag and score."""
+    from albert_exp.windows import tag_texts
+    from albert_exp.words import extract_spans
 
+    stride = (max_seq_length - 2) // 4 if stride is None else stride
     out: list[dict[str, Any]] = []
-    model.eval()
     for i in range(0, len(texts), batch_size):
-        chunk = [t if isinstance(t, str) else "" for t in texts[i : i + batch_size]]
-        enc = tokenizer(
-            chunk,
-            truncation=True,
-            max_length=max_seq_length,
-            padding=True,
-            return_offsets_mapping=True,
-            return_special_tokens_mask=True,
-            return_tensors="pt",
-        )
-        with torch.no_grad():
-            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        probs = torch.softmax(logits, dim=-1)[..., 1]
-        for j, text in enumerate(chunk):
-            offsets = [tuple(map(int, o)) for o in enc["offset_mapping"][j]]
-            special = enc["special_tokens_mask"][j].tolist()
-            real = enc["attention_mask"][j].tolist()
-            scores = probs[j].tolist()
-            tags = [int(p >= threshold) if r and not s else 0 for p, r, s in zip(scores, real, special, strict=True)]
-            spans = tags_to_spans(offsets, tags)
+        chunk = texts[i : i + batch_size]
+        tagged = tag_texts(chunk, model, tokenizer, max_seq_length=max_seq_length, stride=stride, batch_size=batch_size)
+        for text, t in zip(chunk, tagged, strict=True):
+            words, probs, spans = extract_spans(
+                text, t["offsets"], t["scores"], strategy=aggregation, threshold=threshold
+            )
+            tagged_words = [w for w, p in zip(words, probs, strict=True) if p >= threshold]
             tokens = [
                 {
                     "token": tokenizer.convert_ids_to_tokens(int(tid)),
                     "start": s,
                     "end": e,
-                    "tag": t,
+                    # the word view decides: a token is tagged when a word it overlaps is tagged
+                    "tag": int(any(s < we and e > ws for ws, we in tagged_words)),
                     "score": round(float(p), 4),
                 }
-                for tid, (s, e), t, p, r, sp in zip(
-                    enc["input_ids"][j].tolist(), offsets, tags, probs[j].tolist(), real, special, strict=True
-                )
-                if r and not sp
+                for tid, (s, e), p in zip(t["ids"], t["offsets"], t["scores"], strict=True)
             ]
             out.append(
                 {
@@ -73,6 +66,21 @@ def extract(
                 }
             )
     return out
+
+
+def check_texts(texts: list[Any]) -> list[str]:
+    """The `text` values of a request, all strings; anything else is the caller's error (HTTP 400)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        i, t = bad[0]
+        raise MlflowException(
+            f"'text' must be a string in every row; row {i} is {type(t).__name__} {t!r:.40} ({len(bad)} such row(s))",
+            error_code=INVALID_PARAMETER_VALUE,
+        )
+    return texts
 
 
 class PhraseExtractor(mlflow.pyfunc.PythonModel):
@@ -88,46 +96,84 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.tokenizer = load_tokenizer(model_dir)
         self.model = load_model(AlbertForTokenClassification, model_dir, use_safetensors=True)
-        self.max_seq_length = int((context.model_config or {}).get("max_seq_length", 64))
+        config = context.model_config or {}
+        self.max_seq_length = int(config.get("max_seq_length", 64))
+        self.stride = config.get("window_stride")
+        self.aggregation = str(config.get("aggregation", "average"))
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         import pandas as pd
 
         if isinstance(model_input, pd.DataFrame):
             if "text" not in model_input.columns:
-                raise ValueError(f"input needs a 'text' column; got {list(model_input.columns)}")
+                from mlflow.exceptions import MlflowException
+                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+                raise MlflowException(
+                    f"input needs a 'text' column; got {list(model_input.columns)}",
+                    error_code=INVALID_PARAMETER_VALUE,
+                )
             texts = model_input["text"].tolist()
         elif isinstance(model_input, (list, tuple)):
             texts = list(model_input)
         else:
-            texts = [str(model_input)]
+            texts = [model_input]
         threshold = float((params or {}).get("threshold", 0.5))
-        rows = extract(texts, self.model, self.tokenizer, max_seq_length=self.max_seq_length, threshold=threshold)
+        rows = extract(
+            check_texts(texts),
+            self.model,
+            self.tokenizer,
+            max_seq_length=self.max_seq_length,
+            threshold=threshold,
+            stride=None if self.stride is None else int(self.stride),
+            aggregation=self.aggregation,
+        )
         return pd.DataFrame(rows, columns=["phrases", "spans", "tokens"])
 
 
 def log_phrase_extractor(
-    model_dir: str | Path, example_texts: list[str], max_seq_length: int, name: str = "phrase_extractor"
+    model_dir: str | Path,
+    example_texts: list[str],
+    max_seq_length: int,
+    name: str = "phrase_extractor",
+    window_stride: int | None = None,
+    aggregation: str = "average",
 ) -> Any:
     """Log the pyfunc with a signature and an input example into the active run; returns the ModelInfo."""
     import pandas as pd
+    import torch
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({"text": example_texts})
     holder = PhraseExtractor()
+    config = {"max_seq_length": max_seq_length, "window_stride": window_stride, "aggregation": aggregation}
 
     class _Ctx:  # infer the output schema from a real prediction of this model
         artifacts = {"hf_model": str(model_dir)}
-        model_config = {"max_seq_length": max_seq_length}
+        model_config = config
 
-    holder.load_context(_Ctx)
-    signature = infer_signature(example, holder.predict(None, example), params={"threshold": 0.5})
+    threads = torch.get_num_threads()  # load_context caps threads for serving; not for the training process
+    try:
+        holder.load_context(_Ctx)
+        signature = infer_signature(example, holder.predict(None, example), params={"threshold": 0.5})
+    finally:
+        torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
         # ship only the modules the model needs, as the package `albert_exp`, so the model serves on its own
         package = Path(tmp) / "albert_exp"
         package.mkdir()
         here = Path(__file__).resolve().parent
-        for module in ("__init__.py", "serving.py", "labels.py", "pyfunc_model.py", "hf_local.py", "errors.py"):
+        for module in (
+            "__init__.py",
+            "serving.py",
+            "labels.py",
+            "windows.py",
+            "words.py",
+            "data.py",
+            "errors.py",
+            "hf_local.py",
+            "pyfunc_model.py",
+        ):
             shutil.copy(here / module, package / module)
         return mlflow.pyfunc.log_model(
             name=name,
@@ -136,7 +182,7 @@ def log_phrase_extractor(
             code_paths=[str(package)],
             signature=signature,
             input_example=example,
-            model_config={"max_seq_length": max_seq_length},
+            model_config=config,
             pip_requirements=_requirements(),
         )
 

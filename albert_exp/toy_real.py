@@ -1,0 +1,310 @@
+"""The realistic toy (`corpus.toy_mode: realistic`): chat-style reviews whose test dishes hold unseen words.
+
+    albert-exp corpus --config experiments/toy.yaml --toy --set corpus.toy_mode=realistic
+
+Dish names come from several cuisines and naming patterns ("tagliatelle al ragù", "tacos de birria",
+"grandma's meatloaf", "bún chả", generated names like "zokaretti"). Every dish *word* belongs to one split:
+the words of each cuisine (real ones and seeded pseudo-words) are dealt to train / val / test / unlabelled-only,
+so a test dish contains words that no training dish contains (by construction; `unseen_words()` checks it).
+A share of test mentions (`SEEN_TEST_SHARE`) reuses training dishes, so metrics can be split seen / unseen.
+
+Reviews mix English chat with Spanish, French, German and Indonesian phrases, distractor foods and drinks
+that are never tagged (coffee, bread, a glass of wine), typos outside dish names, all-lower / ALL-CAPS /
+Title casing, and emoji. The unlabelled corpus (ALBERT's format) draws dishes from every pool, including
+an unlabelled-only pool and the test pool, so pretraining can teach those names' contexts without labels;
+it never contains a labelled test review.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+
+from albert_exp.toy import Review, _split_sentences
+
+SPLITS = ("train", "val", "test", "unlabelled")
+SHARES = (0.5, 0.15, 0.2, 0.15)  # of each cuisine's words: train, val, test, only in the unlabelled corpus
+SEEN_TEST_SHARE = 0.2  # test mentions that reuse a training dish (the "seen" part of the split)
+
+# Per cuisine: words, the naming patterns that combine them (A, B: words of the cuisine; M: an English
+# modifier shared by every split), and syllables for pseudo-words in the cuisine's style.
+CUISINES: dict[str, dict] = {
+    "italian": {
+        "words": "tagliatelle pappardelle orecchiette bucatini rigatoni tortellini ravioli gnocchi risotto "
+        "ossobuco saltimbocca carbonara amatriciana puttanesca cacio pepe ragù pesto arrabbiata vongole "
+        "funghi tartufo burrata porchetta arancini focaccia calzone lasagne polenta caponata cannelloni "
+        "scaloppine piccata margherita diavola bolognese marinara frittata panzanella ribollita",
+        "patterns": ["A al B", "A alla B", "A B", "A ai B", "M A"],
+        "syllables": "ta li ne ro bu ca ti pa del ri go zo ret vi lo",
+    },
+    "japanese": {
+        "words": "tonkotsu shoyu miso ramen udon soba katsu karaage tempura teriyaki yakitori gyoza "
+        "okonomiyaki takoyaki onigiri donburi oyakodon gyudon katsudon unagi tamago chashu sukiyaki "
+        "shabu yakisoba tsukemen tantanmen nikujaga omurice tonkatsu",
+        "patterns": ["A B", "A", "M A", "A B"],
+        "syllables": "ka to ri shi mo na yu ke ta ko ra su ji",
+    },
+    "mexican": {
+        "words": "tacos birria carnitas barbacoa pastor enchiladas tamales pozole mole chilaquiles "
+        "quesadillas tostadas sopes huaraches elote esquites cochinita pibil tlayudas gorditas "
+        "chiles rellenos flautas menudo machaca cecina",
+        "patterns": ["A de B", "A al B", "A B", "M A"],
+        "syllables": "ta co chi la me ro pa zo hua qui te ma",
+    },
+    "indian": {
+        "words": "paneer tikka masala chana aloo gobi saag dal makhani biryani korma vindaloo dosa idli "
+        "sambar pakora samosa bhaji keema rogan josh kofta jalfrezi rasam uttapam pulao chole bhature",
+        "patterns": ["A B", "A B", "M A B", "A"],
+        "syllables": "pa ka ma ni sa ra ji go bha ti ko da",
+    },
+    "southeast_asian": {
+        "words": "pad kra pao som tam khao soi larb tom yum kha gaeng massaman rendang laksa nasi goreng "
+        "satay bún chả phở bò bánh xèo gỏi cuốn kaya adobo sinigang lumpia pancit",
+        "patterns": ["A B", "A B B", "A", "M A"],
+        "syllables": "pha kh ao som lar ngo bu cha nam roi tha",
+    },
+    "french": {
+        "words": "boeuf bourguignon coq vin ratatouille cassoulet bouillabaisse confit canard quiche "
+        "croque monsieur madame tartiflette blanquette veau gratin dauphinois pissaladière galette "
+        "crêpes escargots moules frites niçoise",
+        "patterns": ["A B", "A au B", "A de B", "A à la B", "A"],
+        "syllables": "bou lan ge rie mon tar ette ois ceau ville",
+    },
+    "korean_levant": {
+        "words": "bibimbap bulgogi japchae tteokbokki kimchi jjigae galbi samgyeopsal shakshuka falafel "
+        "shawarma hummus tabbouleh fattoush mansaf kibbeh manakish musakhan lahmacun iskender kofte "
+        "moussaka souvlaki spanakopita pastitsio",
+        "patterns": ["A B", "A", "M A", "A B"],
+        "syllables": "bi bim gal jja shak ma kib ne fa tah sou",
+    },
+    "homestyle": {
+        "words": "meatloaf pot roast casserole chowder gumbo jambalaya cornbread brisket cobbler "
+        "pierogi goulash schnitzel stroganoff pelmeni borscht paella fabada cocido feijoada moqueca "
+        "ceviche empanadas arepas pupusas",
+        "patterns": ["P's A", "P's M A", "A B", "M A"],
+        "syllables": "ber ko sta vin do lio gra pel mo za",
+    },
+}
+MODIFIERS = "spicy crispy smoked grilled braised house famous sticky garlic double slow-cooked".split()
+PEOPLE = "grandma nonna abuela chef mama papa uncle tita".split()
+# Foods and drinks that are not dishes: in reviews, never tagged (and never part of a dish name).
+DISTRACTOR_FOODS = [
+    *"coffee espresso tea beer wine water lemonade soda sake bread butter fries dessert cocktail".split(),
+    *["milkshake", "juice", "chips", "olives", "ice cream", "glass of wine", "side salad"],
+]
+
+SENTENCES_WITH_DISH = [
+    "I ordered the {d} and it was {good}",
+    "the {d} was {good} honestly",
+    "you HAVE to try the {d}",
+    "their {d} is the best in town",
+    "we shared the {d} and the {d2}",
+    "my partner loved the {d}",
+    "the {d} came out cold which was a shame",
+    "skip the {d}, it was {bad}",
+    "best thing on the menu: {d}",
+    "got the {d} to share",
+    "not a fan of the {d}, too salty",
+    "ordered {d} twice this month",
+    "if you go get the {d} and the {d2}",
+    "would come back just for the {d}",
+    "the {d} ({good}) was the highlight",
+    "{d} + {d2} = perfect combo",
+    "had {d}, {d2} and a {food}",
+    "the {d} with a {food} on the side was {good}",
+    # code-switching: a dish inside Spanish, French, German and Indonesian sentences
+    "la {d} estaba buenísima",
+    "pedimos {d} y estaba {good}",
+    "le {d} était trop bon",
+    "on a pris le {d}, franchement {good}",
+    "das {d} war richtig lecker",
+    "{d} nya enak banget",
+]
+SENTENCES_WITHOUT_DISH = [
+    "the waiter was {good} and attentive",
+    "we waited forty minutes for a table",
+    "prices are fair",
+    "the place was {bad} and noisy",
+    "parking is a nightmare on weekends",
+    "service was {good}",
+    "the {food} was cold",
+    "they were out of {food} today",
+    "a {food} costs a fortune here",
+    "the {food} is free with every order",
+    "great {food} but the music was loud",
+    "came for a {food} after work",
+    "my friend only had a {food}",
+    "el servicio fue lento",
+    "le service était impeccable",
+    "die bedienung war super nett",
+    "pelayannya ramah banget",
+    "booking ahead is a must",
+    "the menu changes every season",
+    "portions were huge",
+    "third visit this month lol",
+    "not sure about the new chef tbh",
+]
+GOOD = "amazing delicious superb fantastic lovely great perfect tasty incredible fire".split()
+BAD = "bland dull greasy disappointing awful mediocre dry overcooked".split()
+EMOJI = ["😍", "🔥", "👌", "😋", "🤤", "👍", "💯", "🙌", "😭", "🍜"]
+
+
+def _pseudo_words(syllables: list[str], rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        w = "".join(rng.choice(syllables) for _ in range(rng.randint(2, 4)))
+        if 4 <= len(w) <= 12 and w not in taken:
+            taken.add(w)
+            out.append(w)
+    return out
+
+
+def word_pools(seed: int, pseudo_per_cuisine: int = 40) -> dict[str, dict[str, list[str]]]:
+    """{split: {cuisine: words}}: each cuisine's real and pseudo words dealt to the splits, disjoint."""
+    rng = random.Random(f"{seed}-realistic-words")
+    taken = {w for c in CUISINES.values() for w in c["words"].split()} | {
+        w for f in DISTRACTOR_FOODS for w in f.split()
+    }
+    pools: dict[str, dict[str, list[str]]] = {s: {} for s in SPLITS}
+    for name, c in CUISINES.items():
+        words = list(dict.fromkeys(c["words"].split()))
+        words += _pseudo_words(c["syllables"].split(), rng, pseudo_per_cuisine, taken)
+        rng.shuffle(words)
+        start = 0
+        for split, share in zip(SPLITS, SHARES, strict=True):
+            n = round(share * len(words)) if split != SPLITS[-1] else len(words) - start
+            pools[split][name] = words[start : start + n]
+            start += n
+    return pools
+
+
+def _dish(rng: random.Random, words: dict[str, list[str]]) -> str:
+    cuisine = rng.choice([c for c in words if len(words[c]) >= 2])
+    pattern = rng.choice(CUISINES[cuisine]["patterns"])
+    a, b = rng.sample(words[cuisine], 2)
+    b2 = rng.choice([w for w in words[cuisine] if w not in (a, b)] or [b])
+    out = pattern.replace("A", "\0a").replace("B B", "\0b \0c").replace("B", "\0b")
+    out = out.replace("M", rng.choice(MODIFIERS)).replace("P", rng.choice(PEOPLE))
+    return out.replace("\0a", a).replace("\0b", b).replace("\0c", b2)
+
+
+def dish_names(seed: int, split: str, n: int) -> list[str]:
+    """n distinct dish names made only of `split`'s words (plus shared modifiers, people, linking words)."""
+    pools = word_pools(seed)[split]
+    rng = random.Random(f"{seed}-realistic-dishes-{split}")
+    names: dict[str, None] = {}
+    for _ in range(50 * n):
+        names[_dish(rng, pools)] = None
+        if len(names) >= n:
+            break
+    return list(names)
+
+
+def _typo(word: str, rng: random.Random) -> str:
+    if len(word) < 4 or not word.isalpha():
+        return word
+    i = rng.randrange(1, len(word) - 1)
+    kind = rng.random()
+    if kind < 0.4:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]  # swap
+    if kind < 0.7:
+        return word[:i] + word[i + 1 :]  # drop
+    return word[:i] + word[i] + word[i:]  # double
+
+
+def _case_dish(name: str, rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.2:
+        return name.title()
+    if r < 0.25:
+        return name.upper()
+    if r < 0.3:
+        return name.capitalize()
+    return name
+
+
+def _sentence(template: str, rng: random.Random, dishes: list[str]) -> str:
+    # typos hit the template's words only: a dish keeps the spelling it is labelled with
+    words = [_typo(w, rng) if rng.random() < 0.05 and "{" not in w else w for w in template.split(" ")]
+    return " ".join(words).format(
+        d=dishes[0] if dishes else "",
+        d2=dishes[1] if len(dishes) > 1 else "",
+        good=rng.choice(GOOD),
+        bad=rng.choice(BAD),
+        food=rng.choice(DISTRACTOR_FOODS),
+    )
+
+
+def review(rng: random.Random, dishes: list[str], positive: bool, max_dishes: int) -> Review:
+    """A chat-style review of 1-5 sentences; a positive one mentions 1..max_dishes of `dishes`."""
+    sentences: list[tuple[str, list[str]]] = []
+    if positive:
+        for _ in range(rng.randint(1, max_dishes)):
+            template = rng.choice(SENTENCES_WITH_DISH)
+            k = 2 if "{d2}" in template else 1
+            names = [_case_dish(rng.choice(dishes), rng) for _ in range(k)]
+            if k == 2 and names[0].lower() == names[1].lower():
+                names = names[:1]
+                template = template.replace("{d2}", "{food}")
+            sentences.append((_sentence(template, rng, names), names))
+    for _ in range(rng.randint(0 if positive else 1, 3)):
+        sentences.append((_sentence(rng.choice(SENTENCES_WITHOUT_DISH), rng, []), []))
+    rng.shuffle(sentences)
+    parts = []
+    for text, _ in sentences:
+        end = rng.choice([".", ".", "!", "!!", "", " " + rng.choice(EMOJI)])
+        parts.append(text[:1].upper() + text[1:] + end if rng.random() < 0.5 else text + end)
+    text = " ".join(parts)
+    r = rng.random()
+    if r < 0.3:
+        text = text.lower()
+    elif r < 0.33:
+        text = text.upper()
+    phrases: list[str] = []
+    for _, names in sentences:
+        for name in names:
+            # the label is the mention as written (after the review's casing), found again in the text
+            m = re.search(re.escape(name), text, flags=re.IGNORECASE)
+            if m and m.group(0).lower() not in {p.lower() for p in phrases}:
+                phrases.append(m.group(0))
+    return Review(text, phrases)
+
+
+def labelled_rows(seed: int, split: str, n: int, negative_share: float, max_dishes: int) -> Iterator[Review]:
+    dishes = dish_names(seed, split, 4 * n)
+    if split == "test":  # a share of mentions reuses training dishes: the seen part of the test split
+        train = dish_names(seed, "train", 4 * n)
+        k = int(SEEN_TEST_SHARE * len(dishes))
+        dishes = dishes[: len(dishes) - k] + train[:k]
+    rng = random.Random(f"{seed}-realistic-{split}")
+    for _ in range(n):
+        yield review(rng, dishes, positive=rng.random() >= negative_share, max_dishes=max_dishes)
+
+
+def unlabelled_reviews(seed: int, exclude: set[str] = frozenset()) -> Iterator[str]:
+    """An endless stream of chat reviews over dishes of every word pool (train, val, test and the pool that
+    only this corpus has); a review whose text is in `exclude` (the labelled test reviews) is skipped."""
+    dishes = [d for split in SPLITS for d in dish_names(seed, split, 3000)]
+    rng = random.Random(f"{seed}-realistic-unlabelled")
+    while True:
+        r = review(rng, dishes, positive=rng.random() < 0.7, max_dishes=3)
+        if r.text not in exclude:
+            yield r.text
+
+
+def unlabelled_documents(seed: int, n: int, exclude: set[str] = frozenset()) -> Iterator[list[str]]:
+    """n documents of 2-8 sentences (one per line in ALBERT's format) from unlabelled_reviews()."""
+    reviews = unlabelled_reviews(seed, exclude)
+    rng = random.Random(f"{seed}-realistic-documents")
+    for _ in range(n):
+        sentences: list[str] = []
+        target = rng.randint(2, 8)
+        while len(sentences) < target:
+            sentences.extend(_split_sentences(next(reviews)))
+        yield sentences
+
+
+def unseen_words(phrase: str, train_words: set[str]) -> list[str]:
+    """The words of a phrase that no training phrase contains (case-insensitive)."""
+    return [w for w in re.findall(r"\w+", phrase.lower()) if w not in train_words]
