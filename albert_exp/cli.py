@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
+    "baseline": Command(
+        "albert_exp.baseline", "train and score the classic baseline: a linear-chain CRF on words", "baseline"
+    ),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "tune": Command(
         "albert_exp.tune",

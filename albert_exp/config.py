@@ -394,8 +394,24 @@ class PromoteConfig:
         _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s", "must be > 0")
 
 
+@dataclass
+class BaselineConfig:
+    """The classic baseline (`baseline` stage, albert_exp/baseline.py): a linear-chain CRF over words, trained
+    on the finetune split; the regularisation is chosen by val phrase F1 over the grid c1 x c2."""
+
+    c1: list[float] = field(default_factory=lambda: [0.05, 0.2])  # L1 penalties tried
+    c2: list[float] = field(default_factory=lambda: [0.01, 0.1])  # L2 penalties tried
+    max_iterations: int = 100  # L-BFGS iterations per candidate
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.c1) and bool(self.c2), f"{key}.c1/c2", "give at least one value each")
+        _require(min(self.c1 + self.c2) >= 0, f"{key}.c1/c2", "must be >= 0")
+        _require(self.max_iterations >= 1, f"{key}.max_iterations", "must be >= 1")
+
+
 # scratch: the fine-tuning again from random weights, the control for the pretraining gain (albert_exp/scratch.py)
-MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "tune", "promote")
+# baseline: the classic CRF on the same split (albert_exp/baseline.py)
+MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "baseline", "tune", "promote")
 
 
 @dataclass
@@ -417,6 +433,7 @@ class ExperimentConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     # Where the config came from (not a config key): shown in errors and logged as a tag.
     source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})

@@ -91,6 +91,43 @@ def read_labelled_csv(
     return rows, hashlib.sha256(raw).hexdigest()
 
 
+def labelled_spans(
+    path: str | Path,
+    *,
+    text_column: str = "text",
+    phrase_column: str = "phrase",
+    separator: str = "|",
+    case_insensitive: bool = True,
+    on_missing_phrase: str = "drop",
+    max_rows: int | None = None,
+) -> tuple[list[tuple[int, str, list[tuple[int, int]], list[str]]], list[dict[str, Any]], str]:
+    """Rows as (row number, text, gold character spans, phrases), the dropped rows (a phrase not in its text)
+    and the file's sha256: the tokenizer-free view that encode() and the CRF baseline share."""
+    rows, digest = read_labelled_csv(path, text_column, phrase_column, separator)
+    if max_rows:
+        rows = rows[:max_rows]
+    kept, dropped = [], []
+    for row, text, phrases in rows:
+        spans, missing = phrase_spans(text, phrases, case_insensitive=case_insensitive)
+        if missing:
+            dropped.append({"row": row, "missing": missing, "text": text[:200]})
+            if on_missing_phrase == "error":
+                raise UserError(
+                    f"phrase '{missing[0]}' does not occur in the text",
+                    where=f"{path}:row {row}",
+                    fix="fix the row, or set finetune.on_missing_phrase: drop",
+                )
+            continue
+        kept.append((row, text, spans, phrases))
+    if not kept:
+        raise UserError(
+            "no usable rows: every phrase is missing from its text",
+            where=str(path),
+            fix="check the phrase column and finetune.case_insensitive",
+        )
+    return kept, dropped, digest
+
+
 def encode(
     path: str | Path,
     tokenizer: Any,
@@ -110,14 +147,19 @@ def encode(
     of a window); train_words: the training phrases' words, for the seen/unseen metrics of val/test."""
     from albert_exp.windows import tokenize, window_bounds
 
-    rows, digest = read_labelled_csv(path, text_column, phrase_column, separator)
-    if max_rows:
-        rows = rows[:max_rows]
-    out = Encoded([], [], [], [], digest, train_words=train_words, aggregation=aggregation)
+    kept, dropped, digest = labelled_spans(
+        path,
+        text_column=text_column,
+        phrase_column=phrase_column,
+        separator=separator,
+        case_insensitive=case_insensitive,
+        on_missing_phrase=on_missing_phrase,
+        max_rows=max_rows,
+    )
+    out = Encoded([], [], [], [], digest, dropped, train_words=train_words, aggregation=aggregation)
     width = max_seq_length - 2  # [CLS] and [SEP]
     stride = width // 4 if stride is None else stride
-    kept = []
-    for row, text, phrases in rows:
+    for row, _, _, phrases in kept:
         for ph in phrases:
             n = len(tokenizer(ph, add_special_tokens=False)["input_ids"])
             if n > width:
@@ -126,26 +168,9 @@ def encode(
                     where=f"{path}:row {row}",
                     fix="raise finetune.max_seq_length or shorten the phrase",
                 )
-        spans, missing = phrase_spans(text, phrases, case_insensitive=case_insensitive)
-        if missing:
-            out.dropped.append({"row": row, "missing": missing, "text": text[:200]})
-            if on_missing_phrase == "error":
-                raise UserError(
-                    f"phrase '{missing[0]}' does not occur in the text",
-                    where=f"{path}:row {row}",
-                    fix="fix the row, or set finetune.on_missing_phrase: drop",
-                )
-            continue
-        kept.append((text, spans))
         out.phrases.extend(phrases)
-    if not kept:
-        raise UserError(
-            "no usable rows: every phrase is missing from its text",
-            where=str(path),
-            fix="check the phrase column and finetune.case_insensitive",
-        )
-    all_ids, all_offsets = tokenize(tokenizer, [t for t, _ in kept])
-    for (text, spans), ids, offsets in zip(kept, all_ids, all_offsets, strict=True):
+    all_ids, all_offsets = tokenize(tokenizer, [t for _, t, _, _ in kept])
+    for (_, text, spans, _), ids, offsets in zip(kept, all_ids, all_offsets, strict=True):
         labels = token_labels(offsets, [0] * len(offsets), spans)
         bounds = window_bounds(len(ids), width, stride)
         out.texts.append(text)

@@ -17,7 +17,7 @@ from albert_exp.config import ExperimentConfig
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from albert_exp import corpus, finetune, pretrain, pretraining_data, promote, scratch, tune, vocab
+    from albert_exp import baseline, corpus, finetune, pretrain, pretraining_data, promote, scratch, tune, vocab
     from albert_exp.summary import publish, runs_url
     from albert_exp.tracking import stage_run, tracking_uri, write_results
 
@@ -45,6 +45,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
         if scratch.applies(cfg):  # the same fine-tuning from random weights: the pretraining gain
             results["scratch"] = scratch.run(cfg)
+        if "baseline" in cfg.stages:  # the classic CRF on the same split: what the ALBERT must beat
+            results["baseline"] = bl = baseline.run(cfg)
+            parent.log_metrics(baseline.summary_rows(bl), step=0)  # and a row of the summary table
         tuned = pr = None
         if "tune" in cfg.stages:
             # a fresh study per `main` (its name carries the parent run): nothing is reused from an earlier run

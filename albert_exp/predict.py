@@ -3,14 +3,17 @@
     albert-exp predict --model models:/toy-phrase-tagger@champion --input reviews.txt --output phrases.jsonl
     albert-exp predict --model runs:/<run id>/phrase_extractor --input reviews.csv --output phrases.csv
 
-Output: .jsonl (one JSON object per review: text, phrases, spans) or .csv (text, phrases joined by `|`, spans as
-JSON). Reviews go through the model in batches, with a progress bar.
+Output: one row per input line (blank lines too; a .txt is split on "\n" only) or CSV row, with its number:
+.jsonl (one JSON object per review: line, text, phrases, spans) or .csv (line, text, phrases joined by `|`,
+spans as JSON). Reviews go through the model in batches, with a progress bar. Bytes that are not UTF-8 and an
+output path that is a directory stop with one line (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -29,23 +32,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="tag probability of a phrase token")
 
 
-def read_texts(path: Path, text_column: str) -> list[str]:
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"bytes that are not UTF-8 at byte {exc.start}",
+            where=f"{path}:{line}",
+            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
+def read_texts(path: Path, text_column: str) -> list[tuple[int, str]]:
+    """(line or CSV row number, text) of every review. A .txt has one review per line, split on "\n" only
+    (a "\r" before it is dropped; U+2028 or form feeds stay inside the review); blank lines are kept, so the
+    output has one row per input line."""
     if not path.is_file():
         raise UserError("input file not found", where=str(path), fix="give an existing .txt or .csv file")
+    content = _decode(path)
     if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if text_column not in (reader.fieldnames or []):
-                raise UserError(
-                    f"no column '{text_column}' (columns: {', '.join(reader.fieldnames or [])})",
-                    where=f"{path}:1",
-                    fix="pass --text-column NAME",
-                )
-            return [row[text_column] or "" for row in reader]
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        if text_column not in (reader.fieldnames or []):
+            raise UserError(
+                f"no column '{text_column}' (columns: {', '.join(reader.fieldnames or [])})",
+                where=f"{path}:1",
+                fix="pass --text-column NAME",
+            )
+        return [(i, row[text_column] or "") for i, row in enumerate(reader, start=2)]  # record 1: the header
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return [(i, line.removesuffix("\r")) for i, line in enumerate(lines, start=1)]
 
 
-def predict(model_uri: str, texts: list[str], batch_size: int = 256, threshold: float = 0.5) -> list[dict[str, Any]]:
+def predict(
+    model_uri: str, texts: list[tuple[int, str]], batch_size: int = 256, threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """One output row per input (line number, text), in order."""
     import mlflow
     import pandas as pd
     from tqdm import tqdm
@@ -61,9 +86,9 @@ def predict(model_uri: str, texts: list[str], batch_size: int = 256, threshold: 
     rows: list[dict[str, Any]] = []
     for i in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=None):
         chunk = texts[i : i + batch_size]
-        out = model.predict(pd.DataFrame({"text": chunk}), params={"threshold": threshold})
-        for text, phrases, spans in zip(chunk, out["phrases"], out["spans"], strict=True):
-            rows.append({"text": text, "phrases": list(phrases), "spans": [dict(s) for s in spans]})
+        out = model.predict(pd.DataFrame({"text": [t for _, t in chunk]}), params={"threshold": threshold})
+        for (line, text), phrases, spans in zip(chunk, out["phrases"], out["spans"], strict=True):
+            rows.append({"line": line, "text": text, "phrases": list(phrases), "spans": [dict(s) for s in spans]})
     return rows
 
 
@@ -72,9 +97,10 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
     if path.suffix.lower() == ".csv":
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            w.writerow(["text", "phrases", "spans"])
+            w.writerow(["line", "text", "phrases", "spans"])
             for r in rows:
-                w.writerow([r["text"], "|".join(r["phrases"]), json.dumps(r["spans"], ensure_ascii=False)])
+                spans = json.dumps(r["spans"], ensure_ascii=False)
+                w.writerow([r["line"], r["text"], "|".join(r["phrases"]), spans])
     else:
         with open(path, "w", encoding="utf-8") as fh:
             for r in rows:
@@ -85,6 +111,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
     if output.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError("unknown output format", where=str(output), fix="end the name in .jsonl or .csv")
+    if output.is_dir():
+        raise UserError("the output is a directory", where=str(output), fix="give a file name ending in .jsonl or .csv")
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1", where="--batch-size")
     texts = read_texts(Path(args.input), args.text_column)

@@ -68,11 +68,23 @@ def extract(
     return out
 
 
-def check_texts(texts: list[Any]) -> list[str]:
-    """The `text` values of a request, all strings; anything else is the caller's error (HTTP 400)."""
+def input_texts(model_input: Any) -> list[str]:
+    """The `text` values of a pyfunc input (a DataFrame with a `text` column, a list, or one value), all
+    strings; anything else is the caller's error, which the scoring server answers with HTTP 400."""
+    import pandas as pd
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+    if isinstance(model_input, pd.DataFrame):
+        if "text" not in model_input.columns:
+            raise MlflowException(
+                f"input needs a 'text' column; got {list(model_input.columns)}", error_code=INVALID_PARAMETER_VALUE
+            )
+        texts = model_input["text"].tolist()
+    elif isinstance(model_input, (list, tuple)):
+        texts = list(model_input)
+    else:
+        texts = [model_input]
     bad = [(i, t) for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         i, t = bad[0]
@@ -104,23 +116,9 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         import pandas as pd
 
-        if isinstance(model_input, pd.DataFrame):
-            if "text" not in model_input.columns:
-                from mlflow.exceptions import MlflowException
-                from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-                raise MlflowException(
-                    f"input needs a 'text' column; got {list(model_input.columns)}",
-                    error_code=INVALID_PARAMETER_VALUE,
-                )
-            texts = model_input["text"].tolist()
-        elif isinstance(model_input, (list, tuple)):
-            texts = list(model_input)
-        else:
-            texts = [model_input]
         threshold = float((params or {}).get("threshold", 0.5))
         rows = extract(
-            check_texts(texts),
+            input_texts(model_input),
             self.model,
             self.tokenizer,
             max_seq_length=self.max_seq_length,
@@ -142,7 +140,6 @@ def log_phrase_extractor(
     """Log the pyfunc with a signature and an input example into the active run; returns the ModelInfo."""
     import pandas as pd
     import torch
-    from mlflow.models import infer_signature
 
     example = pd.DataFrame({"text": example_texts})
     holder = PhraseExtractor()
@@ -155,44 +152,64 @@ def log_phrase_extractor(
     threads = torch.get_num_threads()  # load_context caps threads for serving; not for the training process
     try:
         holder.load_context(_Ctx)
-        signature = infer_signature(example, holder.predict(None, example), params={"threshold": 0.5})
+        output = holder.predict(None, example)
     finally:
         torch.set_num_threads(threads)
+    return log_from_code("pyfunc_model.py", {"hf_model": str(model_dir)}, config, example, output, name)
+
+
+# What a logged pyfunc ships of this package (as the package `albert_exp`, so the model serves on its own).
+MODULES = (
+    "__init__.py",
+    "errors.py",
+    "hf_local.py",
+    "labels.py",
+    "data.py",
+    "words.py",
+    "windows.py",
+    "serving.py",
+    "crf.py",
+)
+
+
+def log_from_code(
+    model_file: str,
+    artifacts: dict[str, str],
+    model_config: dict[str, Any],
+    example: Any,
+    output: Any,
+    name: str,
+    extra_requirements: tuple[str, ...] = (),
+) -> Any:
+    """Log a "model from code" pyfunc (`model_file`, a module of this package that calls set_model) into the
+    active run, with a signature inferred from a real prediction and an input example."""
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, output, params={"threshold": 0.5})
     with tempfile.TemporaryDirectory() as tmp:
-        # ship only the modules the model needs, as the package `albert_exp`, so the model serves on its own
         package = Path(tmp) / "albert_exp"
         package.mkdir()
         here = Path(__file__).resolve().parent
-        for module in (
-            "__init__.py",
-            "serving.py",
-            "labels.py",
-            "windows.py",
-            "words.py",
-            "data.py",
-            "errors.py",
-            "hf_local.py",
-            "pyfunc_model.py",
-        ):
+        for module in (*MODULES, model_file):
             shutil.copy(here / module, package / module)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=str(package / "pyfunc_model.py"),
-            artifacts={"hf_model": str(model_dir)},
+            python_model=str(package / model_file),
+            artifacts=artifacts,
             code_paths=[str(package)],
             signature=signature,
             input_example=example,
-            model_config=config,
-            pip_requirements=_requirements(),
+            model_config=model_config,
+            pip_requirements=_requirements(extra_requirements),
         )
 
 
-def _requirements() -> list[str]:
+def _requirements(extra: tuple[str, ...] = ()) -> list[str]:
     import tomllib
 
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     if pyproject.is_file():
         deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
         keep = ("torch", "transformers", "tokenizers", "mlflow", "pandas", "numpy", "sentencepiece", "safetensors")
-        return [d for d in deps if d.split("==")[0] in keep]
+        return [d for d in deps if d.split("==")[0] in (*keep, *extra)]
     return ["torch", "transformers", "mlflow", "pandas"]

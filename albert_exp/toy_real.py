@@ -17,6 +17,7 @@ it never contains a labelled test review.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterator
@@ -49,7 +50,7 @@ CUISINES: dict[str, dict] = {
         "words": "tacos birria carnitas barbacoa pastor enchiladas tamales pozole mole chilaquiles "
         "quesadillas tostadas sopes huaraches elote esquites cochinita pibil tlayudas gorditas "
         "chiles rellenos flautas menudo machaca cecina",
-        "patterns": ["A de B", "A al B", "A B", "M A"],
+        "patterns": ["A de B", "A al B", "A B", "M A", "A con B"],
         "syllables": "ta co chi la me ro pa zo hua qui te ma",
     },
     "indian": {
@@ -82,7 +83,7 @@ CUISINES: dict[str, dict] = {
         "words": "meatloaf pot roast casserole chowder gumbo jambalaya cornbread brisket cobbler "
         "pierogi goulash schnitzel stroganoff pelmeni borscht paella fabada cocido feijoada moqueca "
         "ceviche empanadas arepas pupusas",
-        "patterns": ["P's A", "P's M A", "A B", "M A"],
+        "patterns": ["P's A", "P's M A", "A B", "M A", "A and B"],
         "syllables": "ber ko sta vin do lio gra pel mo za",
     },
 }
@@ -94,6 +95,21 @@ DISTRACTOR_FOODS = [
     *["milkshake", "juice", "chips", "olives", "ice cream", "glass of wine", "side salad"],
 ]
 
+# Drinks and sides with names as exotic as the dishes', dealt to the splits like dish words: a test review has
+# foods that are no dish and that training never saw. Only the unlabelled corpus can teach their contexts.
+EXOTIC_FOODS = (
+    "horchata lassi ayran kombucha matcha chai soju makgeolli raki ouzo limoncello sangria mezcal kvass boba "
+    "tepache calpico ramune chicha pulque amazake sikhye salep boza rooibos yerba mate cendol falooda "
+    "sharbat jamaica tamarindo agua fresca atole champurrado"
+).split()
+DRINK_CONTEXTS = [
+    "a glass of {food} to start",
+    "we drank {food} all night",
+    "sipping a cold {food}",
+    "the {food} refill is free",
+    "they pour the {food} at the table",
+    "a pitcher of {food} for the table",
+]
 SENTENCES_WITH_DISH = [
     "I ordered the {d} and it was {good}",
     "the {d} was {good} honestly",
@@ -145,6 +161,55 @@ SENTENCES_WITHOUT_DISH = [
     "third visit this month lol",
     "not sure about the new chef tbh",
 ]
+# Compositional sentences around one dish: many more contexts than the fixed templates above.
+OPENERS = ["", "", "omg", "honestly", "ok so", "tbh", "ngl", "update:", "fyi", "also", "btw"]
+BEFORE = [
+    "I ordered the",
+    "we got the",
+    "tried the",
+    "had the",
+    "my partner loved the",
+    "you have to try the",
+    "went for the",
+    "grabbed the",
+    "their",
+    "the",
+    "got 2x",
+    "split the",
+    "would come back for the",
+    "skip the",
+    "never order the",
+    "kids devoured the",
+    "finally tried their",
+    "still dreaming about the",
+    "we shared the",
+    "the waiter recommended the",
+    "get the",
+    "i think the",
+    "not sure why people like the",
+]
+AFTER = [
+    "",
+    "and it was {good}",
+    "was {good}",
+    "is the best in town",
+    "came out cold",
+    "was {bad}",
+    "(so {good})",
+    "- {good}",
+    "was a bit {bad} tbh",
+    "is a must",
+    "10/10",
+    "was worth it",
+    "needs more salt",
+    "hit the spot",
+    "was gone in minutes",
+    "for twelve bucks",
+    "every single time",
+    "again",
+    "with extra sauce",
+]
+DISH_FIRST = ["{d} was {good}", "{d}: {good}", "{d} 10/10", "{d}!!!", "{d} = {good}", "{d}, {bad} though"]
 GOOD = "amazing delicious superb fantastic lovely great perfect tasty incredible fire".split()
 BAD = "bland dull greasy disappointing awful mediocre dry overcooked".split()
 EMOJI = ["😍", "🔥", "👌", "😋", "🤤", "👍", "💯", "🙌", "😭", "🍜"]
@@ -224,7 +289,7 @@ def _case_dish(name: str, rng: random.Random) -> str:
     return name
 
 
-def _sentence(template: str, rng: random.Random, dishes: list[str]) -> str:
+def _sentence(template: str, rng: random.Random, dishes: list[str], foods: list[str] = DISTRACTOR_FOODS) -> str:
     # typos hit the template's words only: a dish keeps the spelling it is labelled with
     words = [_typo(w, rng) if rng.random() < 0.05 and "{" not in w else w for w in template.split(" ")]
     return " ".join(words).format(
@@ -232,24 +297,47 @@ def _sentence(template: str, rng: random.Random, dishes: list[str]) -> str:
         d2=dishes[1] if len(dishes) > 1 else "",
         good=rng.choice(GOOD),
         bad=rng.choice(BAD),
-        food=rng.choice(DISTRACTOR_FOODS),
+        food=rng.choice(foods),
     )
 
 
-def review(rng: random.Random, dishes: list[str], positive: bool, max_dishes: int) -> Review:
-    """A chat-style review of 1-5 sentences; a positive one mentions 1..max_dishes of `dishes`."""
+def _dish_template(rng: random.Random) -> str:
+    r = rng.random()
+    if r < 0.4:
+        return rng.choice(SENTENCES_WITH_DISH)
+    if r < 0.55:
+        return rng.choice(DISH_FIRST)
+    return " ".join(p for p in (rng.choice(OPENERS), rng.choice(BEFORE), "{d}", rng.choice(AFTER)) if p)
+
+
+def review(
+    rng: random.Random,
+    dishes: list[str],
+    positive: bool,
+    max_dishes: int,
+    foods: list[str] = DISTRACTOR_FOODS,
+    drink_context: float = 0.0,
+) -> Review:
+    """A chat-style review of 1-5 sentences; a positive one mentions 1..max_dishes of `dishes`; `foods` (never
+    tagged) fill dish-like and other slots; `drink_context`: chance of a sentence that says a food is a drink."""
     sentences: list[tuple[str, list[str]]] = []
     if positive:
         for _ in range(rng.randint(1, max_dishes)):
-            template = rng.choice(SENTENCES_WITH_DISH)
+            template = _dish_template(rng)
             k = 2 if "{d2}" in template else 1
             names = [_case_dish(rng.choice(dishes), rng) for _ in range(k)]
             if k == 2 and names[0].lower() == names[1].lower():
                 names = names[:1]
                 template = template.replace("{d2}", "{food}")
-            sentences.append((_sentence(template, rng, names), names))
+            sentences.append((_sentence(template, rng, names, foods), names))
+    # the same contexts around a food or drink that is no dish: context alone does not decide
+    for _ in range(rng.randint(0, 1) if positive else rng.randint(0, 2)):
+        template = _dish_template(rng).replace("{d2}", "{food}").replace("{d}", "{food}")
+        sentences.append((_sentence(template, rng, [], foods), []))
     for _ in range(rng.randint(0 if positive else 1, 3)):
-        sentences.append((_sentence(rng.choice(SENTENCES_WITHOUT_DISH), rng, []), []))
+        sentences.append((_sentence(rng.choice(SENTENCES_WITHOUT_DISH), rng, [], foods), []))
+    if rng.random() < drink_context:
+        sentences.append((_sentence(rng.choice(DRINK_CONTEXTS), rng, [], foods), []))
     rng.shuffle(sentences)
     parts = []
     for text, _ in sentences:
@@ -271,24 +359,35 @@ def review(rng: random.Random, dishes: list[str], positive: bool, max_dishes: in
     return Review(text, phrases)
 
 
+def split_foods(seed: int, split: str) -> list[str]:
+    """The foods and drinks of a split that are no dish: the common ones and the split's share of the exotic."""
+    foods = list(EXOTIC_FOODS)
+    random.Random(f"{seed}-realistic-foods").shuffle(foods)
+    bounds = [0, *itertools.accumulate(round(x * len(foods)) for x in SHARES)]
+    i = SPLITS.index(split)
+    return DISTRACTOR_FOODS + foods[bounds[i] : bounds[i + 1] if i < len(SPLITS) - 1 else None]
+
+
 def labelled_rows(seed: int, split: str, n: int, negative_share: float, max_dishes: int) -> Iterator[Review]:
     dishes = dish_names(seed, split, 4 * n)
+    foods = split_foods(seed, split)
     if split == "test":  # a share of mentions reuses training dishes: the seen part of the test split
         train = dish_names(seed, "train", 4 * n)
         k = int(SEEN_TEST_SHARE * len(dishes))
         dishes = dishes[: len(dishes) - k] + train[:k]
     rng = random.Random(f"{seed}-realistic-{split}")
     for _ in range(n):
-        yield review(rng, dishes, positive=rng.random() >= negative_share, max_dishes=max_dishes)
+        yield review(rng, dishes, rng.random() >= negative_share, max_dishes, foods, drink_context=0.1)
 
 
 def unlabelled_reviews(seed: int, exclude: set[str] = frozenset()) -> Iterator[str]:
     """An endless stream of chat reviews over dishes of every word pool (train, val, test and the pool that
     only this corpus has); a review whose text is in `exclude` (the labelled test reviews) is skipped."""
     dishes = [d for split in SPLITS for d in dish_names(seed, split, 3000)]
+    foods = DISTRACTOR_FOODS + EXOTIC_FOODS
     rng = random.Random(f"{seed}-realistic-unlabelled")
     while True:
-        r = review(rng, dishes, positive=rng.random() < 0.7, max_dishes=3)
+        r = review(rng, dishes, rng.random() < 0.7, 3, foods, drink_context=0.5)
         if r.text not in exclude:
             yield r.text
 

@@ -7,21 +7,26 @@ import json
 
 import pytest
 
-from tests.conftest import tracking_in
+from tests.conftest import served_model, tracking_in
 from tests.test_tune import TINY, make_data
 
 
 @pytest.fixture(scope="module")
-def model_uri(tmp_path_factory):
+def logged(tmp_path_factory):
     """One tiny model, logged once for the module into its own SQLite store."""
     from albert_exp import finetune
     from albert_exp.config import load_config
 
     tmp = tmp_path_factory.mktemp("predict")
-    with tracking_in(tmp):
+    with tracking_in(tmp) as uri:
         make_data(tmp)
         cfg = load_config(None, [*TINY, f"workdir={tmp}", "finetune.epochs=2", "finetune.learning_rate=0.01"])
-        yield finetune.run(cfg)["model_uri"]
+        yield {"model_uri": finetune.run(cfg)["model_uri"], "tracking_uri": uri, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def model_uri(logged):
+    return logged["model_uri"]
 
 
 def test_predict_txt_and_csv(model_uri, tmp_path, capsys):
@@ -47,7 +52,9 @@ def test_predict_txt_and_csv(model_uri, tmp_path, capsys):
     )
     summary = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["text"] for r in rows] == reviews and summary["reviews"] == 3
+    assert [r["text"] for r in rows] == [*reviews, ""] and summary["reviews"] == 4  # the blank line is a row
+    assert [r["line"] for r in rows] == [1, 2, 3, 4] and rows[-1]["phrases"] == []
+    rows = rows[:3]
     # With threshold 0 every real token is tagged, so every review has spans: the offsets are checked on real
     # spans (at 0.5 a tiny model may find none, and a check over no spans cannot fail).
     out0 = tmp_path / "all.jsonl"
@@ -82,7 +89,7 @@ def test_predict_txt_and_csv(model_uri, tmp_path, capsys):
     )
     with open(tmp_path / "out.csv", newline="") as fh:
         out = list(csv.DictReader(fh))
-    assert [r["text"] for r in out] == reviews
+    assert [r["text"] for r in out] == reviews and [r["line"] for r in out] == ["2", "3", "4"]
     assert [r["phrases"] for r in out] == ["|".join(r["phrases"]) for r in rows]  # same model, same answers
 
 
@@ -129,3 +136,81 @@ def test_predict_errors_are_one_line(model_uri, tmp_path, capsys):
         == 2
     )
     assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_predict_keeps_one_row_per_input_line(model_uri, tmp_path):
+    from albert_exp.cli import main
+
+    lines = ["first review", "", "a line\u2028with a line separator", "form\ffeed", "crlf line", "  "]
+    (tmp_path / "in.txt").write_bytes(("\n".join(lines[:4]) + "\ncrlf line\r\n  \n").encode())
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "in.txt"),
+                "--output",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 0
+    )
+    # JSON Lines: records end at "\n" (U+2028 inside a record is legal JSON text)
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert [(r["line"], r["text"]) for r in rows] == list(enumerate(lines, start=1))
+
+
+def test_predict_bad_bytes_and_directory_output_are_one_line_errors(model_uri, tmp_path, capsys):
+    from albert_exp.cli import main
+
+    (tmp_path / "in.txt").write_bytes(b"fine\ncaf\xe9 au lait\n")
+    args = ["predict", "--model", model_uri, "--input", str(tmp_path / "in.txt")]
+    assert main([*args, "--output", str(tmp_path / "o.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "in.txt:2: bytes that are not UTF-8" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "good.txt").write_text("fine\n")
+    (tmp_path / "out.jsonl").mkdir()
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                model_uri,
+                "--input",
+                str(tmp_path / "good.txt"),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "the output is a directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_served_model_answers_400_to_a_text_that_is_not_a_string(logged):
+    """Over HTTP on loopback, as a client would call `mlflow models serve`."""
+    import urllib.error
+    import urllib.request
+
+    def post(port, rows):
+        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    long = "the waiter was lovely and the crispy tofu bao was great. " * 400
+    with served_model(logged["model_uri"], logged["tracking_uri"], logged["tmp"], timeout_s=180) as port:
+        for bad in ([[5]], [[None]], [["fine"], [3.5]]):
+            status, answer = post(port, bad)
+            assert status == 400, (bad, status, answer)
+            assert "string" in answer["message"], answer
+        status, answer = post(port, [["We loved the crispy tofu bao."], [long]])
+        assert status == 200
+        tokens = answer["predictions"][1]["tokens"]
+        assert tokens[-1]["end"] >= len(long.rstrip()) - 1  # the whole review was tagged, not its start
