@@ -6,8 +6,9 @@ Trains on the same labelled train CSV as `finetune` (same phrase matching and dr
 regularisation (`baseline.c1` x `baseline.c2`) by phrase F1 on val, scores the chosen model on test with the
 same metric function as the ALBERT tagger (albert_exp.metrics.span_metrics, seen/unseen split included), and
 logs it as its own run: metrics per candidate (step = candidate index), `val/*` and `test/*` of the chosen one,
-`baseline/train_cpu_s`, and the model as a `phrase_extractor` pyfunc with the ALBERT extractor's input and
-output, so `predict`, serving and `promote` take it like any candidate. What an ALBERT must beat.
+`baseline/train_cpu_s`, the exact-match lookup of training names on test (`test/lookup_*`), and the model as a
+`phrase_extractor` pyfunc with the ALBERT extractor's input and output, so `predict` and serving take it like
+any candidate. What an ALBERT must beat.
 """
 
 from __future__ import annotations
@@ -56,12 +57,21 @@ def score(tagger: Any, split: dict[str, Any], train_words: set[str]) -> dict[str
     return span_metrics(split["texts"], split["spans"], pred, train_words)
 
 
+def lookup_spans(texts: list[str], train_phrases: list[str]) -> list[list[tuple[int, int]]]:
+    """The exact-match lookup baseline: every occurrence (case-insensitive, at word boundaries) of any
+    training phrase, overlapping ones merged. It finds seen names only, by construction."""
+    from albert_exp.labels import phrase_spans
+
+    known = sorted({p.lower() for p in train_phrases})
+    return [phrase_spans(text, [p for p in known if p in text.lower()])[0] for text in texts]
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import pandas as pd
     import pycrfsuite
 
     from albert_exp import crf
-    from albert_exp.metrics import phrase_words
+    from albert_exp.metrics import phrase_words, span_metrics
     from albert_exp.serving import log_from_code
 
     b = cfg.baseline
@@ -90,9 +100,18 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         tagger = pycrfsuite.Tagger()
         tagger.open(str(best["path"]))
         test = score(tagger, data["test"], known)
+        lookup = span_metrics(
+            data["test"]["texts"],
+            data["test"]["spans"],
+            lookup_spans(data["test"]["texts"], data["train"]["phrases"]),
+            known,
+        )
         summary = {
             **{f"val/{k}": v for k, v in best["val"].items()},
             **{f"test/{k}": v for k, v in test.items()},
+            # the two trivial baselines on the same test split: tag nothing, and look up training names
+            "test/all_negative_phrase_f1": 0.0,
+            **{f"test/lookup_{k}": lookup[k] for k in ("phrase_f1", "seen_phrase_recall", "unseen_phrase_recall")},
             "baseline/train_cpu_s": best["train_cpu_s"],
             "baseline/search_cpu_s": time.process_time() - cpu0,
         }
@@ -127,5 +146,5 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def summary_rows(results: dict[str, Any]) -> dict[str, float]:
     """The baseline's test figures as the parent run shows them beside ALBERT's."""
-    keys = ("phrase_f1", "unseen_phrase_recall", "unseen_phrase_f1", "word_accuracy")
+    keys = ("phrase_f1", "unseen_phrase_recall", "unseen_phrase_f1", "word_accuracy", "lookup_phrase_f1")
     return {f"baseline/test/{k}": results[f"test/{k}"] for k in keys if f"test/{k}" in results}

@@ -305,6 +305,7 @@ class FinetuneConfig:
     # Phrase extraction (albert_exp/windows.py, albert_exp/words.py), the same in training, metrics and serving:
     window_stride: int = 16  # tokens shared by consecutive windows of a text longer than max_seq_length - 2
     aggregation: Literal["first", "average", "max"] = "average"  # token -> word phrase probability (HF's names)
+    augment_mentions: int = 0  # mention-replaced copies of each training review with a phrase (albert_exp/augment.py)
 
     def validate(self, key: str) -> None:
         for name in ("max_seq_length", "batch_size", "eval_batch_size", "epochs"):
@@ -319,6 +320,7 @@ class FinetuneConfig:
             f"{key}.window_stride",
             f"must be in [0, (max_seq_length - 2) / 2 = {(self.max_seq_length - 2) // 2}]",
         )
+        _require(self.augment_mentions >= 0, f"{key}.augment_mentions", "must be >= 0")
 
 
 @dataclass

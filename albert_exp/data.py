@@ -142,9 +142,12 @@ def encode(
     stride: int | None = None,
     aggregation: str = "average",
     train_words: set[str] | None = None,
+    augment_copies: int = 0,
+    seed: int = 0,
 ) -> Encoded:
     """Read, label and window a labelled CSV. stride: tokens shared by consecutive windows (None: a quarter
-    of a window); train_words: the training phrases' words, for the seen/unseen metrics of val/test."""
+    of a window); train_words: the training phrases' words, for the seen/unseen metrics of val/test;
+    augment_copies: mention-replaced copies of each review with a phrase (albert_exp.augment; training only)."""
     from albert_exp.windows import tokenize, window_bounds
 
     kept, dropped, digest = labelled_spans(
@@ -169,6 +172,10 @@ def encode(
                     fix="raise finetune.max_seq_length or shorten the phrase",
                 )
         out.phrases.extend(phrases)
+    if augment_copies:
+        from albert_exp.augment import augment
+
+        kept = kept + augment(kept, augment_copies, seed)
     all_ids, all_offsets = tokenize(tokenizer, [t for _, t, _, _ in kept])
     for (_, text, spans, _), ids, offsets in zip(kept, all_ids, all_offsets, strict=True):
         labels = token_labels(offsets, [0] * len(offsets), spans)
@@ -218,6 +225,6 @@ def encode_splits(paths: dict[str, Path], tokenizer: Any, f: Any) -> dict[str, E
         stride=f.window_stride,
         aggregation=f.aggregation,
     )
-    train = encode(paths["train"], tokenizer, max_rows=f.max_train_rows, **kw)
+    train = encode(paths["train"], tokenizer, max_rows=f.max_train_rows, augment_copies=f.augment_mentions, **kw)
     known = phrase_words(train.phrases)
     return {"train": train, **{s: encode(paths[s], tokenizer, train_words=known, **kw) for s in ("val", "test")}}

@@ -22,6 +22,13 @@ def test_bio_keeps_adjacent_dishes_apart():
     assert bio_to_spans(text, words, ["O", "I", "I", "O", "O", "O", "O"]) == [(6, 15)]  # I after O starts a span
 
 
+def test_lookup_baseline_finds_training_names_only():
+    from albert_exp.baseline import lookup_spans
+
+    texts = ["the Lamb Curry and the lamb currywurst", "pad thai, then pho"]
+    assert lookup_spans(texts, ["lamb curry", "pho", "tacos"]) == [[(4, 14)], [(15, 18)]]
+
+
 def test_baseline_stage_trains_scores_and_logs_a_pyfunc(tmp_path):
     """corpus (realistic toy) then baseline, each a CLI subprocess; then the logged pyfunc predicts."""
     import mlflow
@@ -48,6 +55,8 @@ def test_baseline_stage_trains_scores_and_logs_a_pyfunc(tmp_path):
     # far above tagging nothing, and the seen/unseen split is there
     assert results["test/phrase_f1"] > 0.5 and results["test/unseen_mentions"] > 20
     assert results["test/word_accuracy"] > results["test/all_negative_word_accuracy"]
+    # the lookup finds seen names, not unseen ones (a few unseen ones may contain a seen name)
+    assert results["test/lookup_seen_phrase_recall"] > 0.5 > results["test/lookup_unseen_phrase_recall"]
     client = mlflow.MlflowClient(uri)
     run = client.get_run(results["run_id"])
     assert run.data.tags["stage"] == "baseline" and run.data.metrics["test/phrase_f1"] == pytest.approx(

@@ -54,3 +54,23 @@ def test_phrase_longer_than_max_seq_length(tmp_path, tiny_tokenizer):
     p = _csv(tmp_path, f"text,phrase\n{long} here,{long}\n")
     with pytest.raises(UserError, match=r"row 2: phrase .* more than max_seq_length - 2 = 14"):
         encode(p, tiny_tokenizer, max_seq_length=16)
+
+
+def test_mention_replacement_keeps_contexts_and_labels(tmp_path, tiny_tokenizer):
+    from albert_exp.augment import augment
+
+    rows = [
+        (2, "We loved the Spicy Lamb Dumplings and the duck soup!", [(13, 33), (42, 51)], ["x", "y"]),
+        (3, "Service was slow.", [], []),
+    ]
+    out = augment(rows, 3, seed=1)
+    assert len(out) == 3  # copies of the row with mentions only
+    for _, text, spans, phrases in out:
+        assert [text[s:e] for s, e in spans] == phrases
+        assert text.startswith("We loved the ") and " and the " in text and text.endswith("!")
+        assert phrases[0].istitle() and phrases[1].islower()
+    assert len({t for _, t, _, _ in out}) == 3 and augment(rows, 0, seed=1) == []
+    p = _csv(tmp_path, "text,phrase\nWe loved the lamb curry.,lamb curry\nNice place.,\n")
+    enc = encode(p, tiny_tokenizer, max_seq_length=32, augment_copies=2, seed=0)
+    assert len(enc.texts) == 4 and enc.texts[:2] == ["We loved the lamb curry.", "Nice place."]
+    assert all(sum(y == 1 for y in labels) >= 1 for labels in (enc.token_labels[0], *enc.token_labels[2:]))
