@@ -27,6 +27,7 @@ from albert_exp.toy import Review, _split_sentences
 SPLITS = ("train", "val", "test", "unlabelled")
 SHARES = (0.5, 0.15, 0.2, 0.15)  # of each cuisine's words: train, val, test, only in the unlabelled corpus
 SEEN_TEST_SHARE = 0.2  # test mentions that reuse a training dish (the "seen" part of the split)
+POPULAR, POPULAR_SHARE = 50, 0.3  # popular training dishes and their share of training mentions
 
 # Per cuisine: words, the naming patterns that combine them (A, B: words of the cuisine; M: an English
 # modifier shared by every split), and syllables for pseudo-words in the cuisine's style.
@@ -371,10 +372,12 @@ def split_foods(seed: int, split: str) -> list[str]:
 def labelled_rows(seed: int, split: str, n: int, negative_share: float, max_dishes: int) -> Iterator[Review]:
     dishes = dish_names(seed, split, 4 * n)
     foods = split_foods(seed, split)
-    if split == "test":  # a share of mentions reuses training dishes: the seen part of the test split
-        train = dish_names(seed, "train", 4 * n)
-        k = int(SEEN_TEST_SHARE * len(dishes))
-        dishes = dishes[: len(dishes) - k] + train[:k]
+    # Popular dishes: the first POPULAR training names take POPULAR_SHARE of training mentions (so they are in
+    # any train.csv) and SEEN_TEST_SHARE of test mentions (the seen part of the test split).
+    popular = dish_names(seed, "train", POPULAR)
+    share = {"train": POPULAR_SHARE, "test": SEEN_TEST_SHARE}.get(split, 0.0)
+    repeat = round(share * len(dishes) / ((1 - share) * len(popular)))
+    dishes = dishes + popular * repeat
     rng = random.Random(f"{seed}-realistic-{split}")
     for _ in range(n):
         yield review(rng, dishes, rng.random() >= negative_share, max_dishes, foods, drink_context=0.1)
