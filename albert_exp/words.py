@@ -26,23 +26,36 @@ def _no_space(ch: str) -> bool:
     return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
 
 
+_SPACE, _WORD, _OTHER = 0, 1, 2
+_KINDS: dict[str, int] = {}  # character -> kind, filled as characters are met (texts reuse few characters)
+
+
+def _kind(ch: str) -> int:
+    k = _KINDS.get(ch)
+    if k is None:
+        k = _KINDS[ch] = _SPACE if ch.isspace() else _WORD if _word_char(ch) else _OTHER
+    return k
+
+
 def word_spans(text: str) -> list[Span]:
     """(start, end) character offsets of the words of `text`, in order."""
     out: list[Span] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch.isspace():
-            i += 1
-        elif _word_char(ch):
-            j = i + 1
-            while j < n and _word_char(text[j]):
-                j += 1
-            out.append((i, j))
-            i = j
-        else:  # punctuation, symbols, emoji, and each character of a script without spaces
+    start = -1
+    for i, ch in enumerate(text):
+        k = _KINDS.get(ch)
+        if k is None:
+            k = _kind(ch)
+        if k == _WORD:
+            if start < 0:
+                start = i
+            continue
+        if start >= 0:
+            out.append((start, i))
+            start = -1
+        if k == _OTHER:  # punctuation, symbols, emoji, and each character of a script without spaces
             out.append((i, i + 1))
-            i += 1
+    if start >= 0:
+        out.append((start, len(text)))
     return out
 
 
