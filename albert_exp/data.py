@@ -49,6 +49,19 @@ class Encoded:
         return sum(len(b) > 1 for b in self.bounds)
 
 
+def decode_utf8(raw: bytes, path: Path) -> str:
+    """A file's bytes as text; bytes that are not UTF-8 are a one-line error naming the file and line."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"bytes that are not UTF-8 at byte {exc.start}",
+            where=f"{path}:{line}",
+            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
+        ) from None
+
+
 def read_labelled_csv(
     path: str | Path, text_column: str = "text", phrase_column: str = "phrase", separator: str = "|"
 ) -> tuple[list[tuple[int, str, list[str]]], str]:
@@ -57,15 +70,7 @@ def read_labelled_csv(
     if not p.is_file():
         raise UserError("file not found", where=str(p), fix="run `albert-exp corpus --toy` or give an existing CSV")
     raw = p.read_bytes()
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"bytes that are not UTF-8 at byte {exc.start}",
-            where=f"{p}:{line}",
-            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-        ) from None
+    content = decode_utf8(raw, p)
     if not content.strip():
         raise UserError(
             "the file is empty", where=str(p), fix=f"write a header `{text_column},{phrase_column}` and rows"

@@ -32,26 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.5, help="tag probability of a phrase token")
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(
-            f"bytes that are not UTF-8 at byte {exc.start}",
-            where=f"{path}:{line}",
-            fix="re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
-        ) from None
-
-
 def read_texts(path: Path, text_column: str) -> list[tuple[int, str]]:
     """(line or CSV row number, text) of every review. A .txt has one review per line, split on "\n" only
     (a "\r" before it is dropped; U+2028 or form feeds stay inside the review); blank lines are kept, so the
     output has one row per input line."""
     if not path.is_file():
         raise UserError("input file not found", where=str(path), fix="give an existing .txt or .csv file")
-    content = _decode(path)
+    from albert_exp.data import decode_utf8
+
+    content = decode_utf8(path.read_bytes(), path)
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(content, newline=""))
         if text_column not in (reader.fieldnames or []):
