@@ -17,7 +17,18 @@ from albert_exp.config import ExperimentConfig
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from albert_exp import baseline, corpus, finetune, pretrain, pretraining_data, promote, scratch, tune, vocab
+    from albert_exp import (
+        baseline,
+        corpus,
+        finetune,
+        heldout,
+        pretrain,
+        pretraining_data,
+        promote,
+        scratch,
+        tune,
+        vocab,
+    )
     from albert_exp.summary import publish, runs_url
     from albert_exp.tracking import stage_run, tracking_uri, write_results
 
@@ -28,6 +39,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         results["vocab"] = voc = vocab.run(cfg)
         if "pretrain" in cfg.stages:
             results["pretraining_data"] = pretraining_data.run(cfg)
+            if heldout.applies(cfg):  # toy: held-out TFRecords, so that the pretrain run draws an eval curve
+                held = heldout.make(cfg, voc["tokenizer_dir"])
+                cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=held))
             results["pretrain"] = pt = pretrain.run(cfg)
             # fine-tuning (and every trial) starts from the pretrained weights, with the vocabulary they know
             cfg = dataclasses.replace(

@@ -78,6 +78,8 @@ SMALL = [
     "pretrain.num_warmup_steps=3",
     "pretrain.save_checkpoints_steps=15",
     "pretrain.log_every_steps=5",
+    "pretrain.eval_every_steps=10",
+    "pretrain.eval_batches=2",
     "pretrain.max_seq_length=48",
     "pretraining_data.max_seq_length=48",
     "finetune.epochs=2",
@@ -182,3 +184,12 @@ def test_one_digest_per_dataset_in_inputs_tags_and_registry(small_main):
     assert model.description.startswith(f"Champion: v{promote['champion_version']}, token accuracy ")
     version = client.get_model_version("ui-tagger", str(promote["version"]))
     assert f"token accuracy, test.csv sha256 {test_sha[:12]}…" in version.description
+
+
+def test_pretrain_run_logs_its_best_weights_and_a_held_out_curve(small_main):
+    client, pt = small_main["client"], _stage(small_main, "pretrain")
+    curve = client.get_metric_history(pt.info.run_id, "eval/loss")
+    assert sorted(m.step for m in curve) == [10, 20, 30]  # eval_every_steps on the held-out toy documents
+    best = {a.path for a in client.list_artifacts(pt.info.run_id, "best")}
+    assert "best/model.safetensors" in best
+    assert not any(r.data.tags.get("stage") == "corpus" and "heldout" in str(r.data.params) for r in small_main["runs"])

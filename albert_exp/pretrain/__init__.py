@@ -242,5 +242,7 @@ def _train(
             "mlflow_run_id": tracker.run_id,
         }
         if dist.main:
+            if best.is_dir():  # the weights fine-tuning starts from, beside the periodic checkpoints
+                tracker.log_artifacts(best, "best")
             write_results(out, results, tracker)
     return results
