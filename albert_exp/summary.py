@@ -71,9 +71,32 @@ def champion_run(results: dict[str, Any]) -> str | None:
     return None
 
 
+def headline(name: str, results: dict[str, Any]) -> str:
+    """One line with the three answers: the experiment's banner shows only its first line until expanded."""
+    pr, tuned, ft, sc = (results.get(k) for k in ("promote", "tune", "finetune", "scratch"))
+    parts = []
+    if pr:
+        m, run = pr.get("champion_metrics", {}), champion_run(results)
+        who = {(ft or {}).get("run_id"): "ALBERT pretrained", (tuned or {}).get("mlflow_run_id"): "best trial"}
+        label = f" ({who[run]})" if run in who and run else ""
+        acc, f1 = _fmt(m.get("token_accuracy")), _fmt(m.get("phrase_f1"))
+        parts.append(f"**Champion** v{pr['champion_version']}{label}: test token acc {acc}, phrase F1 {f1}")
+    if tuned and tuned.get("best_params"):
+        p = tuned["best_params"]
+        parts.append(f"**best lr** {p['learning_rate']:.3g}, **epochs** {p['epochs']} (trial {tuned['best_trial']})")
+    if ft and sc:
+        g = gains(ft, sc)
+        acc, f1 = g.get("gain/test/token_accuracy"), g.get("gain/test/phrase_f1")
+        parts.append(
+            "**pretraining gain** vs scratch: "
+            + ", ".join(f"{k} {v:+.4f}" for k, v in (("acc", acc), ("F1", f1)) if v is not None)
+        )
+    return f"{name}: " + " · ".join(parts) if parts else f"{name}: no candidate finished"
+
+
 def markdown(name: str, results: dict[str, Any], experiment_id: str | None = None) -> str:
-    """The summary as markdown: headline lines, then one table row per candidate."""
-    lines = [f"### {name}: which model, which lr and epochs, what pretraining bought"]
+    """The summary as markdown: the headline, details, then one table row per candidate."""
+    lines = [headline(name, results), ""]
     pr, tuned, ft, sc = (results.get(k) for k in ("promote", "tune", "finetune", "scratch"))
     if pr:
         m = pr.get("champion_metrics", {})

@@ -46,6 +46,11 @@ def test_markdown_names_candidates_best_trial_and_champion_with_links():
     baseline = {"run_id": "d" * 32, "test/phrase_f1": 0.8}
     results = {"finetune": PRE, "scratch": SCR, "baseline": baseline, "tune": tuned, "promote": promote}
     text = summary.markdown("toy", results, experiment_id="7")
+    # the first line (all the collapsed banner shows) answers the three questions
+    assert text.splitlines()[0] == (
+        "toy: **Champion** v2 (best trial): test token acc 0.9950, phrase F1 0.9300 · **best lr** 0.00035, "
+        "**epochs** 6 (trial 2) · **pretraining gain** vs scratch: acc +0.0300, F1 +0.2000"
+    )
     assert "`toy-phrase-tagger` v2 ([its run](#/experiments/7/runs/" + "c" * 32 + "))" in text
     assert "trial 2 lr=0.00035 epochs=6" in text
     assert "phrase f1 +0.2000" in text
