@@ -24,7 +24,14 @@ CANDIDATES = (
     ("tune", "best trial"),
 )
 # test metrics shown as columns, in this order, where at least one candidate has them
-COLUMNS = ("token_accuracy", "phrase_f1", "seen_phrase_f1", "unseen_phrase_f1", "negative_fp_rate")
+COLUMNS = (
+    "token_accuracy",
+    "phrase_f1",
+    "seen_phrase_recall",
+    "unseen_phrase_recall",
+    "unseen_phrase_f1",
+    "negative_fp_rate",
+)
 
 
 def runs_url(experiment_id: str | None, base: str = UI) -> str:
