@@ -66,6 +66,10 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
     from albert_exp.finetune import evaluate
     from albert_exp.hf_local import load_model, load_tokenizer
 
+    if _is_crf(run_id):  # the CRF baseline: no HF model; scored through its pyfunc, on words
+        from albert_exp.serving import score_pyfunc
+
+        return score_pyfunc(f"runs:/{run_id}/{ARTIFACT}", eval_csv, cfg.finetune)
     local = download_artifacts(f"runs:/{run_id}/{HF_ARTIFACT}")
     tokenizer = load_tokenizer(local)
     model = load_model(AlbertForTokenClassification, local, use_safetensors=True)
@@ -83,11 +87,16 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
     if data.dropped:  # scored without them: say so (finetune.on_missing_phrase: error makes them fatal)
         d = data.dropped[0]
         print(
-            f"warning: {eval_csv}: {len(data.dropped)} of {len(data) + len(data.dropped)} rows dropped from the "
+            f"warning: {eval_csv}: {len(data.dropped)} of {len(data.texts) + len(data.dropped)} rows dropped from the "
             f"evaluation: their phrase is not in the text (e.g. row {d['row']}: {d['missing']})"
         )
     metrics, _ = evaluate(model, data, f.eval_batch_size, tokenizer.pad_token_id)
     return metrics
+
+
+def _is_crf(run_id: str) -> bool:
+    run = get_run(run_id)
+    return run is not None and run.tags.get("model_kind") == "crf"
 
 
 def file_digest(path: Path) -> str:
@@ -218,6 +227,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         )
     with stage_run(cfg, "promote", name) as tracker:
         scores = evaluate_run(run_id, eval_csv, cfg)
+        if metric not in scores:
+            raise UserError(
+                f"the candidate has no {metric} (a CRF baseline is scored on words, not tokens)",
+                where="promote.metric",
+                fix="compare with promote.metric: phrase_f1",
+            )
         challenger_score = scores[metric]
         with registry_lock(registry, name, p.lock_timeout_s, p.lock_stale_s) as owner:
             version = registry.version_of_run(name, run_id) or registry.register(

@@ -129,6 +129,28 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
         return pd.DataFrame(rows, columns=["phrases", "spans", "tokens"])
 
 
+def score_pyfunc(model_uri: str, eval_csv: Any, f: Any) -> dict[str, float]:
+    """Span metrics of any phrase-extractor pyfunc (the CRF's, or an ALBERT's) on a labelled CSV: what `promote`
+    uses for a candidate that has no HF model. Token accuracy needs a tokenizer; this reports word accuracy."""
+    import mlflow
+    import pandas as pd
+
+    from albert_exp.data import labelled_spans
+    from albert_exp.metrics import span_metrics
+
+    kept, _, _ = labelled_spans(
+        eval_csv,
+        text_column=f.text_column,
+        phrase_column=f.phrase_column,
+        separator=f.phrase_separator,
+        case_insensitive=f.case_insensitive,
+    )
+    texts = [t for _, t, _, _ in kept]
+    out = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": texts}))
+    pred = [[(s["start"], s["end"]) for s in spans] for spans in out["spans"]]
+    return span_metrics(texts, [s for _, _, s, _ in kept], pred)
+
+
 def log_phrase_extractor(
     model_dir: str | Path,
     example_texts: list[str],

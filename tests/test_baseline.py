@@ -36,20 +36,17 @@ def test_baseline_stage_trains_scores_and_logs_a_pyfunc(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
-    common = ["--workdir", str(tmp_path / "w"), "--set"]
     sizes = "name=crf corpus.toy=true corpus.toy_mode=realistic corpus.toy_documents=20 corpus.toy_train_rows=300"
     sizes += " corpus.toy_val_rows=80 corpus.toy_test_rows=120 baseline.c1=[0.05] baseline.c2=[0.01,1.0]"
+
+    def cli(stage: str, *extra: str, code: int = 0) -> str:
+        cmd = [sys.executable, "-m", "albert_exp", stage, "--workdir", str(tmp_path / "w"), "--set", sizes, *extra]
+        out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+        assert out.returncode == code, out.stderr[-3000:]
+        return out.stderr
+
     for stage in ("corpus", "baseline"):
-        out = subprocess.run(
-            [sys.executable, "-m", "albert_exp", stage, *common, sizes],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
+        cli(stage)
     results = json.loads((tmp_path / "w" / "baseline" / "results.json").read_text())
     assert results["c1"] == 0.05 and results["c2"] in (0.01, 1.0)
     # far above tagging nothing, and the seen/unseen split is there
@@ -73,3 +70,9 @@ def test_baseline_stage_trains_scores_and_logs_a_pyfunc(tmp_path):
     for span in pred["spans"][0]:
         assert text[span["start"] : span["end"]] == span["text"]
     assert [t["token"] for t in pred["tokens"][0]] == [text[s:e] for s, e in word_spans(text)]
+    # promote takes the CRF like any candidate, compared on phrase F1 (it has no token accuracy)
+    promote = ["--run-id", results["run_id"], "--model-name", "crf-tagger"]
+    assert "promote.metric" in cli("promote", *promote, "--metric", "token_accuracy", code=2)  # says what to use
+    cli("promote", *promote, "--metric", "phrase_f1")
+    version = client.get_model_version_by_alias("crf-tagger", "champion")
+    assert version.run_id == results["run_id"]
