@@ -23,9 +23,9 @@ from albert_exp.tracking import stage_run, write_results
 
 def _splits(cfg: ExperimentConfig) -> dict[str, Any]:
     from albert_exp.data import labelled_spans
-    from albert_exp.finetune import _paths
+    from albert_exp.finetune import data_paths
 
-    f, paths = cfg.finetune, _paths(cfg)
+    f, paths = cfg.finetune, data_paths(cfg)
     kw = dict(
         text_column=f.text_column,
         phrase_column=f.phrase_column,

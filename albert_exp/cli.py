@@ -30,6 +30,7 @@ class Command:
     module: str  # exposes run(cfg) -> dict; or, when section is None, add_arguments(parser) and main(args)
     help: str
     section: str | None = ""  # config section whose fields become flags; "" = top-level only; None = custom
+    options: tuple[tuple[str, str], ...] = ()  # (--flag, help): passed to run(cfg, flag=value), not config keys
 
 
 # The table. tests/test_project.py keeps it, the MLproject entry points and the README in sync.
@@ -61,7 +62,15 @@ COMMANDS: dict[str, Command] = {
     "predict": Command(
         "albert_exp.predict", "batch phrase extraction with a logged model (models:/<name>@champion)", None
     ),
-    "main": Command("albert_exp.pipeline", "run every stage of an experiment under one parent run", ""),
+    "main": Command(
+        "albert_exp.pipeline",
+        "run every stage of an experiment under one parent run (reusing outputs of the same identity)",
+        "",
+        (("--rerun", "STAGE[,STAGE]|all: compute these stages again even where an earlier output matches"),),
+    ),
+    "lineage": Command(
+        "albert_exp.lineage", "print where a model or run came from: fine-tune -> pretrain -> data -> corpus", None
+    ),
 }
 
 
@@ -110,6 +119,8 @@ def build_stage_parser(name: str, cmd: Command) -> argparse.ArgumentParser:
         importlib.import_module(cmd.module).add_arguments(parser)
         return parser
     _common(parser)
+    for flag, help_text in cmd.options:
+        parser.add_argument(flag, dest=f"option:{flag.lstrip('-').replace('-', '_')}", default="", help=help_text)
     if cmd.section:
         _field_flags(parser, cmd.section)
     return parser
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         if cmd.section is None:
             result = module.main(args)
         else:
-            result = module.run(config_from_args(args))
+            options = {k.removeprefix("option:"): v for k, v in vars(args).items() if k.startswith("option:")}
+            result = module.run(config_from_args(args), **options)
     except UserError as exc:
         if args.debug:
             raise

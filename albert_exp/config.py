@@ -40,13 +40,6 @@ class ModelConfig:
     hidden_dropout_prob: float = 0.0  # ALBERT v2 uses no dropout
     attention_probs_dropout_prob: float = 0.0
 
-    def albert_config(self, vocab_size: int, **extra: Any) -> Any:
-        """The transformers AlbertConfig of this architecture (imported here: config.py stays light)."""
-        from transformers import AlbertConfig
-
-        arch = {k: v for k, v in to_dict(self).items() if k != "vocab_size"}
-        return AlbertConfig(vocab_size=self.vocab_size or vocab_size, hidden_act="gelu_new", **arch, **extra)
-
     def validate(self, key: str) -> None:
         _require(
             self.hidden_size % self.num_attention_heads == 0,

@@ -20,6 +20,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
+from albert_exp.identity import file_digest, output_of
 from albert_exp.tracking import stage_run, write_results
 
 
@@ -91,15 +92,17 @@ def make_toy(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    out = cfg.stage_dir("corpus")
-    out.mkdir(parents=True, exist_ok=True)
+    """Writes into a fresh directory renamed into place when complete (albert_exp/identity.py): a rerun that
+    fails on a bad input file leaves the previous corpus, and the link <workdir>/corpus to it, untouched."""
     if not cfg.corpus.toy and not cfg.corpus.inputs:
         raise UserError(
             "no corpus given",
             where=cfg.source,
             fix="set corpus.inputs to your text files, or corpus.toy: true for the synthetic corpus",
         )
-    with stage_run(cfg, "corpus", "toy" if cfg.corpus.toy else "shards") as tracker:
+    output = output_of(cfg, "corpus")
+    out = output.start(fresh=True)  # shards are not resumable: a killed run starts over
+    with stage_run(cfg, "corpus", "toy" if cfg.corpus.toy else "shards", output=output) as tracker:
         if cfg.corpus.toy:
             manifest = make_toy(cfg, out)
         else:
@@ -109,7 +112,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             tracker.log_metrics(
                 {"corpus/lines_read": manifest["lines_read"], "corpus/bad_lines": manifest["bad_lines"]}, step=0
             )
-        tracker.set_tags({"corpus_sha256": manifest["sha256"]})
+        tracker.set_tags({"corpus_sha256": manifest["sha256"], "manifest_sha256": file_digest(out / "manifest.json")})
         tracker.log_metrics(
             {
                 "corpus/lines": manifest["lines"],
@@ -123,12 +126,14 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             if (out / f"{split}.csv").exists():
                 tracker.log_artifact(out / f"{split}.csv", "labelled")
         results = {
-            "output_dir": str(out),
-            "manifest": str(out / "manifest.json"),
+            "output_dir": str(output.done),
+            "key": output.key,
+            "manifest": str(output.done / "manifest.json"),
             "lines": manifest["lines"],
             "documents": manifest["documents"],
             "corpus_sha256": manifest["sha256"],
             "run_id": tracker.run_id,
         }
         write_results(out, results, tracker)
+    output.commit()
     return results

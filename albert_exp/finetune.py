@@ -16,22 +16,22 @@ RNG, epoch); a rerun of the same config on the same data and code resumes from i
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
-from albert_exp.hf_local import load_model, load_tokenizer
-from albert_exp.tracking import FakeTracker, git_commit, stage_run, write_results
+from albert_exp.errors import UserError
+from albert_exp.hf_local import load_tokenizer
+from albert_exp.tracking import FakeTracker, SkipLogged, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
 
 
-def _paths(cfg: ExperimentConfig) -> dict[str, Path]:
+def data_paths(cfg: ExperimentConfig) -> dict[str, Path]:
+    """The tokenizer and the labelled CSVs fine-tuning reads (config paths, else the upstream stages' outputs)."""
     f, corpus = cfg.finetune, cfg.stage_dir("corpus")
     return {
         "tokenizer": Path(f.tokenizer_dir or f.model_dir or cfg.stage_dir("vocab") / "tokenizer"),
@@ -41,23 +41,20 @@ def _paths(cfg: ExperimentConfig) -> dict[str, Path]:
     }
 
 
-def build_model(cfg: ExperimentConfig, tokenizer: Any) -> Any:
-    from transformers import AlbertForTokenClassification
+def build_model(cfg: ExperimentConfig, tokenizer: Any, model_dir: str | Path | None = None) -> Any:
+    """The tagger: the weights of `model_dir` (a checkpoint) or finetune.model_dir, else a fresh model."""
+    from albert_exp.modeling import TAG_LABELS, build
 
-    labels = {"id2label": {0: "O", 1: "PHRASE"}, "label2id": {"O": 0, "PHRASE": 1}}
-    if cfg.finetune.model_dir:
-        return load_model(
-            AlbertForTokenClassification,
-            cfg.finetune.model_dir,
-            "finetune.model_dir",
-            num_labels=2,
-            use_safetensors=True,
-            **labels,
-        )
-    config = cfg.model.albert_config(
-        len(tokenizer), classifier_dropout_prob=0.1, pad_token_id=tokenizer.pad_token_id, num_labels=2, **labels
+    if model_dir or cfg.finetune.model_dir:
+        return build("token_classification", model_dir=model_dir or cfg.finetune.model_dir, **TAG_LABELS)
+    return build(
+        "token_classification",
+        arch=cfg.model,
+        vocab_size=len(tokenizer),
+        classifier_dropout_prob=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+        **TAG_LABELS,
     )
-    return AlbertForTokenClassification(config)
 
 
 def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple[Any, Any]:
@@ -87,30 +84,25 @@ def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[
     return evaluate_windows(model, data, batch_size, pad_id)
 
 
-def _fingerprint(cfg: ExperimentConfig, digests: list[str]) -> str:
-    """What a resumable checkpoint must match: config, data and code. Anything else starts afresh."""
-    payload = json.dumps([to_dict(cfg.finetune), to_dict(cfg.model), cfg.seed, digests, git_commit()], default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def _resume(out: Path, key: str, model: Any, opt: Any, sched: Any) -> tuple[Any, dict | None]:
+    """The model and loop state of the last epoch checkpoint written under `key` (None: start afresh)."""
+    import shutil
+
+    from albert_exp import checkpoint
+
+    point = checkpoint.resume_point(out, key)
+    if point is None:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # another identity's: never resumed
+        return model, None
+    ckpt, state = point
+    model.load_state_dict(type(model).from_pretrained(ckpt, use_safetensors=True).state_dict(), strict=True)
+    checkpoint.restore(ckpt, opt, sched)
+    checkpoint.ensure_best(out, state["best"]["epoch"] or None, BEST)
+    print(f"resuming fine-tuning after epoch {state['step']} from {ckpt}")
+    return model, state
 
 
-def _save_state(path: Path, model: Any, opt: Any, sched: Any, epoch: int, extra: dict) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    torch.save(
-        {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "epoch": epoch,
-            "torch_rng": torch.get_rng_state(),
-            **extra,
-        },
-        tmp / "train_state.pt",
-    )
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a kill during the save leaves the previous checkpoint intact
+BEST = "best_model"
 
 
 def train(
@@ -121,12 +113,16 @@ def train(
     out: Path,
     tracker: FakeTracker,
     on_epoch: EpochHook | None = None,
+    key: str | None = None,
 ) -> dict[str, Any]:
+    """Train with a checkpoint per epoch (albert_exp/checkpoint.py); resumes the last one written under `key`
+    (default: this config, the data digests and the code version)."""
     import torch
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
+    from albert_exp import checkpoint
     from albert_exp.data import collate
+    from albert_exp.identity import stage_key
 
     f = cfg.finetune
     random.seed(cfg.seed)
@@ -137,24 +133,11 @@ def train(
     steps_per_epoch = math.ceil(len(train_data) / f.batch_size)
     opt, sched = make_optimizer(model, cfg, steps_per_epoch * f.epochs)
     pad = tokenizer.pad_token_id
-    fingerprint = _fingerprint(cfg, [train_data.digest, val_data.digest])
-    ckpt, best_dir = out / "checkpoint", out / "best_model"
-    history: list[dict[str, float]] = []
-    best = {"epoch": 0, "value": -math.inf}
-    start_epoch = 1
-    state_file = ckpt / "train_state.pt"
-    if state_file.is_file():
-        state = torch.load(state_file, weights_only=True)
-        if state.get("fingerprint") == fingerprint:
-            model.load_state_dict(load_file(ckpt / "model.safetensors"))
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            history, best = json.loads(state["history"]), json.loads(state["best"])
-            start_epoch = state["epoch"] + 1
-            print(f"resuming fine-tuning after epoch {state['epoch']} from {ckpt}")
-        else:
-            print(f"ignoring {ckpt}: it was written with another config, data or code")
+    key = key or stage_key("finetune", {"config": to_dict(cfg)}, {"train": train_data.digest, "val": val_data.digest})
+    model, state = _resume(out, key, model, opt, sched)
+    history: list[dict[str, float]] = state["history"] if state else []
+    best = state["best"] if state else {"epoch": 0, "value": -math.inf}
+    start_epoch = state["step"] + 1 if state else 1
     params = sum(p.numel() for p in model.parameters())
     tracker.log_params(
         {
@@ -201,19 +184,14 @@ def train(
         history.append({"epoch": epoch, **row})
         print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         value = val[f.select_metric]
-        if value > best["value"]:
+        improved = value > best["value"]
+        if improved:
             best = {"epoch": epoch, "value": value}
-            shutil.rmtree(best_dir, ignore_errors=True)
-            model.save_pretrained(best_dir, safe_serialization=True)
-            tokenizer.save_pretrained(best_dir)
-        _save_state(
-            ckpt,
-            model,
-            opt,
-            sched,
-            epoch,
-            {"fingerprint": fingerprint, "history": json.dumps(history), "best": json.dumps(best)},
-        )
+        state = {"key": key, "history": history, "best": best, "mlflow_run_id": tracker.run_id}
+        ckpt = checkpoint.save(out, epoch, model, opt, sched, state, extra_files=tokenizer.save_pretrained)
+        if improved:
+            checkpoint.update_best(out, ckpt, BEST)
+        checkpoint.prune(out, 1, best["epoch"])
         if on_epoch is not None:
             on_epoch(epoch, val)
     return {
@@ -227,15 +205,12 @@ def train(
 
 def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models: bool = True) -> dict[str, Any]:
     import pandas as pd
-    from transformers import AlbertForTokenClassification
 
     from albert_exp.data import encode_splits
+    from albert_exp.identity import output_of
 
     f = cfg.finetune
-    out = cfg.stage_dir("finetune")
-    paths = _paths(cfg)
-    from albert_exp.errors import UserError
-
+    paths = data_paths(cfg)
     if not (paths["tokenizer"] / "tokenizer_config.json").is_file():
         raise UserError(
             "no tokenizer found",
@@ -245,7 +220,11 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     tokenizer = load_tokenizer(paths["tokenizer"])
     data = encode_splits(paths, tokenizer, f)
     description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
-    with stage_run(cfg, "finetune", description) as tracker:
+    # a rerun with the same identity resumes the work directory's last epoch and logs into the same run
+    output = output_of(cfg, "finetune")
+    out = output.start()
+    with stage_run(cfg, "finetune", description, output=output) as run_tracker:
+        tracker = SkipLogged(run_tracker)  # the steps a killed run logged after its last checkpoint: once
         digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
         # one digest per dataset: the sha256 of its file (text and labels), the same in the dataset inputs (its
         # first 12 characters: MLflow's limit is 36), these tags, promote's eval_digest and the registry
@@ -273,16 +252,17 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
                     f"data.{split}_windowed_rows": d.windowed_rows,
                 }
             )
-        trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch)
-        best_dir = out / "best_model"
-        model = load_model(AlbertForTokenClassification, best_dir, use_safetensors=True)
+        trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=output.key)
+        best_dir = out / BEST
+        model = build_model(cfg, tokenizer, best_dir)
         test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
         # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
         tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
         tracker.log_dict({"history": trained["history"]}, "history.json")
         results = {
-            "output_dir": str(out),
-            "model_dir": str(best_dir),
+            "output_dir": str(output.done),
+            "key": output.key,
+            "model_dir": str(output.done / BEST),
             "best_epoch": trained["best_epoch"],
             f"val/{f.select_metric}": trained["best_value"],
             **{f"test/{k}": v for k, v in test.items()},
@@ -294,6 +274,7 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
             results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
         write_results(out, results, tracker)
+    output.commit()
     return results
 
 

@@ -22,8 +22,9 @@ def applies(cfg: ExperimentConfig) -> bool:
 
 
 def make(cfg: ExperimentConfig, tokenizer_dir: str) -> list[str]:
-    """The held-out TFRecord files (made once per work directory; a rerun remakes them: they take seconds)."""
+    """The held-out TFRecord files (made once per work directory and identity)."""
     from albert_exp import corpus, pretraining_data
+    from albert_exp.identity import output_of
     from albert_exp.tracking import offline
 
     c, p = cfg.corpus, cfg.pretraining_data
@@ -36,7 +37,9 @@ def make(cfg: ExperimentConfig, tokenizer_dir: str) -> list[str]:
             p, input=None, output_dir=None, tokenizer_dir=str(tokenizer_dir), dupe_factor=1, workers=1
         ),
     )
-    with offline():
-        corpus.run(held)
-        res = pretraining_data.run(held)
+    with offline():  # made once: a complete output of the same identity is used as it is
+        if output_of(held, "corpus").complete() is None:
+            corpus.run(held)
+        res = output_of(held, "pretraining-data", pretraining_data.output_link(held)).complete()
+        res = res or pretraining_data.run(held)
     return [str(f) for f in res["files"]]

@@ -1,48 +1,149 @@
 """`main`: every stage of an experiment, chained under one MLflow parent run.
 
-    albert-exp main --config experiments/toy.yaml      # what `make demo` and `mlflow run .` run
+    albert-exp main --config experiments/toy.yaml                    # what `make demo` and `mlflow run .` run
+    albert-exp main --config experiments/toy.yaml --rerun finetune   # recompute fine-tuning (and what follows)
 
-Stages run in this process, one nested run each, and hand over their outputs (paths, and MLflow artifact URIs
-in the parent's tags). Nothing is reused from an earlier invocation: every stage reruns (the Optuna study
-is a new one each time). Ends with `promote`: the best trial becomes champion only if it beats the champion.
+Stages run in this process, one child run each, and hand over their outputs (paths, and MLflow artifact URIs in
+the parent's tags). Ends with `promote`: the best trial becomes champion only if it beats the champion.
+
+Reuse rule. A stage whose identity (albert_exp/identity.py: its own settings, the content digests of its
+inputs, the code version) matches a complete earlier output is not computed again: `main` prints
+`<stage>: reusing run <id>`, and the stage's child run in the new parent is tagged `reused_run_id` with the run
+that computed it. Anything else is computed (or resumed, when a killed run left a partial output with the same
+identity). `--rerun STAGE[,STAGE]|all` computes the named stages again whatever they match; the stages after
+them see new inputs only if the recomputed output differs.
+
+Why this way: mlflow's examples/multistep_workflow `_already_ran` looks for an earlier run with the same entry
+point, parameters and git commit and reuses it. We keep that search (a FINISHED run of the stage tagged with the
+same identity key), with a key that also covers the input *contents* (the example's check would reuse a run
+whose input files changed under the same parameters), and we require its output to be complete on disk (the
+example trusts the run alone; our next stage reads the files). Promotion is reused only while the champion is
+the one that earlier decision left.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from albert_exp.config import ExperimentConfig
+from albert_exp.config import MAIN_STAGES, ExperimentConfig
+from albert_exp.errors import UserError
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from albert_exp import (
-        baseline,
-        corpus,
-        finetune,
-        heldout,
-        pretrain,
-        pretraining_data,
-        promote,
-        scratch,
-        tune,
-        vocab,
-    )
-    from albert_exp.summary import publish, runs_url
+def parse_rerun(text: str) -> set[str]:
+    names = {s.strip() for s in (text or "").split(",") if s.strip()}
+    if "all" in names:
+        return set(MAIN_STAGES)
+    unknown = names - set(MAIN_STAGES)
+    if unknown:
+        raise UserError(
+            f"unknown stage(s) {sorted(unknown)} in --rerun",
+            where="--rerun",
+            fix=f"name stages among {', '.join(MAIN_STAGES)}, or `all`",
+        )
+    return names
+
+
+def _reuse(cfg: ExperimentConfig, stage: str, key: str, results_of: Callable[[Any], dict | None]) -> dict | None:
+    """The results of an earlier run of `stage` with identity `key` whose output is still complete, recorded by a
+    new child run tagged with it; None when there is none (the stage is then computed)."""
+    from albert_exp.tracking import REUSED, find_finished_run, stage_run
+
+    earlier = find_finished_run(cfg.name, stage, key)
+    results = results_of(earlier) if earlier is not None else None
+    if results is None:
+        return None
+    upstream = {k: v for k, v in earlier.tags.items() if k.startswith("upstream.")}
+    with stage_run(cfg, stage, f"reuses {earlier.run_id[:8]}", section=stage.replace("-", "_")) as tracker:
+        tracker.set_tags({REUSED: earlier.run_id, "reused_key": key, **upstream})
+    print(f"{stage}: reusing run {earlier.run_id} (same settings, inputs and code; `--rerun {stage}` recomputes it)")
+    return {**results, "reused_run_id": earlier.run_id}
+
+
+def _output_stage(cfg: ExperimentConfig, stage: str, compute: Callable, link: Path, forced: set[str]) -> dict:
+    """A stage with an output directory: reused when complete under the same key, else computed."""
+    from albert_exp.identity import output_of
+
+    if stage not in forced:
+        output = output_of(cfg, stage, link)
+
+        def complete(earlier: Any) -> dict | None:
+            done = output.complete()
+            if done is None or done.get("run_id") != earlier.run_id:
+                return None
+            output.point()  # the stage's path names the reused output again
+            return done
+
+        reused = _reuse(cfg, stage, output.key, complete)
+        if reused is not None:
+            return reused
+    return compute(cfg)
+
+
+def _artifact_results(earlier: Any) -> dict | None:
+    from albert_exp.tracking import download_artifacts
+
+    try:
+        return json.loads(Path(download_artifacts(f"runs:/{earlier.run_id}/results.json")).read_text())
+    except Exception:  # no results artifact (a run from before this rule): compute again
+        return None
+
+
+def _tune(cfg: ExperimentConfig, forced: set[str], parent_id: str) -> dict:
+    from albert_exp import tune
+
+    name = tune.study_name(cfg)
+    if "tune" in forced:  # a new study: the earlier one stays as it is
+        name = f"{name}-{parent_id[:8]}"
+    elif not cfg.tune.study_name:
+        reused = _reuse(cfg, "tune", name, _artifact_results)
+        if reused is not None:
+            return reused
+    return tune.run(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, study_name=name)))
+
+
+def _promote(cfg: ExperimentConfig, forced: set[str]) -> dict:
+    from albert_exp import promote
+    from albert_exp.tracking import Registry
+
+    if "promote" not in forced:
+        champion = Registry().by_alias(promote.model_name(cfg), "champion")
+
+        def unchanged(earlier: Any) -> dict | None:  # the champion is still the one that decision left
+            results = _artifact_results(earlier)
+            same = results and champion is not None and str(results["champion_version"]) == str(champion.version)
+            return results if same else None
+
+        reused = _reuse(cfg, "promote", promote.key(cfg), unchanged)
+        if reused is not None:
+            return reused
+    return promote.run(cfg)
+
+
+def run(cfg: ExperimentConfig, rerun: str = "") -> dict[str, Any]:
+    from albert_exp import baseline, corpus, finetune, heldout, pretrain, pretraining_data, scratch, vocab
+    from albert_exp.summary import publish
     from albert_exp.tracking import stage_run, tracking_uri, write_results
 
+    forced = parse_rerun(rerun)
     t0 = time.time()
     with stage_run(cfg, "main", cfg.name, section="none", extra_params={"stages": ",".join(cfg.stages)}) as parent:
+        parent.set_tags({"rerun": ",".join(sorted(forced))})
         results: dict[str, Any] = {"parent_run_id": parent.run_id}
-        results["corpus"] = corpus.run(cfg)
-        results["vocab"] = voc = vocab.run(cfg)
+        results["corpus"] = _output_stage(cfg, "corpus", corpus.run, cfg.stage_dir("corpus"), forced)
+        results["vocab"] = voc = _output_stage(cfg, "vocab", vocab.run, cfg.stage_dir("vocab"), forced)
         if "pretrain" in cfg.stages:
-            results["pretraining_data"] = pretraining_data.run(cfg)
+            results["pretraining_data"] = _output_stage(
+                cfg, "pretraining-data", pretraining_data.run, pretraining_data.output_link(cfg), forced
+            )
             if heldout.applies(cfg):  # toy: held-out TFRecords, so that the pretrain run draws an eval curve
                 held = heldout.make(cfg, voc["tokenizer_dir"])
                 cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=held))
-            results["pretrain"] = pt = pretrain.run(cfg)
+            results["pretrain"] = pt = _output_stage(cfg, "pretrain", pretrain.run, pretrain.output_link(cfg), forced)
             # fine-tuning (and every trial) starts from the pretrained weights, with the vocabulary they know
             cfg = dataclasses.replace(
                 cfg,
@@ -53,7 +154,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 ),
             )
             parent.set_tags({"pretrained_model_dir": pt["model_dir"]})
-        results["finetune"] = ft = finetune.run(cfg)
+        results["finetune"] = ft = _output_stage(cfg, "finetune", finetune.run, cfg.stage_dir("finetune"), forced)
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
         parent.log_metrics(summary, step=0)
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
@@ -64,27 +165,34 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             parent.log_metrics(baseline.summary_rows(bl), step=0)  # and a row of the summary table
         tuned = pr = None
         if "tune" in cfg.stages:
-            # a fresh study per `main` (its name carries the parent run): nothing is reused from an earlier run
-            study = cfg.tune.study_name or f"{tune.study_name(cfg)}-{parent.run_id[:8]}"
-            results["tune"] = tuned = tune.run(
-                dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, study_name=study))
-            )
+            results["tune"] = tuned = _tune(cfg, forced, parent.run_id)
             parent.set_tags({"best_trial_model_uri": tuned.get("model_uri", "")})
         if "promote" in cfg.stages:
             # both candidates go through the same rule: the plain fine-tune first, then the search's best trial
-            results["promote_finetune"] = promote.run(
-                dataclasses.replace(
-                    cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or ft["run_id"])
-                )
+            first = dataclasses.replace(
+                cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or ft["run_id"])
             )
-            results["promote"] = pr = promote.run(cfg)  # the best trial; champion only if it beats the champion
+            results["promote_finetune"] = _promote(first, forced)
+            best = dataclasses.replace(
+                cfg, promote=dataclasses.replace(cfg.promote, run_id=cfg.promote.run_id or tuned["mlflow_run_id"])
+            )
+            results["promote"] = pr = _promote(best, forced)  # champion only if it beats the champion
             summary = {f"test/{k}": v for k, v in pr["champion_metrics"].items()}
             parent.log_metrics({f"champion/{k}": v for k, v in summary.items()}, step=0)
             parent.set_tags({"champion_uri": pr["champion_uri"], "champion_version": pr["champion_version"]})
+        results["reused"] = [s for s, r in results.items() if isinstance(r, dict) and r.get("reused_run_id")]
         results["seconds"] = round(time.time() - t0, 1)
+        parent.set_tags({"reused_stages": ",".join(results["reused"])})
         note = publish(parent, cfg.name, results)
         write_results(cfg.root, results, parent)
     print("\n" + note)
+    _report(cfg, results, tuned, pr, summary, ft, tracking_uri(), parent.experiment_id)
+    return {"print_json": False, **results}
+
+
+def _report(cfg, results, tuned, pr, summary, ft, uri, experiment_id) -> None:
+    from albert_exp.summary import runs_url
+
     if tuned:
         print(
             f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
@@ -97,11 +205,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         print("\n== fine-tuned model: test metrics (dish names never seen in training) ==")
     for k, v in summary.items():
         print(f"  {k:36s} {v:.4f}")
-    print(f"\nruns: {tracking_uri()}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
-    print(f"open the UI:  mlflow ui --backend-store-uri {tracking_uri()} --host 127.0.0.1 --port 5000")
-    print(f"runs table:   {runs_url(parent.experiment_id)}")
+    if results["reused"]:
+        print(f"\nreused (same identity as an earlier run): {', '.join(results['reused'])}")
+    print(f"\nruns: {uri}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
+    print(f"open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print(f"runs table:   {runs_url(experiment_id)}")
     model_uri = pr["champion_uri"] if pr else ft.get("model_uri")
     if model_uri:
         print(f'serve it:     mlflow models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001')
         print(f'predict:      albert-exp predict --model "{model_uri}" --input reviews.txt --output out.jsonl')
-    return {"print_json": False, **results}
+        print(f"lineage:      albert-exp lineage {model_uri}")

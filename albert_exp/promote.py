@@ -32,7 +32,16 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
-from albert_exp.tracking import Registry, download_artifacts, get_run, has_model, stage_run, tracking_uri, write_results
+from albert_exp.tracking import (
+    KEY,
+    Registry,
+    download_artifacts,
+    get_run,
+    has_model,
+    stage_run,
+    tracking_uri,
+    write_results,
+)
 
 ARTIFACT = "phrase_extractor"  # the pyfunc every finetune run logs
 HF_ARTIFACT = "hf_model"
@@ -203,12 +212,27 @@ def decide(challenger: float, champion: float | None, margin: float, force: bool
     return False, f"challenger {challenger:.4f} {'<' if challenger < champion else '<='} champion {champion:.4f}{plus}"
 
 
+def _eval_csv(cfg: ExperimentConfig) -> Path:
+    from albert_exp.finetune import data_paths
+
+    return Path(cfg.promote.eval_csv) if cfg.promote.eval_csv else data_paths(cfg)["test"]
+
+
+def key(cfg: ExperimentConfig) -> str:
+    """Promotion's identity: its settings, the candidate run and the evaluation data's digest."""
+    from albert_exp.config import to_dict
+    from albert_exp.identity import stage_key
+
+    where_and_how_long = ("run_id", "eval_csv", "lock_timeout_s", "lock_stale_s")  # replaced by digests / no effect
+    settings = {k: v for k, v in to_dict(cfg.promote).items() if k not in where_and_how_long}
+    inputs = {"candidate": _source_run(cfg), "eval": file_digest(_eval_csv(cfg))}
+    return stage_key("promote", {"promote": settings, "model": model_name(cfg)}, inputs)
+
+
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     p = cfg.promote
     name, metric = model_name(cfg), p.metric
-    from albert_exp.finetune import _paths
-
-    eval_csv = Path(p.eval_csv) if p.eval_csv else _paths(cfg)["test"]
+    eval_csv = _eval_csv(cfg)
     digest = file_digest(eval_csv)
     run_id = _source_run(cfg)
     registry = Registry()
@@ -309,6 +333,8 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 "decision": decision,
                 "source_run_id": run_id,
                 "eval_digest": digest,
+                KEY: key(cfg),
+                "upstream.finetune": run_id,
             }
         )
         tracker.log_metrics(

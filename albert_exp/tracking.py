@@ -33,11 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, flatten, to_dict, to_yaml
-from albert_exp.identity import code_version
+from albert_exp.identity import StageOutput, code_version
 
 # Tags that say who runs a stage: `sweep_dead_runs` closes a RUNNING run whose process is gone.
 HOST, PID, PID_START = "albert_exp.host", "albert_exp.pid", "albert_exp.pid_start"
 KILLED_REASON = "killed_reason"
+KEY = "albert_exp.key"  # the stage identity of the output a run computed (albert_exp/identity.py)
+PARENT = "albert_exp.resumed_under"  # the parent run of the invocation that resumed a run
+REUSED = "reused_run_id"  # on a stage run of `main` that reused an earlier run's output instead of computing
+RUN_FILE = "run.json"  # in a stage's work directory: the run computing it
+RESUMED_AFTER = "albert_exp.resumed_after"  # on a run a rerun continued: why it had stopped
 
 
 class FakeTracker:
@@ -96,15 +101,17 @@ class FakeTracker:
     def link_model_metrics(self, model_id: str, step: int) -> None:
         """The run's metrics at `step` become the logged model's (shown on its page in the UI)."""
 
+    def log_input_digest(self, name: str, source: str, digest: str, context: str = "input") -> None:
+        """An input known by its content digest (a manifest, a model or tokenizer directory)."""
+        self.inputs.append({"name": name, "source": str(source), "context": context, "digest": digest})
+
 
 class MlflowTracker(FakeTracker):
     """Logs into one MLflow run, named by its id in every call; every metric carries an explicit step."""
 
     def __init__(self, run_id: str) -> None:
         super().__init__()
-        from mlflow import MlflowClient
-
-        self._client = MlflowClient()
+        self._client = store_client()
         self.run_id = run_id
         self.experiment_id = self._client.get_run(run_id).info.experiment_id
 
@@ -175,6 +182,39 @@ class MlflowTracker(FakeTracker):
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         self._client.log_inputs(self.run_id, datasets=[entity])
 
+    def log_input_digest(self, name: str, source: str, digest: str, context: str = "input") -> None:
+        from mlflow.data.dataset_source_registry import get_registered_sources
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        super().log_input_digest(name, source, digest, context)
+        local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+        dataset = MetaDataset(local(str(Path(source).resolve())), name=name, digest=digest[:36])
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        self._client.log_inputs(self.run_id, datasets=[entity])
+
+
+class SkipLogged:
+    """A tracker for a resumed loop: drops the (metric, step) pairs its run already has (a loop resumed from a
+    checkpoint recomputes the steps after it, which a killed run may have logged), so every step is in the
+    history once."""
+
+    def __init__(self, inner: FakeTracker) -> None:
+        self._inner = inner
+        self._seen: dict[str, set[int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def log_history(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        for k in {k for _, m in rows for k in m} - set(self._seen):
+            self._seen[k] = {s for _, s in self._inner.logged_steps({k})}
+        fresh = [(s, {k: v for k, v in m.items() if s not in self._seen[k]}) for s, m in rows]
+        self._inner.log_history([(s, m) for s, m in fresh if m])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.log_history([(step, metrics)])
+
 
 def git_commit() -> str:
     """The code version as a tag: the commit, `-dirty+<hash of the changes>` when tracked files changed."""
@@ -227,6 +267,53 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+_READY: set[str] = set()  # stores this process has initialised
+_LOCK_KEY = 0x616C62657274  # PostgreSQL advisory lock id ("albert") for the schema set-up
+
+
+def store_client() -> Any:
+    """An MlflowClient of the current store, whose tables exist. MLflow creates (or migrates) the schema on a
+    process's first call; two processes doing that at once on a fresh store crash (sqlite: SQLAlchemy's
+    CircularDependencyError; PostgreSQL: duplicate tables). So the first call runs under a lock: a file lock
+    beside a sqlite database, an advisory lock in PostgreSQL (held across machines)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    if uri not in _READY:
+        with _store_lock(uri):
+            MlflowClient().search_experiments(max_results=1)
+        _READY.add(uri)
+    return MlflowClient()
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        import fcntl
+
+        db = Path(uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(db.with_name(db.name + ".lock"), "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+        return
+    if uri.startswith("postgresql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+        finally:
+            engine.dispose()
+        return
+    yield  # a tracking server (http) sets up its own store
+
+
 def _process_start(pid: int) -> str:
     """When process `pid` started (clock ticks since boot, from /proc): a pid reused by another process after
     a kill has another start time. Empty where /proc is not available."""
@@ -265,9 +352,7 @@ def owner_alive(tags: dict[str, str]) -> bool | None:
 
 def sweep_dead_runs(experiment_ids: list[str]) -> list[str]:
     """Mark RUNNING runs whose process on this host is gone (SIGKILL, power loss) KILLED, with the reason."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    client = store_client()
     closed = []
     for run in client.search_runs(experiment_ids, "attributes.status = 'RUNNING'"):
         if owner_alive(run.data.tags) is False:
@@ -283,9 +368,7 @@ def sweep_dead_runs(experiment_ids: list[str]) -> list[str]:
 
 def close_runs(run_ids: set[str], experiment_id: str | None, tag_filter: dict[str, str], reason: str) -> list[str]:
     """End the RUNNING runs among `run_ids` and those of `experiment_id` whose tags match, as KILLED."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    client = store_client()
     ids = set(run_ids) - {None}
     if experiment_id:
         query = " and ".join(f"tags.{k} = '{v}'" for k, v in tag_filter.items())
@@ -299,16 +382,44 @@ def close_runs(run_ids: set[str], experiment_id: str | None, tag_filter: dict[st
     return closed
 
 
+def _log_lineage(cfg: ExperimentConfig, stage: str, tracker: FakeTracker) -> None:
+    """Tag the runs that produced this stage's inputs and log the inputs with their content digests."""
+    from albert_exp.identity import input_paths, stage_inputs
+    from albert_exp.lineage import upstream_tags
+
+    paths, digests = input_paths(cfg, stage), stage_inputs(cfg, stage)
+    tracker.set_tags(upstream_tags(paths))
+    for name, p in paths.items():
+        source = p[0].parent if isinstance(p, list) else p
+        tracker.log_input_digest(name, str(source), digests[name])
+
+
+def _note_resume(tracker: MlflowTracker) -> None:
+    """A run marked KILLED (its process died) that a rerun continues: the reason moves to `resumed_after`."""
+    reason = tracker._client.get_run(tracker.run_id).data.tags.get(KILLED_REASON)
+    if reason:
+        tracker.set_tags({RESUMED_AFTER: reason})
+        tracker._client.delete_tag(tracker.run_id, KILLED_REASON)
+
+
+def _recorded_run(work: Path) -> str | None:
+    """The run that started computing `work`, if this store has it (else: a new run)."""
+    path = work / RUN_FILE
+    if not path.is_file():
+        return None
+    run_id = json.loads(path.read_text()).get("run_id")
+    return run_id if run_id and get_run(run_id) is not None else None
+
+
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, resume_run_id: str | None) -> str:
     """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run."""
-    from mlflow import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-    client = MlflowClient()
+    client = store_client()
     if resume_run_id:
         return resume_run_id
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
@@ -344,8 +455,12 @@ def stage_run(
     extra_params: dict[str, Any] | None = None,
     enabled: bool = True,
     resume_run_id: str | None = None,
+    output: StageOutput | None = None,
 ) -> Iterator[FakeTracker]:
-    """Open the MLflow run of one stage (or reattach to `resume_run_id`) and log its resolved config."""
+    """Open the MLflow run of one stage (or reattach to `resume_run_id`) and log its resolved config.
+
+    With `output` (albert_exp.identity.StageOutput) the run is recorded in its work directory, so a rerun that
+    resumes the same output reattaches to the same run: one run per computation, one continuous history."""
     if not enabled or _OFFLINE.get() is not None:
         fake = FakeTracker()
         if _OFFLINE.get() is not None:
@@ -356,8 +471,14 @@ def stage_run(
 
     parent = _CURRENT.get()
     run_name = f"{stage} {description}".strip()
+    if output is not None and resume_run_id is None:
+        resume_run_id = _recorded_run(output.work)
     run_id = _open_run(cfg, run_name, parent, resume_run_id)
     tracker = MlflowTracker(run_id)
+    if resume_run_id:
+        _note_resume(tracker)
+    if output is not None:
+        (output.work / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
     if parent is None:
         sweep_dead_runs([tracker.experiment_id])
     # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while it is open
@@ -383,9 +504,13 @@ def stage_run(
                 "experiment_config": cfg.source,
                 "git_commit": git_commit(),
                 **who(),
+                **({KEY: output.key, "output_dir": str(output.done)} if output is not None else {}),
+                **({PARENT: parent.run_id} if resume_run_id and parent is not None and parent.run_id else {}),
                 **(_EXTRA_TAGS.get() or {}),
             }
         )
+        if output is not None and not resume_run_id:
+            _log_lineage(cfg, stage, tracker)
         yield tracker
     except KeyboardInterrupt:
         status = "KILLED"
@@ -407,7 +532,7 @@ def stage_run(
         if active is not None and active.info.run_id == run_id:
             mlflow.end_run(status=status)
         else:
-            mlflow.MlflowClient().set_terminated(run_id, status=status)
+            store_client().set_terminated(run_id, status=status)
 
 
 def write_results(out_dir: str | Path, results: dict[str, Any], tracker: FakeTracker | None = None) -> Path:
@@ -444,11 +569,10 @@ class RunView:
 
 def get_run(run_id: str) -> RunView | None:
     """The run, or None when this store has no such run."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        r = MlflowClient().get_run(run_id)
+        r = store_client().get_run(run_id)
     except MlflowException:
         return None
     inputs = [
@@ -465,6 +589,20 @@ def get_run(run_id: str) -> RunView | None:
         dict(r.data.metrics),
         inputs,
     )
+
+
+def find_finished_run(experiment: str, stage: str, key: str) -> RunView | None:
+    """The latest FINISHED run of `stage` that computed the output with identity `key` in `experiment` (the
+    runs `main` tagged as reusing another are not candidates: they computed nothing)."""
+    client = store_client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.stage = '{stage}' and tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'"
+    for r in client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"]):
+        if REUSED not in r.data.tags:
+            return get_run(r.info.run_id)
+    return None
 
 
 def run_url(run: RunView) -> str:
@@ -495,9 +633,7 @@ class Registry:
     """The model-registry calls `promote` and `lineage` make."""
 
     def __init__(self) -> None:
-        from mlflow import MlflowClient
-
-        self._client = MlflowClient()
+        self._client = store_client()
 
     def create_model(self, name: str, tags: dict[str, str], description: str) -> bool:
         """Create registered model `name`; False if it exists already (atomic in every store: a lock)."""
@@ -529,6 +665,14 @@ class Registry:
         for v in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             return v
         return None
+
+    def version(self, name: str, version: str) -> Any | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_model_version(name, version)
+        except MlflowException:
+            return None
 
     def by_alias(self, name: str, alias: str) -> Any | None:
         from mlflow.exceptions import MlflowException

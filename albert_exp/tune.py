@@ -22,8 +22,6 @@ with other inputs starts a new study instead of silently mixing results.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import time
 import warnings
 from pathlib import Path
@@ -32,35 +30,27 @@ from typing import Any
 from albert_exp.config import ExperimentConfig, flatten, to_dict
 from albert_exp.errors import UserError
 from albert_exp.tracking import (
+    KEY,
+    PID,
     close_runs,
     current_run_id,
-    git_commit,
+    owner_alive,
     rename_run,
     run_tags,
     stage_run,
     tracking_uri,
+    who,
     write_results,
 )
 
 FINISHED = ("COMPLETE", "PRUNED")
 
 
-def _files_digest(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            if f.is_file():
-                h.update(f.name.encode())
-                h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()
-
-
 def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epochs: int) -> ExperimentConfig:
     """The fine-tuning config of one trial: its own workdir (its own checkpoint), the shared data and tokenizer."""
-    from albert_exp.finetune import _paths
+    from albert_exp.finetune import data_paths
 
-    p = _paths(cfg)
+    p = data_paths(cfg)
     ft = dataclasses.replace(
         cfg.finetune,
         learning_rate=learning_rate,
@@ -75,29 +65,23 @@ def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epo
 
 
 def study_name(cfg: ExperimentConfig) -> str:
+    """`<name>-<key>`: the stage identity (albert_exp/identity.py) of the search: the fine-tuning settings except
+    the searched ones, the search space, the seed, the digests of the data, tokenizer and model, the code
+    version, and the tracking store. A rerun with other inputs starts a new study instead of mixing results."""
     if cfg.tune.study_name:
         return cfg.tune.study_name
-    from albert_exp.finetune import _paths
+    from albert_exp.identity import NOT_IN_KEY, stage_inputs, stage_key
 
-    p = _paths(cfg)
-    searched = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}
-    space = {
-        k: v for k, v in to_dict(cfg.tune).items() if k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")
+    fixed = {k: v for k, v in to_dict(cfg.finetune).items() if k not in NOT_IN_KEY["finetune"]}
+    sections = {
+        "finetune": {k: v for k, v in fixed.items() if k not in ("learning_rate", "epochs")},
+        "space": {k: getattr(cfg.tune, k) for k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")},
+        "model": to_dict(cfg.model),
+        "seed": cfg.seed,
+        "name": cfg.name,
     }
-    payload = json.dumps(
-        [
-            searched,
-            to_dict(cfg.model),
-            cfg.seed,
-            space,
-            git_commit(),
-            tracking_uri(),
-            cfg.name,
-            _files_digest([p["tokenizer"], p["train"], p["val"], p["test"]]),
-        ],
-        default=str,
-    )
-    return f"{cfg.name}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
+    inputs = {**stage_inputs(cfg, "finetune"), "tracking": tracking_uri()}
+    return f"{cfg.name}-{stage_key('tune', sections, inputs)[:10]}"
 
 
 def _masked(url: str) -> str:
@@ -125,10 +109,37 @@ class CloseRunsAndRetry:
 
         self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry, inherit_intermediate_values=True)
 
-    def __call__(self, study: Any, trial: Any) -> None:
-        closed = close_trial_runs(study.study_name, trial, "stale heartbeat: its worker died")
-        print(f"trial {trial.number} had no heartbeat: marked FAIL, MLflow runs {closed} marked KILLED, retried")
+    def __call__(self, study: Any, trial: Any, why: str = "stale heartbeat: its worker died") -> None:
+        closed = close_trial_runs(study.study_name, trial, why)
+        print(f"trial {trial.number} ({why}): marked FAIL, MLflow runs {closed} marked KILLED, retried")
         self.retry(study, trial)
+
+
+def fail_dead_trials(study: Any) -> list[int]:
+    """Fail and retry the RUNNING trials whose worker process on this host is gone, at once: a worker rerun right
+    after a kill need not wait for the heartbeat grace period (which only knows about other hosts' workers)."""
+    import copy
+
+    import optuna
+    from optuna.trial import TrialState
+
+    storage, failed = study._storage, []
+    for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = tr.user_attrs.get("owner") or {}
+        if owner_alive(owner) is not False:
+            continue
+        try:
+            if storage.set_trial_state_values(tr._trial_id, state=TrialState.FAIL):
+                failed.append(tr._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker failed it first
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial_id in failed:
+        dead = copy.deepcopy(storage.get_trial(trial_id))
+        why = f"its worker (pid {dead.user_attrs['owner'].get(PID)}) is gone"
+        if callback is not None:
+            callback(study, dead, why)
+    return [storage.get_trial(i).number for i in failed]
 
 
 def open_study(cfg: ExperimentConfig, name: str) -> Any:
@@ -148,9 +159,18 @@ def open_study(cfg: ExperimentConfig, name: str) -> Any:
     pruner = optuna.pruners.MedianPruner(
         n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_epochs
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
     )
+    # A rerun of the same worker draws new random start-up points (the same seed would repeat the finished
+    # trials' parameters): the seed moves on with the trials the study already has.
+    if study.trials:
+        study.sampler = optuna.samplers.TPESampler(
+            seed=cfg.seed + 1000 * t.worker + len(study.trials),
+            constant_liar=True,
+            n_startup_trials=max(2, min(10, t.n_trials // 3)),
+        )
+    return study
 
 
 def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> Any:
@@ -209,6 +229,7 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         trial.set_user_attr("mlflow_parent_run_id", parent.run_id)
         trial.set_user_attr("mlflow_experiment_id", parent.experiment_id)
         trial.set_user_attr("worker", t.worker)
+        trial.set_user_attr("owner", who())  # host and pid: a rerun on this host fails the trial if they are gone
 
         def on_epoch(epoch: int, val: dict[str, float]) -> None:
             if "mlflow_run_id" not in trial.user_attrs and current_run_id():
@@ -281,19 +302,19 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import optuna
 
     t = cfg.tune
-    from albert_exp.finetune import _paths
+    from albert_exp.finetune import data_paths
 
-    if not (_paths(cfg)["tokenizer"] / "tokenizer_config.json").is_file():
+    if not (data_paths(cfg)["tokenizer"] / "tokenizer_config.json").is_file():
         raise UserError(
             "no tokenizer found",
-            where=str(_paths(cfg)["tokenizer"]),
+            where=str(data_paths(cfg)["tokenizer"]),
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
     from albert_exp.data import read_labelled_csv
 
     f = cfg.finetune
     for split in ("train", "val", "test"):  # a bad CSV is one line now, not a failed trial's traceback from Optuna
-        read_labelled_csv(_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
+        read_labelled_csv(data_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
     try:
@@ -313,6 +334,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             ) from None
         raise
     optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
+    fail_dead_trials(study)  # ... and at once where the dead worker ran on this host
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
     remaining = max(0, t.n_trials - done)
     print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
@@ -333,7 +355,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         "derived.study_name": name,
     }
     with stage_run(cfg, "tune", name, section="tune", extra_params=extra) as tracker:
-        tracker.set_tags({"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker})
+        tracker.set_tags(
+            {"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker, KEY: name}
+        )
         mine: list[int] = []
 
         def after_trial(study: Any, trial: Any) -> None:
@@ -370,7 +394,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             "best_trial": best.number,
             "best_params": best.params,
             "best_value": best.value,
-            **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "mlflow_parent_run_id")},
+            **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "owner", "mlflow_parent_run_id")},
             "trials": counts,
             "n_pruned": counts.get("PRUNED", 0),
             "n_complete": counts.get("COMPLETE", 0),

@@ -25,7 +25,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
-from albert_exp.outputs import staged_output
+from albert_exp.identity import output_of
 from albert_exp.tracking import stage_run, write_results
 
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
@@ -222,7 +222,6 @@ def check_sentencepiece(source: Path) -> dict[str, Any]:
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
     v = cfg.vocab
-    out = cfg.stage_dir("vocab")
     label = f"from {Path(v.from_spm).name}" if v.from_spm else f"{v.model_type} {v.vocab_size}"
     # The inputs are read and checked before the MLflow run starts: bad input is one line, not a failed run.
     manifest = cfg.stage_dir("corpus") / "manifest.json"
@@ -234,8 +233,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         lines = sample(corpus_sentences(manifest), v.sample_sentences, cfg.seed)
     check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
     lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
-    # Written into a staging directory renamed over `out` at the end: a failed run leaves the old vocabulary.
-    with stage_run(cfg, "vocab", label) as tracker, staged_output(out) as tmp:
+    # Written into the work directory of its identity, renamed into place when complete (albert_exp/identity.py):
+    # a failed run leaves the old vocabulary.
+    output = output_of(cfg, "vocab")
+    tmp = output.start(fresh=True)
+    with stage_run(cfg, "vocab", label, output=output) as tracker:
         imported = None
         if v.from_spm:
             imported = spm_info
@@ -258,13 +260,15 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         tracker.set_tags({f"vocab.{key}": val for key, val in normalisation.items() if key != "source"})
         tracker.log_artifacts(tmp / "tokenizer", "tokenizer")
         results = {
-            "output_dir": str(out),
-            "tokenizer_dir": str(out / "tokenizer"),
-            "spm_model": str(out / "spiece.model"),
+            "output_dir": str(output.done),
+            "key": output.key,
+            "tokenizer_dir": str(output.done / "tokenizer"),
+            "spm_model": str(output.done / "spiece.model"),
             "vocab_size": len(tok),
             "unk_rate": metrics["vocab/unk_rate"],
             "normalization": normalisation,
             "run_id": tracker.run_id,
         }
         write_results(tmp, results, tracker)
+    output.commit()
     return results

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from albert_exp.pretrain import checkpoint
+from albert_exp import checkpoint
 from tests.conftest import ROOT, free_port
 from tests.test_pretrain import tiny_config
 from tests.test_pretraining_data import tok_dir  # noqa: F401 (a fixture)
@@ -123,12 +123,13 @@ def test_killed_ddp_job_resumes_exactly(tmp_path, mlflow_store):
     assert straight.wait(timeout=600) == 0, straight.stdout.read().decode()[-3000:]
     proc = _torchrun(_cfg(tmp_path, "killed"), tmp_path, "killed")
     deadline = time.time() + 300
-    while not (tmp_path / "killed" / "checkpoints" / "step-00000004").exists():
+    while not list(tmp_path.glob("killed@*.partial/checkpoints/step-00000004")):
         assert proc.poll() is None and time.time() < deadline, "finished or stuck before the kill"
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = checkpoint.latest(tmp_path / "killed")
+    (work,) = tmp_path.glob("killed@*.partial")
+    done = checkpoint.latest(work)
     assert done is not None and int(done.name.split("-")[1]) < 12
     again = _torchrun(_cfg(tmp_path, "killed"), tmp_path, "killed")
     log = again.communicate(timeout=600)[0].decode()

@@ -182,7 +182,7 @@ def test_pretrain_on_dynamic_data_and_resume(data, tmp_path, mlflow_store):
         # A run killed after its step-3 checkpoint: drop the later one, run the same command again.
         import shutil
 
-        from albert_exp.pretrain import checkpoint
+        from albert_exp import checkpoint
 
         for d in checkpoint.checkpoint_dirs(Path(a["output_dir"])):
             if int(d.name.split("-")[1]) > 3:

@@ -17,9 +17,10 @@ import pytest
 import torch
 import yaml
 
+from albert_exp import checkpoint
 from albert_exp.config import load_config
 from albert_exp.errors import UserError
-from albert_exp.pretrain import checkpoint, data, optim
+from albert_exp.pretrain import data, optim
 from albert_exp.tfrecord import CorruptRecordError, decode_example, encode_example, iter_records, write_records
 from tests.conftest import ROOT, require_reference
 
@@ -330,8 +331,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store
     runs = {}
     for name in ("straight", "killed"):
         d = {**base, "pretrain": {**base["pretrain"], "output_dir": str(tmp_path / name)}}
-        (tmp_path / name).mkdir()
-        path = tmp_path / name / "cfg.yaml"
+        path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(d))
         runs[name] = path
     from albert_exp.pretrain import run
@@ -344,14 +344,16 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store
 
     proc = _cli(runs["killed"])
     deadline = time.time() + 240
-    while not (tmp_path / "killed" / "checkpoints" / "step-00000021").exists():
+    while not list(tmp_path.glob("killed@*.partial/checkpoints/step-00000021")):
         assert proc.poll() is None and time.time() < deadline, "finished or stuck before the kill"
         time.sleep(0.01)
     time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    done = checkpoint.latest(tmp_path / "killed")
+    (work,) = tmp_path.glob("killed@*.partial")
+    done = checkpoint.latest(work)
     assert done is not None and int(done.name.split("-")[1]) < 60
+    assert not (tmp_path / "killed").exists()  # nothing complete yet: the link is made at the end
     out = _cli(runs["killed"])
     assert out.wait(timeout=300) == 0, out.stdout.read().decode()[-3000:]
 
@@ -372,19 +374,25 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store
     assert res_a["mlflow_run_id"] != res_b["mlflow_run_id"]
     steps = [m.step for m in client.get_metric_history(res_b["mlflow_run_id"], "train/loss")]
     assert sorted(steps) == list(range(1, 61))  # the resumed run logged into the killed run's MLflow run
+    exp = client.get_run(res_b["mlflow_run_id"]).info.experiment_id
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")  # the killed run ended with the rerun
 
 
-def test_resume_refuses_a_different_worker_count(tmp_path, mlflow_store):
+def test_other_settings_train_apart_and_keep_the_earlier_output(tmp_path, mlflow_store):
+    """Another identity (here: the worker count, which sets the data order) neither resumes nor overwrites the
+    earlier output: it trains into its own directory and the link moves when it is complete."""
+    from transformers import AlbertForPreTraining
+
     from albert_exp.pretrain import run
 
-    cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, eval_input=[]))
-    run(cfg)
-    d = tiny_config(tmp_path, num_train_steps=10, num_workers=2, eval_input=[])
-    with pytest.raises(UserError, match="num_workers"):
-        run(cfg_from(tmp_path, d)[0])
-    d = tiny_config(tmp_path, num_train_steps=20, eval_input=[])
-    with pytest.raises(UserError, match=r"pretrain.num_train_steps: 10 -> 20"):
-        run(cfg_from(tmp_path, d)[0])
+    first = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, eval_input=[]))[0])
+    weights = (Path(first["model_dir"]) / "model.safetensors").read_bytes()
+    second = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, num_workers=2, eval_input=[]))[0])
+    assert second["resumed_from"] is None and second["output_dir"] != first["output_dir"]
+    assert second["mlflow_run_id"] != first["mlflow_run_id"]
+    assert (tmp_path / "work" / "pretrain").resolve() == Path(second["output_dir"]).resolve()
+    assert (Path(first["model_dir"]) / "model.safetensors").read_bytes() == weights
+    AlbertForPreTraining.from_pretrained(first["model_dir"])
 
 
 def _payloads(root: Path) -> list[bytes]:

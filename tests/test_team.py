@@ -267,3 +267,29 @@ def test_main_against_a_tracking_server_with_postgres(postgres, tmp_path):
             assert results["promote"]["champion_uri"] == "models:/team-tagger@champion"
         finally:
             mlflow.set_tracking_uri(None)
+
+
+def test_two_processes_start_on_a_fresh_postgres_tracking_store(postgres, tmp_path):
+    """MLflow creates its schema on first use; two processes doing it at once on an empty database must both
+    succeed (tracking.store_client serialises the set-up with an advisory lock)."""
+    from mlflow import MlflowClient
+
+    uri = postgres.create_db("fresh_tracking")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, "-m", "albert_exp", "corpus", "--set"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, f"corpus.toy=true corpus.toy_documents=20 workdir={tmp_path / f'w{i}'}"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in (0, 1)
+    ]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]

@@ -22,9 +22,11 @@ def is_hf_dir(path: str | Path) -> bool:
 
 
 def build_model(hf_kwargs: dict):
-    from transformers import AlbertConfig, AlbertForPreTraining
+    from transformers import AlbertConfig
 
-    return AlbertForPreTraining(AlbertConfig(**hf_kwargs))
+    from albert_exp.modeling import build
+
+    return build("pretraining", config=AlbertConfig(**hf_kwargs))
 
 
 def load_hf(path: str | Path):

@@ -5,20 +5,25 @@
     albert-exp pretrain --config experiments/pretrain_tiny.yaml --skip-corrupt   # count, don't stop
     torchrun --nproc-per-node 8 -m albert_exp pretrain --config cfg.yaml        # data parallel (ddp.py)
 
-Run the same command again after a crash or a kill: it resumes from the last checkpoint in the output dir
-(the config must be unchanged; a different experiment needs a new pretrain.output_dir). `run(cfg)` returns
-{"model_dir": <dir of the best HF checkpoint>, ...}; AlbertForTokenClassification.from_pretrained loads it.
+Reads exactly the TFRecords the pretraining-data manifest lists (or `pretrain.input`). Run the same command
+again after a crash or a kill: it resumes from the last checkpoint of the same stage identity (settings,
+input digests, code: albert_exp/identity.py) and logs into the same MLflow run. Other settings train into
+their own directory, renamed into place when complete; the link <workdir>/pretrain then points at it and the
+earlier output stays where it was. `run(cfg)` returns {"model_dir": <dir of the best HF checkpoint>, ...};
+AlbertForTokenClassification.from_pretrained loads it.
 
-Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), checkpoint.py, loop.py,
-ddp.py (torchrun: ranks, DDP, what rank 0 alone does).
+Pieces: data.py (streaming, resumable batches), optim.py (LAMB, schedule, plateau), loop.py, ddp.py (torchrun:
+ranks, DDP, what rank 0 alone does), and the shared albert_exp/checkpoint.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from albert_exp.errors import UserError
-from albert_exp.hf_local import load_model, load_tokenizer
+from albert_exp.hf_local import load_tokenizer
 
 
 def vocab_size(cfg) -> int:
@@ -36,16 +41,15 @@ def vocab_size(cfg) -> int:
 
 def build_model(cfg):
     """A fresh AlbertForPreTraining from the `model:` section, or the weights of pretrain.init_from."""
+    from albert_exp.modeling import build
+
     pc = cfg.pretrain
     if pc.init_from:
         from albert_exp.convert.hf import load_any
 
         model, info = load_any(pc.init_from, pc.albert_config)
     else:
-        from transformers import AlbertForPreTraining
-
-        # google's gelu is the tanh approximation ("gelu_new", set by albert_config)
-        model = AlbertForPreTraining(cfg.model.albert_config(vocab_size(cfg), classifier_dropout_prob=0.0))
+        model = build("pretraining", arch=cfg.model, vocab_size=vocab_size(cfg), classifier_dropout_prob=0.0)
         info = {"format": "fresh"}
     if model.config.max_position_embeddings < pc.max_seq_length:
         raise UserError(
@@ -57,32 +61,66 @@ def build_model(cfg):
     return model, info
 
 
-def _check_same_config(cfg, saved: dict, where) -> None:
-    """A resume continues the same run (same MLflow params): the resolved config must not have changed."""
-    from albert_exp.config import flatten, to_dict
+@dataclass
+class Setup:
+    """Everything the training run needs, resumed or fresh."""
 
-    now, then = flatten(to_dict(cfg)), flatten(saved)
-    changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k) and k != "description")
-    if changed:
-        detail = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
-        raise UserError(
-            f"the config differs from the checkpoint's ({detail})",
-            where=str(where),
-            fix="resume with the same config, or set pretrain.output_dir to a new directory",
-        )
+    output: Any  # albert_exp.identity.StageOutput
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: Any  # loop.State
+    plateau: Any
+    files: list[str]
+    eval_data: list
+    resume_from: Path | None
+    init_info: dict
+    derived: dict
+    last_step: int
+    device: Any
 
 
-def run(cfg) -> dict:
+def output_link(cfg) -> Path:
+    return Path(cfg.pretrain.output_dir) if cfg.pretrain.output_dir else cfg.stage_dir("pretrain")
+
+
+def _resume(output, pc, main: bool) -> tuple[Path, dict] | None:
+    """Where this training continues: the last checkpoint of a killed run of the same identity, else that of a
+    complete one (rank 0 copies it to a new work directory, so the complete output stays intact until the copy
+    replaces it; other ranks only read it), else nowhere (a fresh start, also with resume: false)."""
+    import shutil
+
+    from albert_exp import checkpoint
+
+    point = None
+    if pc.resume:
+        complete = output.complete() is not None
+        if main or not complete:
+            point = checkpoint.resume_point(output.work, output.key)
+        if point is None and complete:
+            if main:
+                output.start(fresh=True)
+                shutil.copytree(output.done, output.work, dirs_exist_ok=True)
+            point = checkpoint.resume_point(output.work if main else output.done, output.key)
+    if point is None:
+        output.start(fresh=main)  # rank 0 starts this identity afresh
+    return point
+
+
+def prepare(cfg) -> Setup:
     import torch
 
-    from albert_exp.pretrain import checkpoint, data
+    from albert_exp import checkpoint
+    from albert_exp.identity import output_of, pretraining_files
+    from albert_exp.modeling import build
+    from albert_exp.pretrain import data
     from albert_exp.pretrain.loop import State
     from albert_exp.pretrain.optim import Plateau, make_optimizer, make_schedule
 
     pc = cfg.pretrain
-    out = Path(pc.output_dir) if pc.output_dir else cfg.stage_dir("pretrain")
-    files = data.resolve_inputs(pc.input, cfg.stage_dir("pretraining-data"))  # TFRecords, or a dynamic manifest
+    files = pretraining_files(cfg)  # TFRecords, or a dynamic manifest
     eval_files = data.resolve_eval_inputs(pc.eval_input)  # TFRecords, or a dynamic manifest
+    output = output_of(cfg, "pretrain", output_link(cfg))
     scaled = pc.scaled()
     last_step = min(scaled.num_train_steps, pc.max_steps or scaled.num_train_steps)
     if pc.torch_threads:
@@ -95,19 +133,11 @@ def run(cfg) -> dict:
     device = dist.device
     dist.check(pc, None if data.dynamic_manifest(files) else max(1, pc.num_workers), cfg.source)
 
-    resume_from = checkpoint.latest(out) if pc.resume else None
-    if not pc.resume and checkpoint.checkpoint_dirs(out):
-        raise UserError(
-            "the output directory already has checkpoints and resume is false",
-            where=str(out),
-            fix="set pretrain.output_dir to a new directory, or delete the old checkpoints",
-        )
-    saved = checkpoint.load_trainer_state(resume_from) if resume_from else None
+    point = _resume(output, pc, dist.main)
+    resume_from, saved = point if point else (None, None)
     torch.manual_seed(cfg.seed)
     if resume_from:
-        from transformers import AlbertForPreTraining
-
-        model = load_model(AlbertForPreTraining, resume_from)
+        model = build("pretraining", model_dir=resume_from)
         model.sop_classifier.dropout.p = 0.0
         init_info = saved.get("init") or {"format": "unknown"}  # as first logged: MLflow params are immutable
     else:
@@ -118,7 +148,6 @@ def run(cfg) -> dict:
     state, plateau = State(), Plateau(pc.plateau_window, pc.plateau_min_improvement, pc.plateau_smoothing)
     streams, micro = max(1, pc.num_workers), pc.batch_size // (pc.gradient_accumulation_steps * dist.world)
     if saved:
-        _check_same_config(cfg, saved.get("config") or {}, resume_from)
         dist.check_resume(saved, str(resume_from))
         if (saved["streams"], saved["micro_batch"]) != (streams, micro):
             raise UserError(
@@ -127,17 +156,14 @@ def run(cfg) -> dict:
                 where=str(resume_from),
                 fix="resume with the same num_workers, batch_size and gradient_accumulation_steps",
             )
-        ts = checkpoint.load_training_state(resume_from)
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        checkpoint.set_rng_state(ts["rng"])
+        checkpoint.restore(resume_from, optimizer, scheduler)
         state = State(**{k: saved[k] for k in State.__dataclass_fields__})
         plateau.load_state_dict(saved["plateau"])
-    n_params = sum(p.numel() for p in model.parameters())
+        checkpoint.ensure_best(output.work, state.best.get("step"))
     derived = {
         **scaled.as_params(),
         "derived.last_step": last_step,
-        "derived.parameters": n_params,
+        "derived.parameters": sum(p.numel() for p in model.parameters()),
         "derived.tokens_per_step": pc.batch_size * pc.max_seq_length,
         "derived.micro_batch": micro,
         "derived.world_size": dist.world,
@@ -149,10 +175,8 @@ def run(cfg) -> dict:
         if eval_files and dist.main  # rank 0 alone evaluates
         else []
     )
-
-    return _train(
-        cfg,
-        out,
+    return Setup(
+        output,
         model,
         optimizer,
         scheduler,
@@ -168,81 +192,78 @@ def run(cfg) -> dict:
     )
 
 
-def _train(
-    cfg,
-    out,
-    model,
-    optimizer,
-    scheduler,
-    state,
-    plateau,
-    files,
-    eval_data,
-    resume_from,
-    init_info,
-    derived,
-    last_step,
-    device,
-) -> dict:
-    from albert_exp.config import to_dict
-    from albert_exp.pretrain import checkpoint, ddp
+def run(cfg) -> dict:
+    return _train(cfg, prepare(cfg))
+
+
+def _train(cfg, s: Setup) -> dict:
+    from albert_exp import checkpoint
+    from albert_exp.pretrain import ddp
     from albert_exp.pretrain.loop import Trainer
-    from albert_exp.tracking import get_run, stage_run, write_results
+    from albert_exp.tracking import stage_run, write_results
 
     pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
-    n_params = derived["derived.parameters"]
+    n_params = s.derived["derived.parameters"]
     dist = ddp.current()
-    saved_run = checkpoint.load_trainer_state(resume_from).get("mlflow_run_id") if resume_from else None
-    resume_run = saved_run if saved_run and dist.main and get_run(saved_run) else None  # None: another store
+    out = s.output.work
+    description = f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}"
     with stage_run(
         cfg,
         "pretrain",
-        f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}",
-        extra_params=derived,
-        resume_run_id=resume_run,
+        description,
+        extra_params=s.derived,
+        output=s.output,
         enabled=dist.main,  # rank 0 alone logs: one MLflow run per training
     ) as tracker:
         if dist.main:
             print(
                 f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
                 f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
-                + (f"resuming at step {state.step}" if resume_from else f"init: {init_info.get('format')}")
+                + (f"resuming at step {s.state.step}" if s.resume_from else f"init: {s.init_info.get('format')}")
                 + f"; {dist.world} processes" * (dist.world > 1)
             )
-        extra = {"mlflow_run_id": tracker.run_id, "config": to_dict(cfg), "init": init_info, "world_size": dist.world}
+        extra = {"mlflow_run_id": tracker.run_id, "key": s.output.key, "init": s.init_info, "world_size": dist.world}
         trainer = Trainer(
-            model,
-            optimizer,
-            scheduler,
+            s.model,
+            s.optimizer,
+            s.scheduler,
             pc=pc,
-            files=files,
-            eval_data=eval_data,
+            files=s.files,
+            eval_data=s.eval_data,
             output_dir=out,
             tracker=tracker,
             seed=cfg.seed,
             total_steps=scaled.num_train_steps,
-            device=device,
-            state=state,
-            plateau=plateau,
+            device=s.device,
+            state=s.state,
+            plateau=s.plateau,
             extra_state=extra,
             compile=pc.compile,
             dist=dist,
         )
-        if resume_from and dist.main:
-            pending = checkpoint.load_trainer_state(resume_from).get("pending_metrics", [])
-            trainer.flush(resume_from, [(step, m) for step, m in pending], resuming=True)
-        result = trainer.train(last_step)
-        best = out / "best"
+        if s.resume_from and dist.main:
+            pending = checkpoint.load_trainer_state(s.resume_from).get("pending_metrics", [])
+            trainer.flush(s.resume_from, [(step, m) for step, m in pending], resuming=True)
+        result = trainer.train(s.last_step)
+        done = s.output.done
         results = {
             **result,
-            "model_dir": str(best if best.is_dir() else result["last_checkpoint"]),
-            "output_dir": str(out),
-            "resumed_from": str(resume_from) if resume_from else None,
-            "derived": derived,
+            "last_checkpoint": str(done / Path(result["last_checkpoint"]).relative_to(out)),
+            "model_dir": str(done / "best")
+            if (out / "best").is_dir()
+            else str(done / Path(result["last_checkpoint"]).relative_to(out)),
+            "output_dir": str(done),
+            "key": s.output.key,
+            "input_files": s.files,
+            "resumed_from": str(s.resume_from) if s.resume_from else None,
+            "derived": s.derived,
             "mlflow_run_id": tracker.run_id,
+            "run_id": tracker.run_id,
         }
         if dist.main:
-            if best.is_dir():  # the weights fine-tuning starts from, beside the periodic checkpoints
-                tracker.log_artifacts(best, "best")
+            if (out / "best").is_dir():  # the weights fine-tuning starts from, beside the periodic checkpoints
+                tracker.log_artifacts(out / "best", "best")
             write_results(out, results, tracker)
+    if dist.main:
+        s.output.commit()
     return results

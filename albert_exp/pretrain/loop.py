@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from albert_exp import checkpoint
 from albert_exp.errors import UserError
-from albert_exp.pretrain import checkpoint, data
+from albert_exp.pretrain import data
 from albert_exp.pretrain.optim import Plateau
 
 METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy")
-FLUSHED = "metrics_flushed"  # marker: this checkpoint's metrics reached metrics.jsonl and the tracker
+FLUSHED = checkpoint.FLUSHED
 
 
 def batch_losses(

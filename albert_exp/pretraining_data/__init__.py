@@ -27,6 +27,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
+from albert_exp.identity import file_digest, output_of
 from albert_exp.tracking import stage_run, write_results
 
 __all__ = ["run", "build_tasks", "execute", "summarize", "write_manifest"]
@@ -44,7 +45,13 @@ def _tokenizer_settings(tokenizer_dir: Path) -> tuple[bool, bool]:
     return bool(tc.get("do_lower_case", True)), bool(tc.get("keep_accents", False))
 
 
-def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
+def output_link(cfg: ExperimentConfig) -> Path:
+    c = cfg.pretraining_data
+    return Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
+
+
+def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, Path, dict]:
+    """One task per corpus shard, writing into `out` (default: the configured output directory)."""
     from albert_exp.pretraining_data.instances import InstanceParams
     from albert_exp.pretraining_data.shards import ShardTask
 
@@ -75,7 +82,7 @@ def build_tasks(cfg: ExperimentConfig) -> tuple[list, Path, dict]:
             where=cfg.source,
             fix="use max_seq_length >= 5",
         )
-    out = Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
+    out = out or output_link(cfg)
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".arrow" if c.mode == "dynamic" else ".tfrecord.gz" if c.compress else ".tfrecord"
     tasks = []
@@ -264,11 +271,14 @@ def write_manifest(cfg: ExperimentConfig, out: Path, info: dict, entries: list[d
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Writes into the work directory of its key (a rerun with the same key skips complete shards and logs into
+    the same run) and renames it into place when every shard is done (albert_exp/identity.py)."""
     c = cfg.pretraining_data
-    tasks, out, info = build_tasks(cfg)
+    output = output_of(cfg, "pretraining-data", output_link(cfg))
+    tasks, out, info = build_tasks(cfg, output.start())
     p = tasks[0].params
     what = "dynamic" if c.mode == "dynamic" else f"dupe {p.dupe_factor}"
-    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} {what}") as tracker:
+    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} {what}", output=output) as tracker:
         tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
         entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
         if c.mode != "dynamic" and not sum(e.get("records", 0) for e in entries):
@@ -299,11 +309,13 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
         tracker.log_metrics(scalars, step=0)
         tracker.log_artifact(out / "manifest.json")
+        tracker.set_tags({"manifest_sha256": file_digest(out / "manifest.json")})
         skipped = sum(1 for e in entries if e.get("skipped"))
         results = {
-            "output_dir": str(out),
-            "manifest": str(out / "manifest.json"),
-            "files": [str(out / e["path"]) for e in entries],
+            "output_dir": str(output.done),
+            "key": output.key,
+            "manifest": str(output.done / "manifest.json"),
+            "files": [str(output.done / e["path"]) for e in entries],
             "records": totals["records"],
             "bytes": totals["bytes"],
             "shards": len(entries),
@@ -315,4 +327,5 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             "run_id": tracker.run_id,
         }
         write_results(out, results, tracker)
+    output.commit()
     return results

@@ -1,0 +1,203 @@
+"""Reruns as a user makes them, through the CLI: `main` twice, a changed fine-tuning or pretraining setting, a
+failing corpus rerun, kills and reruns, `lineage` after each, and two processes starting on a fresh store."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+# Every stage of `main` at the smallest size that still runs each code path (about 30 s of CPU on one core).
+TINY = """\
+# Command: albert-exp main --config tiny.yaml
+# Purpose: rerun scenarios (tests/test_reruns.py)
+# Expected: under a minute on one core
+name: reruns
+seed: 1
+workdir: runs
+corpus: {toy: true, toy_documents: 150, toy_train_rows: 160, toy_val_rows: 48, toy_test_rows: 48}
+vocab: {vocab_size: 300}
+model: {embedding_size: 16, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,
+        max_position_embeddings: 64}
+pretraining_data: {dupe_factor: 1, workers: 1}
+pretrain: {max_seq_length: 64, max_predictions_per_seq: 10, batch_size: 16, num_train_steps: 6, num_warmup_steps: 1,
+           learning_rate: 0.005, save_checkpoints_steps: 3, log_every_steps: 1, num_workers: 0, torch_threads: 1,
+           log_checkpoints: false}
+finetune: {max_seq_length: 48, batch_size: 32, epochs: 2, learning_rate: 0.003, torch_threads: 1}
+tune: {n_trials: 2, lr_min: 0.001, lr_max: 0.01, epochs_min: 1, epochs_max: 1, storage: "sqlite:///optuna.db"}
+"""
+
+
+def cli(tmp: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    out = subprocess.run(
+        [sys.executable, "-m", "albert_exp", *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def start(tmp: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "albert_exp", *args], cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def runs(tmp: Path) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(exps, max_results=5000)
+
+
+def children(tmp: Path, parent_id: str) -> dict:
+    return {r.data.tags["stage"]: r for r in runs(tmp) if r.data.tags.get("mlflow.parentRunId") == parent_id}
+
+
+def lineage_stages(tmp: Path, uri: str) -> list[str]:
+    chain = json.loads(cli(tmp, "lineage", uri, "--json").stdout)
+    return [r["stage"] for r in chain["runs"] if "reuses" not in r]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reruns")
+    (tmp / "tiny.yaml").write_text(TINY)
+    cli(tmp, "main", "--config", "tiny.yaml")
+    return tmp, json.loads((tmp / "runs" / "results.json").read_text())
+
+
+COMPUTED = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune")
+
+
+def test_main_twice_reuses_every_stage_explicitly(first):
+    tmp, a = first
+    out = cli(tmp, "main", "--config", "tiny.yaml")
+    b = json.loads((tmp / "runs" / "results.json").read_text())
+    for stage in ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote"):
+        assert f"{stage}: reusing run " in out.stdout, stage
+    kids = children(tmp, b["parent_run_id"])
+    first_kids = children(tmp, a["parent_run_id"])
+    for stage in COMPUTED:
+        assert kids[stage].data.tags["reused_run_id"] == first_kids[stage].info.run_id, stage
+    assert {k: v for k, v in b["finetune"].items() if k.startswith("test/")} == {
+        k: v for k, v in a["finetune"].items() if k.startswith("test/")
+    }
+    assert b["promote"]["champion_version"] == a["promote"]["champion_version"]
+    assert all(r.info.status == "FINISHED" for r in runs(tmp))
+    assert set(lineage_stages(tmp, "models:/reruns-phrase-tagger@champion")) >= set(COMPUTED)
+
+
+def test_changed_finetune_setting_reuses_pretraining_and_retrains_finetuning(first):
+    tmp, a = first
+    out = cli(tmp, "main", "--config", "tiny.yaml", "--set", "finetune.epochs=1")
+    b = json.loads((tmp / "runs" / "results.json").read_text())
+    for stage in ("corpus", "vocab", "pretraining-data", "pretrain"):
+        assert f"{stage}: reusing run " in out.stdout, stage
+    assert "finetune: reusing" not in out.stdout
+    kids = children(tmp, b["parent_run_id"])
+    ft = kids["finetune"]
+    assert "reused_run_id" not in ft.data.tags and ft.data.params["finetune.epochs"] == "1"
+    assert ft.data.tags["upstream.pretrain"] == a["pretrain"]["run_id"]  # trained from the same weights
+    assert Path(a["finetune"]["model_dir"]).is_dir()  # the earlier fine-tuned model is still where it was
+    assert set(lineage_stages(tmp, f"runs:/{ft.info.run_id}")) >= set(COMPUTED)
+
+
+@pytest.mark.slow
+def test_changed_pretraining_setting_recomputes_downstream_and_keeps_the_earlier_outputs(first):
+    from transformers import AlbertForPreTraining
+
+    tmp, a = first
+    out = cli(tmp, "main", "--config", "tiny.yaml", "--set", "pretrain.learning_rate=0.004")
+    b = json.loads((tmp / "runs" / "results.json").read_text())
+    assert "pretraining-data: reusing run " in out.stdout and "pretrain: reusing" not in out.stdout
+    assert b["pretrain"]["run_id"] != a["pretrain"]["run_id"] and b["finetune"]["run_id"] != a["finetune"]["run_id"]
+    assert (tmp / "runs" / "pretrain").resolve() == Path(b["pretrain"]["output_dir"]).resolve()
+    AlbertForPreTraining.from_pretrained(a["pretrain"]["model_dir"])  # the earlier output: untouched, loadable
+    assert json.loads((Path(a["pretrain"]["output_dir"]) / "results.json").read_text())["key"] == a["pretrain"]["key"]
+    assert set(lineage_stages(tmp, "models:/reruns-phrase-tagger@champion")) >= set(COMPUTED)
+
+
+def test_a_failing_corpus_rerun_keeps_the_previous_corpus(tmp_path):
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.txt"
+    good.write_text("the soup was hot .\nthe noodles were fine .\n\nwe ordered dumplings .\n")
+    bad.write_bytes(b"fine line\n\xff\xfe not utf-8\n")
+    cli(tmp_path, "corpus", "--set", f"corpus.inputs={good} workdir=runs")
+    before = json.loads((tmp_path / "runs" / "corpus" / "manifest.json").read_text())
+    out = cli(tmp_path, "corpus", "--set", f"corpus.inputs={good},{bad} workdir=runs", check=False)
+    assert out.returncode == 2 and "bad.txt" in out.stderr
+    manifest = json.loads((tmp_path / "runs" / "corpus" / "manifest.json").read_text())
+    assert manifest == before
+    for shard in manifest["shards"]:
+        assert (tmp_path / "runs" / "corpus" / shard["path"]).is_file()
+    statuses = sorted(r.info.status for r in runs(tmp_path))
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_two_processes_start_on_a_fresh_store(tmp_path):
+    procs = [
+        start(tmp_path, "corpus", "--set", f"corpus.toy=true corpus.toy_documents=20 workdir=w{i}") for i in (0, 1)
+    ]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errors)
+    assert sorted(r.info.status for r in runs(tmp_path)) == ["FINISHED", "FINISHED"]
+
+
+def _kill_and_rerun(tmp: Path, args: list[str], ready, what: str) -> None:
+    """Start the command, SIGKILL it once `ready()` holds (plus a random moment), then run it again."""
+    proc = start(tmp, *args)
+    deadline = time.time() + 300
+    while not ready():
+        assert proc.poll() is None, f"{what} ended before the kill: " + proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"{what}: timed out"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    cli(tmp, *args)
+
+
+def _one_run_and_none_running(tmp: Path, results: Path) -> dict:
+    """The rerun's results, after checking that one run holds the output's whole computation and that no run
+    is left RUNNING."""
+    res = json.loads(results.read_text())
+    same = [r for r in runs(tmp) if r.data.tags.get("albert_exp.key") == res["key"]]
+    assert [r.info.run_id for r in same] == [res["run_id"]]
+    assert not [r for r in runs(tmp) if r.info.status == "RUNNING"]
+    return res
+
+
+@pytest.mark.slow
+def test_kill_finetune_then_rerun_continues_one_run(first):
+    tmp, _ = first
+    args = ["finetune", "--config", "tiny.yaml", "--set", "finetune.epochs=4 finetune.learning_rate=0.002"]
+    _kill_and_rerun(tmp, args, lambda: list((tmp / "runs").glob("finetune@*.partial/checkpoints/step-*")), "finetune")
+    res = _one_run_and_none_running(tmp, tmp / "runs" / "finetune" / "results.json")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(res["run_id"], "val/token_accuracy")]
+    assert sorted(steps) == [1, 2, 3, 4]  # continuous, none twice
+
+
+@pytest.mark.slow
+def test_kill_pretraining_data_then_rerun_continues_one_run(first):
+    tmp, _ = first
+    args = ["pretraining-data", "--config", "tiny.yaml", "--set", "pretraining_data.dupe_factor=3"]
+    _kill_and_rerun(tmp, args, lambda: list((tmp / "runs").glob("pretraining_data@*.partial/run.json")), "data")
+    res = _one_run_and_none_running(tmp, tmp / "runs" / "pretraining_data" / "results.json")
+    assert lineage_stages(tmp, f"runs:/{res['run_id']}")[:1] == ["pretraining-data"]
