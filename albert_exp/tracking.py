@@ -736,9 +736,7 @@ class RunRecord(MlflowTracker):
 
     def __init__(self, run: Any) -> None:
         FakeTracker.__init__(self)
-        from mlflow import MlflowClient
-
-        self._client, self.run_id, self.experiment_id = MlflowClient(), run.info.run_id, run.info.experiment_id
+        self._client, self.run_id, self.experiment_id = store_client(), run.info.run_id, run.info.experiment_id
         self.status, self.tags, self.params = run.info.status, dict(run.data.tags), dict(run.data.params)
         self.metric_keys = sorted(run.data.metrics)
 
@@ -801,11 +799,9 @@ class RunStore:
     """The runs of one experiment (created when missing): find by tags, get by id, create."""
 
     def __init__(self, experiment: str) -> None:
-        from mlflow import MlflowClient
-
         from albert_exp.errors import UserError
 
-        self._client = MlflowClient()
+        self._client = store_client()
         exp = self._client.get_experiment_by_name(experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
             raise UserError(

@@ -246,12 +246,12 @@ def _train(cfg, s: Setup) -> dict:
             trainer.flush(s.resume_from, [(step, m) for step, m in pending], resuming=True)
         result = trainer.train(s.last_step)
         done = s.output.done
+        last = result["last_checkpoint"]  # None on other ranks than 0 (they write nothing)
+        last_done = str(done / Path(last).relative_to(out)) if last else None
         results = {
             **result,
-            "last_checkpoint": str(done / Path(result["last_checkpoint"]).relative_to(out)),
-            "model_dir": str(done / "best")
-            if (out / "best").is_dir()
-            else str(done / Path(result["last_checkpoint"]).relative_to(out)),
+            "last_checkpoint": last_done,
+            "model_dir": str(done / "best") if (out / "best").is_dir() else last_done,
             "output_dir": str(done),
             "key": s.output.key,
             "input_files": s.files,
