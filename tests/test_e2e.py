@@ -83,7 +83,10 @@ def test_runs_params_metrics_and_artifacts_are_in_mlflow(trained):
         assert key in ft.data.metrics, key
     artifacts = {a.path for a in client.list_artifacts(ft.info.run_id)}
     assert {"config", "hf_model", "results.json", "history.json"} <= artifacts
-    assert len(ft.inputs.dataset_inputs) == 3
+    # the three splits as datasets, and every input with its content digest (lineage), the pretrained model too
+    names = [d.dataset.name for d in ft.inputs.dataset_inputs]
+    assert {"train.csv", "val.csv", "test.csv", "train", "val", "test", "tokenizer", "model"} == set(names)
+    assert ft.data.tags["upstream.pretrain"] == children["pretrain"].info.run_id
     assert children["corpus"].data.tags["corpus_sha256"] and ft.data.tags["dataset_digest"]
 
 
