@@ -191,7 +191,7 @@ def test_kill_finetune_then_rerun_continues_one_run(first):
 
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(res["run_id"], "val/token_accuracy")]
-    assert sorted(steps) == [1, 2, 3, 4]  # continuous, none twice
+    assert len(steps) == len(set(steps)) == 4  # one value per epoch, none twice (step = optimizer step)
 
 
 @pytest.mark.slow
