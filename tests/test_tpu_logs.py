@@ -166,13 +166,30 @@ def test_command_cli_prints_a_tee_command_and_checks_required_keys(capsys):
     from albert_exp.cli import main
 
     assert main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml"]) == 0
-    out = capsys.readouterr().out.strip()
+    printed = capsys.readouterr()
+    out = printed.out.strip()
+    assert "GZIP" not in printed.err  # the recipe writes plain TFRecords
     assert out.splitlines()[-1].strip().startswith("} 2>&1 | tee tpu-recipe-$(date -u")
     assert "--num_train_steps=1000000" in out
     assert (
         main(["tpu-logs", "command", "--config", "experiments/tpu_recipe.yaml", "--set", "pretrain.tpu_name=null"]) == 2
     )
     assert "pretrain.tpu_name" in capsys.readouterr().err
+    # GZIP output of `pretraining-data --compress true` is not what google's script reads: said before TPU hours
+    assert (
+        main(
+            [
+                "tpu-logs",
+                "command",
+                "--config",
+                "experiments/tpu_recipe.yaml",
+                "--set",
+                "pretraining_data.compress=true",
+            ]
+        )
+        == 0
+    )
+    assert "google's run_pretraining.py reads plain TFRecords only" in capsys.readouterr().err
 
 
 def test_the_command_script_echoes_its_flags_into_the_log(tmp_path):

@@ -123,6 +123,11 @@ def notes(cfg: Any) -> list[str]:
         out.append("placeholders (YOUR_...) left in the config: replace them with your bucket and TPU")
     if any(v and not v.startswith("gs://") for v in [*p.input, p.output_dir or ""]):
         out.append("a Cloud TPU reads and writes only gs:// paths: input and output_dir should be gs:// URIs")
+    if cfg.pretraining_data.compress or any(v.endswith((".gz", ".gzip")) for v in p.input):
+        out.append(
+            "GZIP TFRecords (pretraining_data.compress: true): google's run_pretraining.py reads plain TFRecords "
+            "only; write them with compress: false, or gunzip them before the run"
+        )
     if p.save_checkpoints_steps % p.iterations_per_loop:
         out.append(
             f"save_checkpoints_steps={p.save_checkpoints_steps} is not a multiple of iterations_per_loop="
