@@ -215,12 +215,9 @@ def collate(input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: 
     return batch
 
 
-def encode_splits(paths: dict[str, Path], tokenizer: Any, f: Any) -> dict[str, Encoded]:
-    """train/val/test of a FinetuneConfig `f`, windowed alike; val and test know the training phrases' words
-    (for the seen/unseen metrics)."""
-    from albert_exp.metrics import phrase_words
-
-    kw = dict(
+def encode_options(f: Any) -> dict[str, Any]:
+    """encode()'s settings from a FinetuneConfig `f`: training, evaluation and promote read a CSV alike."""
+    return dict(
         max_seq_length=f.max_seq_length,
         text_column=f.text_column,
         phrase_column=f.phrase_column,
@@ -230,6 +227,14 @@ def encode_splits(paths: dict[str, Path], tokenizer: Any, f: Any) -> dict[str, E
         stride=f.window_stride,
         aggregation=f.aggregation,
     )
+
+
+def encode_splits(paths: dict[str, Path], tokenizer: Any, f: Any) -> dict[str, Encoded]:
+    """train/val/test of a FinetuneConfig `f`, windowed alike; val and test know the training phrases' words
+    (for the seen/unseen metrics)."""
+    from albert_exp.metrics import phrase_words
+
+    kw = encode_options(f)
     train = encode(paths["train"], tokenizer, max_rows=f.max_train_rows, augment_copies=f.augment_mentions, **kw)
     known = phrase_words(train.phrases)
     return {"train": train, **{s: encode(paths[s], tokenizer, train_words=known, **kw) for s in ("val", "test")}}

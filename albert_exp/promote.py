@@ -71,7 +71,7 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
     """Token and phrase metrics of a finetune run's HF model on a labelled CSV."""
     from transformers import AlbertForTokenClassification
 
-    from albert_exp.data import encode
+    from albert_exp.data import encode, encode_options
     from albert_exp.finetune import evaluate
     from albert_exp.hf_local import load_model, load_tokenizer
 
@@ -83,16 +83,7 @@ def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str
     tokenizer = load_tokenizer(local)
     model = load_model(AlbertForTokenClassification, local, use_safetensors=True)
     f = cfg.finetune
-    data = encode(
-        eval_csv,
-        tokenizer,
-        max_seq_length=f.max_seq_length,
-        text_column=f.text_column,
-        phrase_column=f.phrase_column,
-        separator=f.phrase_separator,
-        case_insensitive=f.case_insensitive,
-        on_missing_phrase=f.on_missing_phrase,
-    )
+    data = encode(eval_csv, tokenizer, **encode_options(f))  # windows and word view as in fine-tuning
     if data.dropped:  # scored without them: say so (finetune.on_missing_phrase: error makes them fatal)
         d = data.dropped[0]
         print(
