@@ -24,7 +24,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
 from albert_exp.errors import UserError
-from albert_exp.hf_local import load_tokenizer
+from albert_exp.hf_local import check_model_dir, load_tokenizer
 from albert_exp.tracking import FakeTracker, SkipLogged, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
@@ -210,6 +210,8 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
     from albert_exp.identity import output_of
 
     f = cfg.finetune
+    if f.model_dir:  # before its files are digested for the stage's identity: the error names the setting
+        check_model_dir(f.model_dir, where="finetune.model_dir")
     paths = data_paths(cfg)
     if not (paths["tokenizer"] / "tokenizer_config.json").is_file():
         raise UserError(
