@@ -24,7 +24,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
 from albert_exp.errors import UserError
-from albert_exp.hf_local import check_model_dir, load_tokenizer
+from albert_exp.hf_local import check_model_dir, load_model, load_tokenizer
 from albert_exp.tracking import FakeTracker, SkipLogged, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
@@ -95,7 +95,7 @@ def _resume(out: Path, key: str, model: Any, opt: Any, sched: Any) -> tuple[Any,
         shutil.rmtree(out / "checkpoints", ignore_errors=True)  # another identity's: never resumed
         return model, None
     ckpt, state = point
-    model.load_state_dict(type(model).from_pretrained(ckpt, use_safetensors=True).state_dict(), strict=True)
+    model.load_state_dict(load_model(type(model), ckpt, use_safetensors=True).state_dict(), strict=True)
     checkpoint.restore(ckpt, opt, sched)
     checkpoint.ensure_best(out, state["best"]["epoch"] or None, BEST)
     print(f"resuming fine-tuning after epoch {state['step']} from {ckpt}")
