@@ -160,6 +160,19 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _tracking_uri_restored():
+    """mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI in os.environ (so subprocesses inherit it): a test
+    that points MLflow at its own store (e.g. a PostgreSQL server it then stops) must not hand that store to the
+    CLI subprocesses of later tests. Restored after every test, to what it was before it."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        mlflow.set_tracking_uri(before)  # sets or unsets the variable too
+
+
+@pytest.fixture(autouse=True)
 def _no_leaked_mlflow_run_id():
     """MLFLOW_RUN_ID makes every later mlflow.start_run() attach to that run: a stage must never leave it set."""
     before = os.environ.get("MLFLOW_RUN_ID")

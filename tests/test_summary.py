@@ -180,7 +180,9 @@ def test_one_digest_per_dataset_in_inputs_tags_and_registry(small_main):
     test_sha = ft.data.tags["data.test_sha256"]
     digests = {d.dataset.name: d.dataset.digest for d in ft.inputs.dataset_inputs}
     assert digests["test.csv"] == test_sha[:12]
-    for d in ft.inputs.dataset_inputs:  # the logged datasets carry the labels, not only the text
+    splits = [d for d in ft.inputs.dataset_inputs if d.dataset.name.endswith(".csv")]  # (model/tokenizer: digests)
+    assert sorted(d.dataset.name for d in splits) == ["test.csv", "train.csv", "val.csv"]
+    for d in splits:  # the logged datasets carry the labels, not only the text
         assert {"text", "phrase"} <= {c["name"] for c in json.loads(d.dataset.schema)["mlflow_colspec"]}
     promote = small_main["results"]["promote"]
     assert promote["eval_digest"] == test_sha
