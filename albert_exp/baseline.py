@@ -9,6 +9,11 @@ logs it as its own run: metrics per candidate (step = candidate index), `val/*` 
 `baseline/train_cpu_s`, the exact-match lookup of training names on test (`test/lookup_*`), and the model as a
 `phrase_extractor` pyfunc with the ALBERT extractor's input and output, so `predict` and serving take it like
 any candidate. What an ALBERT must beat.
+
+Its output (`<workdir>/baseline@<identity>/`, linked from `<workdir>/baseline`) is computed afresh into a work
+directory and renamed into place when complete; the identity (albert_exp/identity.py) covers the `baseline:`
+section, the labelling settings of `finetune:` and the digests of the three CSVs, so `main` reuses it across
+fine-tuning and pretraining changes.
 """
 
 from __future__ import annotations
@@ -71,15 +76,16 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     import pycrfsuite
 
     from albert_exp import crf
+    from albert_exp.identity import output_of
     from albert_exp.metrics import phrase_words, span_metrics
     from albert_exp.serving import log_from_code
 
     b = cfg.baseline
-    out = cfg.stage_dir("baseline")
-    out.mkdir(parents=True, exist_ok=True)
     data = _splits(cfg)
     known = phrase_words(data["train"]["phrases"])
-    with stage_run(cfg, "baseline", "crf") as tracker:
+    stage_output = output_of(cfg, "baseline")
+    out = stage_output.start(fresh=True)  # a few seconds of CRF training: a killed run starts over
+    with stage_run(cfg, "baseline", "crf", output=stage_output) as tracker:
         tracker.set_tags({"model_kind": "crf"})
         for split, d in data.items():
             tracker.log_metrics({f"data/{split}_rows": len(d["texts"]), f"data/{split}_dropped_rows": d["dropped"]}, 0)
@@ -120,8 +126,9 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         grid = [{k: v for k, v in c.items() if k != "path"} for c in candidates]
         tracker.log_dict({"candidates": grid}, "crf_candidates.json")
         results = {
-            "output_dir": str(out),
-            "model_path": str(best["path"]),
+            "output_dir": str(stage_output.done),
+            "key": stage_output.key,
+            "model_path": str(stage_output.done / best["path"].name),
             "c1": best["c1"],
             "c2": best["c2"],
             **summary,
@@ -141,6 +148,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             )
             results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
         write_results(out, results, tracker)
+    stage_output.commit()
     return results
 
 

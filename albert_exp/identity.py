@@ -111,7 +111,18 @@ NOT_IN_KEY: dict[str, set[str]] = {
         "iterations_per_loop",
     },
     "finetune": {"model_dir", "tokenizer_dir", "train_csv", "val_csv", "test_csv", "torch_threads", "eval_batch_size"},
+    "baseline": set(),
 }
+# The `finetune:` settings that decide which spans the labelled split holds: the CRF baseline reads the same
+# split through them, and nothing else of fine-tuning (its epochs or learning rate do not change the baseline).
+LABELLING = (
+    "text_column",
+    "phrase_column",
+    "phrase_separator",
+    "case_insensitive",
+    "on_missing_phrase",
+    "max_train_rows",
+)
 
 
 def _section(cfg: Any, name: str) -> dict[str, Any]:
@@ -195,6 +206,14 @@ def input_paths(cfg: Any, stage: str) -> dict[str, Path | list[Path]]:
         if cfg.finetune.model_dir:
             paths["model"] = Path(cfg.finetune.model_dir)
         return paths
+    if stage == "scratch":  # fine-tuning's inputs less the pretrained model
+        from albert_exp.scratch import scratch_config
+
+        return input_paths(scratch_config(cfg), "finetune")
+    if stage == "baseline":  # the labelled split alone: no tokenizer, no model
+        from albert_exp.finetune import data_paths
+
+        return {k: v for k, v in data_paths(cfg).items() if k in ("train", "val", "test")}
     raise ValueError(f"no identity rule for stage {stage!r}")
 
 
@@ -210,9 +229,19 @@ def stage_inputs(cfg: Any, stage: str) -> dict[str, str]:
 
 
 def key_of(cfg: Any, stage: str) -> str:
-    """The key of `stage` under `cfg`: its own section(s), its inputs' digests, the seed and the code version."""
+    """The key of `stage` under `cfg`: its own section(s), its inputs' digests, the seed and the code version.
+
+    `scratch` is fine-tuning from random weights: the key of the `finetune` stage under scratch.scratch_config
+    (fine-tuning's settings and data, the `model:` section instead of the pretrained weights), the one its run
+    records. `baseline` (the CRF): its own section, the labelling settings of `finetune:` and the split."""
+    if stage == "scratch":
+        from albert_exp.scratch import scratch_config
+
+        return key_of(scratch_config(cfg), "finetune")
     name = stage.replace("-", "_")
     sections: dict[str, Any] = {name: _section(cfg, name), "seed": cfg.seed}
+    if stage == "baseline":
+        sections["labelling"] = {k: getattr(cfg.finetune, k) for k in LABELLING}
     if stage == "pretraining-data":  # the two lengths default to pretrain's
         p = cfg.pretraining_data
         sections["lengths"] = [

@@ -33,6 +33,8 @@ from typing import Any
 from albert_exp.config import MAIN_STAGES, ExperimentConfig
 from albert_exp.errors import UserError
 
+SECTIONS = {"scratch": "finetune"}  # the config section whose settings a stage's run shows (default: its own)
+
 
 def parse_rerun(text: str) -> set[str]:
     names = {s.strip() for s in (text or "").split(",") if s.strip()}
@@ -58,7 +60,8 @@ def _reuse(cfg: ExperimentConfig, stage: str, key: str, results_of: Callable[[An
     if results is None:
         return None
     upstream = {k: v for k, v in earlier.tags.items() if k.startswith("upstream.")}
-    with stage_run(cfg, stage, f"reuses {earlier.run_id[:8]}", section=stage.replace("-", "_")) as tracker:
+    section = SECTIONS.get(stage, stage.replace("-", "_"))
+    with stage_run(cfg, stage, f"reuses {earlier.run_id[:8]}", section=section) as tracker:
         tracker.set_tags({REUSED: earlier.run_id, "reused_key": key, **upstream})
     print(f"{stage}: reusing run {earlier.run_id} (same settings, inputs and code; `--rerun {stage}` recomputes it)")
     return {**results, "reused_run_id": earlier.run_id}
@@ -159,9 +162,9 @@ def run(cfg: ExperimentConfig, rerun: str = "") -> dict[str, Any]:
         parent.log_metrics(summary, step=0)
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
         if scratch.applies(cfg):  # the same fine-tuning from random weights: the pretraining gain
-            results["scratch"] = scratch.run(cfg)
+            results["scratch"] = _output_stage(cfg, "scratch", scratch.run, scratch.output_link(cfg), forced)
         if "baseline" in cfg.stages:  # the classic CRF on the same split: what the ALBERT must beat
-            results["baseline"] = bl = baseline.run(cfg)
+            results["baseline"] = bl = _output_stage(cfg, "baseline", baseline.run, cfg.stage_dir("baseline"), forced)
             parent.log_metrics(baseline.summary_rows(bl), step=0)  # and a row of the summary table
         tuned = pr = None
         if "tune" in cfg.stages:

@@ -3,14 +3,18 @@
     albert-exp main --config experiments/toy.yaml        # on by default; leave `scratch` out of `stages:` to skip
 
 Same data, tokenizer, model size, seed and fine-tuning settings as the `finetune` stage; only the starting
-weights differ (a fresh `model:`-sized ALBERT). Its own work directory (`<workdir>/scratch/`), its own child run
-(`finetune from scratch ...`, tag `stage=scratch`). The parent run then carries `gain/test/<metric>` =
+weights differ (a fresh `model:`-sized ALBERT). Its own work directory (`<workdir>/scratch/`, the output under
+the link `<workdir>/scratch/finetune`), its own child run (`finetune from scratch ...`, tag `stage=scratch`). Its
+identity is fine-tuning's under that config (albert_exp/identity.py): `main` reuses it while fine-tuning's
+settings, the labelled split, the tokenizer, `model:` and the code are unchanged (a new pretraining does not
+change it). The parent run then carries `gain/test/<metric>` =
 pretrained minus scratch (albert_exp/summary.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig
@@ -31,6 +35,11 @@ def scratch_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(
         t, finetune=dataclasses.replace(t.finetune, model_dir=None, select_metric=f.select_metric)
     )
+
+
+def output_link(cfg: ExperimentConfig) -> Path:
+    """The link that names the current from-scratch output (`<workdir>/scratch/finetune`)."""
+    return scratch_config(cfg).stage_dir("finetune")
 
 
 def run(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -82,21 +82,26 @@ def first(tmp_path_factory):
 
 
 COMPUTED = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune")
+REUSABLE = (*COMPUTED, "scratch", "baseline")  # the stages with an output directory
 
 
 def test_main_twice_reuses_every_stage_explicitly(first):
     tmp, a = first
     out = cli(tmp, "main", "--config", "tiny.yaml")
     b = json.loads((tmp / "runs" / "results.json").read_text())
-    for stage in ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "tune", "promote"):
+    for stage in (*REUSABLE, "tune", "promote"):
         assert f"{stage}: reusing run " in out.stdout, stage
+    every = (*REUSABLE, "tune", "promote_finetune", "promote")
+    assert sorted(b["reused"]) == sorted(stage.replace("-", "_") for stage in every)
     kids = children(tmp, b["parent_run_id"])
     first_kids = children(tmp, a["parent_run_id"])
-    for stage in COMPUTED:
+    for stage in REUSABLE:
         assert kids[stage].data.tags["reused_run_id"] == first_kids[stage].info.run_id, stage
-    assert {k: v for k, v in b["finetune"].items() if k.startswith("test/")} == {
-        k: v for k, v in a["finetune"].items() if k.startswith("test/")
-    }
+    for stage in ("finetune", "scratch", "baseline"):  # the same figures: the parent's summary and gain rows too
+        assert {k: v for k, v in b[stage.replace("-", "_")].items() if k.startswith("test/")} == {
+            k: v for k, v in a[stage.replace("-", "_")].items() if k.startswith("test/")
+        }, stage
+        assert b[stage]["output_dir"] == a[stage]["output_dir"], stage
     assert b["promote"]["champion_version"] == a["promote"]["champion_version"]
     assert all(r.info.status == "FINISHED" for r in runs(tmp))
     assert set(lineage_stages(tmp, "models:/reruns-phrase-tagger@champion")) >= set(COMPUTED)
@@ -106,9 +111,12 @@ def test_changed_finetune_setting_reuses_pretraining_and_retrains_finetuning(fir
     tmp, a = first
     out = cli(tmp, "main", "--config", "tiny.yaml", "--set", "finetune.epochs=1")
     b = json.loads((tmp / "runs" / "results.json").read_text())
-    for stage in ("corpus", "vocab", "pretraining-data", "pretrain"):
+    for stage in ("corpus", "vocab", "pretraining-data", "pretrain", "baseline"):  # the CRF: split + `baseline:`
         assert f"{stage}: reusing run " in out.stdout, stage
     assert "finetune: reusing" not in out.stdout
+    assert "scratch: reusing" not in out.stdout  # fine-tuning's settings are the from-scratch run's too
+    assert b["scratch"]["run_id"] != a["scratch"]["run_id"] and b["scratch"]["key"] != a["scratch"]["key"]
+    assert Path(a["scratch"]["model_dir"]).is_dir() and Path(b["scratch"]["model_dir"]).is_dir()
     kids = children(tmp, b["parent_run_id"])
     ft = kids["finetune"]
     assert "reused_run_id" not in ft.data.tags and ft.data.params["finetune.epochs"] == "1"
@@ -201,3 +209,18 @@ def test_kill_pretraining_data_then_rerun_continues_one_run(first):
     _kill_and_rerun(tmp, args, lambda: list((tmp / "runs").glob("pretraining_data@*.partial/run.json")), "data")
     res = _one_run_and_none_running(tmp, tmp / "runs" / "pretraining_data" / "results.json")
     assert lineage_stages(tmp, f"runs:/{res['run_id']}")[:1] == ["pretraining-data"]
+
+
+def test_rerun_scratch_and_baseline_recomputes_them_alone(first):
+    tmp, a = first
+    out = cli(tmp, "main", "--config", "tiny.yaml", "--rerun", "scratch,baseline")
+    b = json.loads((tmp / "runs" / "results.json").read_text())
+    for stage in ("scratch", "baseline"):
+        assert f"{stage}: reusing" not in out.stdout, stage
+        assert b[stage]["key"] == a[stage]["key"] and b[stage]["run_id"] != a[stage]["run_id"], stage
+        assert (tmp / "runs" / ("scratch/finetune" if stage == "scratch" else stage)).resolve() == Path(
+            b[stage]["output_dir"]
+        )
+    assert sorted(b["reused"]) == sorted(
+        ["corpus", "vocab", "pretraining_data", "pretrain", "finetune", "tune", "promote_finetune", "promote"]
+    )
