@@ -476,60 +476,83 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a YAML or command-line value to the annotated type, or raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(exc.what)
-        raise ConfigError(errors[0] if errors else f"bad value for '{key}'")
+        return _coerce_union(value, typing.get_args(tp), key)
     if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            allowed_text = ", ".join(map(str, allowed))
-            raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {allowed_text}")
-        return allowed[allowed.index(value)]
+        return _coerce_choice(value, typing.get_args(tp), key)
     if isinstance(value, RawValue) and tp is not str:  # a command-line value for a non-text field: as YAML
         return _coerce(_yaml_scalar(value), tp, key)
     if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v] if value else []
-        if not isinstance(value, list):
-            raise ConfigError(f"bad value for '{key}': expected a list, got {value!r}")
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _coerce_list(value, typing.get_args(tp)[0], key)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"bad value for '{key}': expected a mapping of keys, got {value!r}")
         return _build(tp, value, key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"bad value for '{key}': {value!r} is not a boolean", fix="allowed values: true, false")
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"bad value for '{key}': {value!r} is not a number")
+    scalar = _SCALARS.get(tp)
+    if scalar is None:
+        raise TypeError(f"unsupported config type {tp} for {key}")  # a programming error, not user input
+    return scalar(value, tp, key)
+
+
+def _coerce_union(value: Any, args: tuple, key: str) -> Any:
+    """`X | None`: none/null (or YAML's null) is None; anything else is the first type that accepts it."""
+    if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
         try:
-            out = tp(value) if not isinstance(value, str) or tp is float else int(value, 10)
-        except (TypeError, ValueError):
-            kind = "an integer" if tp is int else "a number"
-            raise ConfigError(f"bad value for '{key}': {value!r} is not {kind}") from None
-        if tp is int and isinstance(value, float) and value != out:
-            raise ConfigError(f"bad value for '{key}': {value!r} is not an integer")
-        return out
-    if tp is str:
-        if isinstance(value, RawValue):  # the text as typed: `--set promote.reason=no` stays "no"
-            return str.__str__(value)
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"bad value for '{key}': expected text, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported config type {tp} for {key}")  # a programming error, not user input
+            return _coerce(value, arg, key)
+        except ConfigError as exc:
+            errors.append(exc.what)
+    raise ConfigError(errors[0] if errors else f"bad value for '{key}'")
+
+
+def _coerce_choice(value: Any, allowed: tuple, key: str) -> Any:
+    if value not in allowed:
+        allowed_text = ", ".join(map(str, allowed))
+        raise ConfigError(f"bad value for '{key}': {value!r}", fix=f"allowed values: {allowed_text}")
+    return allowed[allowed.index(value)]
+
+
+def _coerce_list(value: Any, item_tp: Any, key: str) -> list:
+    """A YAML list, or comma-separated text (`--set pretrain.input=a.tfrecord,b.tfrecord`)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v] if value else []
+    if not isinstance(value, list):
+        raise ConfigError(f"bad value for '{key}': expected a list, got {value!r}")
+    return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_bool(value: Any, tp: type, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"bad value for '{key}': {value!r} is not a boolean", fix="allowed values: true, false")
+
+
+def _coerce_number(value: Any, tp: type, key: str) -> int | float:
+    """int or float; a bool is not a number, and an int field refuses 2.5 (but takes 2.0)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"bad value for '{key}': {value!r} is not a number")
+    try:
+        out = tp(value) if not isinstance(value, str) or tp is float else int(value, 10)
+    except (TypeError, ValueError):
+        kind = "an integer" if tp is int else "a number"
+        raise ConfigError(f"bad value for '{key}': {value!r} is not {kind}") from None
+    if tp is int and isinstance(value, float) and value != out:
+        raise ConfigError(f"bad value for '{key}': {value!r} is not an integer")
+    return out
+
+
+def _coerce_text(value: Any, tp: type, key: str) -> str:
+    if isinstance(value, RawValue):  # the text as typed: `--set promote.reason=no` stays "no"
+        return str.__str__(value)
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"bad value for '{key}': expected text, got {value!r}")
+    return str(value)
+
+
+_SCALARS = {bool: _coerce_bool, int: _coerce_number, float: _coerce_number, str: _coerce_text}
 
 
 def _build(cls: type, data: dict, prefix: str) -> Any:

@@ -15,6 +15,7 @@ metrics (over whole texts, every gold mention counted), and what the CRF baselin
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,56 +90,53 @@ def span_metrics(
     """
     from albert_exp.words import span_word_tags, word_spans
 
-    tp = n_pred = n_gold = overlap = 0
-    negatives = flagged = words_right = n_words = word_pos = 0
-    seen = {"tp": 0, "n": 0}
-    unseen = {"tp": 0, "n": 0, "pred": 0, "tp_pred": 0}
+    c = Counter()  # counts over all texts
     for text, g, p in zip(texts, gold, pred, strict=True):
         g, p = set(map(tuple, g)), set(map(tuple, p))
-        tp += len(g & p)
-        n_pred += len(p)
-        n_gold += len(g)
-        overlap += sum(any(ps < ge and pe > gs for ps, pe in p) for gs, ge in g)
+        c.update(tp=len(g & p), pred=len(p), gold=len(g))
+        c["overlap"] += sum(any(ps < ge and pe > gs for ps, pe in p) for gs, ge in g)
         if not g:
-            negatives += 1
-            flagged += int(bool(p))
+            c.update(negatives=1, flagged=int(bool(p)))
         words = word_spans(text)
         gw, pw = span_word_tags(words, sorted(g)), span_word_tags(words, sorted(p))
-        words_right += sum(a == b for a, b in zip(gw, pw, strict=True))
-        n_words += len(words)
-        word_pos += sum(gw)
-        if train_words is None:
-            continue
-        new = {s for s in g if phrase_words([text[s[0] : s[1]]]) - train_words}
-        for s in g:
-            bucket = unseen if s in new else seen
-            bucket["n"] += 1
-            bucket["tp"] += int(s in p)
-        if new:
-            unseen["pred"] += len(p)
-            unseen["tp_pred"] += len(g & p)
-    precision = tp / n_pred if n_pred else 0.0
-    recall = tp / n_gold if n_gold else 0.0
+        c.update(words_right=sum(a == b for a, b in zip(gw, pw, strict=True)), words=len(words), word_pos=sum(gw))
+        if train_words is not None:
+            _count_seen_unseen(text, g, p, train_words, c)
+    precision, recall = _ratio(c["tp"], c["pred"]), _ratio(c["tp"], c["gold"])
     out = {
         "phrase_precision": precision,
         "phrase_recall": recall,
         "phrase_f1": _f1(precision, recall),
-        "overlap_recall": overlap / n_gold if n_gold else 0.0,
-        "negative_fp_rate": flagged / negatives if negatives else 0.0,
-        "word_accuracy": words_right / n_words if n_words else 0.0,
-        "all_negative_word_accuracy": (n_words - word_pos) / n_words if n_words else 0.0,
+        "overlap_recall": _ratio(c["overlap"], c["gold"]),
+        "negative_fp_rate": _ratio(c["flagged"], c["negatives"]),
+        "word_accuracy": _ratio(c["words_right"], c["words"]),
+        "all_negative_word_accuracy": _ratio(c["words"] - c["word_pos"], c["words"]),
     }
     if train_words is not None:
-        u_recall = unseen["tp"] / unseen["n"] if unseen["n"] else 0.0
-        u_precision = unseen["tp_pred"] / unseen["pred"] if unseen["pred"] else 0.0
+        u_recall, u_precision = _ratio(c["unseen_tp"], c["unseen"]), _ratio(c["unseen_tp_pred"], c["unseen_pred"])
         out |= {
-            "seen_phrase_recall": seen["tp"] / seen["n"] if seen["n"] else 0.0,
+            "seen_phrase_recall": _ratio(c["seen_tp"], c["seen"]),
             "unseen_phrase_recall": u_recall,
             "unseen_phrase_precision": u_precision,
             "unseen_phrase_f1": _f1(u_precision, u_recall),
-            "unseen_mentions": float(unseen["n"]),
+            "unseen_mentions": float(c["unseen"]),
         }
     return out
+
+
+def _count_seen_unseen(text: str, g: set, p: set, train_words: set[str], c: Counter) -> None:
+    """A gold mention is unseen when one of its words is in no training phrase; precision on unseen mentions
+    counts every prediction in the texts that have one."""
+    new = {s for s in g if phrase_words([text[s[0] : s[1]]]) - train_words}
+    for s in g:
+        bucket = "unseen" if s in new else "seen"
+        c.update({bucket: 1, f"{bucket}_tp": int(s in p)})
+    if new:
+        c.update(unseen_pred=len(p), unseen_tp_pred=len(g & p))
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
 
 
 def _f1(precision: float, recall: float) -> float:

@@ -27,14 +27,16 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from albert_exp.config import ExperimentConfig
+from albert_exp.config import ExperimentConfig, PromoteConfig
 from albert_exp.errors import UserError
 from albert_exp.tracking import (
     KEY,
     Registry,
+    RunView,
     download_artifacts,
     get_run,
     has_model,
@@ -220,13 +222,8 @@ def key(cfg: ExperimentConfig) -> str:
     return stage_key("promote", {"promote": settings, "model": model_name(cfg)}, inputs)
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    p = cfg.promote
-    name, metric = model_name(cfg), p.metric
-    eval_csv = _eval_csv(cfg)
-    digest = file_digest(eval_csv)
-    run_id = _source_run(cfg)
-    registry = Registry()
+def _check_candidate(run_id: str) -> RunView:
+    """The candidate run: it must exist in this store and carry the phrase extractor."""
     source = get_run(run_id)
     if source is None:
         raise UserError(
@@ -240,6 +237,131 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             where="promote.run_id",
             fix="promote a finetune run (they log the phrase extractor)",
         )
+    return source
+
+
+@dataclass
+class Comparison:
+    """One promotion's comparison: the challenger's version and score against the champion's, on one dataset."""
+
+    name: str
+    metric: str
+    eval_csv: Path
+    digest: str
+    version: Any  # the challenger's registered version
+    challenger_score: float
+    champ: Any | None  # the champion's version before this promotion
+    champ_score: float | None = None
+    champ_how: str = "none"  # where the champion's score comes from
+    promoted: bool = False
+    why: str = ""
+
+    @property
+    def decision(self) -> str:
+        return "promoted" if self.promoted else "kept champion"
+
+    @property
+    def champion_is_challenger(self) -> bool:
+        return self.champ is not None and self.champ.version == self.version.version
+
+
+def _score_champion(c: Comparison, cfg: ExperimentConfig) -> None:
+    """The champion's score on the same data: recorded on its version when the digest and metric match, else
+    evaluated now."""
+    if c.champ is None:
+        return
+    if c.champion_is_challenger:
+        c.champ_score, c.champ_how = c.challenger_score, "this version"
+        return
+    t = c.champ.tags
+    if t.get("eval_digest") == c.digest and t.get("eval_metric") == c.metric and "eval_score" in t:
+        c.champ_score, c.champ_how = float(t["eval_score"]), "recorded on the same data"
+    else:  # scored on other data (or never): score it now on this data
+        c.champ_score = evaluate_run(c.champ.run_id, c.eval_csv, cfg)[c.metric]
+        c.champ_how = "re-evaluated on this data"
+
+
+def _version_tags(c: Comparison, p: PromoteConfig, owner: str) -> dict[str, Any]:
+    return {
+        "eval_metric": c.metric,
+        "eval_score": repr(c.challenger_score),
+        "eval_digest": c.digest,
+        "eval_data": str(c.eval_csv),
+        "promotion.decision": c.decision,
+        "promotion.why": c.why,
+        "promotion.champion_version": c.champ.version if c.champ else "",
+        "promotion.champion_score": "" if c.champ_score is None else repr(c.champ_score),
+        "promotion.champion_score_source": c.champ_how,
+        "promotion.margin": p.margin,
+        "promotion.forced": str(p.force).lower(),
+        "promotion.reason": p.reason,
+        "promotion.by": owner,
+        "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _describe(registry: Registry, c: Comparison, p: PromoteConfig) -> str:
+    """The decision in words on the challenger's version, and the current champion on the model's own page (the
+    registry list shows only one alias per row)."""
+    champ_text = "none" if c.champ_score is None else f"v{c.champ.version} {c.champ_score:.4f} ({c.champ_how})"
+    data = f"{c.metric.replace('_', ' ')}, {c.eval_csv.name} sha256 {c.digest[:12]}…"
+    description = (
+        f"{c.decision}: {c.why} ({data}). Challenger v{c.version.version} {c.challenger_score:.4f}, champion "
+        f"{champ_text}." + (f" Forced: {p.reason}" if p.force else "")
+    )
+    registry.describe_version(c.name, c.version.version, description)
+    now = c.version.version if c.promoted else (c.champ.version if c.champ else "")
+    now_score = c.challenger_score if c.promoted else c.champ_score
+    if now:
+        registry.describe_model(
+            c.name,
+            f"Champion: v{now}, {c.metric.replace('_', ' ')} {now_score:.4f} on {c.eval_csv.name} "
+            f"(sha256 {c.digest[:12]}…). Last promotion: v{c.version.version} {c.decision}: {c.why}.",
+            {
+                "champion_version": now,
+                "champion_score": f"{now_score:.4f}",
+                "champion_metric": c.metric,
+                "eval_data": c.eval_csv.name,
+                "eval_digest": c.digest,
+            },
+        )
+    return description
+
+
+def _compare_and_move(
+    cfg: ExperimentConfig, registry: Registry, source: RunView, scores: dict[str, float], eval_csv: Path, digest: str
+) -> tuple[Comparison, str]:
+    """Under the promotion lock: register the candidate as `challenger`, compare it with the champion, move
+    `champion` when it wins, and record the decision on both versions."""
+    p, name, run_id = cfg.promote, model_name(cfg), source.run_id
+    with registry_lock(registry, name, p.lock_timeout_s, p.lock_stale_s) as owner:
+        version = registry.version_of_run(name, run_id) or registry.register(
+            f"runs:/{run_id}/{ARTIFACT}",
+            name,
+            tags={"dataset_digest": source.tags.get("dataset_digest", ""), "source_run_id": run_id},
+        )
+        registry.set_alias(name, "challenger", version.version)
+        c = Comparison(name, p.metric, eval_csv, digest, version, scores[p.metric], registry.by_alias(name, "champion"))
+        _score_champion(c, cfg)
+        c.promoted, c.why = decide(c.challenger_score, c.champ_score, p.margin, p.force)
+        if c.champion_is_challenger:
+            c.promoted, c.why = False, "already champion"
+        _archive_decision(registry, name, run_id)
+        registry.set_version_tags(name, version.version, _version_tags(c, p, owner))
+        if c.promoted:
+            registry.set_alias(name, "champion", version.version)
+            if c.champ is not None:
+                registry.set_version_tags(name, c.champ.version, {"promotion.replaced_by": version.version})
+        return c, _describe(registry, c, p)
+
+
+def run(cfg: ExperimentConfig) -> dict[str, Any]:
+    name, metric = model_name(cfg), cfg.promote.metric
+    eval_csv = _eval_csv(cfg)
+    digest = file_digest(eval_csv)
+    run_id = _source_run(cfg)
+    registry = Registry()
+    source = _check_candidate(run_id)
     with stage_run(cfg, "promote", name) as tracker:
         scores = evaluate_run(run_id, eval_csv, cfg)
         if metric not in scores:
@@ -248,80 +370,14 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
                 where="promote.metric",
                 fix="compare with promote.metric: phrase_f1",
             )
-        challenger_score = scores[metric]
-        with registry_lock(registry, name, p.lock_timeout_s, p.lock_stale_s) as owner:
-            version = registry.version_of_run(name, run_id) or registry.register(
-                f"runs:/{run_id}/{ARTIFACT}",
-                name,
-                tags={"dataset_digest": source.tags.get("dataset_digest", ""), "source_run_id": run_id},
-            )
-            registry.set_alias(name, "challenger", version.version)
-            champ = registry.by_alias(name, "champion")
-            champ_score, champ_how = None, "none"
-            if champ is not None and champ.version == version.version:
-                champ_score, champ_how = challenger_score, "this version"
-            elif champ is not None:
-                t = champ.tags
-                if t.get("eval_digest") == digest and t.get("eval_metric") == metric and "eval_score" in t:
-                    champ_score, champ_how = float(t["eval_score"]), "recorded on the same data"
-                else:  # scored on other data (or never): score it now on this data
-                    champ_score = evaluate_run(champ.run_id, eval_csv, cfg)[metric]
-                    champ_how = "re-evaluated on this data"
-            promoted, why = decide(challenger_score, champ_score, p.margin, p.force)
-            if champ is not None and champ.version == version.version:
-                promoted, why = False, "already champion"
-            decision = "promoted" if promoted else "kept champion"
-            tags = {
-                "eval_metric": metric,
-                "eval_score": repr(challenger_score),
-                "eval_digest": digest,
-                "eval_data": str(eval_csv),
-                "promotion.decision": decision,
-                "promotion.why": why,
-                "promotion.champion_version": champ.version if champ else "",
-                "promotion.champion_score": "" if champ_score is None else repr(champ_score),
-                "promotion.champion_score_source": champ_how,
-                "promotion.margin": p.margin,
-                "promotion.forced": str(p.force).lower(),
-                "promotion.reason": p.reason,
-                "promotion.by": owner,
-                "promotion.time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            _archive_decision(registry, name, run_id)
-            registry.set_version_tags(name, version.version, tags)
-            if promoted:
-                registry.set_alias(name, "champion", version.version)
-                if champ is not None:
-                    registry.set_version_tags(name, champ.version, {"promotion.replaced_by": version.version})
-            champ_text = "none" if champ_score is None else f"v{champ.version} {champ_score:.4f} ({champ_how})"
-            data = f"{metric.replace('_', ' ')}, {eval_csv.name} sha256 {digest[:12]}…"
-            description = (
-                f"{decision}: {why} ({data}). Challenger v{version.version} {challenger_score:.4f}, champion "
-                f"{champ_text}." + (f" Forced: {p.reason}" if p.force else "")
-            )
-            registry.describe_version(name, version.version, description)
-            # the model's own page names its champion: the registry list shows only one alias per row
-            now = version.version if promoted else (champ.version if champ else "")
-            now_score = challenger_score if promoted else champ_score
-            if now:
-                registry.describe_model(
-                    name,
-                    f"Champion: v{now}, {metric.replace('_', ' ')} {now_score:.4f} on {eval_csv.name} "
-                    f"(sha256 {digest[:12]}…). Last promotion: v{version.version} {decision}: {why}.",
-                    {
-                        "champion_version": now,
-                        "champion_score": f"{now_score:.4f}",
-                        "champion_metric": metric,
-                        "eval_data": eval_csv.name,
-                        "eval_digest": digest,
-                    },
-                )
+        c, description = _compare_and_move(cfg, registry, source, scores, eval_csv, digest)
+        version = c.version
         print(f"{name} v{version.version}: {description}")
         tracker.set_tags(
             {
                 "registered_model": name,
                 "model_version": version.version,
-                "decision": decision,
+                "decision": c.decision,
                 "source_run_id": run_id,
                 "eval_digest": digest,
                 KEY: key(cfg),
@@ -330,7 +386,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         )
         tracker.log_metrics(
             {f"challenger/{k}": v for k, v in scores.items()}
-            | ({f"champion/{metric}": champ_score} if champ_score is not None else {}),
+            | ({f"champion/{metric}": c.champ_score} if c.champ_score is not None else {}),
             step=0,
         )
         champion_now = registry.by_alias(name, "champion")
@@ -340,12 +396,12 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         results = {
             "model_name": name,
             "version": int(version.version),
-            "promoted": promoted,
-            "decision": decision,
-            "why": why,
+            "promoted": c.promoted,
+            "decision": c.decision,
+            "why": c.why,
             "metric": metric,
-            "challenger_score": challenger_score,
-            "champion_score": champ_score,
+            "challenger_score": c.challenger_score,
+            "champion_score": c.champ_score,
             "champion_version": int(champion_now.version),
             "eval_digest": digest,
             "eval_csv": str(eval_csv),

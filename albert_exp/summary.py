@@ -101,9 +101,9 @@ def headline(name: str, results: dict[str, Any]) -> str:
     return f"{name}: " + " · ".join(parts) if parts else f"{name}: no candidate finished"
 
 
-def markdown(name: str, results: dict[str, Any], experiment_id: str | None = None) -> str:
-    """The summary as markdown: the headline, details, then one table row per candidate."""
-    lines = [headline(name, results), ""]
+def _details(results: dict[str, Any], experiment_id: str | None) -> list[str]:
+    """One bullet per answer: the champion, the best fine-tuning settings, the pretraining gain."""
+    lines = []
     pr, tuned, ft, sc = (results.get(k) for k in ("promote", "tune", "finetune", "scratch"))
     if pr:
         m = pr.get("champion_metrics", {})
@@ -123,17 +123,29 @@ def markdown(name: str, results: dict[str, Any], experiment_id: str | None = Non
         g = gains(ft, sc)
         shown = ", ".join(f"{k[10:].replace('_', ' ')} {v:+.4f}" for k, v in g.items() if k[10:] in COLUMNS)
         lines.append(f"- **Pretraining gain** (pretrained − from scratch, test split): {shown}.")
+    return lines
+
+
+def _candidates_table(results: dict[str, Any], experiment_id: str | None) -> list[str]:
+    """One row per candidate that finished, one column per test metric that some candidate has."""
     rows = [(label, results[key]) for key, label in CANDIDATES if results.get(key)]
     cols = [c for c in COLUMNS if any(c in _test(r) for _, r in rows)]
-    if rows and cols:
-        lines += ["", "| candidate (test split) | " + " | ".join(cols) + " | run |", "|---" * (len(cols) + 2) + "|"]
-        for label, r in rows:
-            if label == "best trial":
-                label = f"best trial ({_trial(r)})"
-            test = _test(r)
-            run_id = r.get("mlflow_run_id") if label.startswith("best trial") else r.get("run_id")
-            cells = " | ".join(_fmt(test.get(c)) for c in cols)
-            lines.append(f"| {label} | {cells} | {_run_link(experiment_id, run_id)} |")
+    if not (rows and cols):
+        return []
+    lines = ["", "| candidate (test split) | " + " | ".join(cols) + " | run |", "|---" * (len(cols) + 2) + "|"]
+    for label, r in rows:
+        if label == "best trial":
+            label = f"best trial ({_trial(r)})"
+        test = _test(r)
+        run_id = r.get("mlflow_run_id") if label.startswith("best trial") else r.get("run_id")
+        cells = " | ".join(_fmt(test.get(c)) for c in cols)
+        lines.append(f"| {label} | {cells} | {_run_link(experiment_id, run_id)} |")
+    return lines
+
+
+def markdown(name: str, results: dict[str, Any], experiment_id: str | None = None) -> str:
+    """The summary as markdown: the headline, details, then one table row per candidate."""
+    lines = [headline(name, results), "", *_details(results, experiment_id), *_candidates_table(results, experiment_id)]
     if experiment_id and results.get("parent_run_id"):
         lines += ["", f"Parent run: {_run_link(experiment_id, results['parent_run_id'], results['parent_run_id'])}."]
     return "\n".join(lines)

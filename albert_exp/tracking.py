@@ -446,6 +446,67 @@ def _create_experiment(client: Any, name: str) -> str:
 
 
 @contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the run is closed as KILLED."""
+    previous = signal.getsignal(signal.SIGTERM)
+    with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _log_resolved_config(
+    cfg: ExperimentConfig, stage: str, section: str | None, extra: dict[str, Any] | None, tracker: FakeTracker
+) -> None:
+    """The stage's own config section, flattened, as params (plus derived values) and the whole YAML."""
+    resolved = to_dict(cfg)
+    params = {"name": cfg.name, "seed": cfg.seed}
+    s = section or stage.replace("-", "_")
+    if s in resolved:
+        params.update(flatten(resolved[s], f"{s}."))
+    params.update(extra or {})
+    tracker.log_params(params)
+    tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
+
+
+def _stage_tags(
+    cfg: ExperimentConfig, stage: str, output: StageOutput | None, parent: FakeTracker | None, resumed: bool
+) -> dict[str, str]:
+    tags = {"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(), **who()}
+    if output is not None:
+        tags.update({KEY: output.key, "output_dir": str(output.done)})
+    if resumed and parent is not None and parent.run_id:
+        tags[PARENT] = parent.run_id
+    tags.update(_EXTRA_TAGS.get() or {})
+    return tags
+
+
+def _final_status(exc: BaseException | None, tracker: FakeTracker) -> str:
+    """How the run ends: FINISHED, KILLED (interrupted, or pruned by Optuna: tagged `pruned`) or FAILED."""
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KILLED"
+    if isinstance(exc, Exception) and isinstance(exc, _EARLY_STOP.get()):  # stopped early on purpose
+        tracker.set_tags({"pruned": "true"})
+        return "KILLED"
+    return "FAILED"
+
+
+def _close_run(run_id: str, status: str) -> None:
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status=status)
+    else:
+        store_client().set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
 def stage_run(
     cfg: ExperimentConfig,
     stage: str,
@@ -470,10 +531,9 @@ def stage_run(
     import mlflow
 
     parent = _CURRENT.get()
-    run_name = f"{stage} {description}".strip()
     if output is not None and resume_run_id is None:
         resume_run_id = _recorded_run(output.work)
-    run_id = _open_run(cfg, run_name, parent, resume_run_id)
+    run_id = _open_run(cfg, f"{stage} {description}".strip(), parent, resume_run_id)
     tracker = MlflowTracker(run_id)
     if resume_run_id:
         _note_resume(tracker)
@@ -484,55 +544,21 @@ def stage_run(
     # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while it is open
     mlflow.start_run(run_id=run_id, nested=True)
     token = _CURRENT.set(tracker)
-    previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    status = "FINISHED"
+    error: BaseException | None = None
     try:
-        if not resume_run_id:  # a reattached run has its params already (MLflow params are immutable)
-            resolved = to_dict(cfg)
-            params = {"name": cfg.name, "seed": cfg.seed}
-            s = section or stage.replace("-", "_")
-            if s in resolved:
-                params.update(flatten(resolved[s], f"{s}."))
-            params.update(extra_params or {})
-            tracker.log_params(params)
-            tracker.log_text(to_yaml(cfg), "config/resolved.yaml")
-        tracker.set_tags(
-            {
-                "stage": stage,
-                "experiment_config": cfg.source,
-                "git_commit": git_commit(),
-                **who(),
-                **({KEY: output.key, "output_dir": str(output.done)} if output is not None else {}),
-                **({PARENT: parent.run_id} if resume_run_id and parent is not None and parent.run_id else {}),
-                **(_EXTRA_TAGS.get() or {}),
-            }
-        )
-        if output is not None and not resume_run_id:
-            _log_lineage(cfg, stage, tracker)
-        yield tracker
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except Exception as exc:
-        status = "FAILED"
-        if isinstance(exc, _EARLY_STOP.get()):  # stopped early on purpose (Optuna pruning)
-            status = "KILLED"
-            tracker.set_tags({"pruned": "true"})
-        raise
-    except BaseException:
-        status = "FAILED"
+        with _sigterm_as_interrupt():
+            if not resume_run_id:  # a reattached run has its params already (MLflow params are immutable)
+                _log_resolved_config(cfg, stage, section, extra_params, tracker)
+            tracker.set_tags(_stage_tags(cfg, stage, output, parent, bool(resume_run_id)))
+            if output is not None and not resume_run_id:
+                _log_lineage(cfg, stage, tracker)
+            yield tracker
+    except BaseException as exc:
+        error = exc
         raise
     finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
         _CURRENT.reset(token)
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status=status)
-        else:
-            store_client().set_terminated(run_id, status=status)
+        _close_run(run_id, _final_status(error, tracker))
 
 
 def write_results(out_dir: str | Path, results: dict[str, Any], tracker: FakeTracker | None = None) -> Path:

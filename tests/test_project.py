@@ -79,3 +79,24 @@ def test_every_experiment_yaml_loads_and_has_a_header():
         text = f.read_text()
         assert text.startswith("#") and "Command:" in text and "Purpose:" in text and "Expected:" in text, f
         load_config(f)
+
+
+# Functions still above the bar, each with its owner's split under way; the test fails once one drops below,
+# so the entry is removed with the split.
+_COMPLEXITY_PENDING = {"albert_exp/toy_real.py:review"}
+
+
+def test_no_function_above_cyclomatic_complexity_20():
+    """Split where the split names a real idea (a phase, a decision, a record), not to satisfy a counter."""
+    import pytest
+
+    cc = pytest.importorskip("radon.complexity", reason="radon is in the dev extra (`make install`)")
+    from radon.visitors import Function
+
+    over = {
+        f"{path.relative_to(ROOT)}:{block.name}"
+        for path in sorted((ROOT / "albert_exp").rglob("*.py"))
+        for block in cc.cc_visit(path.read_text())  # functions, classes and their methods
+        if isinstance(block, Function) and block.complexity > 20
+    }
+    assert over == _COMPLEXITY_PENDING, f"above complexity 20: {sorted(over ^ _COMPLEXITY_PENDING)}"

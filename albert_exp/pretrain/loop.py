@@ -188,9 +188,9 @@ class Trainer:
     def _already_logged(self, pending: list) -> set[tuple[str, int]]:
         return self.tracker.logged_steps({k for _, m in pending for k in m}) if pending else set()
 
-    def train(self, last_step: int) -> dict:
+    def _loader(self):
         st, pc = self.state, self.pc
-        loader = data.make_loader(
+        return data.make_loader(
             self.files,
             streams=self.streams,
             positions=st.positions,
@@ -201,7 +201,62 @@ class Trainer:
             block=pc.shuffle_block,
             skip_corrupt=pc.skip_corrupt,
         )
-        it = iter(loader)
+
+    def _batch(self, it) -> tuple[dict[str, float], dict, int]:
+        """One optimiser step's batch as gradient_accumulation_steps micro-batches, forward and backward (one
+        all-reduce). Returns the global batch's mean losses, the last micro-batch's stream meta and the number
+        of sequences (over all ranks); the stream positions advance in the trainer state."""
+        st = self.state
+        sums = {k: 0.0 for k in METRICS}
+        micro = []  # the whole batch first: the MLM loss is normalised by all of its weights
+        for _ in range(self.pc.gradient_accumulation_steps):
+            micro.append(next(it))
+            data.raise_if_error(micro[-1])
+        weight_total = sum(float(b["mlm_weights"].sum()) for b in micro)
+        seqs = 0
+        for i, batch in enumerate(micro):
+            meta = batch.pop("meta")
+            if int(batch["input_ids"].max()) >= self.vocab_size:  # else: an opaque index error
+                raise UserError(
+                    f"token id {int(batch['input_ids'].max())} >= the model's vocab_size {self.vocab_size}",
+                    where=f"stream {meta['stream']} at {meta['position']}",
+                    fix="pretrain with the tokenizer the TFRecords were made with (model.vocab_size / init_from)",
+                )
+            st.positions[meta["stream"]] = meta["position"]
+            st.corrupt[meta["stream"]] = meta["corrupt"]
+            st.batches_done += 1
+            with self.no_sync(i < len(micro) - 1):  # all-reduce once per step
+                with self.autocast():
+                    losses = self.forward(self._to_device(batch), len(micro), weight_total)
+                losses["loss"].backward()  # this micro-batch's share of the batch's loss
+            for k in METRICS:
+                sums[k] += losses[k].item()
+            seqs += batch["input_ids"].shape[0] * self.dist.world
+        sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
+        if not math.isfinite(sums["loss"]):
+            raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
+        return sums, meta, seqs
+
+    def _close_window(self, lr: float, meta: dict, elapsed: float, seqs: int) -> dict[str, float]:
+        """The train/ metrics of the steps since the last log line (their means), queued for the next checkpoint."""
+        st = self.state
+        n = st.window.pop("n")
+        m = {f"train/{k}": st.window[k] / n for k in METRICS}
+        m.update(
+            {
+                "train/lr": lr,
+                "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
+                "data/corrupt_records": float(sum(st.corrupt)),
+                **({"data/epoch": float(meta["epoch"])} if "epoch" in meta else {}),  # dynamic data
+            }
+        )
+        self.pending.append((st.step, m))
+        st.window = {"n": 0, **{k: 0.0 for k in METRICS}}
+        return m
+
+    def train(self, last_step: int) -> dict:
+        st, pc = self.state, self.pc
+        it = iter(self._loader())
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.train()
         t0, seqs = time.perf_counter(), 0
@@ -218,34 +273,8 @@ class Trainer:
         try:
             while st.step < last_step and st.stop_reason is None:
                 lr = self.opt.param_groups[0]["lr"]
-                sums = {k: 0.0 for k in METRICS}
-                micro = []  # the whole batch first: the MLM loss is normalised by all of its weights
-                for _ in range(pc.gradient_accumulation_steps):
-                    micro.append(next(it))
-                    data.raise_if_error(micro[-1])
-                weight_total = sum(float(b["mlm_weights"].sum()) for b in micro)
-                for i, batch in enumerate(micro):
-                    meta = batch.pop("meta")
-                    if int(batch["input_ids"].max()) >= self.vocab_size:  # else: an opaque index error
-                        raise UserError(
-                            f"token id {int(batch['input_ids'].max())} >= the model's vocab_size {self.vocab_size}",
-                            where=f"stream {meta['stream']} at {meta['position']}",
-                            fix="pretrain with the tokenizer the TFRecords were made with (model.vocab_size / "
-                            "init_from)",
-                        )
-                    st.positions[meta["stream"]] = meta["position"]
-                    st.corrupt[meta["stream"]] = meta["corrupt"]
-                    st.batches_done += 1
-                    with self.no_sync(i < len(micro) - 1):  # all-reduce once per step
-                        with self.autocast():
-                            losses = self.forward(self._to_device(batch), len(micro), weight_total)
-                        losses["loss"].backward()  # this micro-batch's share of the batch's loss
-                    for k in METRICS:
-                        sums[k] += losses[k].item()
-                    seqs += batch["input_ids"].shape[0] * self.dist.world
-                sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
-                if not math.isfinite(sums["loss"]):
-                    raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
+                sums, meta, n_seqs = self._batch(it)
+                seqs += n_seqs
                 torch.nn.utils.clip_grad_norm_(params, pc.max_grad_norm)
                 self.opt.step()
                 self.sched.step()
@@ -257,20 +286,8 @@ class Trainer:
                     st.window[k] += sums[k]
                 st.stop_reason = self.plateau.update(st.step, sums["loss"])
                 if st.step % pc.log_every_steps == 0 or st.step == last_step or st.stop_reason:
-                    n = st.window.pop("n")
-                    m = {f"train/{k}": st.window[k] / n for k in METRICS}
-                    elapsed = time.perf_counter() - t0
-                    m.update(
-                        {
-                            "train/lr": lr,
-                            "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
-                            "data/corrupt_records": float(sum(st.corrupt)),
-                            **({"data/epoch": float(meta["epoch"])} if "epoch" in meta else {}),  # dynamic data
-                        }
-                    )
-                    self.pending.append((st.step, m))
+                    m = self._close_window(lr, meta, time.perf_counter() - t0, seqs)
                     bar.set_postfix(loss=f"{m['train/loss']:.3f}", lr=f"{lr:.2e}")
-                    st.window = {"n": 0, **{k: 0.0 for k in METRICS}}
                     t0, seqs = time.perf_counter(), 0
                 if self.eval_data and (st.step % pc.eval_every_steps == 0 or st.step == last_step):
                     ev = self.evaluate()

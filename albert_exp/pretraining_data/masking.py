@@ -47,39 +47,13 @@ def _uniform(state):
 
 
 @numba.njit(cache=True, inline="always")
-def _row(
-    ids,
-    is_start,
-    a0,
-    la,
-    b0,
-    lb,
-    specials,
-    random_ids,
-    masked_lm_prob,
-    ngram_cdf,
-    whole_word_mask,
-    state,
-    row,
-    input_mask,
-    segment_ids,
-    token_boundary,
-    positions,
-    lm_ids,
-    stats,
-    hist,
-    word_tok,
-    word_of,
-    order,
-    covered,
-):
-    """One instance into the row vectors (row = input_ids): [CLS] A [SEP] B [SEP] <pad>... with whole-word
-    n-gram masking. Returns the number of masked tokens (positions/lm_ids[:m]); the rest of every vector is
-    overwritten, so scratch rows can be reused. word_tok, word_of, order, covered: scratch."""
-    seq_len, max_pred, ngram = row.size, positions.size, ngram_cdf.shape[1]
-    cls_id, sep_id, mask_id, pad_id = specials[0], specials[1], specials[2], specials[3]
+def _layout(ids, is_start, a0, la, b0, lb, specials, row, input_mask, segment_ids, token_boundary):
+    """[CLS] A [SEP] B [SEP] <pad>... into the row vectors; token_boundary is 1 for [CLS]/[SEP] and for pieces
+    that start a word. Returns the number of real tokens."""
+    seq_len = row.size
+    cls_id, sep_id, pad_id = specials[0], specials[1], specials[3]
     n_tok = la + lb + 3
-    row[0] = cls_id  # token_boundary is 1 for [CLS]/[SEP] and for pieces that start a word
+    row[0] = cls_id
     token_boundary[0] = 1
     for j in range(la):
         t = ids[a0 + j]
@@ -99,7 +73,14 @@ def _row(
         if j >= n_tok:
             row[j] = pad_id
             token_boundary[j] = 0
-    # Words over the real tokens: a piece that starts a word, or the first token after [CLS]/[SEP].
+    return n_tok
+
+
+@numba.njit(cache=True, inline="always")
+def _words(la, n_tok, token_boundary, whole_word_mask, word_tok, word_of):
+    """Words over the real tokens: a piece that starts a word, or the first token after [CLS]/[SEP] (every
+    token without whole_word_mask). word_tok[w]: the real-token index where word w starts (word_tok[nw]: the
+    end); word_of[j]: the word of position j. Returns the number of words."""
     nw = 0
     real = 0
     for j in range(1, n_tok - 1):
@@ -111,11 +92,15 @@ def _row(
         word_of[j] = nw - 1
         real += 1
     word_tok[nw] = real
-    budget = min(max_pred, max(1, int(np.rint(n_tok * masked_lm_prob))))
-    stats[0] += n_tok
-    stats[2] += budget
-    # Visit words in random order (a lazy Fisher-Yates shuffle: one draw per visit), each the start of an
-    # n-gram of p ~ 1/n words, shortened to the budget; skipped if it overlaps a covered word.
+    return nw
+
+
+@numba.njit(cache=True, inline="always")
+def _choose_ngrams(nw, budget, ngram_cdf, word_tok, order, covered, hist, state):
+    """Visit words in random order (a lazy Fisher-Yates shuffle: one draw per visit), each the start of an
+    n-gram of p ~ 1/n words, shortened to the budget; skipped if it overlaps a covered word. Marks the chosen
+    words in `covered`; returns the new random state."""
+    ngram = ngram_cdf.shape[1]
     for w in range(nw):
         order[w] = w
         covered[w] = False
@@ -147,7 +132,13 @@ def _row(
             covered[w + g] = True
         room -= word_tok[w + chosen] - word_tok[w]
         hist[chosen] += 1
-    # Masked tokens in position order: 80% [MASK], 10% unchanged, 10% a random non-special piece.
+    return state
+
+
+@numba.njit(cache=True, inline="always")
+def _apply_masks(la, n_tok, mask_id, random_ids, covered, word_of, row, positions, lm_ids, stats, state):
+    """The covered words' tokens in position order: 80% [MASK], 10% unchanged, 10% a random non-special piece.
+    Returns the number of masked tokens (positions/lm_ids[:m]; the rest zeroed)."""
     m = 0
     for j in range(1, n_tok - 1):
         if j == la + 1 or not covered[word_of[j]]:
@@ -168,9 +159,49 @@ def _row(
                 row[j] = random_ids[bits % np.uint64(random_ids.size)]
                 stats[5] += 1
         m += 1
-    for k in range(m, max_pred):
+    for k in range(m, positions.size):
         positions[k] = 0
         lm_ids[k] = 0
+    return m
+
+
+@numba.njit(cache=True, inline="always")
+def _row(
+    ids,
+    is_start,
+    a0,
+    la,
+    b0,
+    lb,
+    specials,
+    random_ids,
+    masked_lm_prob,
+    ngram_cdf,
+    whole_word_mask,
+    state,
+    row,
+    input_mask,
+    segment_ids,
+    token_boundary,
+    positions,
+    lm_ids,
+    stats,
+    hist,
+    word_tok,
+    word_of,
+    order,
+    covered,
+):
+    """One instance into the row vectors (row = input_ids): [CLS] A [SEP] B [SEP] <pad>... with whole-word
+    n-gram masking. Returns the number of masked tokens (positions/lm_ids[:m]); the rest of every vector is
+    overwritten, so scratch rows can be reused. word_tok, word_of, order, covered: scratch."""
+    n_tok = _layout(ids, is_start, a0, la, b0, lb, specials, row, input_mask, segment_ids, token_boundary)
+    nw = _words(la, n_tok, token_boundary, whole_word_mask, word_tok, word_of)
+    budget = min(positions.size, max(1, int(np.rint(n_tok * masked_lm_prob))))
+    stats[0] += n_tok
+    stats[2] += budget
+    state = _choose_ngrams(nw, budget, ngram_cdf, word_tok, order, covered, hist, state)
+    m = _apply_masks(la, n_tok, specials[2], random_ids, covered, word_of, row, positions, lm_ids, stats, state)
     stats[1] += m
     return m
 
