@@ -141,6 +141,17 @@ class PretrainingDataConfig:
     min_split_words: int = 2  # pack: words kept on each side when a one-sentence chunk is split at a word
     pack_below_tokens: int | None = None  # pack: shorter documents are packed too; None: (max_seq_length-3)//4
 
+    def resolved(self, pretrain: PretrainConfig) -> PretrainingDataConfig:
+        """The settings instance making runs with: the lengths left empty taken from `pretrain`, the packing
+        threshold derived from the sequence length."""
+        seq = self.max_seq_length or pretrain.max_seq_length
+        return dataclasses.replace(
+            self,
+            max_seq_length=seq,
+            max_predictions_per_seq=self.max_predictions_per_seq or pretrain.max_predictions_per_seq,
+            pack_below_tokens=self.pack_below_tokens if self.pack_below_tokens is not None else max(seq - 3, 0) // 4,
+        )
+
     def validate(self, key: str) -> None:
         _require(self.min_split_words >= 1, f"{key}.min_split_words", "must be >= 1")
         _require((self.pack_below_tokens or 0) >= 0, f"{key}.pack_below_tokens", "must be >= 0")

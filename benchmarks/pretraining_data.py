@@ -178,30 +178,30 @@ def _count(path: Path) -> int:
 
 OURS = """
 import sys
-from albert_exp.pretraining_data.instances import InstanceParams
+from albert_exp.config import PretrainConfig, PretrainingDataConfig
 from albert_exp.pretraining_data.shards import ShardTask, process_shard
 inp, out, tok, compress, pairing = sys.argv[1:6]
-p = InstanceParams(max_seq_length={max_seq_length}, max_predictions_per_seq={max_predictions_per_seq},
-                   dupe_factor={dupe_factor}, masked_lm_prob={masked_lm_prob}, short_seq_prob={short_seq_prob},
-                   pairing=pairing)
-process_shard(ShardTask(0, inp, "", out, tok, True, False, p, 12345, 20000, compress == "1"))
+p = PretrainingDataConfig(max_seq_length={max_seq_length}, max_predictions_per_seq={max_predictions_per_seq},
+                          dupe_factor={dupe_factor}, masked_lm_prob={masked_lm_prob}, short_seq_prob={short_seq_prob},
+                          pairing=pairing, block_lines=20000, compress=compress == "1").resolved(PretrainConfig())
+process_shard(ShardTask(0, inp, "", out, tok, True, False, p, 12345))
 """
 
 
 DYNAMIC = """
 import json, sys, time
-from dataclasses import asdict
 from pathlib import Path
 from albert_exp.pretraining_data.dynamic import save_vocab
-from albert_exp.pretraining_data.instances import InstanceParams
-from albert_exp.pretraining_data.shards import ShardTask, Tokenizer, process_shard
+from albert_exp.config import PretrainConfig, PretrainingDataConfig
+from albert_exp.pretraining_data.shards import ShardTask, Tokenizer, instance_settings, process_shard
 inp, out, tok = sys.argv[1:4]
-p = InstanceParams(max_seq_length={max_seq_length}, max_predictions_per_seq={max_predictions_per_seq},
-                   dupe_factor=1, masked_lm_prob={masked_lm_prob}, short_seq_prob={short_seq_prob})
-entry = process_shard(ShardTask(0, inp, "", out, tok, True, False, p, 12345, 20000, False, mode="dynamic"))
+p = PretrainingDataConfig(max_seq_length={max_seq_length}, max_predictions_per_seq={max_predictions_per_seq},
+                          dupe_factor=1, masked_lm_prob={masked_lm_prob}, short_seq_prob={short_seq_prob},
+                          block_lines=20000, mode="dynamic").resolved(PretrainConfig())
+entry = process_shard(ShardTask(0, inp, "", out, tok, True, False, p, 12345))
 root = Path(out).parent
 save_vocab(root / "vocab.npz", Tokenizer(tok, True, False).vocab)
-manifest = {{"mode": "dynamic", "vocab": "vocab.npz", "shards": [entry], "params": asdict(p), "seed": 12345}}
+manifest = {{"mode": "dynamic", "vocab": "vocab.npz", "shards": [entry], "params": instance_settings(p), "seed": 12345}}
 (root / "manifest.json").write_text(json.dumps(manifest))
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_exp.config import load_config
+from albert_exp.config import PretrainConfig, PretrainingDataConfig, load_config
 from albert_exp.corpus import ShardWriter
 from albert_exp.pretraining_data import run
 from albert_exp.pretraining_data.instances import is_word_start
@@ -85,6 +85,11 @@ def _make(tmp: Path, manifest: Path, tok: Path, *extra: str) -> dict:
 
 def _records(files: list[str]) -> list[dict[str, np.ndarray]]:
     return [decode_example(p) for f in files for _, p in iter_records(f)]
+
+
+def _params(**settings) -> PretrainingDataConfig:
+    """Instance-making settings as the stage resolves them (lengths left empty: pretrain's defaults)."""
+    return PretrainingDataConfig(**settings).resolved(PretrainConfig())
 
 
 def _sha(files: list[str]) -> list[str]:
@@ -167,14 +172,14 @@ def test_sop_balanced_on_short_documents(tmp_path, tok_dir):
 def test_pairing_modes_fill_instances_and_keep_sop_balanced(tok_dir):
     """pack (the default) fills instances at least as well as google's random-document B, keeps labels
     balanced like split, and leaves fewer tiny segments than split; google's labels lean to 1."""
-    from albert_exp.pretraining_data.instances import InstanceParams, make_instances
+    from albert_exp.pretraining_data.instances import make_instances
     from albert_exp.pretraining_data.shards import Tokenizer, block_arrays
 
     tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
     arrays = block_arrays(_short_documents(), tok)
     got = {}
     for mode in ("pack", "split", "google"):
-        p = InstanceParams(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=10, pairing=mode)
+        p = _params(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=10, pairing=mode)
         feats = [f for f, _ in make_instances(*arrays, tok.vocab, p, np.random.default_rng(3))]
         mask = np.concatenate([f["input_mask"] for f in feats])
         seg = np.concatenate([f["segment_ids"] for f in feats])
@@ -237,13 +242,13 @@ def test_written_records_equal_the_features_whatever_the_batch(tok_dir):
     feature arrays, and neither depends on the batch size (each instance has its own random stream)."""
     from dataclasses import asdict
 
-    from albert_exp.pretraining_data.instances import InstanceParams, RecordBuffer, make_instances, make_records
+    from albert_exp.pretraining_data.instances import RecordBuffer, make_instances, make_records
     from albert_exp.pretraining_data.shards import Tokenizer, block_arrays
     from albert_exp.tfrecord import encode_batch
 
     tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
     arrays = block_arrays(_toy_docs(80), tok)
-    p = InstanceParams(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=3)
+    p = _params(max_seq_length=SEQ, max_predictions_per_seq=PRED, dupe_factor=3)
 
     def stats_of(batches) -> dict:
         total = None
@@ -278,22 +283,22 @@ def test_instances_draw_from_streams_that_do_not_overlap():
 
 
 def test_lines_without_tokens_are_dropped_and_an_empty_block_gives_nothing(tok_dir):
-    from albert_exp.pretraining_data.instances import InstanceParams, make_instances
+    from albert_exp.pretraining_data.instances import make_instances
     from albert_exp.pretraining_data.shards import Tokenizer, block_instances
 
     tok = Tokenizer(tok_dir, lowercase=True, keep_accents=False)
     rng = np.random.default_rng(0)
     empty = np.zeros(0, dtype=np.int64)
     none = np.zeros(1, np.int64)
-    assert list(make_instances(empty, none, none, tok.vocab, InstanceParams(), rng)) == []
-    assert list(block_instances([["\u0301\u0301"]], tok, InstanceParams(), rng)) == []  # only marks: no tokens
-    out = list(block_instances([["\u0301"], ["the soup was good .", "we came back ."]], tok, InstanceParams(), rng))
+    assert list(make_instances(empty, none, none, tok.vocab, _params(), rng)) == []
+    assert list(block_instances([["\u0301\u0301"]], tok, _params(), rng)) == []  # only marks: no tokens
+    out = list(block_instances([["\u0301"], ["the soup was good .", "we came back ."]], tok, _params(), rng))
     assert sum(s.instances for _, s in out) > 0
     # Only one-token, one-sentence documents: every chunk is dropped, and the statistics still say so.
     from albert_exp.pretraining_data.instances import RecordBuffer, make_records
     from albert_exp.pretraining_data.shards import block_arrays
 
-    p = InstanceParams(dupe_factor=2, pairing="split")  # pack would pack the three into one document
+    p = _params(dupe_factor=2, pairing="split")  # pack would pack the three into one document
     arrays = block_arrays([["the"], ["the"], ["the"]], tok)
     assert arrays[0].size == 3  # one token each
     ((feats, stats),) = list(make_instances(*arrays, tok.vocab, p, np.random.default_rng(0)))

@@ -52,7 +52,6 @@ def output_link(cfg: ExperimentConfig) -> Path:
 
 def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, Path, dict]:
     """One task per corpus shard, writing into `out` (default: the configured output directory)."""
-    from albert_exp.pretraining_data.instances import InstanceParams
     from albert_exp.pretraining_data.shards import ShardTask
 
     c = cfg.pretraining_data
@@ -62,20 +61,7 @@ def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, P
     corpus = read_manifest(manifest_path, flag="--input")
     tok_dir = Path(c.tokenizer_dir) if c.tokenizer_dir else cfg.stage_dir("vocab") / "tokenizer"
     lowercase, keep_accents = _tokenizer_settings(tok_dir)
-    seq = c.max_seq_length or cfg.pretrain.max_seq_length
-    params = InstanceParams(
-        max_seq_length=seq,
-        max_predictions_per_seq=c.max_predictions_per_seq or cfg.pretrain.max_predictions_per_seq,
-        masked_lm_prob=c.masked_lm_prob,
-        short_seq_prob=c.short_seq_prob,
-        dupe_factor=c.dupe_factor,
-        ngram=c.ngram,
-        favor_shorter_ngram=c.favor_shorter_ngram,
-        whole_word_mask=c.whole_word_mask,
-        pairing=c.pairing,
-        min_split_words=c.min_split_words,
-        pack_below_tokens=c.pack_below_tokens if c.pack_below_tokens is not None else max(seq - 3, 0) // 4,
-    )
+    params = c.resolved(cfg.pretrain)
     if params.max_seq_length < 5:
         raise UserError(
             f"max_seq_length {params.max_seq_length} leaves no room for two segments",
@@ -99,9 +85,6 @@ def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, P
                 keep_accents=keep_accents,
                 params=params,
                 seed=cfg.seed,
-                block_lines=c.block_lines,
-                compress=c.compress and c.mode == "static",
-                mode=c.mode,
             )
         )
     lines = {i: s.get("lines", 0) for i, s in enumerate(corpus["shards"])}
@@ -242,6 +225,7 @@ def summarize(entries: list[dict]) -> dict[str, Any]:
 def write_manifest(cfg: ExperimentConfig, out: Path, info: dict, entries: list[dict], p) -> dict[str, Any]:
     """manifest.json (and, in dynamic mode, the loader's view of the vocabulary: vocab.npz); returns the
     totals."""
+    from albert_exp.pretraining_data.shards import instance_settings
     from albert_exp.tfrecord import FEATURES
 
     c = cfg.pretraining_data
@@ -258,7 +242,7 @@ def write_manifest(cfg: ExperimentConfig, out: Path, info: dict, entries: list[d
         "vocab": "vocab.npz" if c.mode == "dynamic" else None,
         "shards": [{k: v for k, v in e.items() if k != "skipped"} for e in entries],
         "totals": totals,
-        "params": asdict(p),
+        "params": instance_settings(p),
         "seed": cfg.seed,
         "compress": c.compress,
         "features": {k: [kind, lengths[n]] for k, (kind, n) in FEATURES.items()},

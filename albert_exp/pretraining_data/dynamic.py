@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from albert_exp.pretraining_data.instances import BlockStats, InstanceParams, VocabInfo, _build, _Layout, _plan
+from albert_exp.config import PretrainingDataConfig
+from albert_exp.pretraining_data.instances import BlockStats, VocabInfo, _build, _Layout, _plan
 from albert_exp.tfrecord import FEATURES
 
 COLUMN = "documents"
@@ -103,7 +104,7 @@ class DynamicSource:
             from albert_exp.errors import UserError
 
             raise UserError("the dynamic pretraining data holds no documents", where=str(self.manifest_path))
-        self.params = replace(InstanceParams(**m["params"]), dupe_factor=1)
+        self.params = replace(PretrainingDataConfig(**m["params"]), dupe_factor=1)
         self.vocab = load_vocab(root / m.get("vocab", "vocab.npz"))
         self.seed = int(m["seed"])
         self.layout = _Layout(self.params)

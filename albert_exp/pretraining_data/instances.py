@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from albert_exp.config import PretrainingDataConfig
 from albert_exp.tfrecord import FEATURES
 
 PUNCT = set("!\"#$%&'()*+,-./:;?@[\\]^_`{|}~") | {"€", "£"}
@@ -94,21 +95,6 @@ class VocabInfo:
         is_start = np.array([is_word_start(p, i in control) for i, p in enumerate(pieces)], dtype=bool)
         random_ids = np.array([i for i in range(len(pieces)) if i not in control], dtype=np.int64)
         return cls(is_start, specials["[CLS]"], specials["[SEP]"], specials["[MASK]"], specials["<pad>"], random_ids)
-
-
-@dataclass
-class InstanceParams:
-    max_seq_length: int = 64
-    max_predictions_per_seq: int = 10
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 40
-    ngram: int = 3
-    favor_shorter_ngram: bool = True
-    whole_word_mask: bool = True
-    pairing: str = "pack"  # one-sentence chunks: "pack", "split" or "google" (module docstring)
-    min_split_words: int = 2  # pack: words kept on each side when a one-sentence chunk is split
-    pack_below_tokens: int = 15  # pack: documents shorter than this are packed too (default: (64 - 3) // 4)
 
 
 PAIRINGS = ("pack", "split", "google")
@@ -214,7 +200,7 @@ def _plan(
     seg_start: np.ndarray,
     doc_seg: np.ndarray,
     vocab: VocabInfo,
-    p: InstanceParams,
+    p: PretrainingDataConfig,
     rng: np.random.Generator,
 ) -> _Plan | None:
     stats = BlockStats(ngram_hist=[0] * p.ngram)
@@ -301,7 +287,7 @@ def _random_next(one, v, t0, t1, a0, a1, b0, b1, swap, vdoc, targets, seg_start,
 class _Layout:
     """google's features in FEATURES order, as the compiled writer takes them: key bytes, kinds, widths."""
 
-    def __init__(self, p: InstanceParams):
+    def __init__(self, p: PretrainingDataConfig):
         lengths = {"seq": p.max_seq_length, "pred": p.max_predictions_per_seq, 1: 1}
         keys = [k.encode() for k in FEATURES]
         self.widths = [lengths[length] for _, length in FEATURES.values()]
@@ -319,7 +305,7 @@ def _build(
     lo: int,
     hi: int,
     vocab: VocabInfo,
-    p: InstanceParams,
+    p: PretrainingDataConfig,
     layout: _Layout,
     cols: tuple,
     out: np.ndarray | None,
@@ -365,7 +351,7 @@ def make_instances(
     seg_start: np.ndarray,
     doc_seg: np.ndarray,
     vocab: VocabInfo,
-    p: InstanceParams,
+    p: PretrainingDataConfig,
     rng: np.random.Generator,
     batch: int = 4096,
 ) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
@@ -392,7 +378,7 @@ def make_instances(
 class RecordBuffer:
     """A reused output buffer (and one-row scratch columns) for `make_records`: `batch` records at a time."""
 
-    def __init__(self, p: InstanceParams, batch: int = 4096):
+    def __init__(self, p: PretrainingDataConfig, batch: int = 4096):
         from albert_exp.tfrecord_encode import max_example_bytes
 
         self.layout = _Layout(p)
@@ -409,7 +395,7 @@ def make_records(
     seg_start: np.ndarray,
     doc_seg: np.ndarray,
     vocab: VocabInfo,
-    p: InstanceParams,
+    p: PretrainingDataConfig,
     rng: np.random.Generator,
     out: RecordBuffer,
 ) -> Iterator[tuple[memoryview, int, BlockStats]]:
@@ -425,7 +411,7 @@ def make_records(
         yield memoryview(out.buf)[:size], hi - lo, stats
 
 
-def ngram_cdf(p: InstanceParams) -> np.ndarray:
+def ngram_cdf(p: PretrainingDataConfig) -> np.ndarray:
     """cdf[avail, k]: P(n-gram length <= k + 1) when `avail` words are left, lengths weighted 1/n (or n)."""
     pv = 1.0 / np.arange(1, p.ngram + 1)
     if not p.favor_shorter_ngram:

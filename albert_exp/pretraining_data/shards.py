@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from albert_exp.config import PretrainingDataConfig, to_dict
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import (
     BlockStats,
-    InstanceParams,
     RecordBuffer,
     VocabInfo,
     make_instances,
@@ -45,17 +45,34 @@ class ShardTask:
     tokenizer_dir: str
     lowercase: bool
     keep_accents: bool
-    params: InstanceParams
+    params: PretrainingDataConfig  # resolved (PretrainingDataConfig.resolved)
     seed: int
-    block_lines: int
-    compress: bool
-    mode: str = "static"  # "dynamic": tokenised documents only (dynamic.py), masked in the loader
+
+    @property
+    def mode(self) -> str:  # "dynamic": tokenised documents only (dynamic.py), masked in the loader
+        return self.params.mode
+
+    @property
+    def block_lines(self) -> int:
+        return self.params.block_lines
+
+    @property
+    def compress(self) -> bool:  # dynamic shards are Arrow files: never gzipped
+        return self.params.compress and self.params.mode == "static"
 
     def fingerprint(self) -> str:
         spm = Path(self.tokenizer_dir) / "spiece.model"
         d = {k: v for k, v in asdict(self).items() if k not in ("input_path", "output_path", "tokenizer_dir")}
-        d.update(format=FORMAT_VERSION, spm_sha256=_sha256_file(spm))
+        d.update(params=instance_settings(self.params), format=FORMAT_VERSION, spm_sha256=_sha256_file(spm))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def instance_settings(p: PretrainingDataConfig) -> dict[str, Any]:
+    """The settings that decide a shard's bytes: the section less where and how fast it runs (the stage key's
+    rule, albert_exp/identity.py)."""
+    from albert_exp.identity import NOT_IN_KEY
+
+    return {k: v for k, v in to_dict(p).items() if k not in NOT_IN_KEY["pretraining_data"]}
 
 
 def _sha256_file(path: Path) -> str:
@@ -156,7 +173,7 @@ def block_arrays(docs: list[list[str]], tok: Tokenizer) -> tuple[np.ndarray, np.
 
 
 def block_instances(
-    docs: list[list[str]], tok: Tokenizer, params: InstanceParams, rng: np.random.Generator
+    docs: list[list[str]], tok: Tokenizer, params: PretrainingDataConfig, rng: np.random.Generator
 ) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
     """The instances of a block as feature arrays (what `process_shard` writes, for tests and inspection)."""
     return make_instances(*block_arrays(docs, tok), tok.vocab, params, rng)
