@@ -101,6 +101,7 @@ NOT_IN_KEY: dict[str, set[str]] = {
         "albert_config",
         "output_dir",
         "resume",
+        "max_steps",  # a stop point of the same schedule: a later stop continues the same output (pretrain.last_step)
         "log_checkpoints",
         "keep_checkpoints",
         "torch_threads",
@@ -215,6 +216,17 @@ def input_paths(cfg: Any, stage: str) -> dict[str, Path | list[Path]]:
 
         return {k: v for k, v in data_paths(cfg).items() if k in ("train", "val", "test")}
     raise ValueError(f"no identity rule for stage {stage!r}")
+
+
+def reached(cfg: Any, stage: str, results: dict[str, Any]) -> bool:
+    """Whether a complete output of the same key is all that `cfg` asks for. Only pretraining has a setting
+    outside its key that decides how far it goes (`max_steps`): an output stopped earlier is continued, not
+    reused."""
+    if stage != "pretrain":
+        return True
+    from albert_exp.pretrain import reached as pretrain_reached
+
+    return pretrain_reached(cfg.pretrain, results)
 
 
 def stage_inputs(cfg: Any, stage: str) -> dict[str, str]:

@@ -69,14 +69,14 @@ def _reuse(cfg: ExperimentConfig, stage: str, key: str, results_of: Callable[[An
 
 def _output_stage(cfg: ExperimentConfig, stage: str, compute: Callable, link: Path, forced: set[str]) -> dict:
     """A stage with an output directory: reused when complete under the same key, else computed."""
-    from albert_exp.identity import output_of
+    from albert_exp.identity import output_of, reached
 
     if stage not in forced:
         output = output_of(cfg, stage, link)
 
         def complete(earlier: Any) -> dict | None:
             done = output.complete()
-            if done is None or done.get("run_id") != earlier.run_id:
+            if done is None or done.get("run_id") != earlier.run_id or not reached(cfg, stage, done):
                 return None
             output.point()  # the stage's path names the reused output again
             return done

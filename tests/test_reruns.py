@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -224,3 +225,35 @@ def test_rerun_scratch_and_baseline_recomputes_them_alone(first):
     assert sorted(b["reused"]) == sorted(
         ["corpus", "vocab", "pretraining_data", "pretrain", "finetune", "tune", "promote_finetune", "promote"]
     )
+
+
+def test_pretrain_stopped_at_max_steps_continues_the_same_output_and_run(tmp_path, mlflow_store):
+    """max_steps is a stop point of one schedule, not an identity: stopped at step 3, then rerun without it,
+    the training continues in the same output and MLflow run and equals an uninterrupted one; a stop before
+    what the output already trained is a one-line user error."""
+    from mlflow import MlflowClient
+
+    from albert_exp.errors import UserError
+    from albert_exp.identity import key_of, reached
+    from albert_exp.pretrain import run
+    from tests.test_pretrain import _losses, cfg_from, tiny_config
+
+    base = {"num_train_steps": 8, "save_checkpoints_steps": 4, "eval_input": []}
+    stopped_cfg = cfg_from(tmp_path, tiny_config(tmp_path, max_steps=3, **base))[0]
+    full_cfg = cfg_from(tmp_path, tiny_config(tmp_path, **base))[0]
+    assert key_of(stopped_cfg, "pretrain") == key_of(full_cfg, "pretrain")
+    stopped = run(stopped_cfg)
+    assert stopped["step"] == 3 and reached(stopped_cfg, "pretrain", stopped)
+    assert not reached(full_cfg, "pretrain", stopped)  # `main` continues it rather than reusing it
+    continued = run(full_cfg)
+    assert continued["step"] == 8 and reached(full_cfg, "pretrain", continued)
+    assert continued["output_dir"] == stopped["output_dir"] and continued["run_id"] == stopped["run_id"]
+    assert Path(continued["resumed_from"]).name == "step-00000003"
+    steps = [m.step for m in MlflowClient().get_metric_history(continued["run_id"], "train/loss")]
+    assert sorted(steps) == list(range(1, 9))  # one history, no step twice
+    straight_cfg = cfg_from(tmp_path, tiny_config(tmp_path, output_dir=str(tmp_path / "straight"), **base))[0]
+    straight = run(straight_cfg)
+    np.testing.assert_allclose(_losses(continued), _losses(straight), rtol=1e-6, atol=1e-7)
+    earlier = cfg_from(tmp_path, tiny_config(tmp_path, max_steps=2, **base))[0]
+    with pytest.raises(UserError, match="trained to step 8, past the stop asked for"):
+        run(earlier)

@@ -84,19 +84,49 @@ def output_link(cfg) -> Path:
     return Path(cfg.pretrain.output_dir) if cfg.pretrain.output_dir else cfg.stage_dir("pretrain")
 
 
+def last_step(pc) -> int:
+    """Where this run stops: the end of the schedule, or `max_steps` if that comes first. `max_steps` is a stop
+    point on the same schedule (num_train_steps sets the lr decay), so it is not part of the stage identity: a
+    run stopped there and rerun with a later stop (or none) continues the same output and MLflow run."""
+    n = pc.scaled().num_train_steps
+    return min(n, pc.max_steps or n)
+
+
+def reached(pc, results: dict) -> bool:
+    """Whether a complete output (its results.json) trained as far as `pc` asks: to its stop step, or to an
+    earlier plateau stop of the same schedule. One stopped at a smaller max_steps is continued instead."""
+    step, stop = results.get("step"), last_step(pc)
+    return step == stop or (bool(results.get("stop_reason")) and step is not None and step <= stop)
+
+
+def _past_the_stop(step: int, stop: int, where: Path) -> UserError:
+    return UserError(
+        f"the output of these settings has trained to step {step}, past the stop asked for (step {stop})",
+        where=str(where),
+        fix=f"set pretrain.max_steps to {step} or more to use it, or train afresh with --set pretrain.resume=false",
+    )
+
+
 def _resume(output, pc, main: bool) -> tuple[Path, dict] | None:
     """Where this training continues: the last checkpoint of a killed run of the same identity, else that of a
     complete one (rank 0 copies it to a new work directory, so the complete output stays intact until the copy
-    replaces it; other ranks only read it), else nowhere (a fresh start, also with resume: false)."""
+    replaces it; other ranks only read it), else nowhere (a fresh start, also with resume: false). A checkpoint
+    past the stop asked for (max_steps) is a user error: training cannot go back."""
     import shutil
 
     from albert_exp import checkpoint
 
     point = None
+    stop = last_step(pc)
     if pc.resume:
-        complete = output.complete() is not None
+        done = output.complete()
+        complete = done is not None
+        if complete and done.get("step", 0) > stop:
+            raise _past_the_stop(done["step"], stop, output.done)
         if main or not complete:
             point = checkpoint.resume_point(output.work, output.key)
+            if point is not None and point[1]["step"] > stop:
+                raise _past_the_stop(point[1]["step"], stop, point[0])
         if point is None and complete:
             if main:
                 output.start(fresh=True)
@@ -122,7 +152,7 @@ def prepare(cfg) -> Setup:
     eval_files = data.resolve_eval_inputs(pc.eval_input)  # TFRecords, or a dynamic manifest
     output = output_of(cfg, "pretrain", output_link(cfg))
     scaled = pc.scaled()
-    last_step = min(scaled.num_train_steps, pc.max_steps or scaled.num_train_steps)
+    stop = last_step(pc)
     if pc.torch_threads:
         torch.set_num_threads(pc.torch_threads)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -162,7 +192,7 @@ def prepare(cfg) -> Setup:
         checkpoint.ensure_best(output.work, state.best.get("step"))
     derived = {
         **scaled.as_params(),
-        "derived.last_step": last_step,
+        "derived.last_step": stop,
         "derived.parameters": sum(p.numel() for p in model.parameters()),
         "derived.tokens_per_step": pc.batch_size * pc.max_seq_length,
         "derived.micro_batch": micro,
@@ -187,7 +217,7 @@ def prepare(cfg) -> Setup:
         resume_from,
         init_info,
         derived,
-        last_step,
+        stop,
         device,
     )
 
