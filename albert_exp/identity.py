@@ -162,6 +162,27 @@ def _digest_or_missing(path: Path) -> str:
     return tree_digest(path) if path.exists() else f"missing:{path.name}"
 
 
+def _pretrain_inputs(cfg: Any, tokenizer: Path) -> dict[str, Path | list[Path]]:
+    """Pretraining reads the TFRecords (exactly those pretrain.input or the pretraining-data manifest names),
+    the weights it starts from, the held-out records, and the tokenizer when the vocabulary size comes from it."""
+    pc = cfg.pretrain
+    paths: dict[str, Path | list[Path]] = {}
+    if pc.input:
+        paths["tfrecords"] = [Path(f) for f in pretraining_files(cfg)]
+    else:
+        out = Path(cfg.pretraining_data.output_dir or cfg.stage_dir("pretraining-data"))
+        paths["pretraining_data_manifest"] = out / "manifest.json"
+    if pc.init_from:
+        paths["init_from"] = Path(pc.init_from)
+    if pc.eval_input:
+        from albert_exp.pretrain.data import resolve_eval_inputs
+
+        paths["eval"] = [Path(f) for f in resolve_eval_inputs(pc.eval_input)]
+    if not pc.init_from and not cfg.model.vocab_size:
+        paths["tokenizer"] = tokenizer  # the vocabulary size comes from it
+    return paths
+
+
 def input_paths(cfg: Any, stage: str) -> dict[str, Path | list[Path]]:
     """What `stage` reads, by name: files or directories (their contents are what counts, not the paths)."""
     corpus_manifest = cfg.stage_dir("corpus") / "manifest.json"
@@ -184,22 +205,7 @@ def input_paths(cfg: Any, stage: str) -> dict[str, Path | list[Path]]:
             "tokenizer": Path(c.tokenizer_dir) if c.tokenizer_dir else tokenizer,
         }
     if stage == "pretrain":
-        pc = cfg.pretrain
-        paths: dict[str, Path | list[Path]] = {}
-        if pc.input:
-            paths["tfrecords"] = [Path(f) for f in pretraining_files(cfg)]
-        else:
-            out = Path(cfg.pretraining_data.output_dir or cfg.stage_dir("pretraining-data"))
-            paths["pretraining_data_manifest"] = out / "manifest.json"
-        if pc.init_from:
-            paths["init_from"] = Path(pc.init_from)
-        if pc.eval_input:
-            from albert_exp.pretrain.data import resolve_eval_inputs
-
-            paths["eval"] = [Path(f) for f in resolve_eval_inputs(pc.eval_input)]
-        if not pc.init_from and not cfg.model.vocab_size:
-            paths["tokenizer"] = tokenizer  # the vocabulary size comes from it
-        return paths
+        return _pretrain_inputs(cfg, tokenizer)
     if stage == "finetune":
         from albert_exp.finetune import data_paths
 

@@ -85,7 +85,6 @@ def test_every_experiment_yaml_loads_and_has_a_header():
 # so the entry is removed with the split.
 _COMPLEXITY_PENDING = {
     "albert_exp/toy_real.py:review",  # the lead's
-    "albert_exp/identity.py:input_paths",  # the reuse branch's (grew past 20 with scratch/baseline inputs)
 }
 
 
