@@ -31,22 +31,35 @@ class Command:
     help: str
     section: str | None = ""  # config section whose fields become flags; "" = top-level only; None = custom
     options: tuple[tuple[str, str], ...] = ()  # (--flag, help): passed to run(cfg, flag=value), not config keys
+    reuses: bool = False  # a stage output with an identity: reused when complete, `--rerun` (pipeline.standalone)
 
 
 # The table. tests/test_project.py keeps it, the MLproject entry points and the README in sync.
 COMMANDS: dict[str, Command] = {
-    "corpus": Command("albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus"),
-    "vocab": Command("albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab"),
+    "corpus": Command(
+        "albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus", reuses=True
+    ),
+    "vocab": Command(
+        "albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab", reuses=True
+    ),
     "pretraining-data": Command(
         "albert_exp.pretraining_data",
         "make TFRecord shards for ALBERT pretraining (SOP, n-gram masking), in parallel or on Ray",
         "pretraining_data",
+        reuses=True,
     ),
-    "pretrain": Command("albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain"),
+    "pretrain": Command(
+        "albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain", reuses=True
+    ),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
-    "finetune": Command("albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune"),
+    "finetune": Command(
+        "albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune", reuses=True
+    ),
     "baseline": Command(
-        "albert_exp.baseline", "train and score the classic baseline: a linear-chain CRF on words", "baseline"
+        "albert_exp.baseline",
+        "train and score the classic baseline: a linear-chain CRF on words",
+        "baseline",
+        reuses=True,
     ),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "tune": Command(
@@ -121,6 +134,13 @@ def build_stage_parser(name: str, cmd: Command) -> argparse.ArgumentParser:
     _common(parser)
     for flag, help_text in cmd.options:
         parser.add_argument(flag, dest=f"option:{flag.lstrip('-').replace('-', '_')}", default="", help=help_text)
+    if cmd.reuses:
+        parser.add_argument(
+            "--rerun",
+            action="store_true",
+            help="compute again from the start even where a complete output of the same identity exists "
+            "(default: reuse it, as `main` does)",
+        )
     if cmd.section:
         _field_flags(parser, cmd.section)
     return parser
@@ -186,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(cmd.module)
         if cmd.section is None:
             result = module.main(args)
+        elif cmd.reuses:  # main's rule: a complete output of the same identity is reused, not recomputed
+            from albert_exp.pipeline import standalone
+
+            result = standalone(top.command, config_from_args(args), module.run, rerun=args.rerun)
         else:
             options = {k.removeprefix("option:"): v for k, v in vars(args).items() if k.startswith("option:")}
             result = module.run(config_from_args(args), **options)

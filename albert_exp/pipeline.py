@@ -67,24 +67,85 @@ def _reuse(cfg: ExperimentConfig, stage: str, key: str, results_of: Callable[[An
     return {**results, "reused_run_id": earlier.run_id}
 
 
-def _output_stage(cfg: ExperimentConfig, stage: str, compute: Callable, link: Path, forced: set[str]) -> dict:
+def output_link(cfg: ExperimentConfig, stage: str) -> Path:
+    """The path that names a stage's current output (a link to `<link>@<identity>`)."""
+    from albert_exp import pretrain, pretraining_data, scratch
+
+    links = {
+        "pretraining-data": pretraining_data.output_link,
+        "pretrain": pretrain.output_link,
+        "scratch": scratch.output_link,
+    }
+    return links[stage](cfg) if stage in links else cfg.stage_dir(stage)
+
+
+def _complete(cfg: ExperimentConfig, stage: str, output: Any, earlier: Any) -> dict | None:
+    """The results of `output` if it is complete on disk, was computed by the run `earlier` and is all that `cfg`
+    asks for (a pretraining stopped before the step asked for is continued instead); the link then names it."""
+    from albert_exp.identity import reached
+
+    done = output.complete()
+    if done is None or done.get("run_id") != earlier.run_id or not reached(cfg, stage, done):
+        return None
+    output.point()  # the stage's path names the reused output again
+    return done
+
+
+def _fresh(cfg: ExperimentConfig, stage: str, output: Any) -> ExperimentConfig:
+    """`cfg` for a forced recomputation: from the start, not from a killed run's partial output nor (pretraining)
+    from the complete output's last checkpoint."""
+    import shutil
+
+    if stage == "pretrain":  # it clears the work directory itself, on rank 0 alone under torchrun
+        return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, resume=False))
+    shutil.rmtree(output.work, ignore_errors=True)
+    return cfg
+
+
+def _output_stage(cfg: ExperimentConfig, stage: str, compute: Callable, forced: set[str]) -> dict:
     """A stage with an output directory: reused when complete under the same key, else computed."""
-    from albert_exp.identity import output_of, reached
+    from albert_exp.identity import output_of
 
-    if stage not in forced:
-        output = output_of(cfg, stage, link)
+    output = output_of(cfg, stage, output_link(cfg, stage))
+    if stage in forced:
+        return compute(_fresh(cfg, stage, output))
+    reused = _reuse(cfg, stage, output.key, lambda earlier: _complete(cfg, stage, output, earlier))
+    return reused if reused is not None else compute(cfg)
 
-        def complete(earlier: Any) -> dict | None:
-            done = output.complete()
-            if done is None or done.get("run_id") != earlier.run_id or not reached(cfg, stage, done):
-                return None
-            output.point()  # the stage's path names the reused output again
-            return done
 
-        reused = _reuse(cfg, stage, output.key, complete)
-        if reused is not None:
-            return reused
-    return compute(cfg)
+def _with_heldout(cfg: ExperimentConfig, tokenizer_dir: str | Path) -> ExperimentConfig:
+    """The toy's pretraining evaluates on held-out TFRecords (albert_exp/heldout.py), in `main` and alone."""
+    from albert_exp import heldout
+
+    held = heldout.make(cfg, str(tokenizer_dir))
+    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=held))
+
+
+def standalone(stage: str, cfg: ExperimentConfig, compute: Callable, rerun: bool = False) -> dict:
+    """`albert-exp <stage>` on its own, with `main`'s rule: a complete output with the same identity, computed by
+    a FINISHED run of this store, is reused (a line says so; no new run); a killed run's partial output of the
+    same identity is resumed into its run; anything else is computed. `--rerun` computes it again from the start
+    (the earlier output stays, renamed)."""
+    from albert_exp import heldout
+    from albert_exp.identity import output_of
+    from albert_exp.tracking import find_finished_run
+
+    tokenizer = cfg.stage_dir("vocab") / "tokenizer"
+    if stage == "pretrain" and heldout.applies(cfg) and tokenizer.is_dir():  # the same eval data as in `main`
+        cfg = _with_heldout(cfg, tokenizer)
+    output = output_of(cfg, stage, output_link(cfg, stage))
+    if rerun:
+        return compute(_fresh(cfg, stage, output))
+    # the disk first: a stage with nothing complete on disk never needs the tracking store to decide
+    earlier = find_finished_run(cfg.name, stage, output.key) if output.complete() is not None else None
+    results = _complete(cfg, stage, output, earlier) if earlier is not None else None
+    if results is None:
+        return compute(cfg)
+    print(
+        f"{stage}: reusing run {earlier.run_id}: {output.done} is complete with the same settings, inputs and "
+        "code (`--rerun` computes it again)"
+    )
+    return {**results, "reused_run_id": earlier.run_id}
 
 
 def _artifact_results(earlier: Any) -> dict | None:
@@ -137,16 +198,13 @@ def run(cfg: ExperimentConfig, rerun: str = "") -> dict[str, Any]:
     with stage_run(cfg, "main", cfg.name, section="none", extra_params={"stages": ",".join(cfg.stages)}) as parent:
         parent.set_tags({"rerun": ",".join(sorted(forced))})
         results: dict[str, Any] = {"parent_run_id": parent.run_id}
-        results["corpus"] = _output_stage(cfg, "corpus", corpus.run, cfg.stage_dir("corpus"), forced)
-        results["vocab"] = voc = _output_stage(cfg, "vocab", vocab.run, cfg.stage_dir("vocab"), forced)
+        results["corpus"] = _output_stage(cfg, "corpus", corpus.run, forced)
+        results["vocab"] = voc = _output_stage(cfg, "vocab", vocab.run, forced)
         if "pretrain" in cfg.stages:
-            results["pretraining_data"] = _output_stage(
-                cfg, "pretraining-data", pretraining_data.run, pretraining_data.output_link(cfg), forced
-            )
+            results["pretraining_data"] = _output_stage(cfg, "pretraining-data", pretraining_data.run, forced)
             if heldout.applies(cfg):  # toy: held-out TFRecords, so that the pretrain run draws an eval curve
-                held = heldout.make(cfg, voc["tokenizer_dir"])
-                cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=held))
-            results["pretrain"] = pt = _output_stage(cfg, "pretrain", pretrain.run, pretrain.output_link(cfg), forced)
+                cfg = _with_heldout(cfg, voc["tokenizer_dir"])
+            results["pretrain"] = pt = _output_stage(cfg, "pretrain", pretrain.run, forced)
             # fine-tuning (and every trial) starts from the pretrained weights, with the vocabulary they know
             cfg = dataclasses.replace(
                 cfg,
@@ -157,14 +215,14 @@ def run(cfg: ExperimentConfig, rerun: str = "") -> dict[str, Any]:
                 ),
             )
             parent.set_tags({"pretrained_model_dir": pt["model_dir"]})
-        results["finetune"] = ft = _output_stage(cfg, "finetune", finetune.run, cfg.stage_dir("finetune"), forced)
+        results["finetune"] = ft = _output_stage(cfg, "finetune", finetune.run, forced)
         summary = {k: v for k, v in ft.items() if k.startswith("test/")}
         parent.log_metrics(summary, step=0)
         parent.set_tags({"model_uri": ft.get("model_uri", ""), "dataset_digest": ft["dataset_digest"]})
         if scratch.applies(cfg):  # the same fine-tuning from random weights: the pretraining gain
-            results["scratch"] = _output_stage(cfg, "scratch", scratch.run, scratch.output_link(cfg), forced)
+            results["scratch"] = _output_stage(cfg, "scratch", scratch.run, forced)
         if "baseline" in cfg.stages:  # the classic CRF on the same split: what the ALBERT must beat
-            results["baseline"] = bl = _output_stage(cfg, "baseline", baseline.run, cfg.stage_dir("baseline"), forced)
+            results["baseline"] = bl = _output_stage(cfg, "baseline", baseline.run, forced)
             parent.log_metrics(baseline.summary_rows(bl), step=0)  # and a row of the summary table
         tuned = pr = None
         if "tune" in cfg.stages:

@@ -257,3 +257,67 @@ def test_pretrain_stopped_at_max_steps_continues_the_same_output_and_run(tmp_pat
     earlier = cfg_from(tmp_path, tiny_config(tmp_path, max_steps=2, **base))[0]
     with pytest.raises(UserError, match="trained to step 8, past the stop asked for"):
         run(earlier)
+
+
+def _in_process(tmp: Path, monkeypatch, *argv: str) -> int:
+    """`albert-exp <argv>` in this process (no interpreter start-up), in `tmp` with its store."""
+    import mlflow
+
+    from albert_exp.cli import main
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    return main(list(argv))
+
+
+def test_stage_commands_alone_reuse_what_main_computed(first, monkeypatch, capsys):
+    """`albert-exp <stage>` follows main's rule: a complete output of the same identity is reused (a line says
+    which run computed it), with no new run; pretrain alone gets the toy's held-out data, as in main."""
+    tmp, a = first
+    before = len(runs(tmp))
+    for stage in ("corpus", "vocab", "pretraining-data", "pretrain", "baseline"):
+        assert _in_process(tmp, monkeypatch, stage, "--config", "tiny.yaml") == 0, stage
+        out = capsys.readouterr().out
+        current = json.loads((tmp / "runs" / stage.replace("-", "_") / "results.json").read_text())
+        assert f"{stage}: reusing run {current['run_id']}: " in out, out[-2000:]
+        assert json.loads(out[out.index("{") :])["reused_run_id"] == current["run_id"]
+    assert json.loads((tmp / "runs" / "pretrain" / "results.json").read_text())["run_id"] == a["pretrain"]["run_id"]
+    assert len(runs(tmp)) == before  # nothing computed, nothing logged
+
+
+def test_finetune_alone_twice_reuses_and_rerun_computes_again(first, monkeypatch, capsys):
+    tmp, _ = first
+    args = ("finetune", "--config", "tiny.yaml", "--set", "finetune.epochs=1 finetune.learning_rate=0.004")
+    assert _in_process(tmp, monkeypatch, *args) == 0
+    computed = json.loads((tmp / "runs" / "finetune" / "results.json").read_text())
+    assert _in_process(tmp, monkeypatch, *args) == 0
+    assert f"finetune: reusing run {computed['run_id']}: " in capsys.readouterr().out
+    assert _in_process(tmp, monkeypatch, *args, "--rerun") == 0
+    again = json.loads((tmp / "runs" / "finetune" / "results.json").read_text())
+    assert "reusing" not in capsys.readouterr().out
+    assert again["key"] == computed["key"] and again["run_id"] != computed["run_id"]
+    assert again["output_dir"] == computed["output_dir"]  # the same identity's place; the earlier one renamed
+    assert list(Path(tmp / "runs").glob(Path(computed["output_dir"]).name + ".replaced-*"))
+    assert [r.info.status for r in runs(tmp) if r.info.run_id in (computed["run_id"], again["run_id"])] == [
+        "FINISHED",
+        "FINISHED",
+    ]
+
+
+def test_pretrain_alone_reuses_a_complete_output_and_rerun_trains_afresh(tmp_path, mlflow_store, capsys):
+    from albert_exp.cli import main
+    from tests.test_pretrain import cfg_from, tiny_config
+
+    _, path = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=4, save_checkpoints_steps=2, eval_input=[]))
+    assert main(["pretrain", "--config", str(path)]) == 0
+    first = json.loads((tmp_path / "work" / "pretrain" / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(path)]) == 0
+    assert f"pretrain: reusing run {first['run_id']}: " in capsys.readouterr().out
+    assert main(["pretrain", "--config", str(path), "--rerun"]) == 0
+    again = json.loads((tmp_path / "work" / "pretrain" / "results.json").read_text())
+    assert again["resumed_from"] is None and again["step"] == 4  # from the start, not the complete checkpoint
+    assert again["run_id"] != first["run_id"] and again["key"] == first["key"]
