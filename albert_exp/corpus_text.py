@@ -11,40 +11,22 @@ the run naming file:line, or with `on_bad_line: skip` is dropped and counted.
 
 from __future__ import annotations
 
-import glob
-import gzip
 import hashlib
 import json
-import os
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+from albert_exp.files import expand_files, open_maybe_gzip
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
     """Files named or matched by each glob, in a stable order; a pattern matching nothing is an error."""
-    files: list[Path] = []
-    for pat in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pat), recursive=True))
-        matches = [m for m in matches if Path(m).is_file()]
-        if not matches:
-            raise UserError(
-                f"no input file matches {pat!r}",
-                where="corpus.inputs",
-                fix="check the path or glob (quote globs in the shell)",
-            )
-        files.extend(Path(m) for m in matches)
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
-
-
-def _open(path: Path):
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115
+    return expand_files(
+        patterns, what="input file", where="corpus.inputs", fix="check the path or glob (quote globs in the shell)"
+    )
 
 
 class Normalizer:
@@ -69,7 +51,7 @@ def iter_documents(
         h = hashlib.sha256()
         doc: list[str] = []
         nbytes = 0
-        with _open(path) as fh:
+        with open_maybe_gzip(path) as fh:
             try:
                 for lineno, raw in enumerate(fh, 1):
                     h.update(raw)

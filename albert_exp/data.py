@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,17 @@ def decode_utf8(raw: bytes, path: Path) -> str:
         ) from None
 
 
+def csv_records(path: Path, content: str, columns: Sequence[str], fix: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """(CSV row number, record) of every row of a decoded CSV file (row 1 is the header); a missing column is a
+    UserError naming the header line."""
+    reader = csv.DictReader(io.StringIO(content, newline=""))
+    header = reader.fieldnames or []
+    for col in columns:
+        if col not in header:
+            raise UserError(f"missing column '{col}' (columns: {', '.join(header)})", where=f"{path}:1", fix=fix)
+    return enumerate(reader, start=2)
+
+
 def read_labelled_csv(
     path: str | Path, text_column: str = "text", phrase_column: str = "phrase", separator: str = "|"
 ) -> tuple[list[tuple[int, str, list[str]]], str]:
@@ -75,17 +87,11 @@ def read_labelled_csv(
         raise UserError(
             "the file is empty", where=str(p), fix=f"write a header `{text_column},{phrase_column}` and rows"
         )
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    columns = reader.fieldnames or []
-    for col in (text_column, phrase_column):
-        if col not in columns:
-            raise UserError(
-                f"missing column '{col}' (columns: {', '.join(columns)})",
-                where=f"{p}:1",
-                fix="set finetune.text_column / finetune.phrase_column, or fix the header",
-            )
+    records = csv_records(
+        p, content, (text_column, phrase_column), "set finetune.text_column / finetune.phrase_column, or fix the header"
+    )
     rows = []
-    for i, rec in enumerate(reader, start=2):
+    for i, rec in records:
         text = rec[text_column]
         if text is None or not text.strip():
             raise UserError("empty text", where=f"{p}:row {i}", fix="remove the row or fill in the text")

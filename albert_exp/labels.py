@@ -14,23 +14,34 @@ from collections.abc import Sequence
 
 IGNORE = -100
 
-# Scripts written without spaces between words: no word-boundary check inside them.
-_NO_SPACE_RANGES = (
+# Scripts written without spaces between words (Thai, Lao, Myanmar, Khmer, CJK, kana, Bopomofo): no
+# word-boundary check inside them when matching phrases, and every piece of them starts a word for whole-word
+# masking and for the word view (albert_exp/words.py). Hangul is written with spaces: not listed.
+NO_SPACE_RANGES = (
     (0x0E00, 0x0EFF),
     (0x1000, 0x109F),
     (0x1780, 0x17FF),
-    (0x2E80, 0x9FFF),
+    (0x2E80, 0x2FDF),
+    (0x3040, 0x30FF),
+    (0x3100, 0x312F),
+    (0x31A0, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
     (0xF900, 0xFAFF),
     (0xFF66, 0xFF9F),
     (0x20000, 0x3FFFF),
 )
 
 
+def no_space_script(ch: str) -> bool:
+    cp = ord(ch)
+    return any(lo <= cp <= hi for lo, hi in NO_SPACE_RANGES)
+
+
 def _word_char(ch: str) -> bool:
     if not ch or not (ch.isalnum() or unicodedata.category(ch).startswith("M")):
         return False
-    cp = ord(ch)
-    return not any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
+    return not no_space_script(ch)
 
 
 def find_spans(text: str, phrase: str, *, case_insensitive: bool = True) -> list[tuple[int, int]]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IGNORE = -100
+from albert_exp.labels import IGNORE
 
 
 def token_runs(tags: Sequence[int], mask: Sequence[bool]) -> set[tuple[int, int]]:

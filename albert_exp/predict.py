@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -38,18 +37,12 @@ def read_texts(path: Path, text_column: str) -> list[tuple[int, str]]:
     output has one row per input line."""
     if not path.is_file():
         raise UserError("input file not found", where=str(path), fix="give an existing .txt or .csv file")
-    from albert_exp.data import decode_utf8
+    from albert_exp.data import csv_records, decode_utf8
 
     content = decode_utf8(path.read_bytes(), path)
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if text_column not in (reader.fieldnames or []):
-            raise UserError(
-                f"no column '{text_column}' (columns: {', '.join(reader.fieldnames or [])})",
-                where=f"{path}:1",
-                fix="pass --text-column NAME",
-            )
-        return [(i, row[text_column] or "") for i, row in enumerate(reader, start=2)]  # record 1: the header
+        records = csv_records(path, content, [text_column], "pass --text-column NAME")
+        return [(i, row[text_column] or "") for i, row in records]
     lines = content.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one

@@ -26,6 +26,7 @@ import crc32c as _crc32c
 import numpy as np
 
 from albert_exp.errors import UserError
+from albert_exp.files import open_maybe_gzip
 
 # google-research/albert create_pretraining_data.py: name -> (kind, length), where "seq" is max_seq_length
 # and "pred" is max_predictions_per_seq. Order as google writes them (the map order does not matter to TF).
@@ -41,7 +42,6 @@ FEATURES: dict[str, tuple[str, str | int]] = {
 }
 
 _MASK_DELTA = 0xA282EAD8
-_GZIP_MAGIC = b"\x1f\x8b"
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 # Protobuf tags (field << 3 | wire type): Example.features=1, Features.feature=1 (map entry key=1, value=2),
@@ -386,12 +386,6 @@ def write_records(path: str | Path, payloads: Iterable[bytes], compress: bool = 
     return writer.close()
 
 
-def _open(path: Path):
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
-
-
 class RecordIterator:
     """Iterator of (byte offset, payload); `corrupt` counts records skipped with skip_corrupt=True.
 
@@ -406,7 +400,7 @@ class RecordIterator:
         self.check_crc, self.skip_corrupt = check_crc, skip_corrupt
         self.corrupt = 0
         self.errors: list[str] = []
-        self._f = _open(self.path)
+        self._f = open_maybe_gzip(self.path)
         self._pos = start_offset
         if start_offset:
             self._f.seek(start_offset)

@@ -12,7 +12,6 @@ and serving all tokenise identically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -25,7 +24,7 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig
 from albert_exp.errors import UserError
-from albert_exp.identity import output_of
+from albert_exp.identity import file_digest, output_of
 from albert_exp.tracking import stage_run, write_results
 
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
@@ -213,7 +212,7 @@ def check_sentencepiece(source: Path) -> dict[str, Any]:
     proto.ParseFromString(sp.serialized_model_proto())
     return {
         "source": str(source),
-        "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        "sha256": file_digest(source),
         "pieces": sp.get_piece_size(),
         "model_type": sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type).lower(),
         "spm_normalizer": proto.normalizer_spec.name,  # SentencePiece's own rule, applied inside encode()

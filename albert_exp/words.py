@@ -15,15 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from albert_exp.labels import _NO_SPACE_RANGES, _word_char
+from albert_exp.labels import _word_char
 
 Span = tuple[int, int]
 STRATEGIES = ("first", "average", "max")
-
-
-def _no_space(ch: str) -> bool:
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
 
 
 _SPACE, _WORD, _OTHER = 0, 1, 2

@@ -103,7 +103,7 @@ def test_predict_errors_are_one_line(model_uri, tmp_path, capsys):
         )
         == 2
     )
-    assert "no column 'text'" in capsys.readouterr().err
+    assert "missing column 'text'" in capsys.readouterr().err
     assert (
         main(
             [

@@ -17,7 +17,6 @@ counted with skip_corrupt). Records whose sequence length differs from the confi
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from albert_exp.errors import UserError
+from albert_exp.files import expand_files
 from albert_exp.tfrecord import CorruptRecordError, decode_example, iter_records
 
 
@@ -42,17 +42,15 @@ class Position:
 
 
 def expand_inputs(patterns: list[str], where: str = "pretrain.input") -> list[str]:
-    files: list[str] = []
-    for pat in patterns:
-        hits = sorted(glob.glob(pat)) if any(c in pat for c in "*?[") else ([pat] if Path(pat).exists() else [])
-        files.extend(h for h in hits if Path(h).is_file() and not Path(h).name.endswith((".json", ".tmp")))
-    if not files:
-        raise UserError(
-            f"no TFRecord files match {patterns}",
-            where=where,
-            fix="run `albert-exp pretraining-data` first, or set pretrain.input to files or globs",
-        )
-    return files
+    """TFRecord files named or matched by each glob (manifests and unfinished writes left out)."""
+    files = expand_files(
+        patterns,
+        what="TFRecord file",
+        where=where,
+        fix="run `albert-exp pretraining-data` first, or set pretrain.input to files or globs",
+        skip_suffixes=(".json", ".tmp"),
+    )
+    return [str(f) for f in files]
 
 
 def resolve_inputs(inputs: list[str], default_dir: Path) -> list[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from albert_exp.config import PretrainingDataConfig
+from albert_exp.identity import file_digest
 from albert_exp.pretraining_data.instances import BlockStats, VocabInfo, _build, _Layout, _plan
 from albert_exp.tfrecord import FEATURES
 
@@ -39,8 +40,6 @@ COLUMN = "documents"
 def write_shard(task, tok, blocks, progress=None) -> dict:
     """Tokenised documents of one corpus shard into an Arrow IPC file (tmp + rename); returns
     {"blocks", "documents", "sentences", "tokens", "lines", "bytes", "sha256"}."""
-    import hashlib
-
     import pyarrow as pa
 
     from albert_exp.pretraining_data.shards import block_arrays
@@ -69,12 +68,8 @@ def write_shard(task, tok, blocks, progress=None) -> dict:
             }
             if progress:
                 progress(n_lines)
-    h = hashlib.sha256()
-    with open(tmp, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
     os.replace(tmp, out)
-    return {**info, "bytes": out.stat().st_size, "sha256": h.hexdigest()}
+    return {**info, "bytes": out.stat().st_size, "sha256": file_digest(out)}
 
 
 def save_vocab(path: Path, vocab: VocabInfo) -> None:

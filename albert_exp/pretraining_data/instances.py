@@ -43,29 +43,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from albert_exp.config import PretrainingDataConfig
+from albert_exp.labels import no_space_script
 from albert_exp.tfrecord import FEATURES
 
 PUNCT = set("!\"#$%&'()*+,-./:;?@[\\]^_`{|}~") | {"€", "£"}
-# Scripts written without spaces between words: every piece of them starts a word for whole-word masking.
-_NO_SPACE_RANGES = [
-    (0x0E00, 0x0EFF),
-    (0x1000, 0x109F),
-    (0x1780, 0x17FF),
-    (0x2E80, 0x2FDF),
-    (0x3040, 0x30FF),
-    (0x3100, 0x312F),
-    (0x31A0, 0x31FF),
-    (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF),
-    (0xF900, 0xFAFF),
-    (0xFF66, 0xFF9F),
-    (0x20000, 0x2FA1F),
-]
-
-
-def _no_space_script(ch: str) -> bool:
-    cp = ord(ch)
-    return any(lo <= cp <= hi for lo, hi in _NO_SPACE_RANGES)
 
 
 def is_word_start(piece: str, special: bool = False) -> bool:
@@ -76,7 +57,7 @@ def is_word_start(piece: str, special: bool = False) -> bool:
     if not piece:
         return True
     first = piece[0]
-    return piece in PUNCT or first in PUNCT or unicodedata.category(first).startswith("P") or _no_space_script(first)
+    return piece in PUNCT or first in PUNCT or unicodedata.category(first).startswith("P") or no_space_script(first)
 
 
 @dataclass

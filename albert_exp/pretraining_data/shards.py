@@ -23,6 +23,7 @@ import numpy as np
 
 from albert_exp.config import PretrainingDataConfig, to_dict
 from albert_exp.errors import UserError
+from albert_exp.identity import file_digest
 from albert_exp.pretraining_data.instances import (
     BlockStats,
     RecordBuffer,
@@ -63,7 +64,7 @@ class ShardTask:
     def fingerprint(self) -> str:
         spm = Path(self.tokenizer_dir) / "spiece.model"
         d = {k: v for k, v in asdict(self).items() if k not in ("input_path", "output_path", "tokenizer_dir")}
-        d.update(params=instance_settings(self.params), format=FORMAT_VERSION, spm_sha256=_sha256_file(spm))
+        d.update(params=instance_settings(self.params), format=FORMAT_VERSION, spm_sha256=file_digest(spm))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -73,14 +74,6 @@ def instance_settings(p: PretrainingDataConfig) -> dict[str, Any]:
     from albert_exp.identity import NOT_IN_KEY
 
     return {k: v for k, v in to_dict(p).items() if k not in NOT_IN_KEY["pretraining_data"]}
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
@@ -206,7 +199,7 @@ def shard_done(task: ShardTask) -> dict[str, Any] | None:
         return None
     if entry.get("fingerprint") != task.fingerprint() or entry.get("bytes") != out.stat().st_size:
         return None
-    return entry if _sha256_file(out) == entry.get("sha256") else None
+    return entry if file_digest(out) == entry.get("sha256") else None
 
 
 def process_shard(task: ShardTask, progress: Callable[[int], None] | None = None) -> dict[str, Any]:

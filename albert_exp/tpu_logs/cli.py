@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
-import os
 from typing import Any
 
 from albert_exp.errors import UserError
+from albert_exp.files import expand_files
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,15 +82,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def expand_logs(values: list[str]) -> list[str]:
     """Files as given; globs expanded (MLflow passes parameters quoted); one string of several paths split."""
-    out: list[str] = []
-    for v in values:
-        parts = [v] if os.path.exists(v) else v.split()
-        for part in parts:
-            matches = sorted(glob.glob(part)) if any(ch in part for ch in "*?[") else [part]
-            if not matches:
-                raise UserError("no file matches", where=part, fix="check the glob")
-            out.extend(m for m in matches if m not in out)
-    return out
+    files = expand_files(
+        values,
+        what="log file",
+        where="tpu-logs",
+        fix="give the files the TPU run wrote (check the path or glob; quote globs in the shell)",
+    )
+    return [str(f) for f in files]
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+from albert_exp.files import is_gzip
 
 FINISH_WAIT_S = 300.0  # TPU evaluation after training: compiling the eval graph alone can take minutes
 
@@ -106,7 +107,7 @@ def follow(
         if not Path(p).is_file():
             raise UserError("log file not found", where=p, fix="start following once the job has created it")
     last = paths[-1]
-    if Path(last).read_bytes()[:2] == b"\x1f\x8b":
+    if is_gzip(Path(last).read_bytes()[:2]):
         raise UserError("cannot follow a gzip file", where=last, fix="follow the plain log the job is writing")
     flags = ing.read_command_file(command_file) if command_file else {}
     live = _Live(paths, year, timezone)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+from albert_exp.files import is_gzip
 from albert_exp.tpu_logs.grammar import CHATTER, MAX_LINE, NO_DATA, TRUNCATED, FileParser, is_special
 from albert_exp.tpu_logs.years import assign_years
 
@@ -72,7 +73,7 @@ def read_log(path: str | Path) -> tuple[list[str], str, list[str]]:
         )
     data = p.read_bytes()
     notes = []
-    if data[:2] == b"\x1f\x8b":
+    if is_gzip(data):
         data, complete = _gunzip(data)
         if not complete:
             notes.append(f"{p.name}: gzip stream cut short; parsed what could be decompressed")
