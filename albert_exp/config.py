@@ -303,6 +303,8 @@ class FinetuneConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     train_encoder: bool = True  # false: only the classification head is trained
+    freeze_embeddings: bool = False  # true: the word embeddings are not trained (see the README's realistic toy)
+    classifier_dropout: float = 0.1  # dropout before the tagging head, from scratch and from a checkpoint alike
     select_metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # picks the best epoch on val
     max_train_rows: int | None = None  # cap for quick runs
     torch_threads: int = 0  # 0: torch's default
@@ -325,6 +327,7 @@ class FinetuneConfig:
             f"must be in [0, (max_seq_length - 2) / 2 = {(self.max_seq_length - 2) // 2}]",
         )
         _require(self.augment_mentions >= 0, f"{key}.augment_mentions", "must be >= 0")
+        _require(0 <= self.classifier_dropout < 1, f"{key}.classifier_dropout", "must be in [0, 1)")
 
 
 @dataclass

@@ -45,14 +45,17 @@ def build_model(cfg: ExperimentConfig, tokenizer: Any, model_dir: str | Path | N
     """The tagger: the weights of `model_dir` (a checkpoint) or finetune.model_dir, else a fresh model."""
     from albert_exp.modeling import TAG_LABELS, build
 
+    # the same classifier dropout whatever the start: a pretraining checkpoint's config carries 0 (the pretraining
+    # heads have none), and the comparison with a fresh model must differ only in the initial weights
+    dropout = {"classifier_dropout_prob": cfg.finetune.classifier_dropout}
     if model_dir or cfg.finetune.model_dir:
-        return build("token_classification", model_dir=model_dir or cfg.finetune.model_dir, **TAG_LABELS)
+        return build("token_classification", model_dir=model_dir or cfg.finetune.model_dir, **dropout, **TAG_LABELS)
     return build(
         "token_classification",
         arch=cfg.model,
         vocab_size=len(tokenizer),
-        classifier_dropout_prob=0.1,
         pad_token_id=tokenizer.pad_token_id,
+        **dropout,
         **TAG_LABELS,
     )
 
@@ -65,6 +68,8 @@ def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple
     if not f.train_encoder:  # head only: the encoder stays as pretrained
         for p in model.albert.parameters():
             p.requires_grad_(False)
+    if f.freeze_embeddings:  # the word embeddings stay as pretrained: names are read through what pretraining knew
+        model.albert.embeddings.word_embeddings.weight.requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:

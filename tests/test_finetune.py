@@ -79,3 +79,27 @@ def test_head_only_leaves_the_encoder_untouched(tmp_path, tiny_tokenizer, splits
     after = AlbertForTokenClassification.from_pretrained(out / "best_model").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("albert."))
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_frozen_embeddings_stay_and_the_rest_trains(tmp_path, tiny_tokenizer, splits):
+    frozen = ["finetune.epochs=1", "finetune.freeze_embeddings=true"]
+    cfg = load_config(None, TINY + frozen)
+    torch.manual_seed(cfg.seed)
+    before = finetune.build_model(cfg, tiny_tokenizer).state_dict()
+    _, out = _train(tmp_path, tiny_tokenizer, splits, *frozen)
+    from transformers import AlbertForTokenClassification
+
+    after = AlbertForTokenClassification.from_pretrained(out / "best_model").state_dict()
+    words = "albert.embeddings.word_embeddings.weight"
+    assert torch.equal(before[words], after[words])
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert "albert.embeddings.position_embeddings.weight" in changed and "classifier.weight" in changed
+
+
+def test_classifier_dropout_is_the_setting_whatever_the_start(tmp_path, tiny_tokenizer):
+    cfg = load_config(None, TINY + ["finetune.classifier_dropout=0.3"])
+    fresh = finetune.build_model(cfg, tiny_tokenizer)
+    fresh.config.classifier_dropout_prob = 0.0  # as a pretraining checkpoint's config has it
+    fresh.save_pretrained(tmp_path / "ckpt")
+    loaded = finetune.build_model(cfg, tiny_tokenizer, model_dir=tmp_path / "ckpt")
+    assert fresh.dropout.p == loaded.dropout.p == 0.3
