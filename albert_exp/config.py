@@ -25,20 +25,29 @@ import yaml
 from albert_exp.errors import ConfigError
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text: `albert-exp <stage> --help` and the README's table of settings show it
+    (scripts/settings_table.py writes the table; tests/test_project.py keeps it in sync). A list default is
+    copied for each config."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
     """ALBERT architecture for a model built from scratch (ignored when a model directory is given)."""
 
-    vocab_size: int | None = None  # None: taken from the tokenizer
-    embedding_size: int = 128
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    num_hidden_groups: int = 1
-    max_position_embeddings: int = 512
-    hidden_dropout_prob: float = 0.0  # ALBERT v2 uses no dropout
-    attention_probs_dropout_prob: float = 0.0
+    vocab_size: int | None = setting(None, "vocabulary size; none: taken from the tokenizer")
+    embedding_size: int = setting(128, "size of the factorised token embeddings (ALBERT's E)")
+    hidden_size: int = setting(768, "size of the hidden layers (H)")
+    num_hidden_layers: int = setting(12, "transformer layers (all sharing one group's weights by default)")
+    num_attention_heads: int = setting(12, "attention heads; must divide hidden_size")
+    intermediate_size: int = setting(3072, "size of the feed-forward layer")
+    num_hidden_groups: int = setting(1, "groups of layers with their own weights (1: all layers share)")
+    max_position_embeddings: int = setting(512, "longest sequence the position embeddings cover")
+    hidden_dropout_prob: float = setting(0.0, "dropout on hidden states (ALBERT v2 uses none)")
+    attention_probs_dropout_prob: float = setting(0.0, "dropout on attention probabilities")
 
     def validate(self, key: str) -> None:
         _require(
@@ -53,25 +62,32 @@ class ModelConfig:
 class CorpusConfig:
     """Corpus stage: shard real text files, or generate the synthetic toy corpus (`toy: true`)."""
 
-    toy: bool = False
-    inputs: list[str] = field(default_factory=list)  # files or globs (plain or .gz) for a real corpus
-    lines_per_shard: int = 1_000_000
+    toy: bool = setting(False, "generate the synthetic toy corpus instead of reading `inputs`")
+    inputs: list[str] = setting(
+        [],
+        "text files or globs (plain or .gz): one sentence per line, a blank line between documents",
+    )
+    lines_per_shard: int = setting(1_000_000, "lines per output shard (shards are cut between documents)")
     # Real corpora (albert_exp/corpus_text.py): normalisation recorded in the manifest, bad-line policy.
-    nfkc: bool = False  # Unicode NFKC (full-width forms, ligatures, compatibility characters)
-    collapse_whitespace: bool = True  # runs of whitespace -> one space, ends stripped
-    lowercase: bool = False  # usually left to the vocabulary's normalisation (vocab.lowercase)
-    on_bad_line: Literal["error", "skip"] = "error"  # a line that is not UTF-8
-    max_document_lines: int = 100_000  # a longer "document" (a file without blank lines) is cut here
+    nfkc: bool = setting(False, "Unicode NFKC (full-width forms, ligatures, compatibility characters)")
+    collapse_whitespace: bool = setting(True, "runs of whitespace -> one space, ends stripped")
+    lowercase: bool = setting(False, "usually left to the vocabulary's normalisation (vocab.lowercase)")
+    on_bad_line: Literal["error", "skip"] = setting(
+        "error", "a line that is not UTF-8: stop, naming file and line, or skip it (counted)"
+    )
+    max_document_lines: int = setting(100_000, "a longer document (a file without blank lines) is cut here")
     # Toy generator: sizes of the pretraining corpus and of the labelled splits.
-    # parts: dish names composed from a few hundred parts; realistic: albert_exp/toy_real.py (several cuisines,
-    # test dishes with words never seen in training, typos, emoji, code-switching, distractor foods/drinks)
-    toy_mode: Literal["parts", "realistic"] = "parts"
-    toy_documents: int = 3000  # documents of the unlabelled (pretraining) corpus
-    toy_train_rows: int = 4000
-    toy_val_rows: int = 600
-    toy_test_rows: int = 600
-    negative_share: float = 0.5  # share of reviews without any dish (the recipe: about half)
-    max_dishes_per_review: int = 3
+    toy_mode: Literal["parts", "realistic"] = setting(
+        "parts",
+        "toy dish names: parts (composed from a few hundred parts) or realistic (several cuisines, unseen "
+        "test words, typos, emoji, code-switching, distractors; albert_exp/toy_real.py)",
+    )
+    toy_documents: int = setting(3000, "documents of the unlabelled (pretraining) corpus")
+    toy_train_rows: int = setting(4000, "labelled training reviews of the toy corpus")
+    toy_val_rows: int = setting(600, "labelled validation reviews of the toy corpus")
+    toy_test_rows: int = setting(600, "labelled test reviews of the toy corpus")
+    negative_share: float = setting(0.5, "share of reviews without any dish (the recipe: about half)")
+    max_dishes_per_review: int = setting(3, "most dishes one toy review mentions")
 
     def validate(self, key: str) -> None:
         _require(0.0 <= self.negative_share <= 1.0, f"{key}.negative_share", "must be in [0, 1]")
@@ -91,16 +107,23 @@ class CorpusConfig:
 class VocabConfig:
     """SentencePiece vocabulary with ALBERT's special tokens, plus a Hugging Face tokenizer directory."""
 
-    vocab_size: int = 30000
-    model_type: Literal["unigram", "bpe"] = "unigram"
-    # One normalisation used everywhere (pretraining data, fine-tuning, serving): stored with the tokenizer.
-    lowercase: bool = True
-    keep_accents: bool = False
-    character_coverage: float = 0.9995
-    sample_sentences: int = 2_000_000  # SentencePiece trains on a seeded sample of this many sentences
-    # An existing SentencePiece model (e.g. spiece.model of a TF-Hub ALBERT module) used instead of training one;
-    # lowercase/keep_accents must then say how that model's text was normalised (google's ALBERT: true/false).
-    from_spm: str | None = None
+    vocab_size: int = setting(30000, "SentencePiece pieces, ALBERT's specials included")
+    model_type: Literal["unigram", "bpe"] = setting("unigram", "SentencePiece model type")
+    lowercase: bool = setting(
+        True,
+        "lowercase text; one normalisation for pretraining data, fine-tuning and serving, stored with the tokenizer",
+    )
+    keep_accents: bool = setting(
+        False,
+        "keep accents (false: strip them, as google's ALBERT); stored with the tokenizer",
+    )
+    character_coverage: float = setting(0.9995, "share of characters SentencePiece covers (the rest map to <unk>)")
+    sample_sentences: int = setting(2_000_000, "SentencePiece trains on a seeded sample of this many sentences")
+    from_spm: str | None = setting(
+        None,
+        "an existing spiece.model (e.g. of a TF-Hub ALBERT module) used instead of training one; "
+        "lowercase/keep_accents must then say how its text was normalised (google's: true/false)",
+    )
 
     def validate(self, key: str) -> None:
         _require(self.vocab_size >= 16, f"{key}.vocab_size", "must be >= 16")
@@ -112,34 +135,51 @@ class PretrainingDataConfig:
     """TFRecord shards with google-research/albert's features (SOP, n-gram whole-word masking), one per
     corpus shard, in parallel over local processes or a Ray cluster."""
 
-    input: str | None = field(  # corpus manifest.json; None: <workdir>/corpus/manifest.json
-        default=None, metadata={"help": "the corpus manifest.json that `albert-exp corpus` wrote (not a text file)"}
+    input: str | None = setting(
+        None,
+        "the corpus manifest.json that `albert-exp corpus` wrote (not a text file); none: "
+        "<workdir>/corpus/manifest.json",
     )
-    tokenizer_dir: str | None = None  # None: <workdir>/vocab/tokenizer
-    output_dir: str | None = None  # None: <workdir>/pretraining_data
-    max_seq_length: int | None = None  # None: pretrain.max_seq_length (the two must agree)
-    max_predictions_per_seq: int | None = None  # None: pretrain.max_predictions_per_seq
-    masked_lm_prob: float = 0.15
-    short_seq_prob: float = 0.1
-    dupe_factor: int = 40  # passes over the corpus, each with fresh masks and segment splits
-    ngram: int = 3  # longest n-gram (in words) masked as one span
-    favor_shorter_ngram: bool = True  # p(n) ~ 1/n
-    whole_word_mask: bool = True
-    block_lines: int = 20000  # lines per block of documents (instances are shuffled within a block)
-    # GZIP TFRecords: TF reads them with compression_type="GZIP"; google's run_pretraining.py does not (gunzip first)
-    compress: bool = False
-    workers: int = 0  # local processes; 0: one per CPU
-    executor: Literal["local", "ray"] = "local"
-    address: str | None = None  # Ray cluster address (ray executor); None: a local Ray instance
-    # scale (#13): instance making
-    # static: TFRecords with dupe_factor masked copies (google's run_pretraining.py reads them; the TPU path);
-    # dynamic: tokenised documents once (Arrow), pairs and masks drawn per epoch by the pretrain loader
-    mode: Literal["static", "dynamic"] = "static"
-    # one-sentence chunks: "pack" (pack one-sentence documents, join a lone last sentence: full, balanced),
-    # "split" (split them at a word: balanced, shorter), "google" (B from a random document, label 1)
-    pairing: Literal["pack", "split", "google"] = "pack"
-    min_split_words: int = 2  # pack: words kept on each side when a one-sentence chunk is split at a word
-    pack_below_tokens: int | None = None  # pack: shorter documents are packed too; None: (max_seq_length-3)//4
+    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer")
+    output_dir: str | None = setting(None, "where the shards go; none: <workdir>/pretraining_data")
+    max_seq_length: int | None = setting(
+        None,
+        "tokens per instance; none: pretrain.max_seq_length (the two must agree)",
+    )
+    max_predictions_per_seq: int | None = setting(
+        None,
+        "most masked tokens per instance; none: pretrain.max_predictions_per_seq",
+    )
+    masked_lm_prob: float = setting(0.15, "share of tokens masked")
+    short_seq_prob: float = setting(0.1, "share of instances made shorter than max_seq_length (as google's)")
+    dupe_factor: int = setting(40, "passes over the corpus, each with fresh masks and segment splits")
+    ngram: int = setting(3, "longest n-gram (in words) masked as one span")
+    favor_shorter_ngram: bool = setting(True, "mask shorter n-grams more often: p(n) ~ 1/n")
+    whole_word_mask: bool = setting(True, "mask whole words (all pieces of a word together)")
+    block_lines: int = setting(20000, "lines per block of documents (instances are shuffled within a block)")
+    compress: bool = setting(
+        False,
+        "GZIP TFRecords (TF reads them with compression_type=GZIP; google's run_pretraining.py does not: gunzip first)",
+    )
+    workers: int = setting(0, "local processes; 0: one per CPU")
+    executor: Literal["local", "ray"] = setting("local", "local processes, or a Ray cluster (needs the `ray` extra)")
+    address: str | None = setting(None, "Ray cluster address (ray executor); none: a local Ray instance")
+    mode: Literal["static", "dynamic"] = setting(
+        "static",
+        "static: TFRecords with dupe_factor masked copies (what google's run_pretraining.py reads: the TPU "
+        "path); dynamic: tokenised documents once (Arrow), pairs and masks drawn per epoch by the pretrain "
+        "loader",
+    )
+    pairing: Literal["pack", "split", "google"] = setting(
+        "pack",
+        "one-sentence chunks: pack (pack one-sentence documents, join a lone last sentence: full, balanced), "
+        "split (split them at a word: balanced, shorter), google (B from a random document, label 1)",
+    )
+    min_split_words: int = setting(2, "pack: words kept on each side when a one-sentence chunk is split at a word")
+    pack_below_tokens: int | None = setting(
+        None,
+        "pack: shorter documents are packed too; none: (max_seq_length - 3) // 4",
+    )
 
     def resolved(self, pretrain: PretrainConfig) -> PretrainingDataConfig:
         """The settings instance making runs with: the lengths left empty taken from `pretrain`, the packing
@@ -172,51 +212,57 @@ class PretrainConfig:
     (albert_exp/scaling.py) from the reference run below.
     """
 
-    input: list[str] = field(default_factory=list)  # TFRecord files or globs; empty: <workdir>/pretraining_data
-    init_from: str | None = None  # HF dir, TF checkpoint or TF-Hub module dir
-    max_seq_length: int = 64
-    max_predictions_per_seq: int = 10
-    batch_size: int = 512
-    num_train_steps: int | None = None
-    num_warmup_steps: int | None = None
-    learning_rate: float | None = None
-    reference_batch_size: int = 4096
-    reference_steps: int = 125_000
-    reference_warmup_steps: int = 3_125
-    reference_learning_rate: float = 0.00176
-    save_checkpoints_steps: int = 1000
-    output_dir: str | None = None  # None: <workdir>/pretrain (for TPU: a gs:// URI)
+    input: list[str] = setting(
+        [],
+        "TFRecord files or globs, or a dynamic manifest; empty: <workdir>/pretraining_data",
+    )
+    init_from: str | None = setting(None, "HF dir, TF checkpoint or TF-Hub module dir")
+    max_seq_length: int = setting(64, "tokens per sequence (as the TFRecords were made)")
+    max_predictions_per_seq: int = setting(10, "masked positions per sequence (as the TFRecords were made)")
+    batch_size: int = setting(512, "sequences per optimiser step (over all processes)")
+    num_train_steps: int | None = setting(None, "optimiser steps of the schedule; none: scaled from the reference run")
+    num_warmup_steps: int | None = setting(None, "linear warm-up steps; none: scaled from the reference run")
+    learning_rate: float | None = setting(None, "peak learning rate; none: scaled from the reference run")
+    reference_batch_size: int = setting(4096, "the reference run's batch size (the scaling rule's base)")
+    reference_steps: int = setting(125_000, "the reference run's steps")
+    reference_warmup_steps: int = setting(3_125, "the reference run's warm-up steps")
+    reference_learning_rate: float = setting(0.00176, "the reference run's learning rate")
+    save_checkpoints_steps: int = setting(1000, "steps between checkpoints")
+    output_dir: str | None = setting(None, "checkpoints go here; none: <workdir>/pretrain (for TPU: a gs:// URI)")
     # Cloud TPU: `albert-exp tpu-logs command` prints google's run_pretraining.py command from this section
     # (input: gs:// TFRecord globs; init_from: a TF checkpoint; output_dir: a gs:// URI).
-    tpu_name: str | None = None
-    tpu_zone: str | None = None
-    gcp_project: str | None = None
-    num_tpu_cores: int = 8  # a v2-8 or v3-8
-    iterations_per_loop: int = 100  # steps per TPU loop; the console prints the loss once per loop
+    tpu_name: str | None = setting(
+        None,
+        "Cloud TPU name (`albert-exp tpu-logs command` prints google's run_pretraining.py command from this section)",
+    )
+    tpu_zone: str | None = setting(None, "Cloud TPU zone")
+    gcp_project: str | None = setting(None, "Google Cloud project of the TPU")
+    num_tpu_cores: int = setting(8, "TPU cores (8: a v2-8 or v3-8)")
+    iterations_per_loop: int = setting(100, "steps per TPU loop; the console prints the loss once per loop")
     # PyTorch loop (albert_exp/pretrain/). Optimisation as google's ALBERT: LAMB, weight decay except
     # LayerNorm and biases, global-norm clipping, linear warm-up then polynomial (power 1) decay to 0.
-    eval_input: list[str] = field(default_factory=list)  # held-out TFRecords; empty: no eval/ metrics
-    albert_config: str | None = None  # google's albert_config.json for a TF init_from without one beside it
-    gradient_accumulation_steps: int = 1  # batch_size is per optimiser step; micro-batch = batch / this
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    poly_power: float = 1.0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    log_every_steps: int = 100
-    eval_every_steps: int = 1000
-    eval_batches: int = 20
-    keep_checkpoints: int = 3  # the last K are kept, plus the best
-    log_checkpoints: bool = True  # each checkpoint's HF model as an MLflow artifact
-    num_workers: int = 2  # loader processes = data streams; a resumed run must use the same number
-    shuffle_block: int = 4096  # records read from a shard and shuffled together
-    skip_corrupt: bool = False  # false: a corrupt record stops the run, naming file and offset
-    resume: bool = True  # continue from the last checkpoint in output_dir if there is one
-    plateau_window: int = 0  # steps; 0 = no plateau early stopping
-    plateau_min_improvement: float = 0.01  # relative drop of the smoothed loss required over the window
-    plateau_smoothing: float = 0.98  # EMA factor of the smoothed training loss
-    max_steps: int | None = None  # stop (and checkpoint) here even if the schedule is longer
-    torch_threads: int = 0  # 0: torch's default
-    compile: bool = False  # torch.compile the model (GPU runs)
+    eval_input: list[str] = setting([], "held-out TFRecords; empty: no eval/ metrics")
+    albert_config: str | None = setting(None, "google's albert_config.json for a TF init_from without one beside it")
+    gradient_accumulation_steps: int = setting(1, "batch_size is per optimiser step; micro-batch = batch / this")
+    weight_decay: float = setting(0.01, "LAMB weight decay (not on LayerNorm and biases)")
+    max_grad_norm: float = setting(1.0, "global gradient-norm clipping")
+    poly_power: float = setting(1.0, "power of the polynomial decay to 0 after warm-up (1: linear)")
+    precision: Literal["auto", "fp32", "bf16"] = setting("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
+    log_every_steps: int = setting(100, "steps between train/ metrics")
+    eval_every_steps: int = setting(1000, "steps between eval/ metrics (with eval_input)")
+    eval_batches: int = setting(20, "batches of eval_input per evaluation")
+    keep_checkpoints: int = setting(3, "the last K are kept, plus the best")
+    log_checkpoints: bool = setting(True, "each checkpoint's HF model as an MLflow artifact")
+    num_workers: int = setting(2, "loader processes = data streams; a resumed run must use the same number")
+    shuffle_block: int = setting(4096, "records read from a shard and shuffled together")
+    skip_corrupt: bool = setting(False, "skip corrupt records (counted); false: one stops the run, naming it")
+    resume: bool = setting(True, "continue from the last checkpoint in output_dir if there is one")
+    plateau_window: int = setting(0, "steps; 0 = no plateau early stopping")
+    plateau_min_improvement: float = setting(0.01, "relative drop of the smoothed loss required over the window")
+    plateau_smoothing: float = setting(0.98, "EMA factor of the smoothed training loss")
+    max_steps: int | None = setting(None, "stop (and checkpoint) here even if the schedule is longer")
+    torch_threads: int = setting(0, "torch threads; 0: torch's default")
+    compile: bool = setting(False, "torch.compile the model (GPU runs)")
 
     def validate(self, key: str) -> None:
         for name in (
@@ -284,34 +330,51 @@ class PretrainConfig:
 class FinetuneConfig:
     """Fine-tuning AlbertForTokenClassification (2 labels: outside / inside the wanted phrase)."""
 
-    model_dir: str | None = None  # HF ALBERT dir to start from; None: a fresh model from `model:`
-    tokenizer_dir: str | None = None  # None: <workdir>/vocab/tokenizer
-    train_csv: str | None = None  # None: <workdir>/corpus/train.csv (and val/test alike)
-    val_csv: str | None = None
-    test_csv: str | None = None
-    text_column: str = "text"
-    phrase_column: str = "phrase"
-    phrase_separator: str = "|"
-    case_insensitive: bool = True  # match phrases in the text ignoring case
-    on_missing_phrase: Literal["drop", "error"] = "drop"
-    max_seq_length: int = 64
-    batch_size: int = 32
-    eval_batch_size: int = 128
-    epochs: int = 5
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    train_encoder: bool = True  # false: only the classification head is trained
-    freeze_embeddings: bool = False  # true: the word embeddings are not trained (see the README's realistic toy)
-    classifier_dropout: float = 0.1  # dropout before the tagging head, from scratch and from a checkpoint alike
-    select_metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # picks the best epoch on val
-    max_train_rows: int | None = None  # cap for quick runs
-    torch_threads: int = 0  # 0: torch's default
+    model_dir: str | None = setting(None, "HF ALBERT dir to start from; none: a fresh model from `model:`")
+    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer")
+    train_csv: str | None = setting(None, "labelled training CSV (text, phrase); none: <workdir>/corpus/train.csv")
+    val_csv: str | None = setting(None, "labelled validation CSV; none: <workdir>/corpus/val.csv")
+    test_csv: str | None = setting(None, "labelled test CSV; none: <workdir>/corpus/test.csv")
+    text_column: str = setting("text", "CSV column holding the text")
+    phrase_column: str = setting("phrase", "CSV column holding the wanted phrase(s)")
+    phrase_separator: str = setting("|", "separates several phrases in one cell")
+    case_insensitive: bool = setting(True, "match phrases in the text ignoring case")
+    on_missing_phrase: Literal["drop", "error"] = setting(
+        "drop",
+        "a labelled phrase not found in its text: drop the row (counted) or stop",
+    )
+    max_seq_length: int = setting(64, "tokens per window (longer texts are read in overlapping windows)")
+    batch_size: int = setting(32, "training windows per step")
+    eval_batch_size: int = setting(128, "windows per evaluation batch")
+    epochs: int = setting(5, "passes over the training split")
+    learning_rate: float = setting(5e-5, "AdamW learning rate")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    warmup_ratio: float = setting(0.0, "share of steps of linear warm-up")
+    max_grad_norm: float = setting(1.0, "gradient-norm clipping")
+    train_encoder: bool = setting(True, "train the encoder too; false: only the classification head is trained")
+    freeze_embeddings: bool = setting(False, "keep the word embeddings as they are (see the README's realistic toy)")
+    classifier_dropout: float = setting(
+        0.1, "dropout before the tagging head, from scratch and from a checkpoint alike"
+    )
+    select_metric: Literal["token_accuracy", "phrase_f1"] = setting(
+        "token_accuracy", "the val metric that picks the best epoch"
+    )
+    max_train_rows: int | None = setting(None, "cap for quick runs")
+    torch_threads: int = setting(0, "torch threads; 0: torch's default")
     # Phrase extraction (albert_exp/windows.py, albert_exp/words.py), the same in training, metrics and serving:
-    window_stride: int = 16  # tokens shared by consecutive windows of a text longer than max_seq_length - 2
-    aggregation: Literal["first", "average", "max"] = "average"  # token -> word phrase probability (HF's names)
-    augment_mentions: int = 0  # mention-replaced copies of each training review with a phrase (albert_exp/augment.py)
+    window_stride: int = setting(
+        16,
+        "tokens shared by consecutive windows of a text longer than max_seq_length - 2 (phrase extraction is "
+        "the same in training, metrics and serving)",
+    )
+    aggregation: Literal["first", "average", "max"] = setting(
+        "average",
+        "token -> word phrase probability (HF's names)",
+    )
+    augment_mentions: int = setting(
+        0,
+        "mention-replaced copies of each training review with a phrase (albert_exp/augment.py)",
+    )
 
     def validate(self, key: str) -> None:
         for name in ("max_seq_length", "batch_size", "eval_batch_size", "epochs"):
@@ -334,21 +397,30 @@ class FinetuneConfig:
 class TuneConfig:
     """Optuna search of the fine-tuning learning rate (log scale) and epochs; one nested MLflow run per trial."""
 
-    n_trials: int = 20  # trials the study should finish (complete + pruned), counted over every worker and rerun
-    timeout_s: int | None = None  # this worker stops starting trials after this many seconds
-    lr_min: float = 1e-6
-    lr_max: float = 1e-3
-    epochs_min: int = 1
-    epochs_max: int = 8
-    objective: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"  # val/<objective>, maximised
-    storage: str = "sqlite:///optuna.db"  # an RDB URL; postgresql://user@host:port/db for several workers
-    study_name: str | None = None  # None: <name>-<fingerprint of the finetune config, search space, data, code>
-    worker: int = 0  # index of this worker: seeds its sampler differently (same seed = same random draws)
-    pruner_startup_trials: int = 2  # MedianPruner prunes nothing until this many trials have finished
-    pruner_warmup_epochs: int = 1  # ... nor before a trial has reported this many epochs
-    heartbeat_s: int = 10  # a trial whose heartbeat is older than grace_s is stale: failed, then retried
-    grace_s: int = 30
-    max_retry: int = 1  # retries of a trial that died (killed worker)
+    n_trials: int = setting(
+        20,
+        "trials the study should finish (complete + pruned), counted over every worker and rerun",
+    )
+    timeout_s: int | None = setting(None, "this worker stops starting trials after this many seconds")
+    lr_min: float = setting(1e-6, "smallest learning rate tried (log scale)")
+    lr_max: float = setting(1e-3, "largest learning rate tried")
+    epochs_min: int = setting(1, "fewest epochs tried")
+    epochs_max: int = setting(8, "most epochs tried")
+    objective: Literal["token_accuracy", "phrase_f1"] = setting("token_accuracy", "val/<objective>, maximised")
+    storage: str = setting(
+        "sqlite:///optuna.db",
+        "Optuna storage URL; postgresql://user@host:port/db for several workers (needs the `postgres` extra)",
+    )
+    study_name: str | None = setting(
+        None,
+        "Optuna study name; none: <name>-<fingerprint of the finetune config, search space, data, code>",
+    )
+    worker: int = setting(0, "index of this worker: seeds its sampler differently (same seed = same random draws)")
+    pruner_startup_trials: int = setting(2, "MedianPruner prunes nothing until this many trials have finished")
+    pruner_warmup_epochs: int = setting(1, "... nor before a trial has reported this many epochs")
+    heartbeat_s: int = setting(10, "seconds between a running trial's heartbeats")
+    grace_s: int = setting(30, "a trial whose heartbeat is older than this is stale: failed, then retried")
+    max_retry: int = setting(1, "retries of a trial that died (killed worker)")
 
     def validate(self, key: str) -> None:
         _require(self.n_trials >= 1, f"{key}.n_trials", "must be >= 1")
@@ -383,15 +455,21 @@ class TuneConfig:
 class PromoteConfig:
     """Register a fine-tuned model, alias it `challenger`, and move `champion` only when it is better."""
 
-    model_name: str | None = None  # registered model; None: <name>-phrase-tagger
-    run_id: str | None = None  # a finetune run to promote; None: the best trial of <workdir>/tune (else finetune)
-    eval_csv: str | None = None  # evaluation data; None: the finetune test CSV
-    metric: Literal["token_accuracy", "phrase_f1"] = "token_accuracy"
-    margin: float = 0.0  # the challenger must beat the champion by more than this
-    force: bool = False  # make the challenger champion whatever the scores (needs a reason)
-    reason: str = ""
-    lock_timeout_s: float = 120.0  # wait this long for another promotion of the same model to finish
-    lock_stale_s: float = 900.0  # a lock from another host whose heartbeat is older than this is broken
+    model_name: str | None = setting(None, "registered model; none: <name>-phrase-tagger")
+    run_id: str | None = setting(
+        None,
+        "a finetune run to promote; none: the best trial of <workdir>/tune (else finetune)",
+    )
+    eval_csv: str | None = setting(None, "evaluation data; none: the finetune test CSV")
+    metric: Literal["token_accuracy", "phrase_f1"] = setting(
+        "token_accuracy",
+        "the test metric the challenger and the champion are compared on",
+    )
+    margin: float = setting(0.0, "the challenger must beat the champion by more than this")
+    force: bool = setting(False, "make the challenger champion whatever the scores (needs a reason)")
+    reason: str = setting("", "why a forced promotion (recorded on the model version)")
+    lock_timeout_s: float = setting(120.0, "wait this long for another promotion of the same model to finish")
+    lock_stale_s: float = setting(900.0, "a lock from another host whose heartbeat is older than this is broken")
 
     def validate(self, key: str) -> None:
         _require(self.margin >= 0, f"{key}.margin", "must be >= 0")
@@ -408,9 +486,9 @@ class BaselineConfig:
     """The classic baseline (`baseline` stage, albert_exp/baseline.py): a linear-chain CRF over words, trained
     on the finetune split; the regularisation is chosen by val phrase F1 over the grid c1 x c2."""
 
-    c1: list[float] = field(default_factory=lambda: [0.05, 0.2])  # L1 penalties tried
-    c2: list[float] = field(default_factory=lambda: [0.01, 0.1])  # L2 penalties tried
-    max_iterations: int = 100  # L-BFGS iterations per candidate
+    c1: list[float] = setting([0.05, 0.2], "L1 penalties tried")
+    c2: list[float] = setting([0.01, 0.1], "L2 penalties tried")
+    max_iterations: int = setting(100, "L-BFGS iterations per candidate")
 
     def validate(self, key: str) -> None:
         _require(bool(self.c1) and bool(self.c2), f"{key}.c1/c2", "give at least one value each")
@@ -427,13 +505,15 @@ MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "s
 class ExperimentConfig:
     """A whole experiment: shared settings plus one section per stage."""
 
-    name: str = "albert-exp"  # MLflow experiment name
-    description: str = ""
-    seed: int = 42
-    workdir: str | None = None  # None: runs/<name>
-    # What `main` runs, in this order; leave out pretraining-data + pretrain to fine-tune from scratch,
-    # tune + promote to stop after one fine-tuning run.
-    stages: list[str] = field(default_factory=lambda: list(MAIN_STAGES))
+    name: str = setting("albert-exp", "MLflow experiment name")
+    description: str = setting("", "what the experiment is for (shown with its runs)")
+    seed: int = setting(42, "random seed of every stage")
+    workdir: str | None = setting(None, "where stage outputs go; none: runs/<name>")
+    stages: list[str] = setting(
+        list(MAIN_STAGES),
+        "what `main` runs, in this order; leave out pretraining-data + pretrain to fine-tune from scratch, "
+        "tune + promote to stop after one fine-tuning run",
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
@@ -668,3 +748,40 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def settings_table() -> str:
+    """Every setting as markdown, one table per section: key, default, help (the README's table of settings)."""
+    sections = [("top level", ExperimentConfig, "")]
+    hints = typing.get_type_hints(ExperimentConfig)
+    sections += [(f"`{n}:`", hints[n], f"{n}.") for n in config_fields(ExperimentConfig) if _is_section(hints[n])]
+    out = []
+    for title, cls, prefix in sections:
+        out += [f"**{title}** {_first_line(cls.__doc__)}", "", "| key | default | what it sets |", "|---|---|---|"]
+        types = typing.get_type_hints(cls)
+        for name, f in config_fields(cls).items():
+            if _is_section(types[name]):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            choices = typing.get_args(types[name]) if typing.get_origin(types[name]) is Literal else ()
+            text = f.metadata.get("help", "") + (f" (one of: {', '.join(choices)})" if choices else "")
+            out.append(f"| `{prefix}{name}` | {_cell(_yaml_text(default))} | {_cell(text)} |")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _is_section(tp: Any) -> bool:
+    return dataclasses.is_dataclass(tp)
+
+
+def _first_line(doc: str | None) -> str:
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
+def _yaml_text(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return "`" + text.removesuffix("\n...").removesuffix("...").strip() + "`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")

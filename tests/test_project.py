@@ -39,7 +39,8 @@ def test_mlproject_flags_exist_in_the_stage_parsers():
 
 def test_readme_lists_every_command():
     readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(r"^\| `([a-z-]+)` \|", readme, flags=re.M))
+    commands = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z-]+)` \|", commands, flags=re.M))
     assert listed == set(COMMANDS)
     assert "make demo" in readme and "make test" in readme
 
@@ -102,3 +103,26 @@ def test_no_function_above_cyclomatic_complexity_20():
         if isinstance(block, Function) and block.complexity > 20
     }
     assert over == _COMPLEXITY_PENDING, f"above complexity 20: {sorted(over ^ _COMPLEXITY_PENDING)}"
+
+
+def test_every_setting_has_help_shown_by_stage_help_and_the_readme_table():
+    import dataclasses
+    import importlib.util
+    import typing
+
+    from albert_exp.config import ExperimentConfig, config_fields
+
+    hints = typing.get_type_hints(ExperimentConfig)
+    for cls in [ExperimentConfig, *(t for t in hints.values() if dataclasses.is_dataclass(t))]:
+        types = typing.get_type_hints(cls)
+        for name, f in config_fields(cls).items():
+            if not dataclasses.is_dataclass(types[name]):  # a section: its fields carry the help
+                assert f.metadata.get("help"), f"{cls.__name__}.{name} has no help text (config.setting)"
+    stage_help = build_stage_parser("finetune", COMMANDS["finetune"]).format_help()
+    assert "AdamW learning rate; default: 5e-05" in " ".join(stage_help.split())
+    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    readme = (ROOT / "README.md").read_text()
+    assert table.with_table(readme) == readme, "README's table of settings is stale: python scripts/settings_table.py"
+    assert "| `finetune.learning_rate` | `5.0e-05` | AdamW learning rate |" in readme
