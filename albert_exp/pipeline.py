@@ -13,6 +13,11 @@ that computed it. Anything else is computed (or resumed, when a killed run left 
 identity). `--rerun STAGE[,STAGE]|all` computes the named stages again whatever they match; the stages after
 them see new inputs only if the recomputed output differs.
 
+The same rule holds for a stage command run alone (`standalone`: `albert-exp corpus|vocab|pretraining-data|
+pretrain|finetune|baseline`, with `--rerun`), except that a reuse there prints the line and opens no run. The
+comparison rows are stages like the others: `scratch` (fine-tuning's identity under scratch.scratch_config) and
+`baseline` (its section, the labelling settings and the split).
+
 Why this way: mlflow's examples/multistep_workflow `_already_ran` looks for an earlier run with the same entry
 point, parameters and git commit and reuses it. We keep that search (a FINISHED run of the stage tagged with the
 same identity key), with a key that also covers the input *contents* (the example's check would reuse a run
