@@ -6,14 +6,18 @@
 Starts `mlflow ui` on 127.0.0.1 (a free port; never another interface) over the store, finds the experiment's
 `main` parent run, a fine-tune run, the tune run and the registered model through MLflow's API, and saves one
 PNG per page with headless Chromium from the Debian package (`chromium-headless-shell`, or `chromium`):
-nothing is downloaded. Pages are single-page-app routes, so each shot gets a virtual-time budget to render.
+nothing is downloaded. Pages are single-page-app routes: each shot waits, over Chrome's DevTools protocol, until
+the page shows what it is for (the charts' SVGs, the table's rows), then closes the assistant panel.
 Not part of the test run: it needs a browser and a demo store.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -25,12 +29,27 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser")
 # MLflow 3.17's UI opens experiments in its GenAI view unless the URL (or the browser's saved choice) says
 # "Model training"; links we print carry this.
 MODEL_TRAINING = "workflowType=machine_learning"
 SHOT_TIMEOUT_S = 300  # seconds a shot may take (a loaded 2-core machine needs ~2 min for the first one)
+SETTLE_S = 3
+# when a page counts as drawn: plotly's chart SVGs for the charts, else rows or the page's main content
+READY = {
+    "charts": "document.querySelectorAll('svg.main-svg').length >= 3",
+    "page": "document.readyState === 'complete' && document.querySelectorAll('[role=row], table, h1, h2').length > 0",
+}
+# MLflow 3.17 opens its "Assistant" side panel on run pages; it hides a third of the picture
+CLOSE_ASSISTANT = """(() => {
+  let box = document.querySelector('button[aria-label="New Chat"]');
+  while (box && !box.querySelector('button[aria-label="Close"]')) box = box.parentElement;
+  const close = box && box.querySelector('button[aria-label="Close"]');
+  if (close) close.click();
+  return !!close;
+})()"""
 
 
 def _browser() -> str:
@@ -77,10 +96,11 @@ def mlflow_ui(store: str, port: int) -> Iterator[str]:
             proc.kill()
 
 
-def shoot(browser: str, url: str, out: Path, size: str = "1800,1100", budget_ms: int = 6000) -> Path:
-    """One PNG of one page. The virtual-time budget lets the React app fetch and draw first (a much larger budget
-    never ends: the UI keeps polling)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+async def _cdp_shot(browser: str, url: str, out: Path, ready_js: str, size: str) -> None:
+    """Open `url` in headless Chromium, wait (real time) until `ready_js` is true, close MLflow's assistant panel,
+    save a PNG. Chrome's DevTools protocol over aiohttp's websocket client (aiohttp comes with MLflow)."""
+    import aiohttp
+
     with tempfile.TemporaryDirectory(prefix="ui-shot-") as profile:
         cmd = [
             browser,
@@ -92,19 +112,58 @@ def shoot(browser: str, url: str, out: Path, size: str = "1800,1100", budget_ms:
             # the request and this one waits forever
             f"--user-data-dir={profile}",
             f"--window-size={size}",
-            f"--virtual-time-budget={budget_ms}",
-            f"--screenshot={out}",
-            url,
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",  # Chromium picks a free port and writes it to DevToolsActivePort
+            "about:blank",
         ]
         # no pipes (Chromium's helpers inherit them and outlive it); its own process group, killed whole
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc.wait(timeout=SHOT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            sys.exit(f"ui-screenshots: Chromium did not finish {url} in {SHOT_TIMEOUT_S} s")
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.time() + SHOT_TIMEOUT_S
+            while not (port_file.exists() and port_file.read_text().strip()):
+                if proc.poll() is not None or time.time() > deadline:
+                    sys.exit(f"ui-screenshots: Chromium did not start (exit {proc.poll()})")
+                await asyncio.sleep(0.2)
+            port = port_file.read_text().split()[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/json") as resp:
+                    page = next(t for t in await resp.json() if t["type"] == "page")
+                async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    calls = iter(range(1, 1 << 30))
+
+                    async def call(method: str, **params: Any) -> dict:
+                        mid = next(calls)
+                        await ws.send_json({"id": mid, "method": method, "params": params})
+                        async for msg in ws:
+                            answer = json.loads(msg.data)
+                            if answer.get("id") == mid:
+                                return answer.get("result", {})
+                        sys.exit("ui-screenshots: Chromium closed the connection")
+
+                    async def true(js: str) -> bool:
+                        r = await call("Runtime.evaluate", expression=js, returnByValue=True)
+                        return bool(r.get("result", {}).get("value"))
+
+                    await call("Page.navigate", url=url)
+                    while not await true(ready_js):
+                        if time.time() > deadline:
+                            sys.exit(f"ui-screenshots: {url} was not ready in {SHOT_TIMEOUT_S} s ({ready_js})")
+                        await asyncio.sleep(1)
+                    await true(CLOSE_ASSISTANT)
+                    await asyncio.sleep(SETTLE_S)  # the last fetches and the charts' drawing
+                    shot = await call("Page.captureScreenshot", format="png")
+            out.write_bytes(base64.b64decode(shot["data"]))
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def shoot(browser: str, url: str, out: Path, ready_js: str = READY["page"], size: str = "1800,1100") -> Path:
+    """One PNG of one page, taken once the page says it is drawn (`ready_js`), not after a guessed delay: the
+    charts of a run load lazily, and a screenshot at a fixed (virtual) time showed their spinners."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    asyncio.run(_cdp_shot(browser, url, out, ready_js, size))
     if not out.exists() or out.stat().st_size == 0:
         sys.exit(f"ui-screenshots: Chromium wrote no picture for {url}")
     return out
@@ -152,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     routes = pages(args.store, args.experiment)
     with mlflow_ui(args.store, _free_port()) as base:
         for name, route in routes.items():
-            path = shoot(browser, f"{base}/#{route}", Path(args.out) / f"{name}.png")
+            ready = READY["charts" if name.endswith("_charts") else "page"]
+            path = shoot(browser, f"{base}/#{route}", Path(args.out) / f"{name}.png", ready)
             print(f"{path}  <- {base}/#{route}")
     return 0
 
