@@ -4,13 +4,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CONFIG ?= experiments/toy.yaml
 PYTEST_ARGS ?=
+# Every optional extra (pyproject.toml): the demo and the tests cover all stages. A base install is `pip install .`
+EXTRAS ?= dev,ray,tf,postgres
 
 .PHONY: install demo test test-all lint format ui ui-screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 install: $(STAMP)

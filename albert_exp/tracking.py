@@ -280,6 +280,10 @@ def store_client() -> Any:
 
     uri = tracking_uri()
     if uri not in _READY:
+        if uri.startswith("postgresql"):
+            from albert_exp.extras import require
+
+            require("postgres", "a PostgreSQL tracking store (MLFLOW_TRACKING_URI)")
         with _store_lock(uri):
             MlflowClient().search_experiments(max_results=1)
         _READY.add(uri)

@@ -187,6 +187,32 @@ def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> 
             time.sleep(1 + attempt)
 
 
+def _open_storage(cfg: ExperimentConfig, name: str) -> Any:
+    """The study, or one line saying what is wrong with tune.storage (a missing driver, a wrong URL, a database
+    that does not answer)."""
+    storage = cfg.tune.storage
+    if storage.startswith("postgresql"):
+        from albert_exp.extras import require
+
+        require("postgres", "a PostgreSQL Optuna storage (tune.storage)")
+    try:
+        return open_study_retrying(cfg, name)
+    except (ImportError, ModuleNotFoundError) as exc:
+        raise UserError(
+            f"cannot open the Optuna storage: {exc}",
+            where="tune.storage",
+            fix="install the database driver the storage URL names",
+        ) from None
+    except Exception as exc:  # a wrong host, password or database
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise UserError(
+                f"cannot open the Optuna storage {_masked(storage)}: {str(exc).splitlines()[0]}",
+                where="tune.storage",
+                fix="check the URL, and that the database server runs",
+            ) from None
+        raise
+
+
 def _counts(study: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for tr in study.get_trials(deepcopy=False):
@@ -317,22 +343,7 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         read_labelled_csv(data_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
-    try:
-        study = open_study_retrying(cfg, name)
-    except (ImportError, ModuleNotFoundError) as exc:
-        raise UserError(
-            f"cannot open the Optuna storage: {exc}",
-            where="tune.storage",
-            fix="for postgresql:// install psycopg[binary] (pinned in pyproject.toml)",
-        ) from None
-    except Exception as exc:  # a wrong host, password or database
-        if type(exc).__module__.startswith("sqlalchemy"):
-            raise UserError(
-                f"cannot open the Optuna storage {_masked(t.storage)}: {str(exc).splitlines()[0]}",
-                where="tune.storage",
-                fix="check the URL, and that the database server runs",
-            ) from None
-        raise
+    study = _open_storage(cfg, name)
     optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
     fail_dead_trials(study)  # ... and at once where the dead worker ran on this host
     done = sum(_counts(study).get(s, 0) for s in FINISHED)

@@ -50,10 +50,19 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_conda_and_pyproject_pins_agree():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps, extras = project["dependencies"], project["optional-dependencies"]
+    runtime_extras = sorted(e for e in extras if e != "dev")
+    assert runtime_extras == ["postgres", "ray", "tf"]
     conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
-    assert sorted(deps) == sorted(p for p in pip_section if not p.startswith("-"))
+    # the MLflow project environment runs every stage: the base pins and every runtime extra's
+    assert sorted(deps + [p for e in runtime_extras for p in extras[e]]) == sorted(
+        p for p in pip_section if not p.startswith("-")
+    )
+    assert "-e .[ray,tf,postgres]" in pip_section
+    assert f"EXTRAS ?= dev,{','.join(['ray', 'tf', 'postgres'])}" in (ROOT / "Makefile").read_text()
+    assert all("==" in d for e in runtime_extras for d in extras[e]), "every extra is pinned"
     assert "torch==2.13.0" in deps, "torch must stay pinned to the CPU wheel available on disk"
     assert all("==" in d for d in deps), "every runtime dependency is pinned"
 

@@ -19,10 +19,10 @@ from albert_exp.errors import UserError
 
 def _tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up banner off the console
-    with quiet_native_stderr():
-        import tensorflow as tf
+    from albert_exp.extras import require
 
-    return tf
+    with quiet_native_stderr():
+        return require("tf", "reading or writing TensorFlow checkpoints")
 
 
 @contextmanager

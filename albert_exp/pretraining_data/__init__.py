@@ -170,10 +170,9 @@ def ray_session(address: str | None) -> Iterator[Any]:
     local = not address
     if local:
         os.environ[_RAY_LOOPBACK_ENV] = "0"
-    try:
-        import ray
-    except ImportError:
-        raise UserError("the ray executor needs Ray", fix="pip install ray, or use --executor local") from None
+    from albert_exp.extras import require
+
+    ray = require("ray", "pretraining_data.executor: ray")
     consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
     if local and consts is not None:
         consts.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
