@@ -126,7 +126,6 @@ def test_changed_finetune_setting_reuses_pretraining_and_retrains_finetuning(fir
     assert set(lineage_stages(tmp, f"runs:/{ft.info.run_id}")) >= set(COMPUTED)
 
 
-@pytest.mark.slow
 def test_changed_pretraining_setting_recomputes_downstream_and_keeps_the_earlier_outputs(first):
     from transformers import AlbertForPreTraining
 
