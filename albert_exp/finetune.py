@@ -25,6 +25,7 @@ from typing import Any
 from albert_exp.config import ExperimentConfig, to_dict
 from albert_exp.errors import UserError
 from albert_exp.hf_local import check_model_dir, load_model, load_tokenizer
+from albert_exp.labels import IGNORE
 from albert_exp.tracking import FakeTracker, SkipLogged, stage_run, write_results
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
@@ -173,7 +174,7 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), f.max_grad_norm)
             opt.step()
             sched.step()
-            n = int((batch["labels"] != -100).sum())
+            n = int((batch["labels"] != IGNORE).sum())
             loss_sum += loss.item() * n
             tokens += n
             bar.set_postfix(loss=f"{loss_sum / tokens:.4f}")

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 from albert_exp.toy import Review, _split_sentences
 
+Sentence = tuple[str, list[str]]  # (text, the dish names it mentions)
+
 SPLITS = ("train", "val", "test", "unlabelled")
 SHARES = (0.5, 0.15, 0.2, 0.15)  # of each cuisine's words: train, val, test, only in the unlabelled corpus
 SEEN_TEST_SHARE = 0.2  # test mentions that reuse a training dish (the "seen" part of the split)
@@ -311,6 +313,44 @@ def _dish_template(rng: random.Random) -> str:
     return " ".join(p for p in (rng.choice(OPENERS), rng.choice(BEFORE), "{d}", rng.choice(AFTER)) if p)
 
 
+def _dish_sentences(rng: random.Random, dishes: list[str], max_dishes: int, foods: list[str]) -> list[Sentence]:
+    """1..max_dishes sentences, each naming one dish (two where the template has a second slot)."""
+    out = []
+    for _ in range(rng.randint(1, max_dishes)):
+        template = _dish_template(rng)
+        k = 2 if "{d2}" in template else 1
+        names = [_case_dish(rng.choice(dishes), rng) for _ in range(k)]
+        if k == 2 and names[0].lower() == names[1].lower():
+            names = names[:1]
+            template = template.replace("{d2}", "{food}")
+        out.append((_sentence(template, rng, names, foods), names))
+    return out
+
+
+def _chat_text(rng: random.Random, sentences: list[Sentence]) -> str:
+    """The sentences joined as chat: random end marks and emoji, sentence case or not, a whole-text casing."""
+    parts = []
+    for text, _ in sentences:
+        end = rng.choice([".", ".", "!", "!!", "", " " + rng.choice(EMOJI)])
+        parts.append(text[:1].upper() + text[1:] + end if rng.random() < 0.5 else text + end)
+    text = " ".join(parts)
+    r = rng.random()
+    if r < 0.3:
+        return text.lower()
+    return text.upper() if r < 0.33 else text
+
+
+def _mentions(text: str, sentences: list[Sentence]) -> list[str]:
+    """Each named dish as written in `text` (after its casing), once."""
+    phrases: list[str] = []
+    for _, names in sentences:
+        for name in names:
+            m = re.search(re.escape(name), text, flags=re.IGNORECASE)
+            if m and m.group(0).lower() not in {p.lower() for p in phrases}:
+                phrases.append(m.group(0))
+    return phrases
+
+
 def review(
     rng: random.Random,
     dishes: list[str],
@@ -321,16 +361,7 @@ def review(
 ) -> Review:
     """A chat-style review of 1-5 sentences; a positive one mentions 1..max_dishes of `dishes`; `foods` (never
     tagged) fill dish-like and other slots; `drink_context`: chance of a sentence that says a food is a drink."""
-    sentences: list[tuple[str, list[str]]] = []
-    if positive:
-        for _ in range(rng.randint(1, max_dishes)):
-            template = _dish_template(rng)
-            k = 2 if "{d2}" in template else 1
-            names = [_case_dish(rng.choice(dishes), rng) for _ in range(k)]
-            if k == 2 and names[0].lower() == names[1].lower():
-                names = names[:1]
-                template = template.replace("{d2}", "{food}")
-            sentences.append((_sentence(template, rng, names, foods), names))
+    sentences = _dish_sentences(rng, dishes, max_dishes, foods) if positive else []
     # the same contexts around a food or drink that is no dish: context alone does not decide
     for _ in range(rng.randint(0, 1) if positive else rng.randint(0, 2)):
         template = _dish_template(rng).replace("{d2}", "{food}").replace("{d}", "{food}")
@@ -340,24 +371,9 @@ def review(
     if rng.random() < drink_context:
         sentences.append((_sentence(rng.choice(DRINK_CONTEXTS), rng, [], foods), []))
     rng.shuffle(sentences)
-    parts = []
-    for text, _ in sentences:
-        end = rng.choice([".", ".", "!", "!!", "", " " + rng.choice(EMOJI)])
-        parts.append(text[:1].upper() + text[1:] + end if rng.random() < 0.5 else text + end)
-    text = " ".join(parts)
-    r = rng.random()
-    if r < 0.3:
-        text = text.lower()
-    elif r < 0.33:
-        text = text.upper()
-    phrases: list[str] = []
-    for _, names in sentences:
-        for name in names:
-            # the label is the mention as written (after the review's casing), found again in the text
-            m = re.search(re.escape(name), text, flags=re.IGNORECASE)
-            if m and m.group(0).lower() not in {p.lower() for p in phrases}:
-                phrases.append(m.group(0))
-    return Review(text, phrases)
+    text = _chat_text(rng, sentences)
+    # the label is the mention as written (after the review's casing), found again in the text
+    return Review(text, _mentions(text, sentences))
 
 
 def split_foods(seed: int, split: str) -> list[str]:
