@@ -239,6 +239,18 @@ def enqueue_base(study: Any, cfg: ExperimentConfig) -> bool:
     return True
 
 
+def duplicate_of(study: Any, params: dict[str, Any]) -> int | None:
+    """The number of a finished (complete or pruned) trial with exactly these parameters, if any: a sampler whose
+    seed repeats (a rerun, a second worker) must not train the same point twice by accident."""
+    import optuna
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in study.get_trials(deepcopy=False, states=done):
+        if t.params == params:
+            return t.number
+    return None
+
+
 def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
     import optuna
 
@@ -251,6 +263,10 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         epochs = trial.suggest_int("epochs", t.epochs_min, t.epochs_max)
         # A retry of a dead trial reuses its directory, so fine-tuning resumes from its last epoch checkpoint.
         origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+        same = duplicate_of(trial.study, trial.params) if origin is None else None
+        if same is not None:  # recorded as pruned, with the reason, instead of training the same point again
+            trial.set_user_attr("duplicate_of", same)
+            raise optuna.TrialPruned(f"the same parameters as trial {same} (lr={lr:.3g}, epochs={epochs})")
         tcfg = trial_config(cfg, study_dir / f"trial_{trial.number if origin is None else origin}", lr, epochs)
         trial.set_user_attr("mlflow_parent_run_id", parent.run_id)
         trial.set_user_attr("mlflow_experiment_id", parent.experiment_id)

@@ -234,3 +234,22 @@ def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tm
     finished = [(t.params["learning_rate"], t.params["epochs"]) for t in study.trials if t.state.name in FINISHED]
     assert len(set(finished)) == len(finished), finished
     assert not (data_root / "tune" / "killed" / f"trial_{retry.number}").exists(), "the retry reuses trial_1/"
+
+
+def test_a_trial_with_a_finished_trials_parameters_is_pruned_before_training(tmp_path):
+    import optuna
+
+    from albert_exp import tune
+    from albert_exp.config import load_config
+
+    cfg = load_config(None, ["tune.lr_min=0.001", "tune.lr_max=0.01", "tune.epochs_min=1", "tune.epochs_max=3"])
+    study = optuna.create_study(direction="maximize")
+    point = {"learning_rate": 0.002, "epochs": 2}
+    study.enqueue_trial(point)
+    study.optimize(lambda t: t.suggest_float("learning_rate", 0.001, 0.01, log=True) + t.suggest_int("epochs", 1, 3), 1)
+    assert tune.duplicate_of(study, point) == 0 and tune.duplicate_of(study, {**point, "epochs": 3}) is None
+    study.enqueue_trial(point)  # as a sampler with a repeated seed would draw it
+    study.optimize(tune.make_objective(cfg, tmp_path, parent=None), 1)  # would fail if it reached fine-tuning
+    again = study.trials[-1]
+    assert again.state == optuna.trial.TrialState.PRUNED and again.user_attrs["duplicate_of"] == 0
+    assert not any(tmp_path.iterdir())  # nothing trained, no trial directory
