@@ -69,6 +69,19 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def save_weights(model, directory: Path) -> None:
+    """`model.save_pretrained(directory)` (safetensors); an I/O failure is an OSError naming the file, as any other
+    write's (safetensors reports it as `SafetensorError: ... I/O error: No space left on device (os error 28)`)."""
+    try:
+        model.save_pretrained(str(directory))
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None or isinstance(e, OSError):
+            raise
+        errno_ = int(code.group(1))
+        raise OSError(errno_, os.strerror(errno_), str(directory / "model.safetensors")) from e
+
+
 def save(
     output_dir: Path,
     step: int,
@@ -83,19 +96,22 @@ def save(
     tmp = root / f"step-{step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    unwrapped = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    unwrapped.save_pretrained(str(tmp))  # safetensors
-    if extra_files is not None:
-        extra_files(tmp)
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-        tmp / "training_state.pt",
-    )
-    state = {**trainer_state, "step": step}
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
-    for f in tmp.iterdir():  # durable before the rename makes it visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    try:
+        save_weights(getattr(model, "_orig_mod", model), tmp)  # (torch.compile wraps the model)
+        if extra_files is not None:
+            extra_files(tmp)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "training_state.pt",
+        )
+        state = {**trainer_state, "step": step}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True, default=str))
+        for f in tmp.iterdir():  # durable before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    except BaseException:  # a full disk, a kill: no half-written checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final

@@ -246,6 +246,50 @@ def test_pretraining_data_read_only_output(good, tmp_path):
         ro.chmod(0o755)
 
 
+def _ft(good, workdir: Path) -> list:
+    """A one-epoch fine-tune of a tiny model on the fixture's toy split, its outputs under `workdir`."""
+    w = good["w"]
+    sets = [f"finetune.{s}_csv={w / 'corpus' / f'{s}.csv'}" for s in ("train", "val", "test")]
+    sets += ["finetune.epochs=1", "finetune.max_train_rows=64", "model.embedding_size=16", "model.hidden_size=32"]
+    sets += ["model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=37"]
+    args = ["finetune", "--workdir", workdir, "--tokenizer-dir", w / "vocab" / "tokenizer"]
+    return [*args, *[x for s in sets for x in ("--set", s)]]
+
+
+def test_finetune_full_disk(good, tmp_path):
+    """Fine-tuning's first checkpoint does not fit: one line naming the file, no partial model left behind."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not (os.geteuid() == 0 and _mount(disk, "size=64k")):
+        pytest.skip("a full disk needs root and mount here (a file-size limit would also stop MLflow's store)")
+    try:
+        line = run_bad(good, tmp_path, _ft(good, disk), ["No space left on device", "free disk space"])
+        assert str(disk) in line
+        left = [p.relative_to(disk) for p in disk.rglob("*") if p.is_file()]
+        assert not [p for p in left if p.suffix in (".safetensors", ".pt", ".bin")], f"partial model left: {left}"
+        assert not list(disk.rglob("best_model")) and not list(disk.rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_finetune_read_only_workdir(good, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    mounted = False
+    if os.geteuid() == 0:  # root writes through permissions: a read-only mount instead
+        mounted = _mount(ro, "ro,size=64k")
+        if not mounted:
+            pytest.skip("root without mount: a read-only directory cannot be made")
+    else:
+        ro.chmod(0o555)
+    try:
+        run_bad(good, tmp_path, _ft(good, ro / "w"), [ro / "w", "elsewhere"])
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ro)], check=True)
+        ro.chmod(0o755)
+
+
 # ---------------------------------------------------------------------------------------------- vocab
 
 
