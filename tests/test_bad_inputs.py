@@ -8,6 +8,7 @@ its TF conversion) in one MLflow store that every case shares; each case then br
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,23 +229,28 @@ def _mount(path: Path, options: str) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
-def test_pretraining_data_read_only_output(good, tmp_path):
+@contextlib.contextmanager
+def _read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory nobody can write to: a read-only mount as root (root writes through permissions), else 0555."""
     ro = tmp_path / "ro"
     ro.mkdir()
-    mounted = False
-    if os.geteuid() == 0:  # root writes through permissions: a read-only mount instead
-        mounted = _mount(ro, "ro,size=64k")
-        if not mounted:
-            pytest.skip("root without mount: a read-only directory cannot be made")
-    else:
+    mounted = os.geteuid() == 0 and _mount(ro, "ro,size=64k")
+    if os.geteuid() == 0 and not mounted:
+        pytest.skip("root without mount: a read-only directory cannot be made")
+    if not mounted:
         ro.chmod(0o555)
     try:
-        args = _pd(good, good["w"] / "corpus" / "manifest.json", "--output-dir", ro / "out")
-        run_bad(good, tmp_path, args, [ro / "out", "elsewhere"])
+        yield ro
     finally:
         if mounted:
             subprocess.run(["umount", str(ro)], check=True)
         ro.chmod(0o755)
+
+
+def test_pretraining_data_read_only_output(good, tmp_path):
+    with _read_only_dir(tmp_path) as ro:
+        args = _pd(good, good["w"] / "corpus" / "manifest.json", "--output-dir", ro / "out")
+        run_bad(good, tmp_path, args, [ro / "out", "elsewhere"])
 
 
 def _ft(good, workdir: Path) -> list:
@@ -273,21 +280,8 @@ def test_finetune_full_disk(good, tmp_path):
 
 
 def test_finetune_read_only_workdir(good, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    mounted = False
-    if os.geteuid() == 0:  # root writes through permissions: a read-only mount instead
-        mounted = _mount(ro, "ro,size=64k")
-        if not mounted:
-            pytest.skip("root without mount: a read-only directory cannot be made")
-    else:
-        ro.chmod(0o555)
-    try:
+    with _read_only_dir(tmp_path) as ro:
         run_bad(good, tmp_path, _ft(good, ro / "w"), [ro / "w", "elsewhere"])
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(ro)], check=True)
-        ro.chmod(0o755)
 
 
 # ---------------------------------------------------------------------------------------------- vocab
