@@ -178,25 +178,25 @@ def pages(store: str, experiment: str) -> dict[str, str]:
     if exp is None:
         sys.exit(f"ui-screenshots: no experiment {experiment!r} in {store}; run `make demo` first")
     eid = exp.experiment_id
-    routes = {"1_runs_table": f"/experiments/{eid}/runs?{MODEL_TRAINING}"}
+    routes = {"runs_table": f"/experiments/{eid}/runs?{MODEL_TRAINING}"}
     runs = client.search_runs([eid], order_by=["attributes.start_time DESC"], max_results=500)
     by_stage: dict[str, list] = {}
     for r in runs:
         by_stage.setdefault(r.data.tags.get("stage", ""), []).append(r)
     if by_stage.get("main"):
-        routes["2_main_run"] = f"/experiments/{eid}/runs/{by_stage['main'][0].info.run_id}?{MODEL_TRAINING}"
+        routes["main_run"] = f"/experiments/{eid}/runs/{by_stage['main'][0].info.run_id}?{MODEL_TRAINING}"
     if by_stage.get("finetune"):
         ft = next((r for r in by_stage["finetune"] if "optuna_trial" not in r.data.tags), by_stage["finetune"][0])
-        routes["3_finetune_charts"] = f"/experiments/{eid}/runs/{ft.info.run_id}/model-metrics?{MODEL_TRAINING}"
+        routes["finetune_charts"] = f"/experiments/{eid}/runs/{ft.info.run_id}/model-metrics?{MODEL_TRAINING}"
     if by_stage.get("tune"):
         tune = by_stage["tune"][0]
         trials = [r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == tune.info.run_id]
         if trials:
             ids = ",".join(f'"{t}"' for t in trials)
-            routes["4_tune_comparison"] = f'/compare-runs?runs=[{ids}]&experiments=["{eid}"]'
+            routes["tune_comparison"] = f'/compare-runs?runs=[{ids}]&experiments=["{eid}"]'
     models = {mv.name for mv in client.search_model_versions(max_results=200)}
     if models:
-        routes["5_registered_model"] = f"/models/{sorted(models)[0]}"
+        routes["registered_model"] = f"/models/{sorted(models)[0]}"
     return routes
 
 
