@@ -117,7 +117,11 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             **{f"test/{k}": v for k, v in test.items()},
             # the two trivial baselines on the same test split: tag nothing, and look up training names
             "test/all_negative_phrase_f1": 0.0,
-            **{f"test/lookup_{k}": lookup[k] for k in ("phrase_f1", "seen_phrase_recall", "unseen_phrase_recall")},
+            **{
+                f"test/lookup_{k}": lookup[k]
+                for k in ("phrase_f1", "seen_phrase_recall", "unseen_phrase_recall")
+                if k in lookup
+            },
             "baseline/train_cpu_s": best["train_cpu_s"],
             "baseline/search_cpu_s": time.process_time() - cpu0,
         }

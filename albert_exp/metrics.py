@@ -86,7 +86,7 @@ def span_metrics(
     - overlap_recall: gold mentions that some predicted span overlaps (found, maybe with wrong boundaries).
     - word_accuracy, all_negative_word_accuracy: words (albert_exp.words) inside / outside spans.
     - seen_phrase_recall, unseen_phrase_recall, and unseen_phrase_precision|f1 over the texts that mention an
-      unseen phrase; unseen_mentions: their count.
+      unseen phrase; unseen_mentions: their count (the seen / unseen figures only where there are such mentions).
     """
     from albert_exp.words import span_word_tags, word_spans
 
@@ -113,14 +113,17 @@ def span_metrics(
         "all_negative_word_accuracy": _ratio(c["words"] - c["word_pos"], c["words"]),
     }
     if train_words is not None:
-        u_recall, u_precision = _ratio(c["unseen_tp"], c["unseen"]), _ratio(c["unseen_tp_pred"], c["unseen_pred"])
-        out |= {
-            "seen_phrase_recall": _ratio(c["seen_tp"], c["seen"]),
-            "unseen_phrase_recall": u_recall,
-            "unseen_phrase_precision": u_precision,
-            "unseen_phrase_f1": _f1(u_precision, u_recall),
-            "unseen_mentions": float(c["unseen"]),
-        }
+        out["unseen_mentions"] = float(c["unseen"])
+        # a recall over no mention is no figure (a 0 would read as a failure): left out, shown as "–"
+        if c["seen"]:
+            out["seen_phrase_recall"] = _ratio(c["seen_tp"], c["seen"])
+        if c["unseen"]:
+            u_recall, u_precision = _ratio(c["unseen_tp"], c["unseen"]), _ratio(c["unseen_tp_pred"], c["unseen_pred"])
+            out |= {
+                "unseen_phrase_recall": u_recall,
+                "unseen_phrase_precision": u_precision,
+                "unseen_phrase_f1": _f1(u_precision, u_recall),
+            }
     return out
 
 

@@ -151,3 +151,7 @@ def test_span_metrics_hand_computed_with_the_seen_unseen_split():
     # words: 6 + 3 + 4 = 13; wrong: the second "the" (1), "service" (1), "al" and "dente" missed (2)
     assert m["word_accuracy"] == pytest.approx(9 / 13)
     assert "unseen_phrase_recall" not in span_metrics(texts, gold, pred)
+    # every gold word seen in training (the "parts" toy): no unseen figure rather than a 0 that reads as failure
+    all_seen = span_metrics(texts, gold, pred, phrase_words(["lamb curry", "zokaretti", "ramen al dente"]))
+    assert all_seen["unseen_mentions"] == 0 and "unseen_phrase_recall" not in all_seen
+    assert all_seen["seen_phrase_recall"] == pytest.approx(1 / 3)
