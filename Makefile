@@ -34,7 +34,7 @@ format: install
 	$(VENV)/bin/ruff format albert_exp tests benchmarks scripts
 
 ui: install  ## the MLflow UI on 127.0.0.1:5000 over mlflow.db
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	MLFLOW_DISABLE_TELEMETRY=$${MLFLOW_DISABLE_TELEMETRY:-true} $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 ui-screenshots: install  ## PNGs of the MLflow UI over the demo's store (after `make demo`), with headless Chromium
 	command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \

@@ -181,6 +181,9 @@ QUIET_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TOKENIZERS_PARALLELISM": "false",
 }
+# No network at run time: MLflow 3 sends usage telemetry from every process that imports it (and fetches its
+# settings from a remote URL, 1 s timeouts); off unless the user turns it on (MLFLOW_DISABLE_TELEMETRY=false).
+OFFLINE_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 # OSErrors that are about the user's machine, with what to do: one line and exit 2 like a UserError.
@@ -196,7 +199,7 @@ USER_ERRNOS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    for key, value in QUIET_DEFAULTS.items():
+    for key, value in {**QUIET_DEFAULTS, **OFFLINE_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     top = _top_parser().parse_args(argv[:1] or ["--help"])
     cmd = COMMANDS[top.command]

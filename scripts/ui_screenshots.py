@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="docs/ui", help="folder for the PNGs")
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_TRACKING_URI", args.store)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the UI server too: no network at run time
     browser = _browser()
     routes = pages(args.store, args.experiment)
     with mlflow_ui(args.store, _free_port()) as base:

@@ -110,3 +110,17 @@ def test_console_script_and_module_entry_agree():
 def test_user_error_format():
     e = UserError("missing column 'text'", where="a.csv:1", fix="fix the header")
     assert e.format() == "a.csv:1: missing column 'text' (fix the header)"
+
+
+@pytest.mark.parametrize("user", [None, "false"])
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(monkeypatch, capsys, user):
+    """No network at run time: every command turns MLflow's usage telemetry off before MLflow is imported."""
+    import os
+
+    if user is None:
+        monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", user)
+    with pytest.raises(SystemExit):
+        main(["lineage", "--help"])
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == (user or "true")
