@@ -415,10 +415,6 @@ def _recorded_run(work: Path) -> str | None:
     return run_id if run_id and get_run(run_id) is not None else None
 
 
-def _sigterm_to_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, resume_run_id: str | None) -> str:
     """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -447,19 +443,6 @@ def _create_experiment(client: Any, name: str) -> str:
         return client.create_experiment(name, tags={"mlflow.experimentKind": "custom_model_development"})
     except MlflowException:  # created meanwhile by a process started at the same time
         return client.get_experiment_by_name(name).experiment_id
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so the run is closed as KILLED."""
-    previous = signal.getsignal(signal.SIGTERM)
-    with contextlib.suppress(ValueError):  # not in the main thread: leave signals alone
-        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _log_resolved_config(
@@ -550,7 +533,7 @@ def stage_run(
     token = _CURRENT.set(tracker)
     error: BaseException | None = None
     try:
-        with _sigterm_as_interrupt():
+        with signals_as_interrupt():  # a scheduler's SIGTERM closes the run as KILLED
             if not resume_run_id:  # a reattached run has its params already (MLflow params are immutable)
                 _log_resolved_config(cfg, stage, section, extra_params, tracker)
             tracker.set_tags(_stage_tags(cfg, stage, output, parent, bool(resume_run_id)))

@@ -54,3 +54,18 @@ def test_runs_of_dead_processes_are_marked_killed_by_the_next_command(mlflow_sto
     run = client.get_run(orphan)
     assert run.info.status == "KILLED" and "is gone" in run.data.tags[tracking.KILLED_REASON]
     assert client.get_run(alive).info.status == client.get_run(elsewhere).info.status == "RUNNING"
+
+
+def test_sigterm_inside_a_stage_closes_its_run_as_killed_and_restores_the_handler(mlflow_store):
+    import os
+    import signal
+
+    import pytest
+    from mlflow import MlflowClient
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run(load_config(None, ["name=term"]), "corpus", "stopped") as tracker:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
+    assert MlflowClient().get_run(tracker.run_id).info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is before
