@@ -27,12 +27,17 @@ def expand_files(
     UserError. Files ending in `skip_suffixes` (a writer's manifest or temporary files) are left out."""
     files: list[Path] = []
     for pat in patterns:
-        parts = [pat] if _files(pat, skip_suffixes) or len(pat.split()) < 2 else pat.split()  # several in one
-        for part in parts:
-            matches = _files(part, skip_suffixes)
-            if not matches:
-                raise UserError(f"no {what} matches {part!r}", where=where, fix=fix)
-            files.extend(matches)
+        matches = _files(pat, skip_suffixes)
+        parts = pat.split()
+        if not matches and len(parts) > 1:  # several paths in one string: each must name a file
+            for part in parts:
+                found = _files(part, skip_suffixes)
+                if not found:
+                    raise UserError(f"no {what} matches {part!r}", where=where, fix=fix)
+                matches.extend(found)
+        if not matches:
+            raise UserError(f"no {what} matches {pat!r}", where=where, fix=fix)
+        files.extend(matches)
     seen: set[Path] = set()
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
