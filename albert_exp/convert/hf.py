@@ -162,9 +162,11 @@ def model_from_tf(source: str | Path, albert_config: str | Path | None = None):
 
 
 def tf_to_hf(source: str | Path, out_dir: str | Path, albert_config: str | Path | None = None) -> dict:
+    from albert_exp.checkpoint import save_weights
+
     model, info = model_from_tf(source, albert_config)
     out = Path(out_dir)
-    model.save_pretrained(str(out))  # safetensors
+    save_weights(model, out)  # safetensors; a full disk is one line, as every other write's
     return {**info, "model_dir": str(out)}
 
 
