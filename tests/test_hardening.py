@@ -74,6 +74,15 @@ def corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
     return root / "corpus" / "manifest.json", root / "tokenizer"
 
 
+def _cmdline(psutil, proc) -> str:
+    """A child's command line; "" for one that ended meanwhile (a short-lived `git` of the code version, say,
+    is a zombie until its parent reaps it)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def test_kill_9_of_pretraining_data_leaves_no_orphaned_workers(tmp_path, corpus_and_tokenizer):
     psutil = pytest.importorskip("psutil")
     manifest, tok = corpus_and_tokenizer
@@ -100,7 +109,7 @@ def test_kill_9_of_pretraining_data_leaves_no_orphaned_workers(tmp_path, corpus_
     workers: list = []
     while time.time() < deadline and proc.poll() is None:
         kids = parent.children(recursive=True)
-        workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
+        workers = [k for k in kids if "spawn_main" in _cmdline(psutil, k)]
         if len(workers) >= 2:
             break
         time.sleep(0.1)
