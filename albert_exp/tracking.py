@@ -742,8 +742,65 @@ def signals_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+_METRIC_COLUMNS = {"key", "value", "timestamp", "step", "is_nan", "run_uuid"}  # MLflow 3's metrics, latest_metrics
+
+
+def _bulk_log(client: Any, run_id: str, points: list[tuple[str, float, int, int]]) -> bool:
+    """Metric points (key, value, timestamp ms, step) into a SQL store in one transaction: one executemany into
+    MLflow's `metrics` table and the run's `latest_metrics` rows moved on as MLflow's `log_batch` moves them (by
+    step, then time, then value), through MLflow's own table definitions and session. `log_batch` costs ~80 us
+    of ORM work per point (a 1M-line TPU log has 30,000: 2.5 s); this ~10 us. False, with nothing written, for
+    any other store, a table layout not known here, or a point the run already has (the caller then uses
+    `log_batch`, which skips those). tests/test_tracking.py checks both ways leave the same history and latest
+    values, tests/test_team.py on PostgreSQL too."""
+    import math
+
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store
+    layout = ({c.name for c in t.__table__.columns} for t in (SqlMetric, SqlLatestMetric))
+    if not points or not isinstance(store, SqlAlchemyStore) or any(cols != _METRIC_COLUMNS for cols in layout):
+        return False
+    rows: dict[tuple, None] = {}  # (key, timestamp, step, value, is_nan) as stored; identical points once
+    for key, value, timestamp, step in points:
+        is_nan, value = store.sanitize_metric_value(value) if not math.isfinite(value) else (False, value)
+        rows[key, timestamp, step, value, is_nan] = None
+    newest: dict[str, tuple] = {}  # per key, the point latest_metrics should hold: (step, timestamp, value, is_nan)
+    for key, timestamp, step, value, is_nan in rows:
+        if (step, timestamp, value) > newest.get(key, (-math.inf,)):
+            newest[key] = (step, timestamp, value, is_nan)
+    columns = ("key", "timestamp", "step", "value", "is_nan")
+    try:
+        with store.ManagedSessionMaker(read_only=False) as session:
+            values = [{"run_uuid": run_id, **dict(zip(columns, row, strict=True))} for row in rows]
+            session.connection().execute(SqlMetric.__table__.insert(), values)  # one executemany
+            latest = session.query(SqlLatestMetric).filter(
+                SqlLatestMetric.run_uuid == run_id, SqlLatestMetric.key.in_(sorted(newest))
+            )
+            have = {m.key: m for m in latest.order_by(SqlLatestMetric.key).with_for_update()}
+            for key, (step, timestamp, value, is_nan) in newest.items():
+                old = have.get(key)
+                if old is None:
+                    session.add(
+                        SqlLatestMetric(
+                            run_uuid=run_id, key=key, step=step, timestamp=timestamp, value=value, is_nan=is_nan
+                        )
+                    )
+                elif (step, timestamp, value) > (old.step, old.timestamp, old.value):
+                    old.step, old.timestamp, old.value, old.is_nan = step, timestamp, value, is_nan
+    except MlflowException as e:  # its session wraps SQLAlchemy's errors (and rolls back)
+        if isinstance(e.__cause__, sqlalchemy.exc.IntegrityError):  # a point the run has
+            return False
+        raise
+    return True
+
+
 class RunRecord(MlflowTracker):
-    """One run, bound to its id. Points go in with `log_batch`, 1,000 per request (MLflow's limit)."""
+    """One run, bound to its id. Points go in with `log_batch`, 1,000 per request (MLflow's limit); into a SQL
+    store (sqlite, PostgreSQL) many points go in one bulk insert (`_bulk_log`)."""
 
     MAX_METRICS = 1000
 
@@ -757,12 +814,22 @@ class RunRecord(MlflowTracker):
         """Metric points with their own times (columns of equal length); returns how many were logged."""
         from mlflow.entities import Metric
 
-        metrics = [
-            Metric(k, float(v), int(t), int(s)) for k, v, t, s in zip(keys, values, timestamps_ms, steps, strict=True)
-        ]
+        points = [(k, float(v), int(t), int(s)) for k, v, t, s in zip(keys, values, timestamps_ms, steps, strict=True)]
+        todo = points
+        if len(points) > self.MAX_METRICS:
+            # MLflow itself checks the run and each key's name on the first point of each key ...
+            first: dict[str, int] = {}
+            for i, point in enumerate(points):
+                first.setdefault(point[0], i)
+            self._client.log_batch(self.run_id, metrics=[Metric(*points[i]) for i in first.values()])
+            skip = set(first.values())
+            todo = [p for i, p in enumerate(points) if i not in skip]
+            if _bulk_log(self._client, self.run_id, todo):  # ... and the rest go in at once
+                return len(points)
+        metrics = [Metric(*p) for p in todo]  # not a SQL store, or a point the run already has
         for i in range(0, len(metrics), self.MAX_METRICS):
             self._client.log_batch(self.run_id, metrics=metrics[i : i + self.MAX_METRICS])
-        return len(metrics)
+        return len(points)
 
     def log_params(self, params: dict[str, Any]) -> dict[str, tuple[str, str]]:
         """Params are immutable: logs the new ones; returns {key: (the run's value, the new one)} that differ."""

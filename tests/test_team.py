@@ -293,3 +293,19 @@ def test_two_processes_start_on_a_fresh_postgres_tracking_store(postgres, tmp_pa
     client = MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+
+
+def test_bulk_log_into_postgres_matches_log_batch(postgres, tmp_path, monkeypatch):
+    """The bulk insert of RunRecord.log_points (tpu-logs) on PostgreSQL: the same points as `log_batch`."""
+    import mlflow
+
+    from tests.test_tracking import bulk_log_matches_log_batch
+
+    uri = postgres.create_db("bulk")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    try:
+        bulk_log_matches_log_batch(monkeypatch)
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -255,11 +257,24 @@ def test_background_parse_gives_the_same_run(store, tmp_path):
     from mlflow import MlflowClient
 
     logs = write_logs(SynthSpec(num_train_steps=3000, crashes=(1750,), eval_every=1000, seed=18), tmp_path / "l")
-    res = ingest([str(f) for f in logs.files], experiment="bg", background=True, progress=False)
-    assert "parse_wait_s" in res["timings"] and res["run_status"] == "FINISHED"
+    paths = [str(f) for f in logs.files]
+    busy = threading.Event()  # a second thread: the parsing process is spawned, not forked
+    threading.Thread(target=busy.wait, daemon=True).start()
+    try:
+        res = ingest(paths, experiment="bg", background=True, progress=False)
+    finally:
+        busy.set()
+    assert res["timings"]["parse_process"] == "spawn" and res["run_status"] == "FINISHED"
+    # from a fresh command (one thread) it is forked
+    code = f"import json; from albert_exp.tpu_logs.ingest import ingest; print(json.dumps(ingest({paths!r}, "
+    code += "experiment='bg-fork', background=True, progress=False, out_dir='fork'), default=str))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    forked = json.loads(out.stdout.splitlines()[-1])
+    assert forked["timings"]["parse_process"] == "fork" and forked["run_status"] == "FINISHED"
     client = MlflowClient()
     for key in ("train/loss", "train/examples_per_s", "eval/loss"):
         assert _history(client, res["run_id"], key) == _truth(logs, key), key
+        assert _history(client, forked["run_id"], key) == _truth(logs, key), key
     # errors raised in the parsing process come back as they are
     with pytest.raises(UserError, match="unknown time zone"):
         ingest([str(logs.files[0])], experiment="bg2", timezone="Mars/Olympus", background=True, progress=False)

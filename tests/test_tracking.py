@@ -69,3 +69,59 @@ def test_sigterm_inside_a_stage_closes_its_run_as_killed_and_restores_the_handle
             os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
     assert MlflowClient().get_run(tracker.run_id).info.status == "KILLED"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def bulk_log_matches_log_batch(monkeypatch) -> None:
+    """RunRecord.log_points into the current store through the bulk insert, and the same points through MLflow's
+    `log_batch` into a second run: the same history (steps, times, values; NaN and +-inf as MLflow stores them)
+    and the same latest values, including where the runs already held a later or an earlier point of a key. A
+    repeat of points the run has falls back to `log_batch`, which skips them."""
+    import math
+    import random
+
+    from mlflow import MlflowClient
+
+    used = []
+    bulk_log = tracking._bulk_log
+    monkeypatch.setattr(tracking, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
+    store = tracking.RunStore("bulk")
+    bulk, plain = store.create("bulk", None, {}), store.create("log_batch", None, {})
+    for run in (bulk, plain):  # before: `a` at a later step than the new points, `b` at an earlier one
+        run.log_points(["a", "b"], [5.0, 1.0], [10, 10], [9_000, 0])
+    rng = random.Random(0)
+    special = [math.nan, math.inf, -math.inf, 0.0]
+    points = [
+        ("abc"[i % 3], rng.choice(special) if i % 97 == 0 else rng.random(), 1_000 + i // 2, i) for i in range(2_500)
+    ]
+    points += [points[10], ("c", 7.5, 1_005, 10), ("c", -1.0, 9_999, 2_499)]  # a repeat; a step twice; newest c
+    columns = [list(c) for c in zip(*points, strict=True)]
+    assert bulk.log_points(*columns) == len(points) and used == [True]
+    monkeypatch.setattr(tracking, "_bulk_log", lambda *a: False)
+    assert plain.log_points(*columns) == len(points)
+
+    client = MlflowClient()
+
+    def seen(run_id: str) -> tuple[dict, dict]:
+        def show(v: float) -> str:
+            return "nan" if math.isnan(v) else repr(v)
+
+        history = {
+            key: sorted((m.step, m.timestamp, show(m.value)) for m in client.get_metric_history(run_id, key))
+            for key in "abc"
+        }
+        return history, {k: show(v) for k, v in client.get_run(run_id).data.metrics.items()}
+
+    assert seen(bulk.run_id) == seen(plain.run_id)
+    history, latest = seen(bulk.run_id)
+    assert len(history["a"]) == 1 + 834 and latest["a"] == "5.0" and latest["c"] == "-1.0"
+    assert any(v == "nan" for _, _, v in history["b"]) and any(
+        v == "1.7976931348623157e+308" for k in "abc" for _, _, v in history[k]
+    )
+
+    monkeypatch.setattr(tracking, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
+    assert bulk.log_points(*columns) == len(points) and used == [True, False]  # the run has them: log_batch
+    assert seen(bulk.run_id) == (history, latest)
+
+
+def test_bulk_log_into_sqlite_matches_log_batch(mlflow_store, monkeypatch):
+    bulk_log_matches_log_batch(monkeypatch)

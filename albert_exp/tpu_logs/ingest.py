@@ -163,7 +163,8 @@ def _plan_and_parse(
     clock = time.perf_counter()
     if bg is not None:
         result = bg.result()
-        return store, todo, result, {"parse_wait_s": round(time.perf_counter() - clock, 2)}  # it ran alongside
+        wait = round(time.perf_counter() - clock, 2)  # it ran alongside
+        return store, todo, result, {"parse_wait_s": wait, "parse_process": bg.method}
     year, timezone = opts["year"], opts["timezone"]
     result = parse_files([f.path for f in todo.files], year=year, timezone=timezone, progress=progress)
     return store, todo, result, {"parse_s": round(time.perf_counter() - clock, 2)}
