@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import gc
 import importlib
 import json
 import os
@@ -198,6 +199,15 @@ USER_ERRNOS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:  # a command (not a call from Python): the interpreter exits next
+        # its last collections walk every object MLflow's import made: ~0.8 s of the user's wait. Frozen, they
+        # are skipped; objects are still freed (files flushed) and the memory goes back to the OS as ever.
+        gc.freeze()
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     for key, value in {**QUIET_DEFAULTS, **OFFLINE_DEFAULTS}.items():
         os.environ.setdefault(key, value)

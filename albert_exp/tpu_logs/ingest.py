@@ -73,8 +73,8 @@ def ingest(
 ) -> dict[str, Any]:
     """Parse `paths` and make sure one MLflow run holds them. Returns the results (also results.json).
 
-    background: parse in a separate process while MLflow loads (None: for logs of 16 MB or more); that
-    process then writes the tables and the plot while this one logs the points.
+    background: parse in a separate process while MLflow loads (None: when it can be forked, else for logs of
+    16 MB or more); that process then writes the tables and the plot while this one logs the points.
     """
     from albert_exp.tracking import signals_as_interrupt
 
@@ -138,11 +138,12 @@ def _into_run(
 
 
 def _background(files: list[LogFile], opts: dict, background: bool | None, progress: bool, out: Path) -> Any:
-    """A BackgroundParse for big logs, except for --append, whose files are known once MLflow answers."""
-    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse
+    """A BackgroundParse where it can be forked, or for big logs, except for --append, whose files are known once
+    MLflow answers."""
+    from albert_exp.tpu_logs.parse import BACKGROUND_MIN_BYTES, BackgroundParse, can_fork
 
     if background is None:
-        background = sum(f.bytes for f in files) >= BACKGROUND_MIN_BYTES
+        background = can_fork() or sum(f.bytes for f in files) >= BACKGROUND_MIN_BYTES
     if not background or opts["append"] or opts["run_id"]:
         return None
     kwargs = dict(year=opts["year"], timezone=opts["timezone"], progress=progress)

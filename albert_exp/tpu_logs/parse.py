@@ -196,11 +196,11 @@ def parse_files(
     return build_result(parsed, year_source, timezone)
 
 
-BACKGROUND_MIN_BYTES = 16 << 20  # below this, starting a process costs more than the overlap wins
+BACKGROUND_MIN_BYTES = 16 << 20  # below this, spawning a process costs more than the overlap wins (forking: any)
 
 
 class BackgroundParse:
-    """`parse_files` in a spawned process, so that parsing a big log overlaps the seconds MLflow takes to
+    """`parse_files` in another process (forked or spawned: `_start_method`), so that parsing a big log overlaps the seconds MLflow takes to
     import and open its store. `result()` returns the ParseResult or re-raises the parser's error; with
     `tables_dir` the process then writes the tables and the plot there (ingest.write_tables) while the
     caller logs the points, and `tables()` waits for them."""
@@ -239,18 +239,23 @@ class BackgroundParse:
         self._proc.join()
 
 
-def _start_method() -> str:
-    """ "fork" from a process with one thread (an `albert-exp` command at this point): the child starts at once
-    with the modules already imported, pandas too (imported here first: the parent needs it as well), which
-    saves it ~0.6 CPU-s of start-up. "spawn" (a fresh interpreter) where other threads exist: forking those
-    can deadlock the child."""
+def can_fork() -> bool:
+    """Whether this process has one thread (an `albert-exp` command before MLflow loads), so that a forked child
+    is safe: forking a process with other threads can deadlock the child. Counts native threads too (torch's,
+    BLAS's)."""
     import os
 
     try:
-        threads = len(os.listdir("/proc/self/task"))  # native threads too (torch's, BLAS's)
-    except OSError:
-        return "spawn"
-    if threads != 1:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:  # no /proc: not Linux
+        return False
+
+
+def _start_method() -> str:
+    """ "fork" where safe: the child starts at once with the modules already imported, pandas too (imported here
+    first: the parent needs it as well), which saves it ~0.6 CPU-s of start-up. Else "spawn" (a fresh
+    interpreter)."""
+    if not can_fork():
         return "spawn"
     import pandas  # noqa: F401
 
@@ -258,17 +263,28 @@ def _start_method() -> str:
 
 
 def _parse_worker(conn: Any, paths: list[str], kwargs: dict, tables_dir: str | None) -> None:
+    import threading
+
+    sender = None
     try:
         result = parse_files(paths, **kwargs)
-        conn.send((True, result.without_rows()))
+        # the result is more than a pipe holds: sent from a thread, so that the tables are written meanwhile
+        # rather than after the parent (busy loading MLflow) has read it
+        sender = threading.Thread(target=conn.send, args=((True, result.without_rows()),))
+        sender.start()
         if tables_dir:
             from albert_exp.tpu_logs.ingest import write_tables
 
             write_tables(Path(tables_dir), result)
+            sender.join()
             conn.send((True, None))
     except BaseException as exc:  # sent back and re-raised in the parent
+        if sender is not None:
+            sender.join()
         conn.send((False, exc))
     finally:
+        if sender is not None:
+            sender.join()
         conn.close()
 
 
