@@ -749,7 +749,7 @@ def _bulk_log(client: Any, run_id: str, points: list[tuple[str, float, int, int]
     """Metric points (key, value, timestamp ms, step) into a SQL store in one transaction: one executemany into
     MLflow's `metrics` table and the run's `latest_metrics` rows moved on as MLflow's `log_batch` moves them (by
     step, then time, then value), through MLflow's own table definitions and session. `log_batch` costs ~80 us
-    of ORM work per point (a 1M-line TPU log has 30,000: 2.5 s); this ~10 us. False, with nothing written, for
+    of ORM work per point (a 1M-line TPU log has 30,000: 2.5 s); this ~15 us (0.5 s). False, nothing written, for
     any other store, a table layout not known here, or a point the run already has (the caller then uses
     `log_batch`, which skips those). tests/test_tracking.py checks both ways leave the same history and latest
     values, tests/test_team.py on PostgreSQL too."""

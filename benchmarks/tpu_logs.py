@@ -13,9 +13,10 @@ the same SQLite store (created and migrated before any clock starts), back to ba
 times each; the benchmark checks that both logged the same points. Reported per side: the median wall time
 and the median CPU seconds (user + sys of the process and its children, which counts our parsing process),
 and the ratios baseline / ours (> 1: ours is faster). Ours does more: de-duplication across restarts and
-formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json; its second process
-parses while MLflow loads and writes the tables and the plot while the points are logged, so on a machine
-with a free core the wall time follows the main process's CPU (printed too), not the total.
+formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json; its forked second
+process parses while MLflow loads and writes the tables and the plot while the points are logged (one bulk
+insert into this SQL store: tracking._bulk_log), so on a machine with a free core the wall time follows the
+main process's CPU (printed too), not the total.
 """
 
 from __future__ import annotations

@@ -200,10 +200,10 @@ BACKGROUND_MIN_BYTES = 16 << 20  # below this, spawning a process costs more tha
 
 
 class BackgroundParse:
-    """`parse_files` in another process (forked or spawned: `_start_method`), so that parsing a big log overlaps the seconds MLflow takes to
-    import and open its store. `result()` returns the ParseResult or re-raises the parser's error; with
-    `tables_dir` the process then writes the tables and the plot there (ingest.write_tables) while the
-    caller logs the points, and `tables()` waits for them."""
+    """`parse_files` in another process (forked or spawned: `_start_method`), so that parsing overlaps the
+    seconds MLflow takes to import and open its store. `result()` returns the ParseResult or re-raises the
+    parser's error; with `tables_dir` the process then writes the tables and the plot there
+    (ingest.write_tables) while the caller logs the points, and `tables()` waits for them."""
 
     def __init__(self, paths: list[str], tables_dir: str | Path | None = None, **kwargs: Any):
         import multiprocessing as mp
