@@ -182,3 +182,26 @@ def test_every_hugging_face_load_goes_through_hf_local():
         any(k.arg == "local_files_only" and getattr(k.value, "value", None) is True for k in n.keywords) for n in loads
     ]
     assert len(loads) == 3 and all(local)
+
+
+def test_kill_9_of_tpu_logs_ingest_leaves_no_parsing_process(tmp_path):
+    """The parsing process of `tpu-logs ingest` (forked from the command) sends a result bigger than a pipe holds
+    while the parent is still loading MLflow; a parent killed with -9 then must not leave it waiting forever."""
+    psutil = pytest.importorskip("psutil")
+    from tests.tpu_logs_synth import SynthSpec, write_logs
+
+    logs = write_logs(SynthSpec(num_train_steps=100_000, target_lines=100_000, seed=3), tmp_path / "logs")
+    cmd = [sys.executable, "-m", "albert_exp", "tpu-logs", "ingest", str(logs.files[0]), "--no-progress"]
+    env = {**_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parent = psutil.Process(proc.pid)
+    deadline = time.time() + 60
+    kids: list = []
+    while time.time() < deadline and proc.poll() is None and not kids:
+        kids = [k for k in parent.children() if "tpu-logs" in _cmdline(psutil, k)]  # forked: the same command
+        time.sleep(0.02)
+    assert kids, f"no parsing process seen (rc={proc.poll()}): {proc.stderr.read().decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(kids, timeout=30)
+    assert not alive, f"left running after kill -9 of the parent: {[p.pid for p in alive]}"

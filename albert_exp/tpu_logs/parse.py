@@ -211,7 +211,7 @@ class BackgroundParse:
         self.method = _start_method()
         ctx = mp.get_context(self.method)
         self._recv, send = ctx.Pipe(duplex=False)
-        args = (send, [str(p) for p in paths], kwargs, tables_dir and str(tables_dir))
+        args = (send, self._recv, [str(p) for p in paths], kwargs, tables_dir and str(tables_dir))
         self._proc = ctx.Process(target=_parse_worker, args=args, daemon=True)
         self._proc.start()
         send.close()
@@ -262,30 +262,40 @@ def _start_method() -> str:
     return "fork"
 
 
-def _parse_worker(conn: Any, paths: list[str], kwargs: dict, tables_dir: str | None) -> None:
+def _parse_worker(conn: Any, parent_end: Any, paths: list[str], kwargs: dict, tables_dir: str | None) -> None:
     import threading
 
+    # a forked child inherits the parent's end of the pipe: closed here, a parent killed with -9 is a broken pipe
+    # for the child, not a send that waits for a reader forever (and a process left behind)
+    parent_end.close()
     sender = None
     try:
         result = parse_files(paths, **kwargs)
         # the result is more than a pipe holds: sent from a thread, so that the tables are written meanwhile
         # rather than after the parent (busy loading MLflow) has read it
-        sender = threading.Thread(target=conn.send, args=((True, result.without_rows()),))
+        sender = threading.Thread(target=_send, args=(conn, (True, result.without_rows())))
         sender.start()
         if tables_dir:
             from albert_exp.tpu_logs.ingest import write_tables
 
             write_tables(Path(tables_dir), result)
             sender.join()
-            conn.send((True, None))
+            _send(conn, (True, None))
     except BaseException as exc:  # sent back and re-raised in the parent
         if sender is not None:
             sender.join()
-        conn.send((False, exc))
+        _send(conn, (False, exc))
     finally:
         if sender is not None:
             sender.join()
         conn.close()
+
+
+def _send(conn: Any, message: tuple) -> None:
+    try:
+        conn.send(message)
+    except OSError:  # broken pipe: the parent is gone (killed), nobody to tell
+        pass
 
 
 def _order(files: list[ParsedFile]) -> list[ParsedFile]:
