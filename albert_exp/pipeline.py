@@ -168,7 +168,8 @@ def _tune(cfg: ExperimentConfig, forced: set[str], parent_id: str) -> dict:
     name = tune.study_name(cfg)
     if "tune" in forced:  # a new study: the earlier one stays as it is
         name = f"{name}-{parent_id[:8]}"
-    elif not cfg.tune.study_name:
+    elif not cfg.tune.study_name and tune.holds_base(tune.checked_study(cfg, name), cfg):
+        # (another finetune.learning_rate or epochs: the study gets that trial, not reused without it)
         reused = _reuse(cfg, "tune", name, _artifact_results)
         if reused is not None:
             return reused

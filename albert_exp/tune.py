@@ -16,7 +16,8 @@ its parameters (RetryHeartbeatStaleTrialCallback); the retry resumes from the de
 
 The default study name carries a fingerprint of everything a trial's result depends on (finetune config except
 the searched values, model, seed, search space, data files, tokenizer, code commit, tracking store): a rerun
-with other inputs starts a new study instead of silently mixing results.
+with other inputs starts a new study instead of silently mixing results. The plain fine-tuning config is a trial
+of the study (enqueue_base): its first, and one more after a rerun with another learning rate or epochs.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> 
             time.sleep(1 + attempt)
 
 
-def _open_storage(cfg: ExperimentConfig, name: str) -> Any:
+def checked_study(cfg: ExperimentConfig, name: str) -> Any:
     """The study, or one line saying what is wrong with tune.storage (a missing driver, a wrong URL, a database
     that does not answer)."""
     storage = cfg.tune.storage
@@ -231,12 +232,35 @@ def base_in_space(cfg: ExperimentConfig) -> bool:
 
 
 def enqueue_base(study: Any, cfg: ExperimentConfig) -> bool:
-    """The plain fine-tuning config is the study's first trial, so the search is never worse than it; only inside
-    the search space (a space that leaves it out is a choice) and only into a study that has no trial yet."""
-    if study.trials or not base_in_space(cfg):
+    """The plain fine-tuning config is one of the study's trials, so the search is never worse than it: a new
+    study's first; after a rerun with another finetune.learning_rate or epochs (the same study: those two are
+    searched, not part of its name) one more. Only inside the search space (a space that leaves it out is a
+    choice), and not when the study holds these parameters already (in any state). True when queued."""
+    if holds_base(study, cfg):
         return False
-    study.enqueue_trial({"learning_rate": cfg.finetune.learning_rate, "epochs": cfg.finetune.epochs})
+    study.enqueue_trial(_base(cfg))
     return True
+
+
+def holds_base(study: Any, cfg: ExperimentConfig) -> bool:
+    """Whether the study has the fine-tuning config among its trials, queued, running or finished (or the config
+    lies outside the search space, so it has nothing to add)."""
+    import math
+
+    if not base_in_space(cfg):
+        return True
+    base = _base(cfg)
+    for trial in study.get_trials(deepcopy=False):
+        params = trial.system_attrs.get("fixed_params", trial.params)
+        if params.get("epochs") == base["epochs"] and math.isclose(
+            params.get("learning_rate", -1), base["learning_rate"]
+        ):
+            return True
+    return False
+
+
+def _base(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {"learning_rate": cfg.finetune.learning_rate, "epochs": cfg.finetune.epochs}
 
 
 def duplicate_of(study: Any, params: dict[str, Any]) -> int | None:
@@ -359,14 +383,15 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
         read_labelled_csv(data_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
     name = study_name(cfg)
     study_dir = cfg.stage_dir("tune") / name
-    study = _open_storage(cfg, name)
+    study = checked_study(cfg, name)
     optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
     fail_dead_trials(study)  # ... and at once where the dead worker ran on this host
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
     remaining = max(0, t.n_trials - done)
     print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
     if enqueue_base(study, cfg):
-        print(f"trial 0 is the finetune config: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
+        print(f"queued the finetune config as a trial: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
+        remaining = max(remaining, 1)  # into a study that had run its n_trials: one more
     # the search space as params; the fine-tuning settings every trial shares, without the searched two (the base
     # values read as if they were searched)
     fixed = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}

@@ -52,12 +52,12 @@ def test_postgres_store_without_psycopg_names_the_extra(monkeypatch):
 
 def test_postgres_optuna_storage_without_psycopg_names_the_extra(monkeypatch, tmp_path):
     from albert_exp.config import load_config
-    from albert_exp.tune import _open_storage
+    from albert_exp.tune import checked_study
 
     _hide(monkeypatch, "psycopg")
     cfg = load_config(None, ["tune.storage=postgresql://nobody@127.0.0.1:9/none", f"workdir={tmp_path}"])
     with pytest.raises(UserError, match=r"PostgreSQL Optuna storage .* needs the `postgres` extra"):
-        _open_storage(cfg, "study")
+        checked_study(cfg, "study")
 
 
 def test_optional_modules_are_imported_only_through_extras_require():

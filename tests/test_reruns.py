@@ -124,6 +124,10 @@ def test_changed_finetune_setting_reuses_pretraining_and_retrains_finetuning(fir
     assert ft.data.tags["upstream.pretrain"] == a["pretrain"]["run_id"]  # trained from the same weights
     assert Path(a["finetune"]["model_dir"]).is_dir()  # the earlier fine-tuned model is still where it was
     assert set(lineage_stages(tmp, f"runs:/{ft.info.run_id}")) >= set(COMPUTED)
+    # the new base config (lr 0.003, 1 epoch) lies inside the search space: the same study, one more trial
+    assert "tune: reusing" not in out.stdout and "queued the finetune config as a trial" in out.stdout
+    assert b["tune"]["study_name"] == a["tune"]["study_name"]
+    assert sum(b["tune"]["trials"].values()) == sum(a["tune"]["trials"].values()) + 1
 
 
 def test_changed_pretraining_setting_recomputes_downstream_and_keeps_the_earlier_outputs(first):

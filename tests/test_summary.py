@@ -148,7 +148,10 @@ def test_the_finetune_config_is_the_first_trial_when_inside_the_space():
         cfg.finetune.learning_rate,
         cfg.finetune.epochs,
     )
-    assert not enqueue_base(study, cfg)  # a study with trials (a rerun) gets no second copy
+    assert not enqueue_base(study, cfg)  # a study that holds it (a rerun) gets no second copy
+    other = load_config(ROOT / "experiments" / "toy.yaml", [f"finetune.epochs={cfg.finetune.epochs - 1}"])
+    assert enqueue_base(study, other)  # a rerun with another base config: it becomes one more trial
+    assert study.get_trials()[-1].system_attrs["fixed_params"]["epochs"] == cfg.finetune.epochs - 1
     outside = load_config(ROOT / "experiments" / "toy.yaml", ["tune.epochs_max=3"])
     assert not enqueue_base(optuna.create_study(direction="maximize"), outside)
 
