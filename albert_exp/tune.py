@@ -245,18 +245,7 @@ def enqueue_base(study: Any, cfg: ExperimentConfig) -> bool:
 def holds_base(study: Any, cfg: ExperimentConfig) -> bool:
     """Whether the study has the fine-tuning config among its trials, queued, running or finished (or the config
     lies outside the search space, so it has nothing to add)."""
-    import math
-
-    if not base_in_space(cfg):
-        return True
-    base = _base(cfg)
-    for trial in study.get_trials(deepcopy=False):
-        params = trial.system_attrs.get("fixed_params", trial.params)
-        if params.get("epochs") == base["epochs"] and math.isclose(
-            params.get("learning_rate", -1), base["learning_rate"]
-        ):
-            return True
-    return False
+    return not base_in_space(cfg) or trial_with(study, _base(cfg)) is not None
 
 
 def _base(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -268,9 +257,14 @@ def duplicate_of(study: Any, params: dict[str, Any]) -> int | None:
     seed repeats (a rerun, a second worker) must not train the same point twice by accident."""
     import optuna
 
-    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for t in study.get_trials(deepcopy=False, states=done):
-        if t.params == params:
+    return trial_with(study, params, (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+
+
+def trial_with(study: Any, params: dict[str, Any], states: tuple | None = None) -> int | None:
+    """The number of a trial (in `states`, default any) with exactly these parameters; a queued trial has no
+    params yet, only the fixed ones it was queued with."""
+    for t in study.get_trials(deepcopy=False, states=states):
+        if (t.params or t.system_attrs.get("fixed_params")) == params:
             return t.number
     return None
 
