@@ -11,80 +11,13 @@ output with another key is computed elsewhere and renamed into place when comple
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
-PACKAGE = Path(__file__).resolve().parent
-
-
-def _git(*args: str) -> bytes:
-    return subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, timeout=10, check=True).stdout
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """`<commit>` of the checkout the package runs from, `<commit>-dirty+<hash>` when the package has uncommitted
-    changes (the hash of those changes, so two different edits are two versions), or `albert-exp <version>`
-    for an installed package outside git."""
-    try:
-        sha = _git("rev-parse", "HEAD").decode().strip()
-        diff = _git("diff", "HEAD", "--binary", "--", str(PACKAGE))
-        untracked = _git("ls-files", "--others", "--exclude-standard", "-z", "--", str(PACKAGE)).split(b"\0")
-    except (OSError, subprocess.SubprocessError):
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return f"albert-exp {version('albert-exp')}"
-        except PackageNotFoundError:
-            return "unknown"
-    h = hashlib.sha256(diff)
-    for name in sorted(u for u in untracked if u.endswith(b".py")):  # names relative to the package
-        h.update(name)
-        h.update((PACKAGE / name.decode()).read_bytes())
-    dirty = bool(diff) or any(u.endswith(b".py") for u in untracked)
-    return sha + (f"-dirty+{h.hexdigest()[:12]}" if dirty else "")
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB blocks (once per process for an unchanged file)."""
-    st = Path(path).stat()
-    return _file_digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=4096)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def tree_digest(path: str | Path, skip: tuple[str, ...] = ()) -> str:
-    """sha256 over the relative names and contents of the files under a directory (or of one file)."""
-    p = Path(path)
-    if p.is_file():
-        return file_digest(p)
-    h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file() and x.name not in skip):
-        h.update(str(f.relative_to(p)).encode())
-        h.update(bytes.fromhex(file_digest(f)))
-    return h.hexdigest()
-
-
-def stage_key(stage: str, sections: dict[str, Any], inputs: dict[str, str], code: str | None = None) -> str:
-    """The key of a stage output: its own settings, its inputs' content digests, the code version."""
-    payload = json.dumps(
-        {"stage": stage, "sections": sections, "inputs": inputs, "code": code or code_version()},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
-
+from albert_exp.digest import file_digest, stage_key, tree_digest
+from albert_exp.outputs import StageOutput
 
 # ----------------------------------------------------------------------------------------------------------
 # What each stage's key covers. Settings that only change where or how fast a stage runs (paths, worker counts,
@@ -269,67 +202,6 @@ def key_of(cfg: Any, stage: str) -> str:
     if (stage == "pretrain" and not cfg.pretrain.init_from) or (stage == "finetune" and not cfg.finetune.model_dir):
         sections["model"] = _section(cfg, "model")  # a fresh model: its architecture
     return stage_key(stage, sections, stage_inputs(cfg, stage))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output directories: one per key; the stage's own path is a link to the current one.
-
-
-class StageOutput:
-    """Where a stage with key `key` writes, under the link `link` (e.g. <workdir>/pretrain):
-
-        <link> -> <name>@<key>          a symlink: what downstream stages and users open
-        <name>@<key>/                   a complete output (results.json names its key); never modified again
-        <name>@<key>.partial/           a computation in progress: a rerun with the same key resumes it
-
-    The stage computes into `work` and `commit()` renames it when complete, then moves the link. A failed or
-    killed rerun leaves the previous output and the link untouched; outputs of other keys keep their paths
-    (which runs and results record), so they stay loadable."""
-
-    def __init__(self, link: Path, key: str) -> None:
-        self.link, self.key = Path(link).absolute(), key  # results record absolute paths: stable across cwd
-        self.done = self.link.parent / f"{self.link.name}@{key}"
-        self.work = self.link.parent / f"{self.link.name}@{key}.partial"
-
-    def complete(self) -> dict[str, Any] | None:
-        """results.json of a complete output with this key, or None."""
-        path = self.done / "results.json"
-        if not path.is_file():
-            return None
-        results = json.loads(path.read_text())
-        return results if results.get("key") == self.key else None
-
-    def start(self, fresh: bool = False) -> Path:
-        """The work directory (kept from a killed run with the same key, for resuming, unless `fresh`)."""
-        import shutil
-
-        if fresh:
-            shutil.rmtree(self.work, ignore_errors=True)
-        self.work.mkdir(parents=True, exist_ok=True)
-        return self.work
-
-    def commit(self) -> Path:
-        """Rename the work directory into place and point the link at it."""
-        import os
-        import time
-
-        if self.done.exists():  # a forced rerun of the same key: the earlier output stays, renamed
-            os.replace(self.done, self.done.with_name(f"{self.done.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}"))
-        os.replace(self.work, self.done)
-        self.point()
-        return self.done
-
-    def point(self) -> None:
-        """Make the link name this output (atomically: a new symlink renamed over the old one)."""
-        import os
-        import time
-
-        if self.link.exists() and not self.link.is_symlink():  # a directory from before this scheme
-            os.replace(self.link, self.link.with_name(f"{self.link.name}@before-{time.strftime('%Y%m%dT%H%M%S')}"))
-        tmp = self.link.with_name(f".{self.link.name}.link-{os.getpid()}")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.done.name)
-        os.replace(tmp, self.link)
 
 
 def output_of(cfg: Any, stage: str, link: Path | None = None) -> StageOutput:

@@ -14,42 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+from albert_exp.tracking import UPSTREAM
 
-UPSTREAM = "upstream."  # tag prefix: upstream.<stage> = run id
 # Tags worth printing per run (digests of what it read or wrote).
 SHOWN = ("albert_exp.key", "corpus_sha256", "manifest_sha256", "dataset_digest", "output_dir", "killed_reason")
-
-
-def producing_run(path: Path) -> str | None:
-    """The run id recorded in the results.json of the stage output that holds `path` (None: not a stage output)."""
-    p = Path(path).resolve()
-    for d in [p, *p.parents] if p.is_dir() else list(p.parents):
-        results = d / "results.json"
-        if results.is_file():
-            try:
-                data = json.loads(results.read_text())
-            except (OSError, ValueError):
-                return None
-            return data.get("run_id") or data.get("mlflow_run_id")
-    return None
-
-
-def upstream_tags(paths: dict[str, Path | list[Path]]) -> dict[str, str]:
-    """`upstream.<stage>` = run id for every input that is another stage's output in this store."""
-    from albert_exp.tracking import get_run
-
-    tags: dict[str, str] = {}
-    for value in paths.values():
-        for p in value if isinstance(value, list) else [value]:
-            run_id = producing_run(p) if Path(p).exists() else None
-            run = get_run(run_id) if run_id else None
-            if run is not None:
-                tags[UPSTREAM + run.tags.get("stage", "unknown")] = run_id
-    return tags
 
 
 def _start(uri: str) -> tuple[dict[str, Any] | None, str]:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, flatten, to_dict, to_yaml
-from albert_exp.identity import StageOutput, code_version
+from albert_exp.digest import code_version
+from albert_exp.outputs import StageOutput, producing_run
 
 # Tags that say who runs a stage: `sweep_dead_runs` closes a RUNNING run whose process is gone.
 HOST, PID, PID_START = "albert_exp.host", "albert_exp.pid", "albert_exp.pid_start"
@@ -42,6 +43,7 @@ KEY = "albert_exp.key"  # the stage identity of the output a run computed (alber
 PARENT = "albert_exp.resumed_under"  # the parent run of the invocation that resumed a run
 REUSED = "reused_run_id"  # on a stage run of `main` that reused an earlier run's output instead of computing
 RUN_FILE = "run.json"  # in a stage's work directory: the run computing it
+UPSTREAM = "upstream."  # tag prefix: upstream.<stage> = the run that produced an input
 RESUMED_AFTER = "albert_exp.resumed_after"  # on a run a rerun continued: why it had stopped
 
 
@@ -386,16 +388,24 @@ def close_runs(run_ids: set[str], experiment_id: str | None, tag_filter: dict[st
     return closed
 
 
-def _log_lineage(cfg: ExperimentConfig, stage: str, tracker: FakeTracker) -> None:
+def _log_lineage(tracker: FakeTracker, inputs: dict[str, tuple[Path | list[Path], str]]) -> None:
     """Tag the runs that produced this stage's inputs and log the inputs with their content digests."""
-    from albert_exp.identity import input_paths, stage_inputs
-    from albert_exp.lineage import upstream_tags
-
-    paths, digests = input_paths(cfg, stage), stage_inputs(cfg, stage)
-    tracker.set_tags(upstream_tags(paths))
-    for name, p in paths.items():
+    tracker.set_tags(upstream_tags({name: p for name, (p, _) in inputs.items()}))
+    for name, (p, digest) in inputs.items():
         source = p[0].parent if isinstance(p, list) else p
-        tracker.log_input_digest(name, str(source), digests[name])
+        tracker.log_input_digest(name, str(source), digest)
+
+
+def upstream_tags(paths: dict[str, Path | list[Path]]) -> dict[str, str]:
+    """`upstream.<stage>` = run id for every input that is another stage's output in this store."""
+    tags: dict[str, str] = {}
+    for value in paths.values():
+        for p in value if isinstance(value, list) else [value]:
+            run_id = producing_run(p) if Path(p).exists() else None
+            run = get_run(run_id) if run_id else None
+            if run is not None:
+                tags[UPSTREAM + run.tags.get("stage", "unknown")] = run_id
+    return tags
 
 
 def _note_resume(tracker: MlflowTracker) -> None:
@@ -416,7 +426,8 @@ def _recorded_run(work: Path) -> str | None:
 
 
 def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, resume_run_id: str | None) -> str:
-    """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run."""
+    """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run. A new run
+    is created with the tags naming its process, so the dead-run sweep can close it whatever fails next."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
     client = store_client()
@@ -430,7 +441,7 @@ def _open_run(cfg: ExperimentConfig, run_name: str, parent: FakeTracker | None, 
     else:
         exp = client.get_experiment_by_name(cfg.name)
         exp_id = exp.experiment_id if exp else _create_experiment(client, cfg.name)
-    tags = {MLFLOW_RUN_NAME: run_name}
+    tags = {MLFLOW_RUN_NAME: run_name, **who()}
     if parent is not None and parent.run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
     return client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id
@@ -462,7 +473,7 @@ def _log_resolved_config(
 def _stage_tags(
     cfg: ExperimentConfig, stage: str, output: StageOutput | None, parent: FakeTracker | None, resumed: bool
 ) -> dict[str, str]:
-    tags = {"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit(), **who()}
+    tags = {"stage": stage, "experiment_config": cfg.source, "git_commit": git_commit()}
     if output is not None:
         tags.update({KEY: output.key, "output_dir": str(output.done)})
     if resumed and parent is not None and parent.run_id:
@@ -504,11 +515,15 @@ def stage_run(
     enabled: bool = True,
     resume_run_id: str | None = None,
     output: StageOutput | None = None,
+    inputs: dict[str, tuple[Path | list[Path], str]] | None = None,
 ) -> Iterator[FakeTracker]:
     """Open the MLflow run of one stage (or reattach to `resume_run_id`) and log its resolved config.
 
-    With `output` (albert_exp.identity.StageOutput) the run is recorded in its work directory, so a rerun that
-    resumes the same output reattaches to the same run: one run per computation, one continuous history."""
+    With `output` (albert_exp.outputs.StageOutput) the run is recorded in its work directory, so a rerun that
+    resumes the same output reattaches to the same run: one run per computation, one continuous history.
+    `inputs` ({name: (paths, content digest)}) become the run's dataset inputs and `upstream.<stage>` tags.
+    From the moment the run exists it names its process (host, pid, start) and anything that fails after
+    that ends it FAILED (KILLED on Ctrl-C or SIGTERM): a full disk cannot leave it RUNNING."""
     if not enabled or _OFFLINE.get() is not None:
         fake = FakeTracker()
         if _OFFLINE.get() is not None:
@@ -522,23 +537,24 @@ def stage_run(
         resume_run_id = _recorded_run(output.work)
     run_id = _open_run(cfg, f"{stage} {description}".strip(), parent, resume_run_id)
     tracker = MlflowTracker(run_id)
-    if resume_run_id:
-        _note_resume(tracker)
-    if output is not None:
-        (output.work / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
-    if parent is None:
-        sweep_dead_runs([tracker.experiment_id])
-    # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while it is open
-    mlflow.start_run(run_id=run_id, nested=True)
     token = _CURRENT.set(tracker)
     error: BaseException | None = None
     try:
         with signals_as_interrupt():  # a scheduler's SIGTERM closes the run as KILLED
+            tracker.set_tags(who())  # (a resumed run, or the one `mlflow run` made, names its new process)
+            if resume_run_id:
+                _note_resume(tracker)
+            if output is not None:
+                (output.work / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
+            if parent is None:
+                sweep_dead_runs([tracker.experiment_id])
+            # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while open
+            mlflow.start_run(run_id=run_id, nested=True)
             if not resume_run_id:  # a reattached run has its params already (MLflow params are immutable)
                 _log_resolved_config(cfg, stage, section, extra_params, tracker)
             tracker.set_tags(_stage_tags(cfg, stage, output, parent, bool(resume_run_id)))
-            if output is not None and not resume_run_id:
-                _log_lineage(cfg, stage, tracker)
+            if inputs and not resume_run_id:
+                _log_lineage(tracker, inputs)
             yield tracker
     except BaseException as exc:
         error = exc
@@ -604,18 +620,10 @@ def get_run(run_id: str) -> RunView | None:
     )
 
 
-def find_finished_run(experiment: str, stage: str, key: str) -> RunView | None:
-    """The latest FINISHED run of `stage` that computed the output with identity `key` in `experiment` (the
-    runs `main` tagged as reusing another are not candidates: they computed nothing)."""
-    client = store_client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    query = f"tags.stage = '{stage}' and tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'"
-    for r in client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"]):
-        if REUSED not in r.data.tags:
-            return get_run(r.info.run_id)
-    return None
+def finished_run(run_id: str | None) -> RunView | None:
+    """The run `run_id` if this store has it and it FINISHED (the run a complete output names as its maker)."""
+    run = get_run(run_id) if run_id else None
+    return run if run is not None and run.status == "FINISHED" else None
 
 
 def run_url(run: RunView) -> str:

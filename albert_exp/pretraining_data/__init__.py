@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig
+from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
-from albert_exp.identity import file_digest, output_of
+from albert_exp.identity import output_of
 from albert_exp.tracking import stage_run, write_results
 
 __all__ = ["run", "build_tasks", "execute", "summarize", "write_manifest"]

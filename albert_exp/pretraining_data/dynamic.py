@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from albert_exp.config import PretrainingDataConfig
-from albert_exp.identity import file_digest
+from albert_exp.digest import file_digest
 from albert_exp.pretraining_data.instances import BlockStats, VocabInfo, _build, _Layout, _plan
 from albert_exp.tfrecord import FEATURES
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from albert_exp.config import PretrainingDataConfig, to_dict
+from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
-from albert_exp.identity import file_digest
 from albert_exp.pretraining_data.instances import (
     BlockStats,
     RecordBuffer,
