@@ -8,7 +8,7 @@ Identity (runs.py): the same files with the same options find their run and noth
 earlier ingest died half-way (`tpu_logs.complete` not true) is completed: only the points it lacks are
 logged. `--append` adds files the run does not have yet.
 
-Overlaps: a step logged by several attempts keeps the first attempt's value (parse.OVERLAP_RULE), whichever
+Overlaps: a step logged by several attempts keeps the first attempt's value (tables.OVERLAP_RULE), whichever
 way the files came in (all at once, --append, --follow); the dropped values are counted in the summary and
 listed in `overlaps.csv`. Run start/end times and the status (FINISHED when the log shows the end of
 training, else KILLED) come from the log; the headline figures are metrics too (`tpu/*`).
@@ -40,6 +40,7 @@ from albert_exp.tpu_logs.runs import (
     run_files,
     to_ms,
 )
+from albert_exp.tpu_logs.tables import write_tables
 
 # Summary figures logged as metrics (at the last step), so that they are columns of the runs table.
 SUMMARY_METRICS = {
@@ -280,19 +281,6 @@ def log_summary_metrics(run: Any, summary: dict[str, Any]) -> None:
     todo = {k: v for k, v in points.items() if (k, step) not in have}
     now = int(time.time() * 1000)
     run.log_points(list(todo), list(todo.values()), [now] * len(todo), [step] * len(todo))
-
-
-def write_tables(out: Path, result: Any) -> None:
-    """Table (CSV + Parquet), checkpoints, overlaps, restarts and the loss curve -> out."""
-    from albert_exp.tpu_logs.plot import loss_curve
-
-    out.mkdir(parents=True, exist_ok=True)
-    result.table.to_csv(out / "table.csv", index=False)
-    result.table.to_parquet(out / "table.parquet", index=False)
-    result.checkpoints.to_csv(out / "checkpoints.csv", index=False)
-    result.overlaps.to_csv(out / "overlaps.csv", index=False)
-    (out / "restarts.json").write_text(json.dumps(result.restarts, indent=2, default=str))
-    loss_curve(result.table, result.restarts, out / "loss_curve.png")
 
 
 def cpu_seconds() -> dict[str, float]:

@@ -31,6 +31,7 @@ from typing import Any
 from albert_exp.errors import UserError
 from albert_exp.files import is_gzip
 from albert_exp.tpu_logs.grammar import CHATTER, MAX_LINE, NO_DATA, TRUNCATED, FileParser, is_special
+from albert_exp.tpu_logs.tables import write_tables
 from albert_exp.tpu_logs.years import assign_years
 
 CHUNK_LINES = 16_384  # lines per pre-filter pass and progress update (a pass with a special line re-scans its lines)
@@ -203,7 +204,7 @@ class BackgroundParse:
     """`parse_files` in another process (forked or spawned: `_start_method`), so that parsing overlaps the
     seconds MLflow takes to import and open its store. `result()` returns the ParseResult or re-raises the
     parser's error; with `tables_dir` the process then writes the tables and the plot there
-    (ingest.write_tables) while the caller logs the points, and `tables()` waits for them."""
+    (tables.write_tables) while the caller logs the points, and `tables()` waits for them."""
 
     def __init__(self, paths: list[str], tables_dir: str | Path | None = None, **kwargs: Any):
         import multiprocessing as mp
@@ -276,8 +277,6 @@ def _parse_worker(conn: Any, parent_end: Any, paths: list[str], kwargs: dict, ta
         sender = threading.Thread(target=_send, args=(conn, (True, result.without_rows())))
         sender.start()
         if tables_dir:
-            from albert_exp.tpu_logs.ingest import write_tables
-
             write_tables(Path(tables_dir), result)
             sender.join()
             _send(conn, (True, None))
@@ -375,7 +374,6 @@ def _rows(files: list[ParsedFile], timezone: str) -> tuple[Any, Any]:
     return rows, ck.sort_values("step").reset_index(drop=True)
 
 
-OVERLAP_RULE = "a step logged by several attempts keeps the first attempt's value"
 TABLE_COLUMNS = ["source", "line", "wall_time", "step", "metric", "value", "segment"]
 
 

@@ -4,7 +4,7 @@ Identity: a run carries `tpu_logs.digest` (sha256 over the sorted sha256 of its 
 `--timezone` when given: they change the times) and `tpu_logs.file_digests`. The same files with the same
 options find their run; `--append` adds files the run does not have yet; a file that grew since (its start
 is a file of the run) continues that file's attempt and replaces its digest. `merge_earlier` puts the run's
-earlier table before the new files' by the overlap rule (parse.OVERLAP_RULE).
+earlier table before the new files' by the overlap rule (tables.OVERLAP_RULE).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class LogFile:
 
 def log_files(paths: list[str]) -> list[LogFile]:
     """The files as given, each once (the same file twice, or a byte-identical copy, counts once)."""
-    from albert_exp.identity import file_digest
+    from albert_exp.digest import file_digest
 
     out: dict[str, LogFile] = {}
     for p in paths:

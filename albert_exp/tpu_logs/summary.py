@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from albert_exp.tpu_logs.grammar import BLANK
-from albert_exp.tpu_logs.parse import OVERLAP_RULE
+from albert_exp.tpu_logs.tables import OVERLAP_RULE
 
 # Flags of run_pretraining.py -> our config keys, so a TPU run lines up with local `pretrain` runs in the UI.
 FLAG_TO_CONFIG = {
