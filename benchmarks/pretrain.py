@@ -138,7 +138,9 @@ def ours(
     model = build(name, device)
     opt = optim.make_optimizer(model, 1e-3)
     encoder = torch.compile(model.albert) if compile else None
-    forward = (lambda b: batch_losses(model, b, encoder)) if dist is None else dist.wrap(model, encoder)[0]
+    forward = (
+        (lambda b: batch_losses(model, b, encoder)) if dist is None else dist.wrap(model, batch_losses, encoder)[0]
+    )
     stream = data.Stream(files, 0, 1, batch_size=batch, max_seq_length=seq, seed=0, block=4096).batches()
     batches = [next(stream) for _ in range(4)] if device != "cpu" else None
 

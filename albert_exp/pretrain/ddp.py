@@ -16,8 +16,10 @@ torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a world of on
 - Gradients: torch DistributedDataParallel (bucketed all-reduce; no_sync on all but the last micro-batch of
   a step). ALBERT shares one layer's weights across all layers, so its gradients are complete only at the
   end of the backward pass and there is little to overlap; the all-reduce is of ~12M parameters.
-- Rank 0 alone evaluates, logs to MLflow (one run per training), writes checkpoints and results.json. The
-  logged training losses are averaged over ranks (the mean over the global batch, as one process logs it).
+- Losses: each rank's are its share of the global batch's (normalised by the global batch's masked positions
+  and sequences: loop.Share), so DDP's gradient average and the logged losses' average over ranks are the
+  global batch's, as one process with accumulation computes them.
+- Rank 0 alone evaluates, logs to MLflow (one run per training), writes checkpoints and results.json.
   Before each checkpoint the ranks' data positions are gathered into rank 0's, so a resume restores every
   rank. Resuming with another world size is refused: the checkpoint records it.
 """
@@ -101,18 +103,23 @@ class Dist:
                 "pretrain.output_dir",
             )
 
-    def wrap(self, model, encoder=None):
-        """(forward(batch) -> losses, no_sync(skip: bool) context): through DDP when world > 1."""
-        from albert_exp.pretrain.loop import batch_losses
-
+    def wrap(self, model, losses, encoder=None):
+        """(forward(batch, *args) -> losses(model, batch, encoder, *args), no_sync(skip: bool) context): through
+        DDP when world > 1. `losses`: the loop's loss function (passed in: this module is below the loop)."""
         if self.world == 1:
-            return (lambda batch, *share: batch_losses(model, batch, encoder, *share)), (
-                lambda skip: contextlib.nullcontext()
-            )
+            return (lambda batch, *args: losses(model, batch, encoder, *args)), (lambda skip: contextlib.nullcontext())
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp = DDP(_Losses(model, encoder), device_ids=[self.local_rank] if self.device.type == "cuda" else None)
+        ddp = DDP(_Losses(model, losses, encoder), device_ids=[self.local_rank] if self.device.type == "cuda" else None)
         return ddp, (lambda skip: ddp.no_sync() if skip else contextlib.nullcontext())
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor summed over ranks (in place; on the device, so no host sync)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """Average scalars over ranks (identical on every rank afterwards)."""
@@ -151,12 +158,10 @@ def current() -> Dist:
 class _Losses(torch.nn.Module):
     """The model's training losses as one module, so DDP sees the forward it must synchronise."""
 
-    def __init__(self, model, encoder=None):
+    def __init__(self, model, losses, encoder=None):
         super().__init__()
-        self.model = model
+        self.model, self._losses = model, losses
         self._encoder = [encoder]  # a list: not registered twice (torch.compile wraps the same parameters)
 
-    def forward(self, batch: dict, parts: int = 1, mlm_weight_total: float | None = None) -> dict:
-        from albert_exp.pretrain.loop import batch_losses
-
-        return batch_losses(self.model, batch, self._encoder[0], parts, mlm_weight_total)
+    def forward(self, batch: dict, *args) -> dict:
+        return self._losses(self.model, batch, self._encoder[0], *args)

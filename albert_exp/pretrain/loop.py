@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,21 +22,38 @@ from tqdm.auto import tqdm
 from albert_exp import checkpoint
 from albert_exp.errors import UserError
 from albert_exp.pretrain import data
+from albert_exp.pretrain.ddp import Dist
 from albert_exp.pretrain.optim import Plateau
 
 METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "sop_accuracy")
 FLUSHED = checkpoint.FLUSHED
 
 
-def batch_losses(
-    model, batch: dict[str, torch.Tensor], encoder=None, parts: int = 1, mlm_weight_total: float | None = None
-) -> dict[str, torch.Tensor]:
+class Share(NamedTuple):
+    """The denominators that make a micro-batch's losses its share of one optimiser step's global batch.
+
+    The one normalisation of both paths (one process accumulating micro-batches, N ranks under DDP): the
+    shares of a step's micro-batches, summed on each rank and averaged over ranks (what DDP does to the
+    gradients and Dist.mean to the logged values), are the global batch's means, whatever its split into
+    ranks x micro-batches. So each denominator is the global batch's count divided by the world size: with
+    masked positions counted per rank instead (different numbers of masks per rank), N ranks would not compute
+    what one process computes. Float64 scalars: the division happens in the loss's dtype, as with a float."""
+
+    mlm: torch.Tensor  # (masked positions, i.e. the sum of mlm_weights, of the global batch + 1e-5) / world
+    seqs: float  # sequences of the global batch / world (all micro-batches are the same size)
+
+    @classmethod
+    def of(cls, weights: torch.Tensor, seqs: int, world: int = 1) -> Share:
+        """`weights`: the global batch's summed mlm_weights (a float64 scalar); google's normalisation
+        (sum of weighted losses / (sum of weights + 1e-5)), divided by the world size (exact for 2, 4, 8...)."""
+        return cls((weights + 1e-5) / world, seqs / world)
+
+
+def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None, share: Share | None = None) -> dict:
     """MLM loss over the masked positions only (gathered before the vocabulary projection, as google's
-    run_pretraining.py does: 10 positions instead of 64 per sequence) + SOP loss; sums for accuracies.
+    run_pretraining.py does: 10 positions instead of 64 per sequence) + SOP loss; accuracies.
     `encoder`: a torch.compile'd `model.albert` (the model itself stays uncompiled, so it saves plainly).
-    A micro-batch, one of `parts` of a batch whose MLM weights sum to `mlm_weight_total`, returns its share:
-    the shares of all micro-batches add up to the values of the whole batch (the MLM loss is normalised by the
-    batch's weights, not each micro-batch's, which differ when sequences have different numbers of masks)."""
+    `share`: this micro-batch's share of a global batch (see Share); None: the means over this batch alone."""
     out = (encoder or model.albert)(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"]
     )
@@ -44,14 +62,15 @@ def batch_losses(
     gathered = seq.gather(1, pos.unsqueeze(-1).expand(-1, -1, seq.size(-1)))
     logits = model.predictions(gathered).float()
     ids, w = batch["mlm_ids"], batch["mlm_weights"]
+    sop = batch["sop_labels"]
+    share = share or Share.of(w.sum(dtype=torch.float64), len(sop))
     ce = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none").view_as(w)
-    total = w.sum() if mlm_weight_total is None else mlm_weight_total
-    mlm_loss = (ce * w).sum() / (total + 1e-5)  # google's normalisation
+    mlm_loss = (ce * w).sum() / share.mlm
     sop_logits = model.sop_classifier(out.pooler_output).float()
-    sop_loss = F.cross_entropy(sop_logits, batch["sop_labels"]) / parts
+    sop_loss = F.cross_entropy(sop_logits, sop, reduction="sum") / share.seqs
     with torch.no_grad():
-        mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / max(float(total), 1e-5)
-        sop_acc = (sop_logits.argmax(-1) == batch["sop_labels"]).float().mean() / parts
+        mlm_acc = ((logits.argmax(-1) == ids).float() * w).sum() / share.mlm
+        sop_acc = (sop_logits.argmax(-1) == sop).float().sum() / share.seqs
     return {
         "loss": mlm_loss + sop_loss,
         "mlm_loss": mlm_loss,
@@ -97,8 +116,6 @@ class Trainer:
         compile: bool = False,
         dist=None,
     ):
-        from albert_exp.pretrain.ddp import Dist
-
         self.model, self.opt, self.sched, self.pc = model, optimizer, scheduler, pc
         self.files, self.eval_data, self.out, self.tracker = files, eval_data, output_dir, tracker
         self.seed, self.total, self.device, self.state, self.plateau = seed, total_steps, device, state, plateau
@@ -107,7 +124,7 @@ class Trainer:
         self.streams = max(1, pc.num_workers)
         self.dist = dist or Dist()  # torchrun: this rank's share of the global batch, gradients through DDP
         self.micro = pc.batch_size // (pc.gradient_accumulation_steps * self.dist.world)
-        self.forward, self.no_sync = self.dist.wrap(model, self.encoder)
+        self.forward, self.no_sync = self.dist.wrap(model, batch_losses, self.encoder)
         self.static = data.dynamic_manifest(files) is None
         self.pending: list[tuple[int, dict]] = []
         bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
@@ -202,19 +219,22 @@ class Trainer:
             skip_corrupt=pc.skip_corrupt,
         )
 
+    def _share(self, micro: list[dict]) -> Share:
+        """The step's denominators (Share): masked positions summed over this rank's micro-batches (already on
+        the device: no host sync) and over ranks, in one all-reduce of one scalar per step."""
+        weights = torch.stack([b["mlm_weights"].sum(dtype=torch.float64) for b in micro]).sum()
+        return Share.of(self.dist.sum(weights), self.pc.batch_size, self.dist.world)  # batch_size: the global one
+
     def _batch(self, it) -> tuple[dict[str, float], dict, int]:
         """One optimiser step's batch as gradient_accumulation_steps micro-batches, forward and backward (one
         all-reduce). Returns the global batch's mean losses, the last micro-batch's stream meta and the number
         of sequences (over all ranks); the stream positions advance in the trainer state."""
         st = self.state
         sums = {k: 0.0 for k in METRICS}
-        micro = []  # the whole batch first: the MLM loss is normalised by all of its weights
+        micro = []  # the whole batch first: the losses are normalised by all of its masked positions
         for _ in range(self.pc.gradient_accumulation_steps):
-            micro.append(next(it))
-            data.raise_if_error(micro[-1])
-        weight_total = sum(float(b["mlm_weights"].sum()) for b in micro)
-        seqs = 0
-        for i, batch in enumerate(micro):
+            batch = next(it)
+            data.raise_if_error(batch)
             meta = batch.pop("meta")
             if int(batch["input_ids"].max()) >= self.vocab_size:  # else: an opaque index error
                 raise UserError(
@@ -225,17 +245,19 @@ class Trainer:
             st.positions[meta["stream"]] = meta["position"]
             st.corrupt[meta["stream"]] = meta["corrupt"]
             st.batches_done += 1
+            micro.append(self._to_device(batch))
+        share = self._share(micro)
+        for i, batch in enumerate(micro):
             with self.no_sync(i < len(micro) - 1):  # all-reduce once per step
                 with self.autocast():
-                    losses = self.forward(self._to_device(batch), len(micro), weight_total)
+                    losses = self.forward(batch, share)
                 losses["loss"].backward()  # this micro-batch's share of the batch's loss
             for k in METRICS:
                 sums[k] += losses[k].item()
-            seqs += batch["input_ids"].shape[0] * self.dist.world
         sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
         if not math.isfinite(sums["loss"]):
             raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
-        return sums, meta, seqs
+        return sums, meta, self.pc.batch_size
 
     def _close_window(self, lr: float, meta: dict, elapsed: float, seqs: int) -> dict[str, float]:
         """The train/ metrics of the steps since the last log line (their means), queued for the next checkpoint."""
