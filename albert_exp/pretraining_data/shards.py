@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from albert_exp.config import PretrainingDataConfig, to_dict
+from albert_exp.config import PretrainingDataConfig, identity_settings
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import (
@@ -31,6 +31,7 @@ from albert_exp.pretraining_data.instances import (
     make_instances,
     make_records,
 )
+from albert_exp.processes import die_with_parent  # noqa: F401  (the pool initializer; run() takes it from here)
 from albert_exp.tfrecord import RecordWriter
 from albert_exp.vocab import normalize
 
@@ -71,9 +72,7 @@ class ShardTask:
 def instance_settings(p: PretrainingDataConfig) -> dict[str, Any]:
     """The settings that decide a shard's bytes: the section less where and how fast it runs (the stage key's
     rule, albert_exp/identity.py)."""
-    from albert_exp.identity import NOT_IN_KEY
-
-    return {k: v for k, v in to_dict(p).items() if k not in NOT_IN_KEY["pretraining_data"]}
+    return identity_settings(p)
 
 
 def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
@@ -170,22 +169,6 @@ def block_instances(
 ) -> Iterator[tuple[dict[str, np.ndarray], BlockStats]]:
     """The instances of a block as feature arrays (what `process_shard` writes, for tests and inspection)."""
     return make_instances(*block_arrays(docs, tok), tok.vocab, params, rng)
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Pool-worker initializer: the worker gets SIGKILL when the process that started it dies (Linux
-    PR_SET_PDEATHSIG), so a `kill -9` of `albert-exp pretraining-data` leaves no orphaned workers (and, once
-    they are gone, the resource tracker exits too). Elsewhere a no-op."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above
-        os._exit(1)
 
 
 def shard_done(task: ShardTask) -> dict[str, Any] | None:

@@ -85,25 +85,26 @@ def ingest(
     flags = read_command_file(command_file) if command_file else {}
     opts = dict(append=append, run_id=run_id, run_name=run_name, year=year, timezone=timezone)
     out = Path(out_dir or default_out(run_digest([f.short for f in files], year, timezone)))
-    bg = _background(files, opts, background, progress, out)  # its tables go where a new run's go
-    try:
-        store, todo, result, timings = _plan_and_parse(experiment, files, opts, bg, progress)
-        if todo.unchanged:
-            return _unchanged(todo.run, todo.unchanged)
-        require_loss(result, [f.path for f in todo.files])
-        run = todo.run or store.create(
-            run_name or f"{STAGE} {Path(files[0].path).name.split('.')[0]}",
-            epoch_ms(result.start_time),
-            {"stage": STAGE, TAG_COMPLETE: "false"},
-        )
-        identity = run_digest(todo.digests, year, timezone)
-        with signals_as_interrupt(), run.ended_on_error():
-            return _into_run(
-                run, todo, result, flags, identity, Path(out_dir or default_out(identity)), bg, timings, progress
+    # SIGTERM from here on is a KeyboardInterrupt, so that the `finally` ends and reaps the parsing process
+    with signals_as_interrupt():
+        bg = _background(files, opts, background, progress, out)  # its tables go where a new run's go
+        try:
+            store, todo, result, timings = _plan_and_parse(experiment, files, opts, bg, progress)
+            if todo.unchanged:
+                return _unchanged(todo.run, todo.unchanged)
+            require_loss(result, [f.path for f in todo.files])
+            run = todo.run or store.create(
+                run_name or f"{STAGE} {Path(files[0].path).name.split('.')[0]}",
+                epoch_ms(result.start_time),
+                {"stage": STAGE, TAG_COMPLETE: "false"},
             )
-    finally:
-        if bg is not None:
-            bg.cancel()  # "unchanged", or an error: nothing waits for the process any more
+            identity = run_digest(todo.digests, year, timezone)
+            with run.ended_on_error():
+                out = Path(out_dir or default_out(identity))
+                return _into_run(run, todo, result, flags, identity, out, bg, timings, progress)
+        finally:
+            if bg is not None:
+                bg.cancel()  # done, "unchanged", an error or a signal: nothing waits for the process any more
 
 
 def default_out(identity: str) -> Path:

@@ -204,15 +204,19 @@ class BackgroundParse:
     """`parse_files` in another process (forked or spawned: `_start_method`), so that parsing overlaps the
     seconds MLflow takes to import and open its store. `result()` returns the ParseResult or re-raises the
     parser's error; with `tables_dir` the process then writes the tables and the plot there
-    (tables.write_tables) while the caller logs the points, and `tables()` waits for them."""
+    (tables.write_tables) while the caller logs the points, and `tables()` waits for them.
+
+    The process ends with its parent, always: it asks the kernel for SIGKILL when the parent dies (a kill -9
+    too), and `cancel()` (in the caller's `finally`, reached on SIGTERM as well) ends and reaps it."""
 
     def __init__(self, paths: list[str], tables_dir: str | Path | None = None, **kwargs: Any):
         import multiprocessing as mp
+        import os
 
         self.method = _start_method()
         ctx = mp.get_context(self.method)
         self._recv, send = ctx.Pipe(duplex=False)
-        args = (send, self._recv, [str(p) for p in paths], kwargs, tables_dir and str(tables_dir))
+        args = (send, self._recv, [str(p) for p in paths], kwargs, tables_dir and str(tables_dir), os.getpid())
         self._proc = ctx.Process(target=_parse_worker, args=args, daemon=True)
         self._proc.start()
         send.close()
@@ -263,9 +267,16 @@ def _start_method() -> str:
     return "fork"
 
 
-def _parse_worker(conn: Any, parent_end: Any, paths: list[str], kwargs: dict, tables_dir: str | None) -> None:
+def _parse_worker(
+    conn: Any, parent_end: Any, paths: list[str], kwargs: dict, tables_dir: str | None, parent_pid: int
+) -> None:
+    import signal
     import threading
 
+    from albert_exp.processes import die_with_parent
+
+    die_with_parent(parent_pid)  # parsing a big log takes seconds: not one of them after the parent is gone
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # forked with the parent's handler: cancel() ends it at once
     # a forked child inherits the parent's end of the pipe: closed here, a parent killed with -9 is a broken pipe
     # for the child, not a send that waits for a reader forever (and a process left behind)
     parent_end.close()
