@@ -28,10 +28,10 @@ VOCAB = 300
 
 
 def _snapshot(*dirs: Path) -> dict[str, str]:
-    """Every file under the dirs (hidden ones too) with the sha256 of its bytes."""
+    """Every file under the dirs (hidden ones too; a file given itself) with the sha256 of its bytes."""
     out = {}
     for d in dirs:
-        for p in sorted(d.rglob("*")) if d.exists() else []:
+        for p in [d] if d.is_file() else sorted(d.rglob("*")) if d.exists() else []:
             out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
     return out
 
@@ -43,7 +43,7 @@ def good(tmp_path_factory):
 
     from albert_exp import corpus, pretraining_data, vocab
     from albert_exp.config import load_config
-    from albert_exp.convert import hf, mapping
+    from albert_exp.convert import hf, mapping, mark_output
     from albert_exp.tracking import write_results
 
     root = tmp_path_factory.mktemp("bad")
@@ -79,27 +79,34 @@ def good(tmp_path_factory):
     (root / "tf" / "model.ckpt-0.index").write_bytes(b"stand-in")
     (root / "tf" / "albert_config.json").write_text(json.dumps(mapping.google_from_hf(model.config)))
     write_results(root / "tf", {"direction": "hf-to-tf", "checkpoint": str(root / "tf" / "model.ckpt-0")})
+    mark_output(root / "tf")
     return {"root": root, "w": w, "env": {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}}
 
 
 def run_bad(good, tmp_path, args, expect, intact=(), limit_fsize=None):
     """Run the CLI; assert the bad-input contract. `expect`: substrings the error line must contain (the file or
     key, and a word of the fix); `intact`: directories whose files must be exactly as before."""
+    if args[0] != "convert":  # the fixture's MLflow experiment (a new one makes MLflow log a line on stderr)
+        args = [*args, "--set", "name=bad-inputs"]
+    return cli_error(args, expect, intact, cwd=good["root"], env=good["env"], limit_fsize=limit_fsize)
+
+
+def cli_error(args, expect, intact=(), *, cwd, env, limit_fsize=None):
+    """`python -m albert_exp ARGS` in cwd with env added: exit 2, one `error:` line holding every `expect` and a
+    "(what to do)", no traceback, and every file under `intact` (dirs or files) byte-identical afterwards."""
     before = _snapshot(*intact)
-    env = {**os.environ, **good["env"], "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
     def limits():
         if limit_fsize:  # a full disk without root: writes past the limit fail with EFBIG
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))
 
-    if args[0] != "convert":  # the fixture's MLflow experiment (a new one makes MLflow log a line on stderr)
-        args = [*args, "--set", "name=bad-inputs"]
     out = subprocess.run(
         [sys.executable, "-m", "albert_exp", *map(str, args)],
         capture_output=True,
         text=True,
-        cwd=good["root"],
+        cwd=cwd,
         env=env,
         timeout=300,
         preexec_fn=limits,

@@ -9,12 +9,15 @@ zero adam_m/adam_v, int64 global_step, SOP head added as zeros if missing). `tf-
 between that layout and `AlbertForPreTraining`; both check the outputs numerically (see hf.py). Each writes
 results.json into --out. Each writes into a fresh directory next to --out and renames it to --out only once
 the numerical check passed: a failed conversion leaves an earlier --out and its results.json as they were.
+An existing --out is replaced only when it is a conversion's own output: it holds MARKER (written last, listing
+the files of that conversion) and nothing else; any other non-empty --out is refused (exit 2), never emptied.
 Nothing heavy is imported here (the CLI's --help must stay fast).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 SUBCOMMANDS = {
@@ -22,6 +25,7 @@ SUBCOMMANDS = {
     "tf-to-hf": "TF checkpoint or TF-Hub module -> Hugging Face AlbertForPreTraining dir",
     "hf-to-tf": "Hugging Face AlbertForPreTraining dir -> TF checkpoint + albert_config.json",
 }
+MARKER = ".albert-exp-convert.json"  # in every --out we write: which files are ours to replace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +52,7 @@ def main(args: argparse.Namespace) -> dict:
         raise UserError(f"--global-step {args.global_step!r} is not an integer") from None
 
     out = Path(args.out)
+    check_replaceable(out)
     with staged_output(out) as tmp:  # --out is replaced only by a checked conversion
         if args.direction == "hub-to-tf":
             from albert_exp.convert.tf_checkpoint import hub_to_tf
@@ -63,7 +68,39 @@ def main(args: argparse.Namespace) -> dict:
             result = hf_to_tf(args.source, tmp, global_step=step)
         result = {"direction": args.direction, **_moved(result, tmp, out)}
         write_results(tmp, result)
+        mark_output(tmp)
     return result
+
+
+def mark_output(out: Path) -> None:
+    """Write MARKER into a finished conversion: the files in it, so that a later run replaces them and no more."""
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != MARKER)
+    (out / MARKER).write_text(json.dumps({"written_by": "albert-exp convert", "files": files}, indent=1) + "\n")
+
+
+def check_replaceable(out: Path) -> None:
+    """--out is new, empty, or an earlier conversion's output holding only the files MARKER lists; anything else
+    is someone's data, which replacing --out would delete."""
+    from albert_exp.errors import UserError
+
+    if not out.is_dir():
+        return  # nothing there (a file in the way is refused by staged_output)
+    present = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir() and p.name != MARKER)
+    if not present and not any(out.iterdir()):
+        return
+    try:
+        ours = set(json.loads((out / MARKER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        ours = None
+    foreign = present if ours is None else [p for p in present if p not in ours]
+    if ours is None or foreign:
+        what = "was not written by `albert-exp convert`" if ours is None else "holds files a conversion did not write"
+        raise UserError(
+            f"--out {what} ({len(foreign)} such file(s), e.g. {foreign[0] if foreign else 'an empty folder'}); "
+            "replacing it would delete them",
+            where=str(out),
+            fix="give a new or empty --out directory, or move those files elsewhere",
+        )
 
 
 def _moved(result: dict, tmp: Path, out: Path) -> dict:
