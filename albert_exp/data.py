@@ -63,9 +63,14 @@ def decode_utf8(raw: bytes, path: Path) -> str:
         ) from None
 
 
+CSV_FIELD_LIMIT_MAX = 2**31 - 1  # the csv module keeps the limit in a C long (32 bits on Windows)
+
+
 def csv_records(path: Path, content: str, columns: Sequence[str], fix: str) -> Iterator[tuple[int, dict[str, str]]]:
     """(CSV row number, record) of every row of a decoded CSV file (row 1 is the header); a missing column is a
-    UserError naming the header line."""
+    UserError naming the header line. A field may be as long as the file (a 1 MB review): the csv module's
+    default limit of 128 KiB is raised to the file's length (a process-wide setting, only ever raised)."""
+    csv.field_size_limit(max(csv.field_size_limit(), min(len(content) + 1, CSV_FIELD_LIMIT_MAX)))
     reader = csv.DictReader(io.StringIO(content, newline=""))
     header = reader.fieldnames or []
     for col in columns:

@@ -5,8 +5,9 @@
 
 Output: one row per input line (blank lines too; a .txt is split on "\n" only) or CSV row, with its number:
 .jsonl (one JSON object per review: line, text, phrases, spans) or .csv (line, text, phrases joined by `|`,
-spans as JSON). Reviews go through the model in batches, with a progress bar. Bytes that are not UTF-8 and an
-output path that is a directory stop with one line (exit 2).
+spans as JSON). Reviews go through the model in batches, with a progress bar. Bytes that are not UTF-8, an
+output path that is a directory or the input itself (also through a link), a --threshold outside [0, 1] and a
+--model URI of a kind we do not load (MODEL_URIS) stop with one line (exit 2) before anything is read or written.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
+
+# The model URIs `predict` loads; anything else (http://, s3://, a typo) is refused before MLflow sees it.
+MODEL_URIS = "models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/<path> or a local model directory"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,8 +94,38 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+def check_model_uri(uri: str) -> None:
+    """A registry or run URI, or a local path (also file:); a one-letter scheme is a Windows drive."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.lower()
+    if scheme not in ("models", "runs", "file", "") and len(scheme) != 1:
+        raise UserError(
+            f"a model URI of kind {scheme}: is not understood", where=f"--model {uri}", fix=f"give {MODEL_URIS}"
+        )
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether a and b are one file: the same device and inode when both exist (symlinks, hard links), else the
+    same resolved path."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return a.resolve() == b.resolve()
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     output = Path(args.output)
+    check_model_uri(args.model)
+    if not (0.0 <= args.threshold <= 1.0):  # NaN too
+        raise UserError(
+            f"--threshold {args.threshold:g} is not a probability", where="--threshold", fix="give a value in [0, 1]"
+        )
+    if same_file(Path(args.input), output):
+        raise UserError(
+            f"the output is the input {args.input}", where=str(output), fix="write the predictions to another file"
+        )
     if output.suffix.lower() not in (".csv", ".jsonl"):
         raise UserError("unknown output format", where=str(output), fix="end the name in .jsonl or .csv")
     if output.is_dir():
