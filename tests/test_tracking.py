@@ -82,8 +82,8 @@ def bulk_log_matches_log_batch(monkeypatch) -> None:
     from mlflow import MlflowClient
 
     used = []
-    bulk_log = tracking.runs._bulk_log
-    monkeypatch.setattr(tracking.runs, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
+    bulk_log = tracking.bulk._bulk_log
+    monkeypatch.setattr(tracking.bulk, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
     store = tracking.RunStore("bulk")
     bulk, plain = store.create("bulk", None, {}), store.create("log_batch", None, {})
     for run in (bulk, plain):  # before: `a` at a later step than the new points, `b` at an earlier one
@@ -96,7 +96,7 @@ def bulk_log_matches_log_batch(monkeypatch) -> None:
     points += [points[10], ("c", 7.5, 1_005, 10), ("c", -1.0, 9_999, 2_499)]  # a repeat; a step twice; newest c
     columns = [list(c) for c in zip(*points, strict=True)]
     assert bulk.log_points(*columns) == len(points) and used == [True]
-    monkeypatch.setattr(tracking.runs, "_bulk_log", lambda *a: False)
+    monkeypatch.setattr(tracking.bulk, "_bulk_log", lambda *a: False)
     assert plain.log_points(*columns) == len(points)
 
     client = MlflowClient()
@@ -118,7 +118,7 @@ def bulk_log_matches_log_batch(monkeypatch) -> None:
         v == "1.7976931348623157e+308" for k in "abc" for _, _, v in history[k]
     )
 
-    monkeypatch.setattr(tracking.runs, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
+    monkeypatch.setattr(tracking.bulk, "_bulk_log", lambda *a: used.append(bulk_log(*a)) or used[-1])
     assert bulk.log_points(*columns) == len(points) and used == [True, False]  # the run has them: log_batch
     assert seen(bulk.run_id) == (history, latest)
 
