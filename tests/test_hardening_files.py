@@ -172,3 +172,22 @@ def test_ingest_parsing_process_ends_with_its_parent(tmp_path, big_log, sig):
     time.sleep(0.5)  # far less than the parse left to do
     # after kill -9 the child is adopted by init: "gone" once init reaps it, a zombie where init never does
     assert _state(psutil, kids[0].pid) in ("gone", psutil.STATUS_ZOMBIE)
+
+
+# ---------------------------------------------------------------------------------------------- Ray's secrets
+
+
+def test_local_ray_writes_its_auth_token_private(tmp_path):
+    """`pretraining-data --executor ray` without --address starts Ray (ray_session(None)), which authenticates
+    with a token it writes to ~/.ray/auth_token: that file must be readable by its owner only."""
+    pytest.importorskip("ray")
+    code = "from albert_exp.pretraining_data import ray_session\nwith ray_session(None) as ray:\n"
+    code += "    assert ray.get(ray.remote(lambda: 1).remote()) == 1\n"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "RAY_TMPDIR": "/tmp"}
+    for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(k, None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    token = tmp_path / ".ray" / "auth_token"
+    assert len(token.read_text().strip()) == 64  # the token Ray used: a 256-bit hex string
+    assert oct(token.stat().st_mode & 0o777) == oct(0o600) and oct(token.parent.stat().st_mode & 0o777) == oct(0o700)

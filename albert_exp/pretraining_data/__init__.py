@@ -177,6 +177,19 @@ def ray_session(address: str | None) -> Iterator[Any]:
     consts = getattr(getattr(ray, "_private", None), "ray_constants", None)
     if local and consts is not None:
         consts.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
+    token_env = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    if local and os.environ.get("RAY_AUTH_MODE", "token").lower() == "token" and not any(map(os.getenv, token_env)):
+        # A new local instance makes Ray write ~/.ray/auth_token readable by everyone (0644). Written here first,
+        # private (0600, a new ~/.ray 0700), Ray finds it and keeps it; an existing token is the user's own.
+        import secrets
+
+        token = Path.home() / ".ray" / "auth_token"
+        try:
+            token.parent.mkdir(mode=0o700, exist_ok=True)
+            with os.fdopen(os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(secrets.token_hex(32))  # what Ray's generate_new_authentication_token() writes
+        except OSError:  # there already, or a home nobody can write to (where Ray cannot write it either)
+            pass
     root = str(Path(__file__).resolve().parents[2])
     ctx = ray.init(
         address=address or None,
