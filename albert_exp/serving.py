@@ -9,16 +9,30 @@
 `mlflow.transformers`' own pyfunc for token classification returns labels without spans, so we serve our own.
 The pyfunc carries the HF model directory as an artifact and this package as code, and loads weights from
 safetensors only.
+
+Served (`mlflow models serve`), one request holds at most 1,000 rows (ALBERT_EXP_SERVE_MAX_ROWS) and 100,000
+characters of text in all (ALBERT_EXP_SERVE_MAX_CHARS), both read from the server's environment; a larger
+request is answered 400 with the limit and the variable that raises it. Texts are scored in chunks of at most
+CHUNK_CHARS characters, and scoring stops at the server's own request timeout
+(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT, 60 s), when the client has had its 504: the work ends with the request
+instead of running on for minutes. Batch use (`albert-exp predict`, `promote`, in-process `load_model`) has no
+limit.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+
+MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "ALBERT_EXP_SERVE_MAX_ROWS", 1_000
+MAX_CHARS_ENV, DEFAULT_MAX_CHARS = "ALBERT_EXP_SERVE_MAX_CHARS", 100_000  # 100x a typical review
+CHUNK_CHARS = 20_000  # texts per model call at most (a longer text alone): the time between two deadline checks
 
 
 def extract(
@@ -31,16 +45,19 @@ def extract(
     threshold: float = 0.5,
     stride: int | None = None,
     aggregation: str = "average",
+    deadline: float | None = None,
 ) -> list[dict[str, Any]]:
     """Tag whole texts (overlapping windows, albert_exp.windows) and return per text its phrases (runs of
-    whole words, albert_exp.words), their character spans, and the tokens with tag and score."""
+    whole words, albert_exp.words), their character spans, and the tokens with tag and score. `deadline`
+    (time.monotonic()): TimeoutError before any chunk that would start after it."""
     from albert_exp.windows import tag_texts
     from albert_exp.words import extract_spans
 
     stride = (max_seq_length - 2) // 4 if stride is None else stride
     out: list[dict[str, Any]] = []
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i : i + batch_size]
+    for chunk in chunks(texts, batch_size, CHUNK_CHARS):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"stopped after {len(out)} of {len(texts)} texts: past the request's deadline")
         tagged = tag_texts(chunk, model, tokenizer, max_seq_length=max_seq_length, stride=stride, batch_size=batch_size)
         for text, t in zip(chunk, tagged, strict=True):
             words, probs, spans = extract_spans(
@@ -66,6 +83,55 @@ def extract(
                 }
             )
     return out
+
+
+def chunks(texts: list[str], max_texts: int, max_chars: int) -> list[list[str]]:
+    """Consecutive runs of at most max_texts texts and max_chars characters (a longer text is a run alone)."""
+    out: list[list[str]] = []
+    size = 0
+    for text in texts:
+        if not out or len(out[-1]) >= max_texts or size + len(text) > max_chars:
+            out.append([])
+            size = 0
+        out[-1].append(text)
+        size += len(text)
+    return out
+
+
+def serving_limits() -> tuple[int, int, int] | None:
+    """(max rows, max characters, request timeout in s) inside MLflow's scoring server, else None (batch use).
+    The server marks its process with _MLFLOW_IS_IN_SERVING_ENVIRONMENT (mlflow.pyfunc.scoring_server.init)."""
+    if os.environ.get("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "").lower() != "true":
+        return None
+    limits = []
+    for name, default in (
+        (MAX_ROWS_ENV, DEFAULT_MAX_ROWS),
+        (MAX_CHARS_ENV, DEFAULT_MAX_CHARS),
+        ("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", 60),
+    ):
+        value = os.environ.get(name, "").strip() or str(default)
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{name}={value!r}: give a whole number >= 1 (default {default})")
+        limits.append(int(value))
+    return limits[0], limits[1], limits[2]
+
+
+def check_request(texts: list[str], max_rows: int, max_chars: int) -> None:
+    """A request over the limits is the client's error (HTTP 400), saying the limit and how to raise it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    chars = sum(map(len, texts))
+    for what, n, limit, env in (
+        ("rows", len(texts), max_rows, MAX_ROWS_ENV),
+        ("characters", chars, max_chars, MAX_CHARS_ENV),
+    ):
+        if n > limit:
+            raise MlflowException(
+                f"request too large: {n:,} {what}, at most {limit:,} per request (send smaller batches, or start "
+                f"the server with {env} raised)",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
 
 
 def input_texts(model_input: Any) -> list[str]:
@@ -115,17 +181,29 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         import pandas as pd
+        from mlflow.exceptions import MlflowException
 
         threshold = float((params or {}).get("threshold", 0.5))
-        rows = extract(
-            input_texts(model_input),
-            self.model,
-            self.tokenizer,
-            max_seq_length=self.max_seq_length,
-            threshold=threshold,
-            stride=None if self.stride is None else int(self.stride),
-            aggregation=self.aggregation,
-        )
+        texts = input_texts(model_input)
+        deadline = None
+        limits = serving_limits()  # per call: the server marks its process only after loading the model
+        if limits is not None:
+            max_rows, max_chars, timeout_s = limits
+            check_request(texts, max_rows, max_chars)
+            deadline = time.monotonic() + timeout_s
+        try:
+            rows = extract(
+                texts,
+                self.model,
+                self.tokenizer,
+                max_seq_length=self.max_seq_length,
+                threshold=threshold,
+                stride=None if self.stride is None else int(self.stride),
+                aggregation=self.aggregation,
+                deadline=deadline,
+            )
+        except TimeoutError as exc:  # the client has had the server's 504 already; this frees the worker
+            raise MlflowException(f"{exc} (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)") from None
         return pd.DataFrame(rows, columns=["phrases", "spans", "tokens"])
 
 

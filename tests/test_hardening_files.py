@@ -174,6 +174,90 @@ def test_ingest_parsing_process_ends_with_its_parent(tmp_path, big_log, sig):
     assert _state(psutil, kids[0].pid) in ("gone", psutil.STATUS_ZOMBIE)
 
 
+# ---------------------------------------------------------------------------------------------- serving
+
+
+def test_serving_chunks_limits_and_deadline(tiny_tokenizer, monkeypatch):
+    """Texts go to the model in runs bounded by count and characters; a deadline stops scoring between runs;
+    limits apply only inside MLflow's scoring server, with the documented defaults and env overrides."""
+    import time
+
+    from albert_exp import serving
+
+    assert serving.chunks(["ab", "cd", "efgh", "i", "j", "k"], 3, 4) == [["ab", "cd"], ["efgh"], ["i", "j", "k"]]
+    assert serving.chunks(["x" * 10, "y"], 5, 4) == [["x" * 10], ["y"]]  # a long text alone
+    from tests.test_words_windows import _dish_tagger
+
+    model = _dish_tagger(tiny_tokenizer, "bao")
+    with pytest.raises(TimeoutError, match="stopped after 0 of 2 texts"):
+        serving.extract(["a bao", "b"], model, tiny_tokenizer, max_seq_length=32, deadline=time.monotonic() - 1)
+    assert (
+        len(serving.extract(["a bao", "b"], model, tiny_tokenizer, max_seq_length=32, deadline=time.monotonic() + 60))
+        == 2
+    )
+    monkeypatch.delenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", raising=False)
+    assert serving.serving_limits() is None
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    monkeypatch.delenv("ALBERT_EXP_SERVE_MAX_ROWS", raising=False)
+    monkeypatch.delenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_CHARS", "500")
+    assert serving.serving_limits() == (1_000, 500, 60)
+    monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_ROWS", "lots")
+    with pytest.raises(ValueError, match="ALBERT_EXP_SERVE_MAX_ROWS='lots'"):
+        serving.serving_limits()
+
+
+@pytest.fixture(scope="module")
+def served_tagger(tmp_path_factory, tiny_tokenizer) -> dict:
+    """A tiny random tagger logged as our phrase-extractor pyfunc (no training: the bounds are what is tested)."""
+    import mlflow
+    import torch
+    from transformers import AlbertConfig, AlbertForTokenClassification
+
+    from albert_exp.serving import log_phrase_extractor
+
+    tmp = tmp_path_factory.mktemp("served")
+    torch.manual_seed(0)
+    kw = dict(embedding_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20)
+    config = AlbertConfig(vocab_size=len(tiny_tokenizer), max_position_embeddings=32, num_labels=2, **kw)
+    AlbertForTokenClassification(config).save_pretrained(str(tmp / "hf"))
+    tiny_tokenizer.save_pretrained(str(tmp / "hf"))
+    with tracking_in(tmp) as uri, mlflow.start_run():
+        info = log_phrase_extractor(tmp / "hf", ["We loved the crispy tofu bao."], max_seq_length=32)
+    return {"model_uri": info.model_uri, "tracking_uri": uri, "tmp": tmp}
+
+
+def test_served_model_bounds_a_request(served_tagger, monkeypatch):
+    """`mlflow models serve` over our pyfunc, on loopback: rows and characters per request are bounded (settings
+    read at the server's start); over either, a 400 that says the limit and the variable that raises it."""
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import served_model
+
+    def post(port, rows):
+        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_ROWS", "4")
+    monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_CHARS", "2000")
+    t = served_tagger
+    with served_model(t["model_uri"], t["tracking_uri"], t["tmp"], timeout_s=180) as port:
+        status, answer = post(port, [["good soup"]] * 5)
+        assert status == 400 and "5 rows, at most 4 per request" in answer["message"], (status, answer)
+        assert "ALBERT_EXP_SERVE_MAX_ROWS" in answer["message"]
+        status, answer = post(port, [["a" * 1500], ["b" * 501]])
+        assert status == 400 and "2,001 characters, at most 2,000" in answer["message"], (status, answer)
+        assert "ALBERT_EXP_SERVE_MAX_CHARS" in answer["message"]
+        status, answer = post(port, [["We loved the crispy tofu bao."], ["x " * 950]])  # within the limits: scored
+        assert status == 200 and len(answer["predictions"]) == 2, (status, answer)
+
+
 # ---------------------------------------------------------------------------------------------- Ray's secrets
 
 
