@@ -78,6 +78,20 @@ def served_model(model_uri: str, tracking_uri: str, cwd: Path, timeout_s: float)
         yield port
 
 
+def post_rows(port: int, rows: list[list]) -> tuple[int, dict]:
+    """POST rows of a `text` column to a served model's /invocations; (HTTP status, JSON answer)."""
+    import json
+    import urllib.error
+
+    body = json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 @contextlib.contextmanager
 def tracking_in(tmp: Path):
     """For module-scoped fixtures (monkeypatch is per test): chdir to tmp and point MLflow tracking + registry at

@@ -230,19 +230,8 @@ def served_tagger(tmp_path_factory, tiny_tokenizer) -> dict:
 def test_served_model_bounds_a_request(served_tagger, monkeypatch):
     """`mlflow models serve` over our pyfunc, on loopback: rows and characters per request are bounded (settings
     read at the server's start); over either, a 400 that says the limit and the variable that raises it."""
-    import urllib.error
-    import urllib.request
-
+    from tests.conftest import post_rows as post
     from tests.conftest import served_model
-
-    def post(port, rows):
-        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
 
     monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_ROWS", "4")
     monkeypatch.setenv("ALBERT_EXP_SERVE_MAX_CHARS", "2000")

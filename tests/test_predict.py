@@ -192,17 +192,7 @@ def test_predict_bad_bytes_and_directory_output_are_one_line_errors(model_uri, t
 
 def test_served_model_answers_400_to_a_text_that_is_not_a_string(logged):
     """Over HTTP on loopback, as a client would call `mlflow models serve`."""
-    import urllib.error
-    import urllib.request
-
-    def post(port, rows):
-        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": rows}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
+    from tests.conftest import post_rows as post
 
     long = "the waiter was lovely and the crispy tofu bao was great. " * 400
     with served_model(logged["model_uri"], logged["tracking_uri"], logged["tmp"], timeout_s=180) as port:
