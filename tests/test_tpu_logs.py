@@ -47,10 +47,10 @@ def test_restarts_and_duplicates_match_the_truth(tmp_path):
     assert dict(zip(r.checkpoints["step"], r.checkpoints["uri"], strict=True)) == logs.truth.checkpoints
     assert r.finished
     assert r.duplicates > len(r.table)  # every line came twice (glog + absl)
-    # steps 2100..2300 and 3100..3700 were logged by two attempts: the first attempt's values stay
-    assert {(m, int(s)): v for m, s, v in r.overlaps[["metric", "step", "value_dropped"]].itertuples(index=False)} == (
-        logs.truth.overlaps
-    )
+    # steps 2100..2300 and 3100..3700 were logged by two attempts: the later attempt's values stay (above), the
+    # superseded ones are listed
+    columns = ["metric", "step", "value_superseded"]
+    assert {(m, int(s)): v for m, s, v in r.overlaps[columns].itertuples(index=False)} == (logs.truth.overlaps)
     assert len(logs.truth.overlaps) > 10
     assert r.start_time == _utc(logs.truth.start_time) and r.end_time == _utc(logs.truth.end_time)
     s = r.summary()
@@ -276,7 +276,7 @@ def test_logs_without_timestamps_are_ordered_by_their_steps(tmp_path):
     logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(1750, 2900), formats="absl", seed=21), tmp_path)
     r = parse_files(list(reversed(logs.files)), progress=False)  # argument order is not the attempt order
     assert [x["step"] for x in r.restarts] == logs.truth.restart_steps == [1100, 2100]
-    assert _values(r) == logs.truth.metrics  # the first attempt's values at the overlapping steps
+    assert _values(r) == logs.truth.metrics  # the latest attempt's values at the overlapping steps
 
 
 def test_the_year_comes_from_starting_evaluation_lines(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 import pandas as pd
 import pytest
@@ -38,11 +39,19 @@ def _ms(dt) -> int:
     return int(pd.Timestamp(dt, tz="UTC").value // 1_000_000)
 
 
-def _history(client, run_id, key) -> dict[int, tuple[float, int]]:
-    hist = client.get_metric_history(run_id, key)
-    steps = [m.step for m in hist]
-    assert len(steps) == len(set(steps)), f"{key}: a step was logged twice"
+def _history(client, run_id, key, relogged=frozenset()) -> dict[int, tuple[float, int]]:
+    """{step: (value, timestamp)} of each step's latest point. A step has two points exactly where `relogged`
+    says (a later attempt's value logged after the earlier one's, which the run held already)."""
+    hist = sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    twice = {s for s, n in Counter(m.step for m in hist).items() if n > 1}
+    assert twice == set(relogged), f"{key}: steps logged twice {sorted(twice)} (expected {sorted(relogged)})"
     return {m.step: (m.value, m.timestamp) for m in hist}
+
+
+def _relogged(logs, key, steps=range(10**9)) -> set[int]:
+    """Steps of `key` whose superseded value differs from the later one (the ones logged again), within steps."""
+    t = logs.truth
+    return {s for (m, s), v in t.overlaps.items() if m == key and s in steps and v != t.metrics[(m, s)]}
 
 
 def _truth(logs, key) -> dict[int, tuple[float, int]]:
@@ -97,10 +106,14 @@ def test_unfinished_run_is_killed_then_append_adds_the_restart(store, tmp_path):
     appended = ingest([f0, f1, f2], experiment="tpu", run_name="b512", append=True, progress=False)
     assert appended["status"] == "ingested" and appended["run_id"] == first["run_id"]
     assert appended["run_status"] == "FINISHED"
-    # steps 3100..3300 were logged by attempt 2 and re-run by attempt 3: the first attempt's values stay
+    # steps 3100..3300 were logged by attempt 2 and re-run by attempt 3: the run held attempt 2's values, so
+    # attempt 3's are logged after them (each such step's latest point), and the run says so
     for key in ("train/loss", "train/examples_per_s"):
-        assert _history(client, first["run_id"], key) == _truth(logs, key), key  # also: no step twice
-    assert appended["overlaps"]["points_dropped"] == sum(1 for m, s in logs.truth.overlaps if s > 3000)
+        relogged = _relogged(logs, key, range(3001, 10**9))
+        assert relogged and _history(client, first["run_id"], key, relogged) == _truth(logs, key), key
+    assert appended["overlaps"]["points_superseded"] == len(logs.truth.overlaps)  # the first ingest's too
+    assert appended["points_relogged"] > 0
+    assert "later attempt" in client.get_run(first["run_id"]).data.tags["tpu_logs.overlap"]
     assert appended["restart_steps"] == [1100, 3100] and appended["first_step"] == 100
     # Appending again, or a plain ingest of all three files, finds the same run and changes nothing.
     assert ingest([f2], experiment="tpu", append=True, progress=False)["status"] == "unchanged"
@@ -299,8 +312,9 @@ def test_follow_append_adds_a_restart_and_a_later_follow_continues_the_grown_fil
     live.write_bytes(data)  # it ran on; following again picks up where the file grew
     done = follow([str(live)], **kw)
     assert done["run_id"] == first["run_id"] and done["run_status"] == "FINISHED"
-    assert done["restart_steps"] == [1100] and done["overlaps"]["points_dropped"] == len(logs.truth.overlaps) > 0
+    assert done["restart_steps"] == [1100] and done["overlaps"]["points_superseded"] == len(logs.truth.overlaps) > 0
     client = MlflowClient()
-    for key in ("train/loss", "train/examples_per_s"):
-        assert _history(client, first["run_id"], key) == _truth(logs, key), key
+    for key in ("train/loss", "train/examples_per_s"):  # the re-run steps: attempt 1's values, then attempt 2's
+        assert _history(client, first["run_id"], key, _relogged(logs, key)) == _truth(logs, key), key
+    assert "tpu_logs.overlap" in client.get_run(first["run_id"]).data.tags
     assert ingest([first_file, str(live)], experiment="tpu", progress=False)["status"] == "unchanged"

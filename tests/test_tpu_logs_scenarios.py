@@ -27,16 +27,20 @@ def _cli(capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def _points(run_id: str) -> dict:
+def _points(run_id: str) -> tuple[dict, set]:
+    """Each (metric, step)'s latest point (value, timestamp), and the (metric, step)s with two points."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    out = {}
+    out, twice = {}, set()
     for key in client.get_run(run_id).data.metrics:
-        hist = client.get_metric_history(run_id, key)
-        assert len({m.step for m in hist}) == len(hist), f"{key}: a step logged twice"
-        out.update({(key, m.step): (m.value, m.timestamp) for m in hist if not key.startswith("tpu/")})
-    return out
+        if key.startswith("tpu/"):
+            continue
+        for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp)):
+            if (key, m.step) in out:
+                twice.add((key, m.step))
+            out[(key, m.step)] = (m.value, m.timestamp)
+    return out, twice
 
 
 def _spawn(*args: str) -> subprocess.Popen:
@@ -46,24 +50,29 @@ def _spawn(*args: str) -> subprocess.Popen:
 
 
 def test_overlaps_resolve_the_same_way_at_once_or_appended(store, tmp_path, capsys):
+    from mlflow import MlflowClient
+
     logs = write_logs(SynthSpec(num_train_steps=4000, crashes=(2350,), eval_every=1000, seed=31), tmp_path)
     a, b = (str(f) for f in logs.files)
     together = _cli(capsys, a, b, "--experiment", "together")
     first = _cli(capsys, a, "--experiment", "apart")
     appended = _cli(capsys, b, "--experiment", "apart", "--append")
     assert appended["run_id"] == first["run_id"]
-    assert _points(together["run_id"]) == _points(appended["run_id"])  # values and timestamps
+    (at_once, none), (latest, twice) = _points(together["run_id"]), _points(appended["run_id"])
+    assert at_once == latest  # values and timestamps: the later attempt's at every re-run step
     truth = dict(logs.truth.overlaps)
+    # the appended run held the first attempt's values: the later ones came after them, and the run says so
+    assert not none and twice == {k for k, v in truth.items() if v != logs.truth.metrics[k]}
+    assert "tpu_logs.overlap" in MlflowClient().get_run(appended["run_id"]).data.tags
     for res in (together, appended):  # reported, with the rule, in both
-        assert res["overlaps"]["points_dropped"] == len(truth) > 0
-        assert res["overlaps"]["rule"].startswith("a step logged by several attempts keeps the first")
+        assert res["overlaps"]["points_superseded"] == len(truth) > 0
+        assert res["overlaps"]["rule"] == "a step logged by several attempts keeps the latest attempt's value"
         assert res["restart_steps"] == [2100]
-    from mlflow import MlflowClient
-
     with_values = MlflowClient().download_artifacts(together["run_id"], "tpu_logs/overlaps.csv", str(tmp_path))
-    dropped = pd.read_csv(with_values)
-    keys = zip(dropped["metric"], dropped["step"], strict=True)
-    assert dict(zip(keys, dropped["value_dropped"], strict=True)) == truth
+    listed = pd.read_csv(with_values)
+    keys = list(zip(listed["metric"], listed["step"], strict=True))
+    assert dict(zip(keys, listed["value_superseded"], strict=True)) == truth
+    assert dict(zip(keys, listed["value"], strict=True)) == {k: logs.truth.metrics[k] for k in truth}
 
 
 def test_append_of_a_grown_file_continues_its_attempt(store, tmp_path, capsys):
@@ -77,7 +86,8 @@ def test_append_of_a_grown_file_continues_its_attempt(store, tmp_path, capsys):
     grown = _cli(capsys, str(live), "--experiment", "tpu", "--append")
     assert grown["run_id"] == first["run_id"] and grown["run_status"] == "FINISHED"
     assert grown["restarts"] == 0 and grown["restart_steps"] == []  # no false restart
-    assert grown["overlaps"]["points_dropped"] == 0 and grown["last_step"] == 3000
+    assert grown["overlaps"]["points_superseded"] == 0 and grown["last_step"] == 3000
+    assert grown["points_relogged"] == 0  # its earlier part is the same attempt, not a restart
     # the run now stands for the grown file: ingesting it again changes nothing
     again = _cli(capsys, str(live), "--experiment", "tpu")
     assert again["status"] == "unchanged" and again["run_id"] == first["run_id"]
@@ -181,5 +191,6 @@ def test_follow_ends_cleanly_on_sigterm_and_waits_for_the_eval_block(store, tmp_
     res = json.loads(out)
     assert res["run_status"] == "FINISHED" and res["last_eval"]["step"] == 2000
     truth = {k: v for k, v in logs.truth.metrics.items() if k[0].startswith("eval/")}
-    got = {k: v[0] for k, v in _points(res["run_id"]).items() if k[0].startswith("eval/")}
-    assert got == truth and len(truth) == 5
+    points, twice = _points(res["run_id"])
+    got = {k: v[0] for k, v in points.items() if k[0].startswith("eval/")}
+    assert got == truth and len(truth) == 5 and not twice

@@ -56,7 +56,7 @@ class SynthSpec:
 class Truth:
     metrics: dict[tuple[str, int], float] = field(default_factory=dict)
     times: dict[tuple[str, int], datetime] = field(default_factory=dict)
-    overlaps: dict[tuple[str, int], float] = field(default_factory=dict)  # re-run values of logged steps
+    overlaps: dict[tuple[str, int], float] = field(default_factory=dict)  # values a re-run step superseded
     checkpoints: dict[int, str] = field(default_factory=dict)
     restart_steps: list[int] = field(default_factory=list)
     finished: bool = False
@@ -113,13 +113,12 @@ class _Writer:
         self.truth.end_time = max(self.truth.end_time or t, t)
 
     def point(self, metric: str, step: int, value: float, t: datetime) -> None:
-        # A step an earlier attempt logged keeps that attempt's value (parse.OVERLAP_RULE); the re-run's is
-        # kept apart so tests can check what is reported as dropped.
+        # A step an earlier attempt logged takes the re-run's value (tables.OVERLAP_RULE: the latest attempt's);
+        # the superseded one is kept apart so tests can check what is reported as superseded.
         if (metric, step) in self.truth.metrics:
-            self.truth.overlaps[(metric, step)] = value
-        else:
-            self.truth.metrics[(metric, step)] = value
-            self.truth.times[(metric, step)] = t
+            self.truth.overlaps[(metric, step)] = self.truth.metrics[(metric, step)]
+        self.truth.metrics[(metric, step)] = value
+        self.truth.times[(metric, step)] = t
 
 
 def _num(x: float) -> str:

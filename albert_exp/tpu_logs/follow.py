@@ -5,7 +5,9 @@
 
 The files' current contents go in first (like a plain ingest, into a run left RUNNING); then the last file is
 polled every `poll_s` seconds. Only complete lines are parsed (a half-written line waits for its newline),
-through the same grammar, year and overlap rules. After the end-of-training markers the job may still
+through the same grammar, year and overlap rules: a restart's re-run steps are logged again, after the earlier
+attempt's values (MLflow cannot rewrite a point; the later value is the step's latest) and the run is tagged
+`tpu_logs.overlap` (ingest.log_new_points). After the end-of-training markers the job may still
 evaluate (`--do_eval` prints its eval block afterwards): following goes on until the log has been quiet for
 `finish_wait_s`, or stops at once when the command (echoed in the log or --command-file) has no --do_eval.
 It also stops after `idle_exit_s` without new bytes, after `max_s`, on Ctrl-C or SIGTERM (kill, timeout,
@@ -129,7 +131,7 @@ def follow(
     with signals_as_interrupt(), run.ended_on_error():
         try:
             warnings = ing.begin(run, live.result, flags, {"tpu_logs.following": "true"})
-            live.have = run.history() if run.metric_keys else {}
+            live.have = ing.run_values(run)
             ing.log_new_points(run, live.result, live.have, progress)
             reason = live.tail(run, until, _eval_expected(command))
         except KeyboardInterrupt:
@@ -162,7 +164,7 @@ class _Live:
         self._tail = _Tail(paths[-1], cut, data[cut:])
         self.earlier: Any = None  # ingest.Earlier: what the run holds (following --append)
         self.result = self.build()
-        self.have: dict[tuple[str, int], float] = {}  # what the run holds
+        self.have: dict[tuple[str, int], set[float]] = {}  # what the run holds (ingest.run_values)
 
     def build(self) -> Any:
         """The files' table by the rules of a plain ingest; after what the run held when following --append."""

@@ -8,10 +8,12 @@ Identity (runs.py): the same files with the same options find their run and noth
 earlier ingest died half-way (`tpu_logs.complete` not true) is completed: only the points it lacks are
 logged. `--append` adds files the run does not have yet.
 
-Overlaps: a step logged by several attempts keeps the first attempt's value (tables.OVERLAP_RULE), whichever
-way the files came in (all at once, --append, --follow); the dropped values are counted in the summary and
-listed in `overlaps.csv`. Run start/end times and the status (FINISHED when the log shows the end of
-training, else KILLED) come from the log; the headline figures are metrics too (`tpu/*`).
+Overlaps: a step logged by several attempts keeps the latest attempt's value (tables.OVERLAP_RULE: a restart
+re-runs the steps after its checkpoint), whichever way the files came in; the superseded values are counted in
+the summary and listed in `overlaps.csv`. Where the run already holds the earlier value (--append, --follow:
+MLflow cannot rewrite a point) the later one is logged after it at the same step, where it is the step's latest
+value, and the run is tagged `tpu_logs.overlap`. Run start/end times and the status (FINISHED when the log shows
+the end of training, else KILLED) come from the log; the headline figures are metrics too (`tpu/*`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from albert_exp.tpu_logs.runs import (
     run_files,
     to_ms,
 )
-from albert_exp.tpu_logs.tables import write_tables
+from albert_exp.tpu_logs.tables import OVERLAP_TAG, write_tables
 
 # Summary figures logged as metrics (at the last step), so that they are columns of the runs table.
 SUMMARY_METRICS = {
@@ -120,7 +122,7 @@ def _into_run(
     warnings = begin(run, result, flags, start_tags)
     if todo.earlier is not None:
         merge_earlier(result, todo.earlier)
-    have = run.history() if run.metric_keys else {}
+    have = run_values(run)
     already = len(have)
     clock = time.perf_counter()
     logged = log_new_points(run, result, have, progress)
@@ -197,26 +199,54 @@ def begin(run: Any, result: Any, flags: dict[str, str], tags: dict[str, str]) ->
     ]
 
 
-def log_new_points(run: Any, result: Any, have: dict[tuple[str, int], float], progress: bool = False) -> int:
-    """Log the table's points that are not in `have` (what the run holds: {(metric, step): value}; updated
-    here). Where the run already has a step, the table takes the run's value (MLflow cannot rewrite it) and
-    result.kept_earlier_values counts those that differ. Returns how many points were logged."""
+def run_values(run: Any) -> dict[tuple[str, int], set[float]]:
+    """Every value the run holds per (metric, step): one, or several where a later attempt's value was logged
+    after an earlier one's."""
+    from albert_exp.tracking import store_client
+
+    if not run.metric_keys:
+        return {}
+    client, out = store_client(), {}
+    for key in run.metric_keys:
+        for m in client.get_metric_history(run.run_id, key):
+            out.setdefault((key, m.step), set()).add(m.value)
+    return out
+
+
+def _holds(values: set[float] | None, value: float) -> bool:
+    return values is not None and (value in values or (value != value and any(v != v for v in values)))  # NaN
+
+
+def log_new_points(run: Any, result: Any, have: dict[tuple[str, int], set[float]], progress: bool = False) -> int:
+    """Log the table's points whose value the run does not hold (`have`: run_values; updated here). At a step
+    the run holds with another value (an earlier attempt's, logged before the later attempt's lines came in:
+    --append, --follow) the table's value is logged after it: MLflow keeps both, the later one being the step's
+    latest. result.relogged counts such steps in the run, which is then tagged OVERLAP_TAG. Returns how many
+    points were logged."""
     from tqdm import tqdm
 
     table = result.table
     keys = list(zip(table["metric"], table["step"].astype(int), strict=True))
-    old = [have.get(k) for k in keys]
-    new = [o is None for o in old]
-    if not all(new):
-        values = table["value"].to_numpy()
-        result.kept_earlier_values = sum(1 for o, v in zip(old, values, strict=True) if o is not None and o != v)
-        result.table = table = table.assign(value=[v if o is None else o for o, v in zip(old, values, strict=True)])
+    values = table["value"].to_numpy()
+    held = [have.get(k) for k in keys]
+    new = [not _holds(h, v) for h, v in zip(held, values, strict=True)]
+    over = sum(1 for h, n in zip(held, new, strict=True) if n and h is not None)
     todo = table[new] if not all(new) else table
     with tqdm(total=len(todo), unit=" points", desc="mlflow", disable=None if progress else True) as bar:
         for i in range(0, len(todo), 10_000):
             chunk = todo.iloc[i : i + 10_000]
             bar.update(run.log_points(chunk["metric"], chunk["value"], to_ms(chunk["wall_time"]), chunk["step"]))
-    have.update(zip(zip(todo["metric"], todo["step"].astype(int), strict=True), todo["value"], strict=True))
+    for key, value, n in zip(keys, values, new, strict=True):
+        if n:
+            have.setdefault(key, set()).add(value)
+    result.relogged = sum(1 for v in have.values() if len(v) > 1)
+    if over:
+        run.set_tags(
+            {
+                OVERLAP_TAG: f"{result.relogged} points hold an earlier attempt's value and, logged after it, the "
+                "later attempt's (the step's latest value; tpu_logs/overlaps.csv lists both)"
+            }
+        )
     return len(todo)
 
 
@@ -239,7 +269,7 @@ def wrap_up(
     from albert_exp.tracking import write_results
 
     summary = {**result.summary(), "run_id": run.run_id, **extra}
-    summary["kept_earlier_values"] = result.kept_earlier_values
+    summary["points_relogged"] = result.relogged
     clock = time.perf_counter()
     if tables is not None:
         tables()

@@ -13,7 +13,7 @@ What happens to the lines (see grammar.py for one line):
   Within a file times stay monotonic across new year (Dec 31 -> Jan 1 adds a year);
 - restarts: a new file or a step going back starts a *segment* (an attempt); files are ordered by their
   first time when every file has one, else by their first loss step. A (metric, step) logged by several
-  attempts keeps the first attempt's value (OVERLAP_RULE; the dropped values are reported in `overlaps`);
+  attempts keeps the latest attempt's value (tables.OVERLAP_RULE; the superseded ones are listed in `overlaps`);
   within an attempt the glog and absl copies of a line collapse into one (the timed copy wins);
 - time zones: `--timezone` names the TPU host's clock; in a DST fall-back the repeated hour is resolved by
   the order of the lines.
@@ -111,7 +111,7 @@ class ParseResult:
     input_files: list[str]
     counts: dict[str, int]
     duplicates: int
-    overlaps: Any  # pandas DataFrame: metric, step, value, source, line, value_dropped, source_dropped, ...
+    overlaps: Any  # pandas DataFrame: metric, step, value, source, line, value_superseded, source_superseded, ...
     restarts: list[dict]
     finished: bool
     start_time: datetime | None
@@ -119,7 +119,7 @@ class ParseResult:
     year_source: str
     notes: list[str]
     timezone: str = "UTC"
-    kept_earlier_values: int = 0  # points whose value the run already had differently (set by ingest)
+    relogged: int = 0  # points of the run holding an earlier attempt's value before the later one's (ingest)
 
     def without_rows(self) -> ParseResult:
         """A copy without the per-line columns of the parsers (the table holds the points), to send cheaply."""
@@ -390,15 +390,14 @@ TABLE_COLUMNS = ["source", "line", "wall_time", "step", "metric", "value", "segm
 
 def resolve(rows: Any) -> tuple[Any, Any, int]:
     """The rules: within an attempt (segment) the glog and absl copies of a line are one point (the timed
-    copy wins); across attempts OVERLAP_RULE, the same rule --append and --follow must follow since MLflow
-    cannot rewrite a logged point. Returns (table, overlaps: the dropped points beside the kept ones,
-    number of copies collapsed)."""
+    copy wins); across attempts tables.OVERLAP_RULE (the latest attempt wins). Returns (table, overlaps: the
+    superseded points beside the kept ones, number of copies collapsed)."""
     rows = rows.sort_values(["metric", "step", "segment", "own", "line"], kind="stable")
     per_attempt = rows.drop_duplicates(["metric", "step", "segment"], keep="last")
-    kept = per_attempt.drop_duplicates(["metric", "step"], keep="first")
-    dropped = per_attempt.drop(kept.index)
+    kept = per_attempt.drop_duplicates(["metric", "step"], keep="last")  # segments ascend: the latest attempt
+    superseded = per_attempt.drop(kept.index)
     overlaps = kept[["metric", "step", "value", "source", "line"]].merge(
-        dropped[["metric", "step", "value", "source", "line"]], on=["metric", "step"], suffixes=("", "_dropped")
+        superseded[["metric", "step", "value", "source", "line"]], on=["metric", "step"], suffixes=("", "_superseded")
     )
     kept = _borrow_times(kept, rows)
     table = kept.assign(wall_time=kept["time"].dt.tz_localize("UTC"))[TABLE_COLUMNS]

@@ -4,7 +4,7 @@ Identity: a run carries `tpu_logs.digest` (sha256 over the sorted sha256 of its 
 `--timezone` when given: they change the times) and `tpu_logs.file_digests`. The same files with the same
 options find their run; `--append` adds files the run does not have yet; a file that grew since (its start
 is a file of the run) continues that file's attempt and replaces its digest. `merge_earlier` puts the run's
-earlier table before the new files' by the overlap rule (tables.OVERLAP_RULE).
+earlier table before the new files' by the overlap rule (tables.OVERLAP_RULE: the new files' values win).
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class Earlier:
     restarts: list[dict]
     files: list[dict]  # path, sha256, bytes
     grown: dict[str, str] = field(default_factory=dict)  # new file's path -> the recorded short digest it extends
+    overlaps: Any = None  # the superseded values the run lists (its overlaps.csv)
 
 
 @dataclass
@@ -158,11 +159,28 @@ def _earlier(run: Any) -> Earlier:
         table = run.download(f"{ARTIFACT_DIR}/table.parquet", tmp)
         restarts = run.download(f"{ARTIFACT_DIR}/restarts.json", tmp)
         files = run.download(f"{ARTIFACT_DIR}/files.json", tmp)
+        overlaps = run.download(f"{ARTIFACT_DIR}/overlaps.csv", tmp)
+        listed = pd.read_csv(overlaps) if overlaps and overlaps.stat().st_size else None
         return Earlier(
             pd.read_parquet(table) if table else None,
             json.loads(restarts.read_text()) if restarts else [],
             json.loads(files.read_text()) if files else [],
+            # (a run ingested before the latest attempt won lists other columns: its list starts afresh)
+            overlaps=listed if listed is not None and "value_superseded" in listed.columns else None,
         )
+
+
+def _listed(earlier: Any, new_files: Any, merged: Any, table: Any) -> Any:
+    """Every superseded value of the run: the ones it listed, the new files' own and those the merge found, each
+    beside the value its step holds now (a later attempt may have superseded that one too)."""
+    import pandas as pd
+
+    kept = ["value", "source", "line"]
+    listed = pd.concat([x for x in (earlier, new_files, merged) if x is not None], ignore_index=True)
+    now = table[["metric", "step", *kept]]
+    listed = listed.drop(columns=kept).merge(now, on=["metric", "step"], how="left")
+    listed = listed.drop_duplicates(["metric", "step", "source_superseded", "line_superseded"])
+    return listed[[*now.columns, "value_superseded", "source_superseded", "line_superseded"]].reset_index(drop=True)
 
 
 def _grown_from(f: LogFile, recorded: list[dict]) -> str | None:
@@ -177,8 +195,9 @@ def _grown_from(f: LogFile, recorded: list[dict]) -> str | None:
 
 
 def merge_earlier(result: Any, earlier: Earlier) -> None:
-    """--append: the run's points stay (OVERLAP_RULE); the new files' attempts come after the run's, except
-    that a grown file continues its own attempt. Updates result.table, .overlaps and .restarts."""
+    """--append: the new files' attempts come after the run's (a grown file continues its own attempt), so at a
+    step both hold the new files' value wins (OVERLAP_RULE) and the run's is listed as superseded. Updates
+    result.table, .overlaps and .restarts."""
     import pandas as pd
 
     old, new = earlier.table, result.table.copy()
@@ -194,22 +213,22 @@ def merge_earlier(result: Any, earlier: Earlier) -> None:
         new.loc[is_grown, "segment"] = g["segment"] - g["segment"].min() + g["source"].map(first_old_seg).fillna(base)
     both = new.merge(old[["metric", "step", "value", "source", "line"]], on=["metric", "step"], suffixes=("", "_old"))
     same = (both["source"] == both["source_old"]) & (both["line"] == both["line_old"])  # a grown file's old part
-    dropped = both[~same]
+    over = both[~same]
     overlaps = pd.DataFrame(
         {
-            "metric": dropped["metric"],
-            "step": dropped["step"],
-            "value": dropped["value_old"],
-            "source": dropped["source_old"],
-            "line": dropped["line_old"],
-            "value_dropped": dropped["value"],
-            "source_dropped": dropped["source"],
-            "line_dropped": dropped["line"],
+            "metric": over["metric"],
+            "step": over["step"],
+            "value": over["value"],
+            "source": over["source"],
+            "line": over["line"],
+            "value_superseded": over["value_old"],
+            "source_superseded": over["source_old"],
+            "line_superseded": over["line_old"],
         }
     )
-    result.overlaps = pd.concat([result.overlaps, overlaps], ignore_index=True)
-    table = pd.concat([old, new], ignore_index=True).drop_duplicates(["metric", "step"], keep="first")
+    table = pd.concat([old, new], ignore_index=True).drop_duplicates(["metric", "step"], keep="last")
     result.table = table.sort_values(["metric", "step"], kind="stable").reset_index(drop=True)
+    result.overlaps = _listed(earlier.overlaps, result.overlaps, overlaps, result.table)
     old_lines = old.groupby("source")["line"].max()
     fresh = [r for r in result.restarts if r["line"] > old_lines.get(r["source"], 0)]
     boundary = []

@@ -92,8 +92,8 @@ def summarize(result: Any) -> dict[str, Any]:
         "duplicates_collapsed": result.duplicates,
         "overlaps": {
             "rule": OVERLAP_RULE,
-            "points_dropped": len(result.overlaps),
-            "values_differ": int((result.overlaps["value"] != result.overlaps["value_dropped"]).sum()),
+            "points_superseded": len(result.overlaps),
+            "values_differ": int((result.overlaps["value"] != result.overlaps["value_superseded"]).sum()),
         },
         "metrics": sorted(table["metric"].unique().tolist()),
         "year_source": result.year_source,

@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-OVERLAP_RULE = "a step logged by several attempts keeps the first attempt's value"
+# A restart resumes from its last checkpoint and re-runs the steps after it: the earlier attempt's values there
+# belong to a branch of training that no longer exists, the later attempt's are the model's history.
+OVERLAP_RULE = "a step logged by several attempts keeps the latest attempt's value"
+OVERLAP_TAG = "tpu_logs.overlap"  # on a run where a later attempt's value was logged after an earlier one's
 
 
 def write_tables(out: Path, result: Any) -> None:
