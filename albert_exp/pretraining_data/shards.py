@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from albert_exp.config import PretrainingDataConfig, identity_settings
+from albert_exp.config import PretrainingDataConfig, to_dict
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import (
@@ -72,7 +72,9 @@ class ShardTask:
 def instance_settings(p: PretrainingDataConfig) -> dict[str, Any]:
     """The settings that decide a shard's bytes: the section less where and how fast it runs (the stage key's
     rule, albert_exp/identity.py)."""
-    return identity_settings(p)
+    from albert_exp.identity import NOT_IN_KEY
+
+    return {k: v for k, v in to_dict(p).items() if k not in NOT_IN_KEY["pretraining_data"]}
 
 
 def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
