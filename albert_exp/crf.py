@@ -4,20 +4,37 @@ input and output (a DataFrame with `text` in; `phrases`, `spans`, `tokens` out; 
 python-crfsuite is the maintained binding of CRFsuite (the library sklearn-crfsuite wraps): a wheel for
 Python 3.11, no scikit-learn pinning to fight with, and nothing but the model file to ship with the pyfunc.
 
-Words are those of albert_exp.words (the same word view as the ALBERT tagger's metrics); tags are BIO, so two
-dishes next to each other stay two. Features are the classic NER set: the word lower-cased, prefixes and
-suffixes, its shape (Xxxx, dd, ...), case and digit flags, and the same for two words either side.
+Items are the words of albert_exp.words (the same word view as the ALBERT tagger's metrics); tags are BIO, so
+two dishes next to each other stay two. Features are sklearn-crfsuite's classic NER set, on the original-case
+text: the word lower-cased, prefixes and suffixes of 2-3 characters, its shape (Xxxx, dd, ...), case and digit
+flags, the same for two words either side, and the bigrams of lower forms in that window; transitions between
+every pair of tags get a weight (`feature.possible_transitions`).
+
+Scripts written without spaces (Chinese, Japanese, Thai, ...): the rule is per character, not per text. Every
+character in albert_exp.labels.NO_SPACE_RANGES is an item of its own (words.word_spans cuts it so, for the
+metrics too), and such an item's features are its character, the characters CHAR_WINDOW either side and the
+character bigrams between them (what makes a word there); affixes, shape and case say nothing about one
+character. So a Chinese review with an English dish name gets characters and words side by side, and a text
+never switches wholesale on a share of characters. Whitespace words would make a Chinese clause one item, and a
+dish inside it could never be tagged (tests/test_baseline.py measures both on a Chinese toy).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlflow.pyfunc
 
+from albert_exp.labels import no_space_script
 from albert_exp.words import word_spans
+
+WINDOW = 2  # words either side whose features (and bigrams) an item sees: the classic NER window
+# characters either side for a character of a script without spaces: about the same two words (a Chinese word
+# is mostly 1-2 characters); on the Chinese toy of tests/test_baseline.py, test phrase F1 0.78/0.80 with 2
+# characters, 0.88/0.87 with 4 (two seeds; 5 scored higher still, but the toy's few templates reward width)
+CHAR_WINDOW = 4
 
 Span = tuple[int, int]
 
@@ -29,16 +46,24 @@ def _shape(w: str) -> str:
     return re.sub(r"(.)\1+", r"\1\1", s)  # runs collapse to two: Xxxxxx -> Xxx
 
 
-def _word_features(w: str) -> dict[str, Any]:
+def _is_char(w: str) -> bool:
+    """One character of a script written without spaces (albert_exp.labels.NO_SPACE_RANGES): an item of its own."""
+    return len(w) == 1 and no_space_script(w)
+
+
+def _own(w: str) -> dict[str, Any]:
+    """An item's own features. A character of a script without spaces is its own form: affixes, shape and
+    case say nothing about it, and its neighbours' n-grams (in `features`) carry the word it belongs to."""
     low = w.lower()
+    if _is_char(w):
+        return {"w": low, "char": True}
     return {
         "w": low,
         "p2": low[:2],
         "p3": low[:3],
         "s2": low[-2:],
         "s3": low[-3:],
-        "s4": low[-4:],
-        "shape": _shape(w),
+        "shape": _shape(w),  # on the original case, like the flags: "Pad Thai" vs "pad thai" vs "PAD THAI"
         "title": w.istitle(),
         "upper": w.isupper(),
         "alpha": w.isalpha(),
@@ -47,20 +72,29 @@ def _word_features(w: str) -> dict[str, Any]:
     }
 
 
+_CONTEXT = ("w", "p2", "p3", "s2", "s3", "shape", "title", "upper", "char")  # what a neighbour contributes
+
+
 def features(text: str, words: Sequence[Span]) -> list[dict[str, Any]]:
-    """CRFsuite item features of every word: its own and those of two words either side."""
-    own = [_word_features(text[s:e]) for s, e in words]
+    """CRFsuite features of every item: its own, those of WINDOW items either side (CHAR_WINDOW for a character
+    of a script without spaces) and the bigrams of lower forms in that window."""
+    forms = [text[s:e] for s, e in words]
+    own = [_own(w) for w in forms]
+    low = [o["w"] for o in own]
+    n = len(words)
     out = []
-    for i in range(len(words)):
-        f: dict[str, Any] = {"bias": 1.0}
-        for d in (-2, -1, 0, 1, 2):
+    for i in range(n):
+        f: dict[str, Any] = {"bias": 1.0, **own[i]}
+        reach = CHAR_WINDOW if "char" in own[i] else WINDOW
+        for d in range(-reach, reach + 1):
             j = i + d
-            if 0 <= j < len(words):
-                keys = own[j] if d == 0 else {k: own[j][k] for k in ("w", "s3", "shape", "title", "upper")}
-                f.update({f"{d}:{k}": v for k, v in keys.items()})
-            else:
+            if d and 0 <= j < n:
+                f.update({f"{d}:{k}": v for k, v in own[j].items() if k in _CONTEXT})
+            elif d:
                 f[f"{d}:edge"] = True
-        if i > 0:  # whether the previous word is glued to this one (chef's, lamb-curry)
+            if d < reach and 0 <= j and j + 1 < n:
+                f[f"{d}|{d + 1}"] = f"{low[j]}|{low[j + 1]}"
+        if i > 0:  # whether the previous item is glued to this one (chef's, lamb-curry, 宫保)
             f["glued"] = words[i - 1][1] == words[i][0]
         out.append(f)
     return out
@@ -88,23 +122,32 @@ def bio_to_spans(text: str, words: Sequence[Span], tags: Sequence[str]) -> list[
 
 
 def train(
-    texts: Sequence[str], gold: Sequence[Sequence[Span]], path: str, c1: float, c2: float, max_iterations: int
+    texts: Sequence[str],
+    gold: Sequence[Sequence[Span]],
+    path: str,
+    c1: float,
+    c2: float,
+    max_iterations: int,
+    items: Callable[[str], list[Span]] = word_spans,
 ) -> None:
+    """Fit and save a CRF. `items` cuts a text into the CRF's items (the word view; tests compare others)."""
     import pycrfsuite
 
     trainer = pycrfsuite.Trainer(verbose=False)
     for text, spans in zip(texts, gold, strict=True):
-        words = word_spans(text)
+        words = items(text)
         trainer.append(features(text, words), bio(words, spans))
-    trainer.set_params({"c1": c1, "c2": c2, "max_iterations": max_iterations})
+    # possible_transitions: weights for every label pair, also those training never shows (sklearn-crfsuite's
+    # all_possible_transitions), so an unseen transition is learned as unlikely instead of left at 0
+    trainer.set_params({"c1": c1, "c2": c2, "max_iterations": max_iterations, "feature.possible_transitions": True})
     trainer.train(path)
 
 
-def tag(tagger: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
+def tag(tagger: Any, texts: Sequence[str], items: Callable[[str], list[Span]] = word_spans) -> list[dict[str, Any]]:
     """Phrases, spans and words (with tag and P(not O)) of each text, as the phrase extractor returns them."""
     out = []
     for text in texts:
-        words = word_spans(text)
+        words = items(text)
         tags = tagger.tag(features(text, words)) if words else []
         spans = bio_to_spans(text, words, tags)
         scores = [1.0 - tagger.marginal("O", i) for i in range(len(words))] if words else []
