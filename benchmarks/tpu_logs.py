@@ -15,8 +15,10 @@ and the median CPU seconds (user + sys of the process and its children, which co
 and the ratios baseline / ours (> 1: ours is faster). Ours does more: de-duplication across restarts and
 formats, params, tags, tables (CSV + Parquet), the loss-curve plot and results.json; its forked second
 process parses while MLflow loads and writes the tables and the plot while the points are logged (one bulk
-insert into this SQL store: tracking._bulk_log), so on a machine with a free core the wall time follows the
-main process's CPU (printed too), not the total.
+insert into this SQL store: albert_exp/tracking/bulk.py), so on a machine with a free core the wall time follows
+the main process's CPU (printed too), not the total. --without-bulk adds a third side: ours with the bulk insert
+switched off (ALBERT_EXP_BULK_LOG=0: every point through log_batch, as when MLflow is outside the tested range or
+the fast path fails).
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=1_000_000)
     ap.add_argument("--steps", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side (medians are reported)")
+    ap.add_argument("--without-bulk", action="store_true", help="also ours with ALBERT_EXP_BULK_LOG=0")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="tpu_logs_bench_") as tmp:
         tmp = Path(tmp)
@@ -104,8 +107,17 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         year = str(logs.truth.start_time.year)
-        ours, base = [], []
+        ours, base, slow = [], [], []
         for n in range(args.repeat):
+            if args.without_bulk:
+                slow.append(
+                    timed(
+                        [sys.executable, "-m", "albert_exp", "tpu-logs", "ingest", str(log), "--experiment", f"slow{n}"]
+                        + ["--no-progress", "--out", str(tmp / f"slow{n}")],
+                        {**env, "ALBERT_EXP_BULK_LOG": "0"},
+                        tmp,
+                    )
+                )
             ours.append(
                 timed(
                     [sys.executable, "-m", "albert_exp", "tpu-logs", "ingest", str(log), "--experiment", f"ours{n}"]
@@ -124,6 +136,7 @@ def main() -> None:
             )
         mine, theirs = points_of(db, "ours0"), points_of(db, "base0")
         assert mine == theirs, f"the two logged different points ({len(mine)} vs {len(theirs)})"
+        assert not slow or points_of(db, "slow0") == mine, "with and without the bulk insert: different points"
         timings = [json.loads((tmp / f"out{n}" / "results.json").read_text())["timings"] for n in range(args.repeat)]
         main_cpu = statistics.median(t["cpu_s"] for t in timings)
         wall_o, cpu_o = statistics.median(w for w, _, _ in ours), statistics.median(c for _, c, _ in ours)
@@ -131,13 +144,21 @@ def main() -> None:
         print(f"same {len(mine):,} points (values and timestamps) in both runs; medians of {args.repeat} runs each:")
         print(f"  ours (tpu-logs ingest):  wall {wall_o:6.2f} s   CPU {cpu_o:6.2f} s   (main process {main_cpu:.2f} s)")
         print(f"  baseline (log_batch):    wall {wall_b:6.2f} s   CPU {cpu_b:6.2f} s   (one process)")
+        if slow:
+            wall_s, cpu_s = statistics.median(w for w, _, _ in slow), statistics.median(c for _, c, _ in slow)
+            print(f"  ours, ALBERT_EXP_BULK_LOG=0: wall {wall_s:6.2f} s   CPU {cpu_s:6.2f} s")
         print(f"  ours, first run: {timings[0]}")
-        walls = {name: [round(w, 2) for w, _, _ in runs] for name, runs in (("ours", ours), ("baseline", base))}
+        sides = (("ours", ours), ("baseline", base), ("ours without bulk", slow))
+        walls = {name: [round(w, 2) for w, _, _ in runs] for name, runs in sides if runs}
         print(f"  every run's wall s: {walls}")
         print(
             f"ratio baseline / ours: wall {wall_b / wall_o:.2f}x, CPU {cpu_b / cpu_o:.2f}x, CPU of the process the "
             f"user waits for {cpu_b / main_cpu:.2f}x (> 1: ours is faster)"
         )
+        if slow:
+            print(
+                f"ratio baseline / ours without the bulk insert: wall {wall_b / wall_s:.2f}x, CPU {cpu_b / cpu_s:.2f}x"
+            )
 
 
 if __name__ == "__main__":
