@@ -5,12 +5,15 @@
     info = write_records("out.tfrecord", [encode_example({"input_ids": ids, ...})])   # temp file + rename
     for offset, payload in iter_records("out.tfrecord"):            # GZIP files are detected by magic
         features = decode_example(payload)                          # {"input_ids": np.int64 array, ...}
+    batch = decode_batch(payloads, {"input_ids": "int64", ...})     # compiled: {"input_ids": [N, L]} or None
 
 A TFRecord is `uint64 length | uint32 masked_crc32c(length) | data | uint32 masked_crc32c(data)`, all
 little-endian. The protobuf wire format of `tf.train.Example` is written by hand because the generated
 classes cost microseconds per field and the pretraining-data stage writes ~100k examples a second per core:
 `encode_batch` serializes (and frames) a whole batch of examples in compiled code (`tfrecord_encode`);
 `encode_example` is the plain-Python reference it is tested against, and `frame_records` adds the framing.
+Reading is the same: `decode_batch` decodes a batch into feature matrices in compiled code (`tfrecord_decode`,
+the static pretraining loader's reader), and `decode_example` is its reference and fallback.
 """
 
 from __future__ import annotations
@@ -302,6 +305,42 @@ def decode_example(data: bytes) -> dict[str, np.ndarray]:
                 raise ValueError("message runs past its length")
     except (ValueError, IndexError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a valid tf.train.Example: {exc}") from None
+    return out
+
+
+def decode_batch(payloads: list[bytes], kinds: dict[str, str]) -> dict[str, np.ndarray] | None:
+    """Features `kinds` ({name: "int64" | "float"}) of N serialized Examples as [N, L] matrices (int64 /
+    float32), decoded in compiled code (albert_exp.tfrecord_decode): the arrays that stacking `decode_example`'s
+    would give. None where the compiled reader is not sure of that (another layout than the writers', a
+    feature missing, repeated or of another type, rows of different lengths, a malformed record): decode those
+    payloads with `decode_example`, which gives the same arrays or says what is wrong."""
+    from albert_exp.tfrecord_decode import FLOAT, INT64, fill_bytes, fill_varints, locate
+
+    names = list(kinds)
+    keys = [n.encode("utf-8") for n in names]
+    key_off = np.zeros(len(keys) + 1, dtype=np.int64)
+    np.cumsum([len(k) for k in keys], out=key_off[1:])
+    offsets = np.zeros(len(payloads) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, payloads), dtype=np.int64, count=len(payloads)), out=offsets[1:])
+    buf = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    tags = np.array([FLOAT if kinds[n] == "float" else INT64 for n in names], dtype=np.uint8)
+    spans = np.full((len(payloads), len(names), 3), -1, dtype=np.int64)
+    if not payloads or locate(buf, offsets, np.frombuffer(b"".join(keys), np.uint8), key_off, tags, spans) >= 0:
+        return None
+    out = {}
+    for f, name in enumerate(names):
+        counts = spans[:, f, 2]
+        width = int(counts[0])
+        if (counts != width).any():
+            return None
+        sp = np.ascontiguousarray(spans[:, f])
+        if kinds[name] == "float":
+            out[name] = fill_bytes(buf, sp, 4 * width).view("<f4").astype(np.float32, copy=False)
+            continue
+        values, ok = fill_varints(buf, sp, width)
+        if not ok:
+            return None
+        out[name] = values.view(np.int64)
     return out
 
 

@@ -1,6 +1,7 @@
 """pretraining-data vs google-research/albert's create_pretraining_data.py, side by side on real text.
 
     .venv/bin/python benchmarks/pretraining_data.py --fortunes --lines 20000
+    .venv/bin/python benchmarks/pretraining_data.py --toy --pairings "" --loaders   # the loaders alone (~1 min)
     .venv/bin/python benchmarks/pretraining_data.py --input corpus.txt --lines 40000 \\
         --reference-repo /tmp/ref/albert --reference-python /tmp/refvenv/bin/python
 
@@ -58,6 +59,25 @@ Dynamic mode on the same corpus: 29.8 B/line stored (208x less than static dupe 
                            for one GPU, seq 64, bf16); 12 cores per GPU (a DGX H100 has 14) ~400x.
 The loader figure excludes the DataLoader's hand-over of tensors between processes (shared memory, ~1 MB
 per micro-batch), which this 2-core machine under load cannot measure cleanly.
+
+--loaders: both pretrain loaders at seq 64 and 128 (google's 10 / 20 predictions), micro-batch 512, one
+process each, samples per CPU-second (median of --loader-runs alternated runs): the static TFRecord stream
+with its compiled reader (tfrecord.decode_batch), the same stream with the reader before it (decode_example
+per record + to_batch: what it read before 2026-12-07), and the dynamic loader; then how many loader
+workers (processes, one core each) one GPU needs: ALBERT-base at 10,000 seq/s (seq 64) and 3,000 seq/s
+(seq 128). Static data: ours, dupe_factor 5, on the same corpus; and 20,000 synthetic records whose ids
+spread over 30,000 pieces (ALBERT-base's vocabulary: 2-3 byte varints, the reader's heavier case).
+    --toy --lines 20000 --pairings "" --loaders   (2026-12-07, 2-core machine shared with 4 other sessions,
+        load average 3.4-5.1: CPU-seconds hold, wall times do not; 3 min 13 s wall in all)
+                                        seq 64              seq 128      samples per CPU-second, median of 3
+    static, reader before               18,416              16,147
+    static, compiled reader            267,506 (14.5x)     237,562 (14.7x)
+      ids over 30,000 pieces: before    15,312              16,177
+      compiled                         230,971 (15.1x)     199,681 (12.3x)
+    dynamic                            432,419             330,223
+    One GPU (10,000 seq/s at seq 64, 3,000 at seq 128) needs one loader worker with either loader: the
+    compiled reader uses 0.04 / 0.02 of a core for it, the reader before used 0.54-0.65 / 0.19 (in-process
+    figures: the DataLoader's hand-over between processes comes on top, see above).
 """
 
 from __future__ import annotations
@@ -262,10 +282,136 @@ def dynamic_rows(work: Path, corpus: Path, n_lines: int) -> None:
     return {"bytes": size, "bytes_per_line": size / n_lines, "loader_samples_per_cpu_s": per_core, "make": r}
 
 
+# One loader in one process (what each loader worker runs), micro-batches of 512; kind: static (the compiled
+# reader), reference (decode_example per record + to_batch: the reader before it), dynamic.
+LOADERS = """
+import itertools, sys, time
+import torch
+from albert_exp.pretrain import data
+from albert_exp.tfrecord import decode_example
+kind, path, seq, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
+if kind == "dynamic":
+    it = iter(data.DynamicDataset(path, micro=512, start=0, rank=0, world=1, max_seq_length=seq, hint=None))
+else:
+    stream = data.Stream([path], 0, 1, batch_size=512, max_seq_length=seq, seed=0, block=4096)
+    records = stream.records()
+    it = (
+        stream.batches()
+        if kind == "static"
+        else (data.to_batch([decode_example(next(records)) for _ in range(512)], seq, path) for _ in itertools.count())
+    )
+next(it)  # kernels loaded, the first block read / planned
+t, c = time.perf_counter(), time.process_time()
+for _ in range(n):
+    next(it)
+print("RESULT", n * 512, time.process_time() - c, time.perf_counter() - t)
+"""
+# What one GPU consumes (ALBERT-base, bf16, one H100-class GPU): seq -> sequences per second.
+GPU_RATES = {64: 10_000, 128: 3_000}
+PRED_FOR = {64: 10, 128: 20}  # google's max_predictions_per_seq for these lengths
+LOADER_BATCHES = {"static": 200, "reference": 20, "dynamic": 200}  # ~1 CPU-second each
+WIDE_VOCAB = 30_000  # ALBERT-base's vocabulary: ids of 2-3 varint bytes, where a small corpus's are 1-2
+
+
+def wide_records(path: Path, n: int, seq: int, pred: int, seed: int = 0) -> None:
+    """n synthetic records with google's features, ids uniform over WIDE_VOCAB, seq/2..seq real tokens."""
+    import numpy as np
+
+    from albert_exp.tfrecord import RecordWriter, encode_batch
+
+    rng = np.random.default_rng(seed)
+    length = rng.integers(seq // 2, seq + 1, n)
+    mask = (np.arange(seq)[None] < length[:, None]).astype(np.int64)
+    ids = rng.integers(5, WIDE_VOCAB, (n, seq)) * mask
+    seg = (np.arange(seq)[None] >= (length // 2)[:, None]) * mask
+    inner = rng.random((n, seq)) + (1 - mask) + (np.arange(seq) == 0)  # keys >= 1 outside 1..length-1
+    pos = np.sort(np.argsort(inner, axis=1)[:, :pred], axis=1)
+    arrays = {
+        "input_ids": ids,
+        "input_mask": mask,
+        "segment_ids": seg,
+        "token_boundary": np.ones((n, seq), np.int64),
+        "masked_lm_positions": pos,
+        "masked_lm_ids": np.take_along_axis(ids, pos, 1),
+        "masked_lm_weights": np.ones((n, pred), np.float32),
+        "next_sentence_labels": rng.integers(0, 2, (n, 1)),
+    }
+    buf, _ = encode_batch(arrays, framed=True)
+    with RecordWriter(path) as w:
+        w.write_framed(buf.tobytes(), n)
+        w.close()
+
+
+def loader_rows(work: Path, corpus: Path, runs: int) -> dict:
+    """Samples per CPU-second of each loader at seq 64 and 128, and the loader workers one GPU needs."""
+    import math
+    import statistics
+
+    loader = work / "loaders.py"
+    loader.write_text(LOADERS)
+    out = {}
+    for seq, gpu in GPU_RATES.items():
+        settings = {**SETTINGS, "max_seq_length": seq, "max_predictions_per_seq": PRED_FOR[seq], "dupe_factor": 5}
+        static = work / f"loader-{seq}.tfrecord"
+        dyn = work / f"dynamic-{seq}" / "shard-00000.arrow"
+        dyn.parent.mkdir(exist_ok=True)
+        for f in (static, Path(str(static) + ".json"), dyn, Path(str(dyn) + ".json")):
+            f.unlink(missing_ok=True)
+        script = work / f"static-{seq}.py"
+        script.write_text(OURS.format(**settings))
+        child(
+            [sys.executable, str(script), str(corpus), str(static), str(work / "tokenizer"), "0", "pack"],
+            ROOT,
+            work / "s.log",
+        )
+        script = work / f"dynamic-{seq}.py"
+        script.write_text(DYNAMIC.format(**settings))
+        child([sys.executable, str(script), str(corpus), str(dyn), str(work / "tokenizer")], ROOT, work / "d.log")
+        wide = work / f"wide-{seq}.tfrecord"
+        wide_records(wide, 20_000, seq, PRED_FOR[seq])
+        paths = {
+            "static": static,
+            "reference": static,
+            "static wide": wide,
+            "reference wide": wide,
+            "dynamic": dyn.parent / "manifest.json",
+        }
+        rates: dict[str, list[float]] = {k: [] for k in paths}
+        for _ in range(runs):  # alternated: a change in the machine's load touches every loader alike
+            for kind, path in paths.items():
+                log = work / "loader.log"
+                how, batches = kind.split()[0], LOADER_BATCHES[kind.split()[0]]
+                child([sys.executable, str(loader), how, str(path), str(seq), str(batches)], ROOT, log)
+                line = next(x for x in log.read_text().splitlines() if x.startswith("RESULT"))
+                rates[kind].append(float(line.split()[1]) / float(line.split()[2]))
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        out[seq] = {"samples_per_cpu_s": rates, "median": med, "gpu_seq_per_s": gpu}
+        print(f"\nloaders at seq {seq} (micro-batch 512, one process, samples per CPU-second, median of {runs}):")
+        for kind, label in (
+            ("reference", "static, reader before (decode_example + to_batch)"),
+            ("static", "static, compiled reader (decode_batch)"),
+            ("reference wide", f"  the same on ids over {WIDE_VOCAB:,} pieces: before"),
+            ("static wide", "  compiled"),
+            ("dynamic", "dynamic (masked on the fly)"),
+        ):
+            need = math.ceil(gpu / med[kind])
+            print(
+                f"  {label:52} {med[kind]:>9,.0f}  ({', '.join(f'{r:,.0f}' for r in rates[kind])}); one GPU at "
+                f"{gpu:,} seq/s needs {need} loader worker{'s' * (need > 1)} ({gpu / med[kind]:.2f} cores)"
+            )
+        print(
+            f"  compiled / before: {med['static'] / med['reference']:.1f}x, on ids over {WIDE_VOCAB:,} pieces "
+            f"{med['static wide'] / med['reference wide']:.1f}x"
+        )
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", nargs="*", default=[], help="text files in ALBERT's format")
     ap.add_argument("--fortunes", action="store_true", help="use Debian's fortunes as the corpus")
+    ap.add_argument("--toy", action="store_true", help="use the toy corpus (synthetic restaurant reviews)")
     ap.add_argument("--lines", type=int, default=20000)
     ap.add_argument(
         "--repeat",
@@ -293,11 +439,18 @@ def main() -> None:
     ap.add_argument(
         "--dynamic", action="store_true", help="also dynamic mode: stored bytes per line, loader samples/s per core"
     )
+    ap.add_argument("--loaders", action="store_true", help="also both pretrain loaders' samples per CPU-second")
+    ap.add_argument("--loader-runs", type=int, default=3, help="--loaders: alternated runs per loader (median)")
     args = ap.parse_args()
 
     from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
 
-    docs = fortunes_documents() if args.fortunes else text_documents(args.input)
+    if args.toy:
+        from albert_exp.toy import pretraining_documents
+
+        docs = list(pretraining_documents(0, args.lines))  # 2-8 sentences each: more than enough lines
+    else:
+        docs = fortunes_documents() if args.fortunes else text_documents(args.input)
     if not docs:
         sys.exit("no corpus: give --input FILES or --fortunes")
     picked, n = [], 0
@@ -335,7 +488,7 @@ def main() -> None:
         work / "warmup.log",
     )
     print(f"warm-up (compiles the kernels if this code version has no cache yet): {w['wall_s']:.1f} s")
-    runs = [(p, False) for p in args.pairings.split(",")] + ([("pack", True)] if args.compress else [])
+    runs = [(p, False) for p in args.pairings.split(",") if p] + ([("pack", True)] if args.compress else [])
     for pairing, compress in runs:
         name = "ours" + ("" if pairing == "pack" else f" {pairing}") + (" gzip" if compress else "")
         out = work / (name.replace(" ", "_") + ".tfrecord" + (".gz" if compress else ""))
@@ -383,25 +536,27 @@ def main() -> None:
         r["lines_per_cpu_s"] = rate
     print(f"tok/inst, mask/inst, SOP=1, seg<=2 (a segment of <= 2 tokens): over the first {SAMPLE} records")
     how = "measured" if n >= 1_000_000 else "extrapolated: use --lines 20000 --repeat 50 to measure it"
-    ours = rows["ours"]
-    print(
-        f"\n1M lines: CPU minutes at this rate ({how}). Targets: a 1M-line shard < 2 min on one core "
-        f"({1e6 / ours['lines_per_cpu_s'] / 60:.2f} min), peak < 2 GB ({ours['peak_rss_mb']:.0f} MB)"
-    )
-    if "google" in rows:
+    ours = rows.get("ours")
+    if ours:
+        print(
+            f"\n1M lines: CPU minutes at this rate ({how}). Targets: a 1M-line shard < 2 min on one core "
+            f"({1e6 / ours['lines_per_cpu_s'] / 60:.2f} min), peak < 2 GB ({ours['peak_rss_mb']:.0f} MB)"
+        )
+    if "google" in rows and ours:
         ratio = ours["lines_per_cpu_s"] / rows["google"]["lines_per_cpu_s"]
         print(f"ratio (ours / google, lines per CPU-second): {ratio:.0f}x (target >= 100x)")
         tr = ours["tokens_per_instance"] / rows["google"]["tokens_per_instance"]
         print(f"real tokens per instance, ours / google: {tr:.3f} (target >= 1)")
     dyn = dynamic_rows(work, corpus, n) if args.dynamic else None
-    if dyn:
-        static = rows["ours"]["bytes"]
+    if dyn and ours:
+        static = ours["bytes"]
         print(
             f"disk per input line: static dupe {SETTINGS['dupe_factor']} {static / n:,.0f} B, dynamic "
             f"{dyn['bytes_per_line']:,.1f} B: {static / dyn['bytes']:.0f}x less; per 1M lines "
             f"{static / n * 1e6 / 1e9:.2f} GB vs {dyn['bytes_per_line']:.1f} MB"
         )
-    report = {"lines": n, "settings": SETTINGS, "rows": rows, "dynamic": dyn}
+    loaders = loader_rows(work, corpus, args.loader_runs) if args.loaders else None
+    report = {"lines": n, "settings": SETTINGS, "rows": rows, "dynamic": dyn, "loaders": loaders}
     (work / "benchmark.json").write_text(json.dumps(report, indent=1))
     print(f"details: {work / 'benchmark.json'}")
 

@@ -21,7 +21,14 @@ from albert_exp import checkpoint
 from albert_exp.config import load_config
 from albert_exp.errors import UserError
 from albert_exp.pretrain import data, optim
-from albert_exp.tfrecord import CorruptRecordError, decode_example, encode_example, iter_records, write_records
+from albert_exp.tfrecord import (
+    CorruptRecordError,
+    decode_batch,
+    decode_example,
+    encode_example,
+    iter_records,
+    write_records,
+)
 from tests.conftest import ROOT, require_reference
 
 SEQ, PRED, VOCAB = 16, 3, 40
@@ -220,6 +227,39 @@ def test_reads_googles_reference_records():
     assert batch["input_ids"].shape == (8, 512) and batch["mlm_positions"].shape == (8, 20)
     assert set(batch["sop_labels"].tolist()) <= {0, 1}
     assert (batch["input_ids"] < 159).all() and batch["mlm_weights"].sum() > 0
+
+
+def _same_tensors(got: dict, want: dict) -> None:
+    assert set(got) - {"meta"} == set(want)
+    for k, v in want.items():
+        assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+        assert got[k].numpy().tobytes() == v.numpy().tobytes(), k
+
+
+def test_compiled_reader_gives_the_reference_readers_batches_on_googles_records():
+    """The static loader decodes with tfrecord.decode_batch (compiled): byte for byte the tensors of
+    decode_example + to_batch (the reader before it) on google's own records, over two epochs."""
+    path = str(require_reference() / "restaurant_review_train")
+    kw = dict(batch_size=8, max_seq_length=512, seed=0, block=16)
+    records = data.Stream([path], 0, 1, **kw).records()  # the same payloads in the same order
+    for batch in _take(data.Stream([path], 0, 1, **kw).batches(), 10):  # 80 of the file's 40 records
+        _same_tensors(batch, data.to_batch([decode_example(next(records)) for _ in range(8)], 512, path))
+
+
+def test_records_the_compiled_reader_declines_are_read_or_named_one_by_one():
+    from albert_exp.tfrecord import _read_varint, _varint
+
+    good = toy_examples(3, 0)
+    entries = good[0][_read_varint(good[0], 1)[1] :]  # the Features message without tag and length
+    entries += b"\x0a\x07\x0a\x01z\x12\x02\x0a\x00"  # one more feature: an empty bytes_list
+    odd = b"\x0a" + _varint(len(entries)) + entries
+    assert decode_batch([odd], data.KINDS) is None
+    _same_tensors(
+        data.payloads_to_batch([good[1], odd], SEQ, "x"),
+        data.to_batch([decode_example(p) for p in [good[1], odd]], SEQ, "x"),
+    )
+    with pytest.raises(UserError, match=r"record 2 of the 2 read up to stream 0.*not a valid tf.train.Example"):
+        data.payloads_to_batch([good[1], good[2][:-3]], SEQ, "x", "stream 0, Position(...)")
 
 
 # ---------------------------------------------------------------------------------------------------------

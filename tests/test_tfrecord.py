@@ -13,6 +13,7 @@ import pytest
 from albert_exp.tfrecord import (
     FEATURES,
     CorruptRecordError,
+    decode_batch,
     decode_example,
     encode_batch,
     encode_example,
@@ -178,6 +179,114 @@ def test_reads_googles_reference_file():
         assert (r["masked_lm_positions"][:n_masked] < n_tokens).all()
         assert r["next_sentence_labels"][0] in (0, 1)
     assert len({int(r["input_ids"][0]) for r in records}) == 1  # every instance starts with [CLS]
+
+
+KINDS = {name: kind for name, (kind, _) in FEATURES.items() if name != "token_boundary"}  # what the loader reads
+
+
+def _stacked(payloads: list[bytes], kinds: dict[str, str]) -> dict[str, np.ndarray] | None:
+    """The reference of decode_batch: decode_example's arrays stacked, None where that fails."""
+    try:
+        rows = [decode_example(p) for p in payloads]
+        return {
+            n: np.stack([r[n] for r in rows]).astype(np.float32 if k == "float" else np.int64) for n, k in kinds.items()
+        }
+    except (ValueError, KeyError):
+        return None
+
+
+def _same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def test_compiled_batch_decoding_equals_decode_example_on_googles_file():
+    ref = require_reference() / "restaurant_review_train"
+    payloads = [p for _, p in iter_records(ref)]
+    for lo, hi in ((0, 40), (0, 1), (3, 11), (39, 40)):
+        got = decode_batch(payloads[lo:hi], KINDS)
+        assert got is not None, "google's layout must take the compiled path"
+        _same(got, _stacked(payloads[lo:hi], KINDS))
+
+
+def _entry(key: bytes, feature: bytes) -> bytes:
+    """A Features map entry, from its key and its serialized Feature."""
+    from albert_exp.tfrecord import _TAG_1, _TAG_2, _varint
+
+    body = bytes([_TAG_1]) + _varint(len(key)) + key + bytes([_TAG_2]) + _varint(len(feature)) + feature
+    return bytes([_TAG_1]) + _varint(len(body)) + body
+
+
+def _example(entries: bytes) -> bytes:
+    from albert_exp.tfrecord import _TAG_1, _varint
+
+    return bytes([_TAG_1]) + _varint(len(entries)) + entries
+
+
+def _entries(example: bytes) -> bytes:
+    """An Example's map entries (its Features message without tag and length)."""
+    from albert_exp.tfrecord import _read_varint
+
+    return example[_read_varint(example, 1)[1] :]
+
+
+def test_compiled_batch_decoding_is_the_reference_or_declines():
+    """decode_batch gives decode_example's arrays or None (then the loader decodes with decode_example):
+    on our writer's records, extreme values and layouts the compiled reader does not take, and on thousands
+    of random corruptions of them. Never other arrays, never an array where decode_example fails."""
+    from albert_exp.tfrecord import _TAG_1, _TAG_FLOAT, _TAG_INT64, _varint
+
+    base = _batch(8, seed=5)
+    base["input_ids"][0, :4] = [2**35, -1, -(2**63), 2**63 - 1]  # 6- and 10-byte varints
+    base["masked_lm_weights"][1, 0] = np.frombuffer(b"\x01\x00\xc0\x7f", "<f4")[0]  # a NaN with a payload
+    good = [encode_example(_row(base, i)) for i in range(8)]
+    _same(decode_batch(good, KINDS), _stacked(good, KINDS))
+    unpacked = b"".join(bytes([1 << 3]) + _varint(v) for v in (1, 2))  # Int64List with one varint per value
+    loose = _entry(b"input_ids", bytes([_TAG_INT64]) + _varint(len(unpacked)) + unpacked)
+    wide = _entry(b"x", bytes([_TAG_INT64, 12, _TAG_1, 10]) + b"\xff" * 9 + b"\x01")  # a 10-byte varint: fine
+    over = _entry(b"input_ids", bytes([_TAG_INT64, 13, _TAG_1, 11]) + b"\xff" * 10 + b"\x01")  # 11 bytes
+    floats = bytes([_TAG_1]) + _varint(4 * SEQ) + bytes(4 * SEQ)
+    no_ids = encode_example({k: v for k, v in _row(base, 0).items() if k != "input_ids"})
+    swapped = _example(_entries(no_ids) + _entry(b"input_ids", bytes([_TAG_FLOAT]) + _varint(len(floats)) + floats))
+    odd = [
+        [_example(loose)],  # another layout: declined, decode_example reads it
+        [_example(over)],  # a varint beyond 64 bits
+        [good[0][:-1]],  # truncated
+        [good[0] + b"\x00"],  # trailing bytes
+        [good[1], encode_example({k: v for k, v in _row(base, 0).items() if k != "masked_lm_ids"})],  # missing
+        [encode_example({**_row(base, 0), "input_ids": np.arange(SEQ + 1)}), good[1]],  # ragged rows
+        [swapped],  # a float list where ints are wanted
+        [_example(_entries(good[0]) + _entry(b"input_ids", b"\x1a\x00"))],  # repeated (and an empty list)
+        [_example(_entries(good[0]) + _entry(b"\xff", b"\x1a\x00"))],  # a key that is not UTF-8
+        [_example(_entries(good[0]) + _entry(b"x", bytes([_TAG_INT64, 4, _TAG_1, 2, 1, 0x81])))],  # truncated
+        [_example(_entries(good[0]) + _entry(b"x", bytes([_TAG_FLOAT, 5, _TAG_1, 3, 0, 0, 0])))],  # 3 float bytes
+    ]
+    assert decode_batch([_example(_entries(good[2]) + wide)], KINDS) is not None
+    for payloads in odd:
+        got = decode_batch(payloads, KINDS)
+        assert got is None, payloads
+    rng = np.random.default_rng(0)
+    taken = 0
+    for _ in range(3000):
+        batch = list(good[:3])
+        i, p = int(rng.integers(0, 3)), bytearray(batch[int(rng.integers(0, 3))])
+        for _ in range(int(rng.integers(1, 4))):
+            what, at = int(rng.integers(0, 3)), int(rng.integers(0, len(p)))
+            if what == 0:
+                p[at] = int(rng.integers(0, 256))
+            elif what == 1:
+                del p[at]
+            else:
+                p.insert(at, int(rng.integers(0, 256)))
+        batch[i] = bytes(p)
+        got, want = decode_batch(batch, KINDS), _stacked(batch, KINDS)
+        if got is not None:
+            assert want is not None, batch[i]
+            _same(got, want)
+            taken += 1
+    assert taken > 100  # some corruptions still parse (a changed value): those must be read alike
 
 
 def test_tensorflow_parses_our_files_with_googles_feature_spec(tmp_path):
