@@ -118,6 +118,19 @@ def test_chinese_characters_as_items_beat_whitespace_words(tmp_path):
     assert f1["chars"] > 0.8 and f1["whitespace"] < 0.1, f1  # measured: 0.91 and 0.0
 
 
+def test_one_trainer_fits_every_grid_point_as_a_fresh_one(tmp_path):
+    from albert_exp.crf import fit, train, trainer
+    from albert_exp.labels import phrase_spans
+
+    rows = chinese_reviews(100, "train", 1)
+    texts, gold = [t for t, _ in rows], [phrase_spans(t, ps)[0] for t, ps in rows]
+    data = trainer(texts, gold)
+    fit(data, str(tmp_path / "a"), 0.5, 0.1, 30)
+    fit(data, str(tmp_path / "b"), 0.0, 0.01, 30)  # after another grid point
+    train(texts, gold, str(tmp_path / "c"), 0.0, 0.01, 30)
+    assert (tmp_path / "b").read_bytes() == (tmp_path / "c").read_bytes()
+
+
 def test_lookup_baseline_finds_training_names_only():
     from albert_exp.baseline import lookup_spans
 
