@@ -1,6 +1,8 @@
 """Pretraining throughput, side by side. Prints sequences/s and ratios.
 
     .venv/bin/python benchmarks/pretrain.py                 # CPU: ours vs HF Trainer (tiny, small), loader vs step
+    .venv/bin/python benchmarks/pretrain.py --suite sync --baseline /tmp/before
+                                                            # CPU: the loop's step time, this code vs another tree
     .venv/bin/python benchmarks/pretrain.py --suite gpu     # ALBERT-base, seq 64/128, batch 512, bf16: seq/s,
                                                             # tokens/s, MFU; then 1 vs N processes (torchrun)
     .venv/bin/python benchmarks/pretrain.py --suite gpu --smoke-cpu 2 --steps 3 --compile off
@@ -10,8 +12,19 @@
   positions + SOP, LAMB, clipping), the loop's own step function.
 * HF: transformers.Trainer + DataCollatorForLanguageModeling (dynamic masking, MLM logits over every
   position) on the same model class, the same token ids and batch size, AdamW (the Trainer's default).
+* ours, MLM head on every position: the same step, but the vocabulary projection runs on all positions as
+  HF's does (every position of the batch is a prediction, weight 0 where nothing is masked: the same loss),
+  so "ours full / HF" compares the same model work and "ours / ours full" is what gathering saves.
+* Fair by default: the sides run alternated (--runs rounds of ours, ours full, HF, the order reversed every
+  other round; medians), with the same pinned number of torch threads (--threads, default 1: on a shared
+  machine more threads measure the load).
 * loader: our TFRecord stream alone (decode + collate, one process) vs what one training step consumes; the
   loader must be >= 5x faster than training so it never limits it (more worker processes scale it further).
+* sync: the whole training loop (loop.Trainer.train: loader, accumulation, LAMB, the metric syncs; a no-op
+  tracker, one checkpoint at the end of each timed stretch, which both sides write) in a child process per
+  run, this tree against --baseline (a tree of the code before, e.g. `git archive REV | tar -x -C DIR`),
+  alternated, medians; default log_every_steps (100) and 2 micro-batches per step. Without --baseline: this
+  tree logging every step (a host sync per step) against every 100 steps.
 
 * gpu: ALBERT-base (12M parameters, 12 x 768), batch 512 per GPU, bf16 autocast, SDPA attention
   (transformers' default for ALBERT), LAMB with its foreach path, with and without torch.compile, at seq 64
@@ -107,19 +120,32 @@ def write_data(root: Path, vocab: int, n: int, seed: int = 0, seq: int = SEQ) ->
     return [str(path)]
 
 
-def build(name: str, device: str = "cpu"):
-    from transformers import AlbertConfig, AlbertForPreTraining
-
-    torch.manual_seed(0)
-    cfg = AlbertConfig(
-        **CONFIGS[name],
+def model_config(name: str) -> dict:
+    """AlbertConfig arguments of a CONFIGS model (no dropout: the same work on every side)."""
+    return dict(
+        CONFIGS[name],
         max_position_embeddings=512,
         hidden_act="gelu_new",
         classifier_dropout_prob=0.0,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return AlbertForPreTraining(cfg).to(device)
+
+
+def build(name: str, device: str = "cpu"):
+    from transformers import AlbertConfig, AlbertForPreTraining
+
+    torch.manual_seed(0)
+    return AlbertForPreTraining(AlbertConfig(**model_config(name))).to(device)
+
+
+def every_position(b: dict) -> dict:
+    """The batch with every position as an MLM prediction (weight 0 where nothing is masked): batch_losses
+    then projects every position onto the vocabulary, as HF's head does, for the same loss."""
+    n, seq = b["input_ids"].shape
+    ids = torch.zeros(n, seq, dtype=b["mlm_ids"].dtype).scatter_(1, b["mlm_positions"], b["mlm_ids"])
+    w = torch.zeros(n, seq, dtype=b["mlm_weights"].dtype).scatter_(1, b["mlm_positions"], b["mlm_weights"])
+    return {**b, "mlm_positions": torch.arange(seq).expand(n, seq), "mlm_ids": ids, "mlm_weights": w}
 
 
 def ours(
@@ -132,9 +158,11 @@ def ours(
     compile: bool = False,
     seq: int = SEQ,
     dist=None,
+    full_head: bool = False,
 ) -> float:
     """Sequences/s of our training step, data included (in-process stream on CPU, prefetched on GPU).
-    dist: an albert_exp.pretrain.ddp.Dist of a torchrun job: the step goes through DDP (this rank's rate)."""
+    dist: an albert_exp.pretrain.ddp.Dist of a torchrun job: the step goes through DDP (this rank's rate).
+    full_head: the MLM head on every position (HF's work), see every_position."""
     model = build(name, device)
     opt = optim.make_optimizer(model, 1e-3)
     encoder = torch.compile(model.albert) if compile else None
@@ -146,6 +174,7 @@ def ours(
 
     def step(i: int) -> None:
         b = batches[i % len(batches)] if batches else next(stream)
+        b = every_position(b) if full_head else b
         b = {k: v.to(device, non_blocking=True) for k, v in b.items() if isinstance(v, torch.Tensor)}
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             loss = forward(b)["loss"]
@@ -215,6 +244,111 @@ def hf_trainer(name: str, files: list[str], batch: int, steps: int, tmp: Path) -
     trainer = Trainer(model=build(name), args=args, train_dataset=dataset, data_collator=collator, callbacks=[Clock()])
     trainer.train()
     return steps * batch / (marks[steps + 3] - marks[3])
+
+
+# One timed stretch of loop.Trainer.train in a child process (PYTHONPATH: the tree measured).
+LOOP = """
+import json, sys, tempfile, time
+from pathlib import Path
+import torch
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+from transformers import AlbertConfig, AlbertForPreTraining
+from albert_exp.config import load_config
+from albert_exp.pretrain import optim
+from albert_exp.pretrain.loop import State, Trainer
+
+class NoTracker:
+    def log_history(self, rows): pass
+    def logged_steps(self, keys): return set()
+    def log_artifact(self, *a): pass
+    def set_tags(self, tags): pass
+
+torch.manual_seed(0)
+model = AlbertForPreTraining(AlbertConfig(**a["model"]))
+pc = load_config(None, a["overrides"]).pretrain
+opt = optim.make_optimizer(model, 1e-3)
+sched = optim.make_schedule(opt, 10, 10**6)
+with tempfile.TemporaryDirectory() as out:
+    t = Trainer(model, opt, sched, pc=pc, files=a["files"], eval_data=[], output_dir=Path(out), tracker=NoTracker(),
+                seed=0, total_steps=10**6, device=torch.device("cpu"), state=State(),
+                plateau=optim.Plateau(0, 0.0, 0.98), extra_state={})
+    t.train(a["warm"])
+    t0, c0 = time.perf_counter(), time.process_time()
+    t.train(a["warm"] + a["steps"])
+    print("RESULT", (time.perf_counter() - t0) / a["steps"], (time.process_time() - c0) / a["steps"])
+"""
+
+
+def loop_step_s(
+    tree: Path, name: str, files: list[str], batch: int, steps: int, log_every: int, threads: int
+) -> tuple[float, float]:
+    """(wall, CPU) seconds per optimiser step of the training loop of the code in `tree` (one child process).
+    CPU seconds (one thread) hold on a loaded machine, where wall seconds measure the load too."""
+    import json
+
+    overrides = [
+        f"pretrain.batch_size={batch}",
+        "pretrain.gradient_accumulation_steps=2",
+        f"pretrain.max_seq_length={SEQ}",
+        f"pretrain.max_predictions_per_seq={PRED}",
+        f"pretrain.log_every_steps={log_every}",
+        "pretrain.save_checkpoints_steps=1000000",
+        "pretrain.num_workers=0",
+        "pretrain.log_checkpoints=false",
+    ]
+    args = {
+        "model": model_config(name),
+        "files": files,
+        "overrides": overrides,
+        "warm": 3,
+        "steps": steps,
+        "threads": threads,
+    }
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run(
+        [sys.executable, "-c", LOOP, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT")), None)
+    if line is None:
+        raise SystemExit(f"the loop in {tree} failed:\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+    return float(line.split()[1]), float(line.split()[2])
+
+
+def sync_suite(args, tmp: Path) -> None:
+    """The training loop's step time, before/after (see the module docstring: sync), alternated, medians."""
+    import statistics
+
+    here = Path(__file__).resolve().parents[1]
+    sides = (
+        {"before": (Path(args.baseline), 100), "after": (here, 100)}
+        if args.baseline
+        else {"log every step": (here, 1), "log every 100": (here, 100)}
+    )
+    threads = args.threads or 1
+    print(f"CPU, {threads} thread(s), seq {SEQ}, batch {args.batch} in 2 micro-batches, {args.steps} steps per run")
+    for name in args.models.split(","):
+        files = write_data(tmp, CONFIGS[name]["vocab_size"], 2048)
+        times: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+        for r in range(args.runs):
+            for side in list(sides)[:: 1 if r % 2 == 0 else -1]:  # ABBA: the order's effect cancels out
+                tree, log_every = sides[side]
+                times[side].append(loop_step_s(tree, name, files, args.batch, args.steps, log_every, threads))
+        a, b = sides
+        for i, what in ((1, "CPU"), (0, "wall")):
+            med = {k: statistics.median(t[i] for t in v) for k, v in times.items()}
+            print(
+                f"{name:5s} {what:4s}: "
+                + " | ".join(
+                    f"{k} {med[k] * 1e3:7.2f} ms/step ({', '.join(f'{t[i] * 1e3:.1f}' for t in times[k])})"
+                    for k in sides
+                )
+                + f" | {b} / {a}: {med[b] / med[a]:.3f}"
+            )
 
 
 def loader_only(files: list[str], batch: int, batches: int) -> float:
@@ -299,35 +433,61 @@ def gpu_suite(args, tmp: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", choices=["cpu", "gpu", "gpu-rank"], default="cpu", help="gpu-rank: one torchrun rank")
+    p.add_argument("--suite", choices=["cpu", "sync", "gpu", "gpu-rank"], default="cpu", help="gpu-rank: one rank")
     p.add_argument("--seq", type=int, default=0, help="gpu: one sequence length only (default: 64 and 128)")
     p.add_argument("--compile", choices=["both", "on", "off"], default="both", help="gpu: torch.compile")
     p.add_argument("--smoke-cpu", type=int, default=0, help="gpu: run its code paths on CPU with N processes")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: 1 on CPU suites, default on GPU)")
+    p.add_argument("--runs", type=int, default=3, help="cpu, sync: alternated rounds (medians)")
+    p.add_argument("--baseline", default="", help="sync: a tree of the code to compare with (PYTHONPATH)")
+    p.add_argument("--models", default="tiny,small", help="cpu, sync: which CONFIGS")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cpu = args.suite in ("cpu", "sync")
+    if args.threads or cpu:
+        torch.set_num_threads(args.threads or 1)  # pinned: the same on every side
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if args.suite in ("gpu", "gpu-rank"):
+        if not cpu:
             gpu_suite(args, tmp)
             return
-        print(f"CPU, {torch.get_num_threads()} threads, seq {SEQ}, batch {args.batch}, {args.steps} steps")
-        for name in ("tiny", "small"):
-            files = write_data(tmp, CONFIGS[name]["vocab_size"], 2048)
-            a = ours(name, files, args.batch, args.steps)
-            b = hf_trainer(name, files, args.batch, args.steps, tmp)
-            print(
-                f"{name:5s}: ours {a:8.1f} seq/s | HF Trainer + DataCollatorForLanguageModeling {b:8.1f} seq/s "
-                f"| ratio {a / b:.2f}x"
-            )
-            loader = loader_only(files, args.batch, 40)
-            print(
-                f"{name:5s}: loader alone {loader:8.1f} seq/s in one process = {loader / a:.1f}x what training "
-                f"consumes (target >= 5x)"
-            )
+        if args.suite == "sync":
+            sync_suite(args, tmp)
+            return
+        cpu_suite(args, tmp)
+
+
+def cpu_suite(args, tmp: Path) -> None:
+    import statistics
+
+    print(
+        f"CPU, {torch.get_num_threads()} thread(s), seq {SEQ}, batch {args.batch}, {args.steps} steps, "
+        f"{args.runs} alternated rounds (medians)"
+    )
+    for name in args.models.split(","):
+        files = write_data(tmp, CONFIGS[name]["vocab_size"], 2048)
+        sides = ("ours", "ours full", "HF")
+        rates: dict[str, list[float]] = {k: [] for k in sides}
+        run = {
+            "ours": lambda name=name, files=files: ours(name, files, args.batch, args.steps),
+            "ours full": lambda name=name, files=files: ours(name, files, args.batch, args.steps, full_head=True),
+            "HF": lambda name=name, files=files: hf_trainer(name, files, args.batch, args.steps, tmp),
+        }
+        for r in range(args.runs):
+            for k in sides[:: 1 if r % 2 == 0 else -1]:  # alternated, the order reversed every other round
+                rates[k].append(run[k]())
+        a, f, b = (statistics.median(rates[k]) for k in sides)
+        print(
+            f"{name:5s}: ours {a:8.1f} seq/s | ours, MLM head on every position {f:8.1f} | HF Trainer + "
+            f"DataCollatorForLanguageModeling {b:8.1f} | ours / HF {a / b:.2f}x, same head work (ours full / HF) "
+            f"{f / b:.2f}x, gathering the masked positions saves {1 - f / a:.0%} of ours full's time"
+        )
+        loader = loader_only(files, args.batch, 40)
+        print(
+            f"{name:5s}: loader alone {loader:8.1f} seq/s in one process = {loader / a:.1f}x what training "
+            f"consumes (target >= 5x)"
+        )
 
 
 if __name__ == "__main__":

@@ -363,11 +363,42 @@ def _cli(cfg_path: Path, *extra) -> subprocess.Popen:
     )
 
 
+def test_losses_come_to_the_host_once_per_log_step_or_checkpoint(tmp_path, mlflow_store, monkeypatch):
+    """Every step's losses stay on the device until a log step or a checkpoint (one copy, one all-reduce under
+    DDP), where they reach the train/ means and the plateau check in step order: the logged means are those of
+    a run that logs every step."""
+    from albert_exp.pretrain import run
+    from albert_exp.pretrain.loop import Trainer
+
+    syncs = []
+    sync = Trainer._sync
+    monkeypatch.setattr(Trainer, "_sync", lambda self: (syncs.append(len(self.unsynced)), sync(self))[1])
+
+    def rows(name: str, **pretrain) -> list[dict]:
+        cfg = tiny_config(tmp_path, num_train_steps=20, save_checkpoints_steps=7, eval_input=[], **pretrain)
+        res = run(cfg_from(tmp_path, {**cfg, "pretrain": {**cfg["pretrain"], "output_dir": str(tmp_path / name)}})[0])
+        return [json.loads(x) for x in (Path(res["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+
+    every = rows("every", log_every_steps=1)
+    assert syncs == [1] * 20
+    syncs.clear()
+    four = rows("four", log_every_steps=4)
+    assert syncs == [4, 3, 1, 4, 2, 2, 4]  # steps 4, 7 (checkpoint), 8, 12, 14 (checkpoint), 16, 20
+    assert [r["step"] for r in four] == [4, 8, 12, 16, 20]
+    for r in four:
+        for key in ("train/loss", "train/mlm_loss", "train/sop_accuracy"):
+            window = [e[key] for e in every if r["step"] - 4 < e["step"] <= r["step"]]
+            assert r[key] == pytest.approx(sum(window) / 4, rel=1e-12), (r["step"], key)
+
+
 def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store):
     """Kill -9 mid-run, run the same command again: same loss at every step, no step lost or logged twice."""
     import mlflow
 
-    base = tiny_config(tmp_path, num_train_steps=60, num_workers=2, save_checkpoints_steps=7, eval_every_steps=5)
+    # log every 3 steps, checkpoint every 7: the kill comes mid-window, whose sums the checkpoint carries
+    base = tiny_config(
+        tmp_path, num_train_steps=60, num_workers=2, save_checkpoints_steps=7, eval_every_steps=5, log_every_steps=3
+    )
     runs = {}
     for name in ("straight", "killed"):
         d = {**base, "pretrain": {**base["pretrain"], "output_dir": str(tmp_path / name)}}
@@ -413,7 +444,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store
     client = mlflow.MlflowClient()
     assert res_a["mlflow_run_id"] != res_b["mlflow_run_id"]
     steps = [m.step for m in client.get_metric_history(res_b["mlflow_run_id"], "train/loss")]
-    assert sorted(steps) == list(range(1, 61))  # the resumed run logged into the killed run's MLflow run
+    assert sorted(steps) == list(range(3, 61, 3))  # the resumed run logged into the killed run's MLflow run
     exp = client.get_run(res_b["mlflow_run_id"]).info.experiment_id
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")  # the killed run ended with the rerun
 

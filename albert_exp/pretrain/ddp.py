@@ -125,11 +125,12 @@ class Dist:
         """Average scalars over ranks (identical on every rank afterwards)."""
         if self.world == 1:
             return values
-        import torch.distributed as dist
+        t = self.mean_tensor(torch.tensor(list(values.values()), dtype=torch.float64, device=self.device))
+        return dict(zip(values, t.tolist(), strict=True))
 
-        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return dict(zip(values, (t / self.world).tolist(), strict=True))
+    def mean_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor averaged over ranks (identical on every rank afterwards), on the device: one all-reduce."""
+        return self.sum(t) / self.world if self.world > 1 else t
 
     def gather_streams(self, positions: list, corrupt: list, static: bool) -> tuple[list, list]:
         """Every rank's data positions merged for rank 0's checkpoint. Static: entry s comes from rank s % W,

@@ -3,6 +3,13 @@
 Metrics are buffered and committed together with each checkpoint (to MLflow and metrics.jsonl): a run
 killed between two checkpoints loses nothing that the resumed run does not recompute identically, and no
 step is ever logged twice.
+
+Host syncs: a step's losses stay on the device (one small tensor per step) until the next log step, eval step
+or checkpoint, where they come to the host together (one all-reduce over ranks, one copy): on a GPU a
+`.item()` per loss per micro-batch would stall the stream every step. What needs the host's numbers waits for
+that point: the train/ means, the plateau check (fed every step's loss, in order) and the check for a
+non-finite loss (naming the first such step; no checkpoint is written after it). So a plateau or a non-finite
+loss stops the run at the first log step (or checkpoint) at or after the step where it happened.
 """
 
 from __future__ import annotations
@@ -80,6 +87,11 @@ def batch_losses(model, batch: dict[str, torch.Tensor], encoder=None, share: Sha
     }
 
 
+def _stacked(losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The METRICS of batch_losses as one float64 vector, on their device (no host sync)."""
+    return torch.stack([losses[k].detach() for k in METRICS]).double()
+
+
 @dataclass
 class State:
     """Everything besides tensors that a checkpoint must restore."""
@@ -127,6 +139,7 @@ class Trainer:
         self.forward, self.no_sync = self.dist.wrap(model, batch_losses, self.encoder)
         self.static = data.dynamic_manifest(files) is None
         self.pending: list[tuple[int, dict]] = []
+        self.unsynced: list[tuple[int, torch.Tensor]] = []  # (step, its losses on the device) since the last sync
         bf16 = pc.precision == "bf16" or (pc.precision == "auto" and device.type == "cuda")
         self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.precision = "bf16" if bf16 else "fp32"
@@ -140,13 +153,12 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        sums = {k: 0.0 for k in METRICS}
+        sums = torch.zeros(len(METRICS), dtype=torch.float64, device=self.device)
         with torch.no_grad(), self.autocast():
             for batch in self.eval_data:
-                for k, v in batch_losses(self.model, self._to_device(batch), self.encoder).items():
-                    sums[k] += float(v)
+                sums += _stacked(batch_losses(self.model, self._to_device(batch), self.encoder))
         self.model.train()
-        return {f"eval/{k}": v / len(self.eval_data) for k, v in sums.items()}
+        return {f"eval/{k}": v / len(self.eval_data) for k, v in zip(METRICS, sums.tolist(), strict=True)}
 
     def _commit(self, step: int) -> Path:
         """Checkpoint (with the metrics buffered since the last one), then flush those metrics, then prune."""
@@ -225,12 +237,13 @@ class Trainer:
         weights = torch.stack([b["mlm_weights"].sum(dtype=torch.float64) for b in micro]).sum()
         return Share.of(self.dist.sum(weights), self.pc.batch_size, self.dist.world)  # batch_size: the global one
 
-    def _batch(self, it) -> tuple[dict[str, float], dict, int]:
+    def _batch(self, it) -> tuple[torch.Tensor, dict, int]:
         """One optimiser step's batch as gradient_accumulation_steps micro-batches, forward and backward (one
-        all-reduce). Returns the global batch's mean losses, the last micro-batch's stream meta and the number
-        of sequences (over all ranks); the stream positions advance in the trainer state."""
+        all-reduce). Returns this rank's shares of the global batch's mean losses (METRICS, float64, on the
+        device: see _sync), the last micro-batch's stream meta and the number of sequences (over all ranks);
+        the stream positions advance in the trainer state."""
         st = self.state
-        sums = {k: 0.0 for k in METRICS}
+        sums = torch.zeros(len(METRICS), dtype=torch.float64, device=self.device)
         micro = []  # the whole batch first: the losses are normalised by all of its masked positions
         for _ in range(self.pc.gradient_accumulation_steps):
             batch = next(it)
@@ -252,12 +265,27 @@ class Trainer:
                 with self.autocast():
                     losses = self.forward(batch, share)
                 losses["loss"].backward()  # this micro-batch's share of the batch's loss
-            for k in METRICS:
-                sums[k] += losses[k].item()
-        sums = self.dist.mean(sums)  # the global batch's means, the same on every rank
-        if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(f"loss is {sums['loss']} at step {st.step + 1}")
+            sums += _stacked(losses)
         return sums, meta, self.pc.batch_size
+
+    def _sync(self) -> None:
+        """The losses of the steps since the last sync, to the host at once (one all-reduce: the global batch's
+        means, the same on every rank): into the train/ window, through the plateau check, in step order."""
+        st = self.state
+        if not self.unsynced:
+            return
+        steps = [s for s, _ in self.unsynced]
+        rows = self.dist.mean_tensor(torch.stack([v for _, v in self.unsynced])).tolist()
+        self.unsynced = []
+        for step, row in zip(steps, rows, strict=True):
+            values = dict(zip(METRICS, row, strict=True))
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"loss is {values['loss']} at step {step}")
+            st.window["n"] += 1
+            for k in METRICS:
+                st.window[k] += values[k]
+            reason = self.plateau.update(step, values["loss"])
+            st.stop_reason = st.stop_reason or reason
 
     def _close_window(self, lr: float, meta: dict, elapsed: float, seqs: int) -> dict[str, float]:
         """The train/ metrics of the steps since the last log line (their means), queued for the next checkpoint."""
@@ -295,7 +323,7 @@ class Trainer:
         try:
             while st.step < last_step and st.stop_reason is None:
                 lr = self.opt.param_groups[0]["lr"]
-                sums, meta, n_seqs = self._batch(it)
+                losses, meta, n_seqs = self._batch(it)
                 seqs += n_seqs
                 torch.nn.utils.clip_grad_norm_(params, pc.max_grad_norm)
                 self.opt.step()
@@ -303,11 +331,12 @@ class Trainer:
                 self.opt.zero_grad(set_to_none=True)
                 st.step += 1
                 bar.update(1)
-                st.window["n"] += 1
-                for k in METRICS:
-                    st.window[k] += sums[k]
-                st.stop_reason = self.plateau.update(st.step, sums["loss"])
-                if st.step % pc.log_every_steps == 0 or st.step == last_step or st.stop_reason:
+                self.unsynced.append((st.step, losses))
+                log = st.step % pc.log_every_steps == 0 or st.step == last_step
+                save = st.step % pc.save_checkpoints_steps == 0 or st.step == last_step
+                if log or save:  # a checkpoint holds every step's numbers: it syncs too
+                    self._sync()
+                if log or st.stop_reason:
                     m = self._close_window(lr, meta, time.perf_counter() - t0, seqs)
                     bar.set_postfix(loss=f"{m['train/loss']:.3f}", lr=f"{lr:.2e}")
                     t0, seqs = time.perf_counter(), 0
@@ -315,7 +344,7 @@ class Trainer:
                     ev = self.evaluate()
                     st.last_eval_loss = ev["eval/loss"]
                     self.pending.append((st.step, ev))
-                if st.step % pc.save_checkpoints_steps == 0 or st.step == last_step or st.stop_reason:
+                if save or st.stop_reason:
                     st.positions, st.corrupt = self.dist.gather_streams(st.positions, st.corrupt, self.static)
                     if self.dist.main:  # rank 0 alone checkpoints and logs
                         ckpt = self._commit(st.step)
