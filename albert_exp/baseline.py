@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig
-from albert_exp.tracking import stage_run, write_results
+from albert_exp.stage import Context, Stage
 
 
 def _splits(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -71,92 +72,121 @@ def lookup_spans(texts: list[str], train_phrases: list[str]) -> list[list[tuple[
     return [phrase_spans(text, [p for p in known if p in text.lower()])[0] for text in texts]
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
+def compute(ctx: Context) -> dict[str, Any]:
+    """Every candidate of the grid into the work directory (seconds of CRF training: a killed run starts over)."""
     import pandas as pd
     import pycrfsuite
 
     from albert_exp import crf
-    from albert_exp.identity import output_of
     from albert_exp.metrics import phrase_words, span_metrics
     from albert_exp.serving import log_from_code
 
+    cfg, out, tracker = ctx.cfg, ctx.work, ctx.tracker
     b = cfg.baseline
-    data = _splits(cfg)
+    data = ctx.prepared
     known = phrase_words(data["train"]["phrases"])
-    stage_output = output_of(cfg, "baseline")
-    out = stage_output.start(fresh=True)  # a few seconds of CRF training: a killed run starts over
-    with stage_run(cfg, "baseline", "crf", output=stage_output) as tracker:
-        tracker.set_tags({"model_kind": "crf"})
-        for split, d in data.items():
-            tracker.log_metrics({f"data/{split}_rows": len(d["texts"]), f"data/{split}_dropped_rows": d["dropped"]}, 0)
-        candidates = []
-        cpu0 = time.process_time()
-        for i, (c1, c2) in enumerate(itertools.product(b.c1, b.c2)):
-            path = out / f"crf-c1_{c1:g}-c2_{c2:g}.crfsuite"
-            t0 = time.process_time()
-            crf.train(data["train"]["texts"], data["train"]["spans"], str(path), c1, c2, b.max_iterations)
-            seconds = time.process_time() - t0
-            tagger = pycrfsuite.Tagger()
-            tagger.open(str(path))
-            val = score(tagger, data["val"], known)
-            tracker.log_metrics({"val/phrase_f1": val["phrase_f1"], "baseline/c1": c1, "baseline/c2": c2}, i)
-            candidates.append({"c1": c1, "c2": c2, "path": path, "train_cpu_s": seconds, "val": val})
-            print(f"crf c1={c1:g} c2={c2:g}: val phrase F1 {val['phrase_f1']:.4f} ({seconds:.1f} CPU s)")
-        best = max(candidates, key=lambda c: c["val"]["phrase_f1"])
+    tracker.set_tags({"model_kind": "crf"})
+    for split, d in data.items():
+        tracker.log_metrics({f"data/{split}_rows": len(d["texts"]), f"data/{split}_dropped_rows": d["dropped"]}, 0)
+    candidates = []
+    cpu0 = time.process_time()
+    features = crf.trainer(data["train"]["texts"], data["train"]["spans"])  # extracted once for the whole grid
+    for i, (c1, c2) in enumerate(itertools.product(b.c1, b.c2)):
+        path = out / f"crf-c1_{c1:g}-c2_{c2:g}.crfsuite"
+        t0 = time.process_time()
+        crf.fit(features, str(path), c1, c2, b.max_iterations)
+        seconds = time.process_time() - t0
         tagger = pycrfsuite.Tagger()
-        tagger.open(str(best["path"]))
-        test = score(tagger, data["test"], known)
-        lookup = span_metrics(
-            data["test"]["texts"],
-            data["test"]["spans"],
-            lookup_spans(data["test"]["texts"], data["train"]["phrases"]),
-            known,
+        tagger.open(str(path))
+        val = score(tagger, data["val"], known)
+        tracker.log_metrics({"val/phrase_f1": val["phrase_f1"], "baseline/c1": c1, "baseline/c2": c2}, i)
+        candidates.append({"c1": c1, "c2": c2, "path": path, "train_cpu_s": seconds, "val": val})
+        print(f"crf c1={c1:g} c2={c2:g}: val phrase F1 {val['phrase_f1']:.4f} ({seconds:.1f} CPU s)")
+    best = max(candidates, key=lambda c: c["val"]["phrase_f1"])
+    tagger = pycrfsuite.Tagger()
+    tagger.open(str(best["path"]))
+    test = score(tagger, data["test"], known)
+    lookup = span_metrics(
+        data["test"]["texts"],
+        data["test"]["spans"],
+        lookup_spans(data["test"]["texts"], data["train"]["phrases"]),
+        known,
+    )
+    summary = {
+        **{f"val/{k}": v for k, v in best["val"].items()},
+        **{f"test/{k}": v for k, v in test.items()},
+        # the two trivial baselines on the same test split: tag nothing, and look up training names
+        "test/all_negative_phrase_f1": 0.0,
+        **{
+            f"test/lookup_{k}": lookup[k]
+            for k in ("phrase_f1", "seen_phrase_recall", "unseen_phrase_recall")
+            if k in lookup
+        },
+        "baseline/train_cpu_s": best["train_cpu_s"],
+        "baseline/search_cpu_s": time.process_time() - cpu0,
+    }
+    tracker.log_metrics(summary, len(candidates))
+    tracker.log_params({"chosen.c1": best["c1"], "chosen.c2": best["c2"]})
+    grid = [{k: v for k, v in c.items() if k != "path"} for c in candidates]
+    tracker.log_dict({"candidates": grid}, "crf_candidates.json")
+    results = {
+        "model_path": str(ctx.done / best["path"].name),
+        "c1": best["c1"],
+        "c2": best["c2"],
+        **summary,
+    }
+    if tracker.run_id:
+        example = pd.DataFrame({"text": data["val"]["texts"][:3]})
+        output = pd.DataFrame(crf.tag(tagger, example["text"].tolist()))
+        log_from_code(
+            "crf_pyfunc_model.py",
+            {"crf_model": str(best["path"])},
+            {"c1": best["c1"], "c2": best["c2"]},
+            example,
+            output,
+            "phrase_extractor",
+            extra_requirements=("python-crfsuite",),
         )
-        summary = {
-            **{f"val/{k}": v for k, v in best["val"].items()},
-            **{f"test/{k}": v for k, v in test.items()},
-            # the two trivial baselines on the same test split: tag nothing, and look up training names
-            "test/all_negative_phrase_f1": 0.0,
-            **{
-                f"test/lookup_{k}": lookup[k]
-                for k in ("phrase_f1", "seen_phrase_recall", "unseen_phrase_recall")
-                if k in lookup
-            },
-            "baseline/train_cpu_s": best["train_cpu_s"],
-            "baseline/search_cpu_s": time.process_time() - cpu0,
-        }
-        tracker.log_metrics(summary, len(candidates))
-        tracker.log_params({"chosen.c1": best["c1"], "chosen.c2": best["c2"]})
-        grid = [{k: v for k, v in c.items() if k != "path"} for c in candidates]
-        tracker.log_dict({"candidates": grid}, "crf_candidates.json")
-        results = {
-            "output_dir": str(stage_output.done),
-            "key": stage_output.key,
-            "model_path": str(stage_output.done / best["path"].name),
-            "c1": best["c1"],
-            "c2": best["c2"],
-            **summary,
-            "run_id": tracker.run_id,
-        }
-        if tracker.run_id:
-            example = pd.DataFrame({"text": data["val"]["texts"][:3]})
-            output = pd.DataFrame(crf.tag(tagger, example["text"].tolist()))
-            log_from_code(
-                "crf_pyfunc_model.py",
-                {"crf_model": str(best["path"])},
-                {"c1": best["c1"], "c2": best["c2"]},
-                example,
-                output,
-                "phrase_extractor",
-                extra_requirements=("python-crfsuite",),
-            )
-            results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
-        write_results(out, results, tracker)
-    stage_output.commit()
+        results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
     return results
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
+    """The labelled split alone: no tokenizer, no model."""
+    from albert_exp.finetune import data_paths
+
+    return {k: v for k, v in data_paths(cfg).items() if k in ("train", "val", "test")}
+
+
+def _labelling(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The `finetune:` settings that decide which spans the labelled split holds: the CRF reads the same split
+    through them, and nothing else of fine-tuning (its epochs or learning rate do not change the baseline)."""
+    return {"labelling": {k: getattr(cfg.finetune, k) for k in LABELLING}}
+
+
+LABELLING = (
+    "text_column",
+    "phrase_column",
+    "phrase_separator",
+    "case_insensitive",
+    "on_missing_phrase",
+    "max_train_rows",
+)
 
 
 def summary_rows(results: dict[str, Any]) -> dict[str, float]:
     """The baseline's test figures as the parent run shows them beside ALBERT's."""
     keys = ("phrase_f1", "unseen_phrase_recall", "unseen_phrase_f1", "word_accuracy", "lookup_phrase_f1")
     return {f"baseline/test/{k}": results[f"test/{k}"] for k in keys if f"test/{k}" in results}
+
+
+STAGE = Stage(
+    name="baseline",
+    section="baseline",
+    compute=compute,
+    inputs=inputs,
+    needs=lambda cfg: ("corpus",) * (not (cfg.finetune.train_csv and cfg.finetune.val_csv and cfg.finetune.test_csv)),
+    key_extra=_labelling,
+    prepare=lambda ctx: _splits(ctx.cfg),
+    describe=lambda cfg: "crf",
+)

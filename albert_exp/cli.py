@@ -22,6 +22,7 @@ import os
 import sys
 import typing
 from dataclasses import dataclass
+from typing import Any
 
 from albert_exp.errors import UserError
 
@@ -32,46 +33,59 @@ class Command:
     help: str
     section: str | None = ""  # config section whose fields become flags; "" = top-level only; None = custom
     options: tuple[tuple[str, str], ...] = ()  # (--flag, help): passed to run(cfg, flag=value), not config keys
-    reuses: bool = False  # a stage output with an identity: reused when complete, `--rerun` (pipeline.standalone)
+    stage: bool = False  # a declared stage (albert_exp/stages.py), run by albert_exp/executor.py; takes --rerun
+    # a command that writes stage outputs holds its workdir's lock alone; search workers and promotions (each
+    # with its own lock on what it shares) may run side by side
+    shared_workdir: bool = False
 
 
 # The table. tests/test_project.py keeps it, the MLproject entry points and the README in sync.
 COMMANDS: dict[str, Command] = {
     "corpus": Command(
-        "albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus", reuses=True
+        "albert_exp.corpus", "shard a text corpus, or generate the toy corpus (--toy)", "corpus", stage=True
     ),
     "vocab": Command(
-        "albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab", reuses=True
+        "albert_exp.vocab", "train a SentencePiece vocabulary and a Hugging Face tokenizer", "vocab", stage=True
     ),
     "pretraining-data": Command(
         "albert_exp.pretraining_data",
         "make TFRecord shards for ALBERT pretraining (SOP, n-gram masking), in parallel or on Ray",
         "pretraining_data",
-        reuses=True,
+        stage=True,
     ),
     "pretrain": Command(
-        "albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain", reuses=True
+        "albert_exp.pretrain", "pretrain ALBERT (MLM + SOP, LAMB) on TFRecord shards", "pretrain", stage=True
     ),
     "convert": Command("albert_exp.convert", "convert ALBERT checkpoints: hub-to-tf, tf-to-hf, hf-to-tf", None),
     "finetune": Command(
-        "albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune", reuses=True
+        "albert_exp.finetune", "fine-tune ALBERT to tag the tokens of a phrase", "finetune", stage=True
+    ),
+    "scratch": Command(
+        "albert_exp.scratch",
+        "the same fine-tuning from random weights: the control for what pretraining buys",
+        "finetune",
+        stage=True,
     ),
     "baseline": Command(
         "albert_exp.baseline",
         "train and score the classic baseline: a linear-chain CRF on words",
         "baseline",
-        reuses=True,
+        stage=True,
     ),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "tune": Command(
         "albert_exp.tune",
         "search the fine-tuning learning rate and epochs with Optuna (resumable, several workers on PostgreSQL)",
         "tune",
+        stage=True,
+        shared_workdir=True,
     ),
     "promote": Command(
         "albert_exp.promote",
         "register a model; move the `champion` alias only if it beats the champion on the same data",
         "promote",
+        stage=True,
+        shared_workdir=True,
     ),
     "predict": Command(
         "albert_exp.predict", "batch phrase extraction with a logged model (models:/<name>@champion)", None
@@ -124,6 +138,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", dest="top.seed", default=None, help="random seed for every stage")
     parser.add_argument("--workdir", dest="top.workdir", default=None, help="outputs go to WORKDIR/<stage>/")
+    parser.add_argument(
+        "--jobs", dest="top.jobs", default=None, help="stages `main` runs side by side (0: what the machine allows)"
+    )
 
 
 def build_stage_parser(name: str, cmd: Command) -> argparse.ArgumentParser:
@@ -135,7 +152,7 @@ def build_stage_parser(name: str, cmd: Command) -> argparse.ArgumentParser:
     _common(parser)
     for flag, help_text in cmd.options:
         parser.add_argument(flag, dest=f"option:{flag.lstrip('-').replace('-', '_')}", default="", help=help_text)
-    if cmd.reuses:
+    if cmd.stage:
         parser.add_argument(
             "--rerun",
             action="store_true",
@@ -159,6 +176,18 @@ def config_from_args(args: argparse.Namespace):
             key = dest.removeprefix("top.")
             overrides.append(f"{key}={value}")
     return load_config(args.config or None, overrides)
+
+
+def _run_stage(name: str, cmd: Command, cfg: Any, rerun: bool) -> dict:
+    from albert_exp import scheduler
+    from albert_exp.executor import run_stage
+    from albert_exp.locks import workdir_lock
+
+    in_main = os.environ.pop(scheduler.IN_MAIN, "") == "1"  # started by `main --jobs`: a stage of its run
+    with workdir_lock(cfg.root, name, shared=cmd.shared_workdir):
+        result = run_stage(name, cfg, rerun=rerun, in_main=in_main)
+    scheduler.write_result(result)
+    return result.as_dict()
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -219,10 +248,8 @@ def _main(argv: list[str] | None) -> int:
         module = importlib.import_module(cmd.module)
         if cmd.section is None:
             result = module.main(args)
-        elif cmd.reuses:  # main's rule: a complete output of the same identity is reused, not recomputed
-            from albert_exp.pipeline import standalone
-
-            result = standalone(top.command, config_from_args(args), module.run, rerun=args.rerun)
+        elif cmd.stage:  # main's rule: one executor for a stage, alone or in `main`
+            result = _run_stage(top.command, cmd, config_from_args(args), args.rerun)
         else:
             options = {k.removeprefix("option:"): v for k, v in vars(args).items() if k.startswith("option:")}
             result = module.run(config_from_args(args), **options)
@@ -240,7 +267,9 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if isinstance(result, dict) and result.get("print_json", True):
+    from albert_exp import ranks
+
+    if isinstance(result, dict) and result.get("print_json", True) and ranks.is_main():  # one printout a job
         print(json.dumps({k: v for k, v in result.items() if k != "print_json"}, indent=2, default=str))
     return 0
 

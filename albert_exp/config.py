@@ -25,13 +25,27 @@ import yaml
 from albert_exp.errors import ConfigError
 
 
-def setting(default: Any, help: str) -> Any:
+def setting(default: Any, help: str, in_key: bool = True) -> Any:
     """A config field with its help text: `albert-exp <stage> --help` and the README's table of settings show it
-    (scripts/settings_table.py writes the table; tests/test_project.py keeps it in sync). A list default is
-    copied for each config."""
+    (scripts/readme_tables.py writes the table; tests/test_project.py keeps it in sync). A list default is
+    copied for each config. `in_key=False`: the setting only changes where or how fast a stage runs (a path, a
+    worker count, threads), never what its output holds, so it stays out of the stage's identity (paths to
+    inputs count through the digests of what they hold: albert_exp/identity.py)."""
+    metadata = {"help": help, "in_key": in_key}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def identity_settings(section: Any) -> dict[str, Any]:
+    """A config section's settings that decide what a stage's output holds (those not marked in_key=False)."""
+    return {
+        f.name: to_dict(getattr(section, f.name))
+        if dataclasses.is_dataclass(getattr(section, f.name))
+        else getattr(section, f.name)
+        for f in dataclasses.fields(section)
+        if f.metadata.get("in_key", True) and not f.metadata.get("internal")
+    }
 
 
 @dataclass
@@ -66,6 +80,7 @@ class CorpusConfig:
     inputs: list[str] = setting(
         [],
         "text files or globs (plain or .gz): one sentence per line, a blank line between documents",
+        in_key=False,
     )
     lines_per_shard: int = setting(1_000_000, "lines per output shard (shards are cut between documents)")
     # Real corpora (albert_exp/corpus_text.py): normalisation recorded in the manifest, bad-line policy.
@@ -118,6 +133,11 @@ class VocabConfig:
         "keep accents (false: strip them, as google's ALBERT); stored with the tokenizer",
     )
     character_coverage: float = setting(0.9995, "share of characters SentencePiece covers (the rest map to <unk>)")
+    hard_vocab_limit: bool = setting(
+        True,
+        "stop when the corpus cannot give vocab_size pieces (false: accept the smaller vocabulary SentencePiece "
+        "can make; SentencePiece's own setting)",
+    )
     sample_sentences: int = setting(2_000_000, "SentencePiece trains on a seeded sample of this many sentences")
     from_spm: str | None = setting(
         None,
@@ -139,9 +159,10 @@ class PretrainingDataConfig:
         None,
         "the corpus manifest.json that `albert-exp corpus` wrote (not a text file); none: "
         "<workdir>/corpus/manifest.json",
+        in_key=False,
     )
-    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer")
-    output_dir: str | None = setting(None, "where the shards go; none: <workdir>/pretraining_data")
+    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer", in_key=False)
+    output_dir: str | None = setting(None, "where the shards go; none: <workdir>/pretraining_data", in_key=False)
     max_seq_length: int | None = setting(
         None,
         "tokens per instance; none: pretrain.max_seq_length (the two must agree)",
@@ -161,9 +182,11 @@ class PretrainingDataConfig:
         False,
         "GZIP TFRecords (TF reads them with compression_type=GZIP; google's run_pretraining.py does not: gunzip first)",
     )
-    workers: int = setting(0, "local processes; 0: one per CPU")
-    executor: Literal["local", "ray"] = setting("local", "local processes, or a Ray cluster (needs the `ray` extra)")
-    address: str | None = setting(None, "Ray cluster address (ray executor); none: a local Ray instance")
+    workers: int = setting(0, "local processes; 0: one per CPU", in_key=False)
+    executor: Literal["local", "ray"] = setting(
+        "local", "local processes, or a Ray cluster (needs the `ray` extra)", in_key=False
+    )
+    address: str | None = setting(None, "Ray cluster address (ray executor); none: a local Ray instance", in_key=False)
     mode: Literal["static", "dynamic"] = setting(
         "static",
         "static: TFRecords with dupe_factor masked copies (what google's run_pretraining.py reads: the TPU "
@@ -215,8 +238,9 @@ class PretrainConfig:
     input: list[str] = setting(
         [],
         "TFRecord files or globs, or a dynamic manifest; empty: <workdir>/pretraining_data",
+        in_key=False,
     )
-    init_from: str | None = setting(None, "HF dir, TF checkpoint or TF-Hub module dir")
+    init_from: str | None = setting(None, "HF dir, TF checkpoint or TF-Hub module dir", in_key=False)
     max_seq_length: int = setting(64, "tokens per sequence (as the TFRecords were made)")
     max_predictions_per_seq: int = setting(10, "masked positions per sequence (as the TFRecords were made)")
     batch_size: int = setting(512, "sequences per optimiser step (over all processes)")
@@ -228,21 +252,28 @@ class PretrainConfig:
     reference_warmup_steps: int = setting(3_125, "the reference run's warm-up steps")
     reference_learning_rate: float = setting(0.00176, "the reference run's learning rate")
     save_checkpoints_steps: int = setting(1000, "steps between checkpoints")
-    output_dir: str | None = setting(None, "checkpoints go here; none: <workdir>/pretrain (for TPU: a gs:// URI)")
+    output_dir: str | None = setting(
+        None, "checkpoints go here; none: <workdir>/pretrain (for TPU: a gs:// URI)", in_key=False
+    )
     # Cloud TPU: `albert-exp tpu-logs command` prints google's run_pretraining.py command from this section
     # (input: gs:// TFRecord globs; init_from: a TF checkpoint; output_dir: a gs:// URI).
     tpu_name: str | None = setting(
         None,
         "Cloud TPU name (`albert-exp tpu-logs command` prints google's run_pretraining.py command from this section)",
+        in_key=False,
     )
-    tpu_zone: str | None = setting(None, "Cloud TPU zone")
-    gcp_project: str | None = setting(None, "Google Cloud project of the TPU")
-    num_tpu_cores: int = setting(8, "TPU cores (8: a v2-8 or v3-8)")
-    iterations_per_loop: int = setting(100, "steps per TPU loop; the console prints the loss once per loop")
+    tpu_zone: str | None = setting(None, "Cloud TPU zone", in_key=False)
+    gcp_project: str | None = setting(None, "Google Cloud project of the TPU", in_key=False)
+    num_tpu_cores: int = setting(8, "TPU cores (8: a v2-8 or v3-8)", in_key=False)
+    iterations_per_loop: int = setting(
+        100, "steps per TPU loop; the console prints the loss once per loop", in_key=False
+    )
     # PyTorch loop (albert_exp/pretrain/). Optimisation as google's ALBERT: LAMB, weight decay except
     # LayerNorm and biases, global-norm clipping, linear warm-up then polynomial (power 1) decay to 0.
-    eval_input: list[str] = setting([], "held-out TFRecords; empty: no eval/ metrics")
-    albert_config: str | None = setting(None, "google's albert_config.json for a TF init_from without one beside it")
+    eval_input: list[str] = setting([], "held-out TFRecords; empty: no eval/ metrics", in_key=False)
+    albert_config: str | None = setting(
+        None, "google's albert_config.json for a TF init_from without one beside it", in_key=False
+    )
     gradient_accumulation_steps: int = setting(1, "batch_size is per optimiser step; micro-batch = batch / this")
     weight_decay: float = setting(0.01, "LAMB weight decay (not on LayerNorm and biases)")
     max_grad_norm: float = setting(1.0, "global gradient-norm clipping")
@@ -251,17 +282,17 @@ class PretrainConfig:
     log_every_steps: int = setting(100, "steps between train/ metrics")
     eval_every_steps: int = setting(1000, "steps between eval/ metrics (with eval_input)")
     eval_batches: int = setting(20, "batches of eval_input per evaluation")
-    keep_checkpoints: int = setting(3, "the last K are kept, plus the best")
-    log_checkpoints: bool = setting(True, "each checkpoint's HF model as an MLflow artifact")
+    keep_checkpoints: int = setting(3, "the last K are kept, plus the best", in_key=False)
+    log_checkpoints: bool = setting(True, "each checkpoint's HF model as an MLflow artifact", in_key=False)
     num_workers: int = setting(2, "loader processes = data streams; a resumed run must use the same number")
     shuffle_block: int = setting(4096, "records read from a shard and shuffled together")
     skip_corrupt: bool = setting(False, "skip corrupt records (counted); false: one stops the run, naming it")
-    resume: bool = setting(True, "continue from the last checkpoint in output_dir if there is one")
+    resume: bool = setting(True, "continue from the last checkpoint in output_dir if there is one", in_key=False)
     plateau_window: int = setting(0, "steps; 0 = no plateau early stopping")
     plateau_min_improvement: float = setting(0.01, "relative drop of the smoothed loss required over the window")
     plateau_smoothing: float = setting(0.98, "EMA factor of the smoothed training loss")
-    max_steps: int | None = setting(None, "stop (and checkpoint) here even if the schedule is longer")
-    torch_threads: int = setting(0, "torch threads; 0: torch's default")
+    max_steps: int | None = setting(None, "stop (and checkpoint) here even if the schedule is longer", in_key=False)
+    torch_threads: int = setting(0, "torch threads; 0: torch's default", in_key=False)
     compile: bool = setting(False, "torch.compile the model (GPU runs)")
 
     def validate(self, key: str) -> None:
@@ -330,11 +361,15 @@ class PretrainConfig:
 class FinetuneConfig:
     """Fine-tuning AlbertForTokenClassification (2 labels: outside / inside the wanted phrase)."""
 
-    model_dir: str | None = setting(None, "HF ALBERT dir to start from; none: a fresh model from `model:`")
-    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer")
-    train_csv: str | None = setting(None, "labelled training CSV (text, phrase); none: <workdir>/corpus/train.csv")
-    val_csv: str | None = setting(None, "labelled validation CSV; none: <workdir>/corpus/val.csv")
-    test_csv: str | None = setting(None, "labelled test CSV; none: <workdir>/corpus/test.csv")
+    model_dir: str | None = setting(
+        None, "HF ALBERT dir to start from; none: a fresh model from `model:`", in_key=False
+    )
+    tokenizer_dir: str | None = setting(None, "tokenizer directory; none: <workdir>/vocab/tokenizer", in_key=False)
+    train_csv: str | None = setting(
+        None, "labelled training CSV (text, phrase); none: <workdir>/corpus/train.csv", in_key=False
+    )
+    val_csv: str | None = setting(None, "labelled validation CSV; none: <workdir>/corpus/val.csv", in_key=False)
+    test_csv: str | None = setting(None, "labelled test CSV; none: <workdir>/corpus/test.csv", in_key=False)
     text_column: str = setting("text", "CSV column holding the text")
     phrase_column: str = setting("phrase", "CSV column holding the wanted phrase(s)")
     phrase_separator: str = setting("|", "separates several phrases in one cell")
@@ -345,7 +380,7 @@ class FinetuneConfig:
     )
     max_seq_length: int = setting(64, "tokens per window (longer texts are read in overlapping windows)")
     batch_size: int = setting(32, "training windows per step")
-    eval_batch_size: int = setting(128, "windows per evaluation batch")
+    eval_batch_size: int = setting(128, "windows per evaluation batch", in_key=False)
     epochs: int = setting(5, "passes over the training split")
     learning_rate: float = setting(5e-5, "AdamW learning rate")
     weight_decay: float = setting(0.01, "AdamW weight decay")
@@ -360,7 +395,7 @@ class FinetuneConfig:
         "token_accuracy", "the val metric that picks the best epoch"
     )
     max_train_rows: int | None = setting(None, "cap for quick runs")
-    torch_threads: int = setting(0, "torch threads; 0: torch's default")
+    torch_threads: int = setting(0, "torch threads; 0: torch's default", in_key=False)
     # Phrase extraction (albert_exp/windows.py, albert_exp/words.py), the same in training, metrics and serving:
     window_stride: int = setting(
         16,
@@ -483,11 +518,13 @@ class PromoteConfig:
 
 @dataclass
 class BaselineConfig:
-    """The classic baseline (`baseline` stage, albert_exp/baseline.py): a linear-chain CRF over words, trained
-    on the finetune split; the regularisation is chosen by val phrase F1 over the grid c1 x c2."""
+    """The classic baseline (`baseline` stage, albert_exp/baseline.py): the textbook linear-chain CRF (word
+    window, affixes, shape, bigrams, every transition; characters in scripts without spaces: albert_exp/crf.py),
+    trained on the finetune split; the regularisation is chosen by val phrase F1 over the grid c1 x c2."""
 
-    c1: list[float] = setting([0.05, 0.2], "L1 penalties tried")
-    c2: list[float] = setting([0.01, 0.1], "L2 penalties tried")
+    # from none to strong: on the realistic toy the weakest L1 wins (c1 0, c2 0.01: test phrase F1 0.970)
+    c1: list[float] = setting([0.0, 0.05, 0.5], "L1 penalties tried (0: none)")
+    c2: list[float] = setting([0.001, 0.01, 0.1], "L2 penalties tried")
     max_iterations: int = setting(100, "L-BFGS iterations per candidate")
 
     def validate(self, key: str) -> None:
@@ -509,10 +546,16 @@ class ExperimentConfig:
     description: str = setting("", "what the experiment is for (shown with its runs)")
     seed: int = setting(42, "random seed of every stage")
     workdir: str | None = setting(None, "where stage outputs go; none: runs/<name>")
+    jobs: int = setting(
+        0,
+        "stages `main` runs side by side as their inputs are ready; 0: what the machine allows (one per GPU, else "
+        "CPU cores / the training stages' torch_threads)",
+    )
     stages: list[str] = setting(
         list(MAIN_STAGES),
-        "what `main` runs, in this order; leave out pretraining-data + pretrain to fine-tune from scratch, "
-        "tune + promote to stop after one fine-tuning run",
+        "what `main` runs (any subset, in dependency order; a stage's inputs come from the subset or from the "
+        "outputs already in the workdir); leave out pretraining-data + pretrain to fine-tune from scratch, "
+        "tune + promote to stop after one fine-tuning run, everything after pretraining-data to prepare data",
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -526,21 +569,22 @@ class ExperimentConfig:
 
     # Where the config came from (not a config key): shown in errors and logged as a tag.
     source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})
+    # The command line's KEY=VALUE overrides (not a config key): `main --jobs` hands them to the stage processes.
+    overrides: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
 
     def validate(self, key: str) -> None:
         unknown = [s for s in self.stages if s not in MAIN_STAGES]
         _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(MAIN_STAGES)}")
-        _require(
-            all(s in self.stages for s in ("corpus", "vocab", "finetune")),
-            "stages",
-            "corpus, vocab and finetune are always needed",
-        )
-        _require(
-            ("pretraining-data" in self.stages) == ("pretrain" in self.stages),
-            "stages",
-            "pretraining-data and pretrain go together",
-        )
-        _require("promote" not in self.stages or "tune" in self.stages, "stages", "promote needs tune")
+        _require(self.jobs >= 0, "jobs", "must be >= 0 (0: what the machine allows)")
+        d, p = self.pretraining_data, self.pretrain
+        for name in ("max_seq_length", "max_predictions_per_seq"):  # the records must fit what pretraining reads
+            given = getattr(d, name)
+            _require(
+                given is None or given == getattr(p, name),
+                f"pretraining_data.{name}/pretrain.{name}",
+                f"{given} vs {getattr(p, name)}: pretraining reads the records with its own value",
+                f"set both to the same value (or leave pretraining_data.{name} empty: it then takes pretrain's)",
+            )
 
     @property
     def root(self) -> Path:
@@ -723,6 +767,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ConfigError as exc:
         raise ConfigError(exc.what, where=source + (" + command line" if overrides else ""), fix=exc.fix) from None
     cfg.source = source
+    cfg.overrides = tuple(overrides or ())
     return cfg
 
 

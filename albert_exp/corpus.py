@@ -2,6 +2,8 @@
 
     albert-exp corpus --config experiments/toy.yaml --toy
 
+The stage is declared at the end (`STAGE`); albert_exp/executor.py runs it (identity, reuse, the run).
+
 Writes into <workdir>/corpus/: `shards/shard-NNNNN.txt` (ALBERT's input format: one sentence per line, a blank
 line between documents), `manifest.json` (per shard: path, lines, documents, bytes, sha256), and for the toy
 corpus the labelled `train.csv`, `val.csv`, `test.csv` (columns `text,phrase`; phrases separated by `|`,
@@ -10,131 +12,95 @@ empty for a negative review).
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from albert_exp import toy, toy_real
 from albert_exp.config import ExperimentConfig
+from albert_exp.corpus_files import ShardWriter, write_labelled_csv  # noqa: F401  (the corpus formats)
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
-from albert_exp.identity import output_of
-from albert_exp.tracking import stage_run, write_results
+from albert_exp.stage import Context, Stage
 
 
-class ShardWriter:
-    """Writes documents into shards of about `lines_per_shard` lines, never splitting a document."""
+def write_toy(cfg: Any, out: Path) -> dict[str, Any]:
+    """The toy corpus of `cfg.corpus` into `out`: labelled train/val/test CSVs and the pretraining shards.
 
-    def __init__(self, out_dir: Path, lines_per_shard: int):
-        self.dir = out_dir / "shards"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.lines_per_shard = lines_per_shard
-        self.shards: list[dict[str, Any]] = []
-        self._fh = None
-
-    def _open(self) -> None:
-        path = self.dir / f"shard-{len(self.shards):05d}.txt"
-        self._fh = open(path.with_suffix(".tmp"), "wb")  # renamed when complete: a killed run leaves no half shard
-        self._hash = hashlib.sha256()
-        self.shards.append({"path": str(path.relative_to(self.dir.parent)), "lines": 0, "documents": 0, "bytes": 0})
-
-    def add(self, sentences: list[str]) -> None:
-        if self._fh is None:
-            self._open()
-        data = ("\n".join(sentences) + "\n\n").encode("utf-8")
-        self._fh.write(data)
-        self._hash.update(data)
-        shard = self.shards[-1]
-        shard["lines"] += len(sentences)
-        shard["documents"] += 1
-        shard["bytes"] += len(data)
-        if shard["lines"] >= self.lines_per_shard:
-            self._close()
-
-    def _close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            final = self.dir.parent / self.shards[-1]["path"]
-            os.replace(final.with_suffix(".tmp"), final)
-            self.shards[-1]["sha256"] = self._hash.hexdigest()
-            self._fh = None
-
-    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        self._close()
-        manifest = {
-            "shards": self.shards,
-            "lines": sum(s["lines"] for s in self.shards),
-            "documents": sum(s["documents"] for s in self.shards),
-            "sha256": hashlib.sha256("".join(s["sha256"] for s in self.shards).encode()).hexdigest(),
-            **(extra or {}),
-        }
-        (self.dir.parent / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        return manifest
+    `toy_mode: parts` is the original generator above; `realistic` is albert_exp/toy_real.py (chat-style
+    reviews, test dishes with unseen words, an unlabelled corpus that never copies a labelled test review)."""
+    c = cfg.corpus
+    gen = toy_real if c.toy_mode == "realistic" else None
+    sizes = {"train": c.toy_train_rows, "val": c.toy_val_rows, "test": c.toy_test_rows}
+    test_texts: set[str] = set()
+    for split, n in sizes.items():
+        make_rows = gen.labelled_rows if gen else toy.labelled_rows
+        rows = list(make_rows(cfg.seed, split, n, c.negative_share, c.max_dishes_per_review))
+        write_labelled_csv(out / f"{split}.csv", ((r.text, r.phrases) for r in rows))
+        if split == "test":
+            test_texts = {r.text for r in rows}
+    writer = ShardWriter(out, c.lines_per_shard)
+    docs = gen.unlabelled_documents(cfg.seed, c.toy_documents, test_texts) if gen else None
+    for doc in docs or toy.pretraining_documents(cfg.seed, c.toy_documents):
+        writer.add(doc)
+    return writer.finish({"source": "toy", "toy_mode": c.toy_mode, "seed": cfg.seed})
 
 
-def write_labelled_csv(path: Path, rows: Iterable[tuple[str, list[str]]], separator: str = "|") -> int:
-    n = 0
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "phrase"])
-        for text, phrases in rows:
-            w.writerow([text, separator.join(phrases)])
-            n += 1
-    return n
+def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
+    """The text files (their contents count, not their names); the toy corpus reads nothing."""
+    if cfg.corpus.toy:
+        return {}
+    from albert_exp.corpus_text import expand_inputs
+
+    return {"inputs": expand_inputs(cfg.corpus.inputs)}
 
 
-def make_toy(cfg: ExperimentConfig, out: Path) -> dict[str, Any]:
-    from albert_exp import toy
-
-    return toy.write_corpus(cfg, out)
-
-
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Writes into a fresh directory renamed into place when complete (albert_exp/identity.py): a rerun that
-    fails on a bad input file leaves the previous corpus, and the link <workdir>/corpus to it, untouched."""
-    if not cfg.corpus.toy and not cfg.corpus.inputs:
+def check(ctx: Context) -> None:
+    if not ctx.cfg.corpus.toy and not ctx.cfg.corpus.inputs:
         raise UserError(
             "no corpus given",
-            where=cfg.source,
+            where=ctx.cfg.source,
             fix="set corpus.inputs to your text files, or corpus.toy: true for the synthetic corpus",
         )
-    output = output_of(cfg, "corpus")
-    out = output.start(fresh=True)  # shards are not resumable: a killed run starts over
-    with stage_run(cfg, "corpus", "toy" if cfg.corpus.toy else "shards", output=output) as tracker:
-        if cfg.corpus.toy:
-            manifest = make_toy(cfg, out)
-        else:
-            from albert_exp.corpus_text import make_corpus
 
-            manifest = make_corpus(cfg, out)
-            tracker.log_metrics(
-                {"corpus/lines_read": manifest["lines_read"], "corpus/bad_lines": manifest["bad_lines"]}, step=0
-            )
-        tracker.set_tags({"corpus_sha256": manifest["sha256"], "manifest_sha256": file_digest(out / "manifest.json")})
+
+def compute(ctx: Context) -> dict[str, Any]:
+    """Shards (or the toy corpus) into the work directory; not resumable: a killed run starts over."""
+    cfg, out, tracker = ctx.cfg, ctx.work, ctx.tracker
+    if cfg.corpus.toy:
+        manifest = write_toy(cfg, out)
+    else:
+        from albert_exp.corpus_text import make_corpus
+
+        manifest = make_corpus(cfg, out)
         tracker.log_metrics(
-            {
-                "corpus/lines": manifest["lines"],
-                "corpus/documents": manifest["documents"],
-                "corpus/shards": len(manifest["shards"]),
-            },
-            step=0,
+            {"corpus/lines_read": manifest["lines_read"], "corpus/bad_lines": manifest["bad_lines"]}, step=0
         )
-        tracker.log_artifact(out / "manifest.json")
-        for split in ("train", "val", "test"):
-            if (out / f"{split}.csv").exists():
-                tracker.log_artifact(out / f"{split}.csv", "labelled")
-        results = {
-            "output_dir": str(output.done),
-            "key": output.key,
-            "manifest": str(output.done / "manifest.json"),
-            "lines": manifest["lines"],
-            "documents": manifest["documents"],
-            "corpus_sha256": manifest["sha256"],
-            "run_id": tracker.run_id,
-        }
-        write_results(out, results, tracker)
-    output.commit()
-    return results
+    tracker.set_tags({"corpus_sha256": manifest["sha256"], "manifest_sha256": file_digest(out / "manifest.json")})
+    tracker.log_metrics(
+        {
+            "corpus/lines": manifest["lines"],
+            "corpus/documents": manifest["documents"],
+            "corpus/shards": len(manifest["shards"]),
+        },
+        step=0,
+    )
+    tracker.log_artifact(out / "manifest.json")
+    for split in ("train", "val", "test"):
+        if (out / f"{split}.csv").exists():
+            tracker.log_artifact(out / f"{split}.csv", "labelled")
+    return {
+        "manifest": str(ctx.done / "manifest.json"),
+        "lines": manifest["lines"],
+        "documents": manifest["documents"],
+        "corpus_sha256": manifest["sha256"],
+    }
+
+
+STAGE = Stage(
+    name="corpus",
+    section="corpus",
+    compute=compute,
+    inputs=inputs,
+    prepare=check,
+    describe=lambda cfg: "toy" if cfg.corpus.toy else "shards",
+)

@@ -97,7 +97,7 @@ def make_corpus(cfg, out: Path) -> dict[str, Any]:
     """Shard the configured inputs into out/shards and write out/manifest.json; returns the manifest."""
     from tqdm import tqdm
 
-    from albert_exp.corpus import ShardWriter
+    from albert_exp.corpus_files import ShardWriter
 
     c = cfg.corpus
     files = expand_inputs(c.inputs)

@@ -207,25 +207,6 @@ def encode(
     return out
 
 
-def collate(input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int) -> dict[str, Any]:
-    """Pad a batch to its longest sequence (cheaper than padding everything to max_seq_length)."""
-    import torch
-
-    width = max(len(x) for x in input_ids)
-    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
-    for i, x in enumerate(input_ids):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if labels is not None:
-        lab = torch.full((len(labels), width), IGNORE, dtype=torch.long)
-        for i, y in enumerate(labels):
-            lab[i, : len(y)] = torch.tensor(y)
-        batch["labels"] = lab
-    return batch
-
-
 def encode_options(f: Any) -> dict[str, Any]:
     """encode()'s settings from a FinetuneConfig `f`: training, evaluation and promote read a CSV alike."""
     return dict(

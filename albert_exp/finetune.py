@@ -15,18 +15,21 @@ RNG, epoch); a rerun of the same config on the same data and code resumes from i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from albert_exp.config import ExperimentConfig, to_dict
 from albert_exp.errors import UserError
 from albert_exp.hf_local import check_model_dir, load_model, load_tokenizer
+from albert_exp.identity import settings
 from albert_exp.labels import IGNORE
-from albert_exp.tracking import FakeTracker, SkipLogged, stage_run, write_results
+from albert_exp.stage import Context, Stage, StageResult
+from albert_exp.tracking import SkipLogged, Tracker
 
 EpochHook = Callable[[int, dict[str, float]], None]  # (epoch, val metrics); may raise to stop (Optuna pruning)
 
@@ -117,7 +120,7 @@ def train(
     train_data: Any,
     val_data: Any,
     out: Path,
-    tracker: FakeTracker,
+    tracker: Tracker,
     on_epoch: EpochHook | None = None,
     key: str | None = None,
 ) -> dict[str, Any]:
@@ -127,8 +130,8 @@ def train(
     from tqdm import tqdm
 
     from albert_exp import checkpoint
-    from albert_exp.data import collate
-    from albert_exp.identity import stage_key
+    from albert_exp.digest import stage_key
+    from albert_exp.windows import collate
 
     f = cfg.finetune
     random.seed(cfg.seed)
@@ -209,12 +212,11 @@ def train(
     }
 
 
-def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models: bool = True) -> dict[str, Any]:
-    import pandas as pd
-
+def prepare(ctx: Context) -> Any:
+    """The three splits, encoded and checked before the run opens (a bad CSV or tokenizer is one line)."""
     from albert_exp.data import encode_splits
-    from albert_exp.identity import output_of
 
+    cfg = ctx.cfg
     f = cfg.finetune
     if f.model_dir:  # before its files are digested for the stage's identity: the error names the setting
         check_model_dir(f.model_dir, where="finetune.model_dir")
@@ -226,67 +228,142 @@ def run(cfg: ExperimentConfig, *, on_epoch: EpochHook | None = None, log_models:
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
     tokenizer = load_tokenizer(paths["tokenizer"])
-    data = encode_splits(paths, tokenizer, f)
-    description = f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
-    # a rerun with the same identity resumes the work directory's last epoch and logs into the same run
-    output = output_of(cfg, "finetune")
-    out = output.start()
-    with stage_run(cfg, "finetune", description, output=output) as run_tracker:
-        tracker = SkipLogged(run_tracker)  # the steps a killed run logged after its last checkpoint: once
-        digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
-        # one digest per dataset: the sha256 of its file (text and labels), the same in the dataset inputs (its
-        # first 12 characters: MLflow's limit is 36), these tags, promote's eval_digest and the registry
-        tracker.set_tags({"dataset_digest": digest, **{f"data.{s}_sha256": d.digest for s, d in data.items()}})
-        for split, d in data.items():
-            tracker.log_input(
-                pd.read_csv(paths[split], dtype=str, keep_default_na=False),  # text and labels, as in the file
-                name=f"{split}.csv",
-                source=str(paths[split]),
-                context={"train": "training", "val": "validation", "test": "testing"}[split],
-                digest=d.digest[:12],
-                targets=f.phrase_column,
+    return tokenizer, encode_splits(paths, tokenizer, f)
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    """Train with a checkpoint per epoch (a rerun of the same identity resumes the last one, in the same run),
+    score the best epoch on test, log the models."""
+    import pandas as pd
+
+    cfg, out, run_tracker = ctx.cfg, ctx.work, ctx.tracker
+    f = cfg.finetune
+    paths = data_paths(cfg)
+    tokenizer, data = ctx.prepared
+    tracker = SkipLogged(run_tracker)  # the steps a killed run logged after its last checkpoint: once
+    digest = hashlib.sha256("".join(d.digest for d in data.values()).encode()).hexdigest()
+    # one digest per dataset: the sha256 of its file (text and labels), the same in the dataset inputs (its
+    # first 12 characters: MLflow's limit is 36), these tags, promote's eval_digest and the registry
+    tracker.set_tags({"dataset_digest": digest, **{f"data.{s}_sha256": d.digest for s, d in data.items()}})
+    for split, d in data.items():
+        tracker.log_input(
+            pd.read_csv(paths[split], dtype=str, keep_default_na=False),  # text and labels, as in the file
+            name=f"{split}.csv",
+            source=str(paths[split]),
+            context={"train": "training", "val": "validation", "test": "testing"}[split],
+            digest=d.digest[:12],
+            targets=f.phrase_column,
+        )
+        if d.dropped:
+            print(
+                f"{paths[split]}: dropped {len(d.dropped)} rows whose phrase is not in the text, e.g. "
+                f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}"
             )
-            if d.dropped:
-                print(
-                    f"{paths[split]}: dropped {len(d.dropped)} rows whose phrase is not in the text, e.g. "
-                    f"row {d.dropped[0]['row']}: {d.dropped[0]['missing']}"
-                )
-                tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
-            tracker.log_params(
-                {
-                    f"data.{split}_rows": len(d.texts),
-                    f"data.{split}_dropped_rows": len(d.dropped),
-                    f"data.{split}_windows": len(d),  # rows longer than one window are cut into several
-                    f"data.{split}_windowed_rows": d.windowed_rows,
-                }
-            )
-        trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=output.key)
-        best_dir = out / BEST
-        model = build_model(cfg, tokenizer, best_dir)
-        test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
-        # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
-        tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
-        tracker.log_dict({"history": trained["history"]}, "history.json")
-        results = {
-            "output_dir": str(output.done),
-            "key": output.key,
-            "model_dir": str(output.done / BEST),
-            "best_epoch": trained["best_epoch"],
-            f"val/{f.select_metric}": trained["best_value"],
-            **{f"test/{k}": v for k, v in test.items()},
-            "dataset_digest": digest,
-            "run_id": tracker.run_id,
-        }
-        if log_models and tracker.run_id:
-            _log_models(tracker, best_dir, data["val"].texts[:3], f, trained["best_step"])
-            results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
-            results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
-        write_results(out, results, tracker)
-    output.commit()
+            tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
+        tracker.log_params(
+            {
+                f"data.{split}_rows": len(d.texts),
+                f"data.{split}_dropped_rows": len(d.dropped),
+                f"data.{split}_windows": len(d),  # rows longer than one window are cut into several
+                f"data.{split}_windowed_rows": d.windowed_rows,
+            }
+        )
+    on_epoch = ctx.hooks.get("on_epoch")
+    trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=ctx.key)
+    best_dir = out / BEST
+    model = build_model(cfg, tokenizer, best_dir)
+    test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
+    # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
+    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
+    tracker.log_dict({"history": trained["history"]}, "history.json")
+    results = {
+        "model_dir": str(ctx.done / BEST),
+        "best_epoch": trained["best_epoch"],
+        f"val/{f.select_metric}": trained["best_value"],
+        # the validation figures of every epoch: a search trial with this identity is this run (albert_exp/tune.py)
+        "val_history": [
+            {k: v for k, v in h.items() if k == "epoch" or k.startswith("val/")} for h in trained["history"]
+        ],
+        **{f"test/{k}": v for k, v in test.items()},
+        "dataset_digest": digest,
+    }
+    if tracker.run_id and ctx.hooks.get("log_models", True):
+        _log_models(tracker, best_dir, data["val"].texts[:3], f, trained["best_step"])
+        results["model_uri"] = f"runs:/{tracker.run_id}/phrase_extractor"
+        results["hf_model_uri"] = f"runs:/{tracker.run_id}/hf_model"
     return results
 
 
-def _log_models(tracker: FakeTracker, best_dir: Path, examples: list[str], f: Any, step: int) -> None:
+def pinned(cfg: ExperimentConfig, workdir: Path) -> ExperimentConfig:
+    """`cfg` with its own workdir (its own checkpoints) and the data and tokenizer it reads now, as absolute
+    paths, so that the new workdir does not move them (a search trial, the from-scratch control)."""
+    p = data_paths(cfg)
+    f = dataclasses.replace(
+        cfg.finetune,
+        tokenizer_dir=str(p["tokenizer"].resolve()),
+        train_csv=str(p["train"].resolve()),
+        val_csv=str(p["val"].resolve()),
+        test_csv=str(p["test"].resolve()),
+    )
+    return dataclasses.replace(cfg, workdir=str(workdir), finetune=f)
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
+    """The tokenizer, the three CSVs and the weights it starts from (their contents)."""
+    paths: dict[str, Path | list[Path]] = dict(data_paths(cfg))
+    if cfg.finetune.model_dir:
+        paths["model"] = Path(cfg.finetune.model_dir)
+    return paths
+
+
+def needs(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The corpus (for the CSVs it does not name), the vocabulary (unless a tokenizer is named) and, when the
+    experiment pretrains, the pretrained weights (unless finetune.model_dir names others)."""
+    f = cfg.finetune
+    pretrained = "pretrain" in cfg.stages and not f.model_dir
+    return (
+        ("corpus",) * (not (f.train_csv and f.val_csv and f.test_csv))
+        + ("vocab",) * (not (f.tokenizer_dir or f.model_dir))
+        + ("pretrain",) * pretrained
+    )
+
+
+def configure(cfg: ExperimentConfig, upstream: Mapping[str, StageResult]) -> ExperimentConfig:
+    """Fine-tuning starts from the pretrained weights, with the vocabulary they know."""
+    if "pretrain" not in upstream:
+        return cfg
+    f = cfg.finetune
+    tokenizer = f.tokenizer_dir or (upstream["vocab"]["tokenizer_dir"] if "vocab" in upstream else None)
+    return dataclasses.replace(
+        cfg,
+        finetune=dataclasses.replace(f, model_dir=upstream["pretrain"]["model_dir"], tokenizer_dir=tokenizer),
+    )
+
+
+def key_extra(cfg: ExperimentConfig) -> dict[str, Any]:
+    return {} if cfg.finetune.model_dir else {"model": settings(cfg, "model")}  # a fresh model: its architecture
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    f = cfg.finetune
+    return f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
+
+
+STAGE = Stage(
+    name="finetune",
+    section="finetune",
+    compute=compute,
+    inputs=inputs,
+    needs=needs,
+    key_extra=key_extra,
+    configure=configure,
+    prepare=prepare,
+    describe=describe,
+    resumable=True,
+)
+
+
+def _log_models(tracker: Tracker, best_dir: Path, examples: list[str], f: Any, step: int) -> None:
     """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc, whose
     page in the UI shows the metrics of the best epoch's step (not MLflow's default, step 0)."""
     from albert_exp.serving import log_phrase_extractor

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,8 @@ from typing import Any
 
 from albert_exp.config import ExperimentConfig, PromoteConfig
 from albert_exp.errors import UserError
-from albert_exp.tracking import (
-    KEY,
-    Registry,
-    RunView,
-    download_artifacts,
-    get_run,
-    has_model,
-    stage_run,
-    tracking_uri,
-    write_results,
-)
+from albert_exp.stage import Context, Stage, StageResult
+from albert_exp.tracking import Registry, RunView, download_artifacts, get_run, has_model, tracking_uri
 
 ARTIFACT = "phrase_extractor"  # the pyfunc every finetune run logs
 HF_ARTIFACT = "hf_model"
@@ -51,22 +43,6 @@ HF_ARTIFACT = "hf_model"
 
 def model_name(cfg: ExperimentConfig) -> str:
     return cfg.promote.model_name or f"{cfg.name}-phrase-tagger"
-
-
-def _source_run(cfg: ExperimentConfig) -> str:
-    if cfg.promote.run_id:
-        return cfg.promote.run_id
-    for stage in ("tune", "finetune"):
-        path = cfg.stage_dir(stage) / "results.json"
-        if path.is_file():
-            run_id = json.loads(path.read_text()).get("mlflow_run_id" if stage == "tune" else "run_id")
-            if run_id:
-                return run_id
-    raise UserError(
-        "nothing to promote",
-        where=str(cfg.root),
-        fix="run `albert-exp tune` or `albert-exp finetune` first, or give --run-id",
-    )
 
 
 def evaluate_run(run_id: str, eval_csv: Path, cfg: ExperimentConfig) -> dict[str, float]:
@@ -211,17 +187,6 @@ def _eval_csv(cfg: ExperimentConfig) -> Path:
     return Path(cfg.promote.eval_csv) if cfg.promote.eval_csv else data_paths(cfg)["test"]
 
 
-def key(cfg: ExperimentConfig) -> str:
-    """Promotion's identity: its settings, the candidate run and the evaluation data's digest."""
-    from albert_exp.config import to_dict
-    from albert_exp.identity import stage_key
-
-    where_and_how_long = ("run_id", "eval_csv", "lock_timeout_s", "lock_stale_s")  # replaced by digests / no effect
-    settings = {k: v for k, v in to_dict(cfg.promote).items() if k not in where_and_how_long}
-    inputs = {"candidate": _source_run(cfg), "eval": file_digest(_eval_csv(cfg))}
-    return stage_key("promote", {"promote": settings, "model": model_name(cfg)}, inputs)
-
-
 def _check_candidate(run_id: str) -> RunView:
     """The candidate run: it must exist in this store and carry the phrase extractor."""
     source = get_run(run_id)
@@ -355,61 +320,122 @@ def _compare_and_move(
         return c, _describe(registry, c, p)
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
+def candidates(cfg: ExperimentConfig, upstream: Mapping[str, StageResult]) -> list[str]:
+    """The runs to promote, in turn: promote.run_id; else the fine-tune run, then the search's best trial."""
+    if cfg.promote.run_id:
+        return [cfg.promote.run_id]
+    ids = [r for r in (_run_of(upstream, "finetune"), _run_of(upstream, "tune")) if r]
+    if not ids:
+        raise UserError(
+            "nothing to promote",
+            where=str(cfg.root),
+            fix="run `albert-exp tune` or `albert-exp finetune` first, or give --run-id",
+        )
+    return list(dict.fromkeys(ids))
+
+
+def _run_of(upstream: Mapping[str, StageResult], stage: str) -> str | None:
+    result = upstream.get(stage)
+    if result is None:
+        return None
+    return result.get("best_trial_run_id") if stage == "tune" else result.run_id
+
+
+def promote_one(cfg: ExperimentConfig, run_id: str, tracker: Any, step: int) -> dict[str, Any]:
+    """Register one candidate, compare it with the champion on the same data, move `champion` if it wins."""
     name, metric = model_name(cfg), cfg.promote.metric
     eval_csv = _eval_csv(cfg)
     digest = file_digest(eval_csv)
-    run_id = _source_run(cfg)
     registry = Registry()
     source = _check_candidate(run_id)
-    with stage_run(cfg, "promote", name) as tracker:
-        scores = evaluate_run(run_id, eval_csv, cfg)
-        if metric not in scores:
-            raise UserError(
-                f"the candidate has no {metric} (a CRF baseline is scored on words, not tokens)",
-                where="promote.metric",
-                fix="compare with promote.metric: phrase_f1",
-            )
-        c, description = _compare_and_move(cfg, registry, source, scores, eval_csv, digest)
-        version = c.version
-        print(f"{name} v{version.version}: {description}")
-        tracker.set_tags(
-            {
-                "registered_model": name,
-                "model_version": version.version,
-                "decision": c.decision,
-                "source_run_id": run_id,
-                "eval_digest": digest,
-                KEY: key(cfg),
-                "upstream.finetune": run_id,
-            }
+    scores = evaluate_run(run_id, eval_csv, cfg)
+    if metric not in scores:
+        raise UserError(
+            f"the candidate has no {metric} (a CRF baseline is scored on words, not tokens)",
+            where="promote.metric",
+            fix="compare with promote.metric: phrase_f1",
         )
-        tracker.log_metrics(
-            {f"challenger/{k}": v for k, v in scores.items()}
-            | ({f"champion/{metric}": c.champ_score} if c.champ_score is not None else {}),
-            step=0,
-        )
-        champion_now = registry.by_alias(name, "champion")
-        champion_metrics = (
-            scores if champion_now.version == version.version else evaluate_run(champion_now.run_id, eval_csv, cfg)
-        )
-        results = {
-            "model_name": name,
-            "version": int(version.version),
-            "promoted": c.promoted,
-            "decision": c.decision,
-            "why": c.why,
-            "metric": metric,
-            "challenger_score": c.challenger_score,
-            "champion_score": c.champ_score,
-            "champion_version": int(champion_now.version),
-            "eval_digest": digest,
-            "eval_csv": str(eval_csv),
-            "source_run_id": run_id,
-            "challenger_metrics": scores,
-            "champion_metrics": champion_metrics,
-            "champion_uri": f"models:/{name}@champion",
-            "run_id": tracker.run_id,
+    c, description = _compare_and_move(cfg, registry, source, scores, eval_csv, digest)
+    version = c.version
+    print(f"{name} v{version.version}: {description}")
+    tracker.log_metrics(
+        {f"challenger/{k}": v for k, v in scores.items()}
+        | ({f"champion/{metric}": c.champ_score} if c.champ_score is not None else {}),
+        step=step,
+    )
+    champion_now = registry.by_alias(name, "champion")
+    champion_metrics = (
+        scores if champion_now.version == version.version else evaluate_run(champion_now.run_id, eval_csv, cfg)
+    )
+    return {
+        "model_name": name,
+        "version": int(version.version),
+        "promoted": c.promoted,
+        "decision": c.decision,
+        "why": c.why,
+        "metric": metric,
+        "challenger_score": c.challenger_score,
+        "champion_score": c.champ_score,
+        "champion_version": int(champion_now.version),
+        "eval_digest": digest,
+        "eval_csv": str(eval_csv),
+        "source_run_id": run_id,
+        "challenger_metrics": scores,
+        "champion_metrics": champion_metrics,
+        "champion_uri": f"models:/{name}@champion",
+    }
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    """Each candidate in turn through the same rule; the results are the last decision's, with all of them."""
+    decisions = [promote_one(ctx.cfg, run_id, ctx.tracker, i) for i, run_id in enumerate(ctx.prepared)]
+    last = decisions[-1]
+    ctx.tracker.set_tags(
+        {
+            "registered_model": last["model_name"],
+            "model_version": last["version"],
+            "decision": last["decision"],
+            "source_run_id": last["source_run_id"],
+            "eval_digest": last["eval_digest"],
+            "upstream.finetune": decisions[0]["source_run_id"],
         }
-        write_results(cfg.stage_dir("promote"), results, tracker)
-    return results
+    )
+    return {
+        **last,
+        "decisions": [{k: d[k] for k in ("version", "decision", "why", "source_run_id")} for d in decisions],
+    }
+
+
+def key(cfg: ExperimentConfig, upstream: Mapping[str, StageResult]) -> str:
+    """Promotion's identity: its settings, the candidate runs and the evaluation data's digest."""
+    from albert_exp.config import identity_settings
+    from albert_exp.digest import stage_key
+
+    settings = {k: v for k, v in identity_settings(cfg.promote).items()}
+    inputs = {"candidates": ",".join(candidates(cfg, upstream)), "eval": file_digest(_eval_csv(cfg))}
+    return stage_key("promote", {"promote": settings, "model": model_name(cfg)}, inputs)
+
+
+def reusable(cfg: ExperimentConfig, upstream: Mapping[str, StageResult], results: dict[str, Any]) -> bool:
+    """An earlier promotion of the same candidates stands while the champion is the one it left."""
+    champion = Registry().by_alias(model_name(cfg), "champion")
+    return champion is not None and str(results.get("champion_version")) == str(champion.version)
+
+
+def needs(cfg: ExperimentConfig) -> tuple[str, ...]:
+    if cfg.promote.run_id:
+        return ()
+    return ("finetune",) + ("tune",) * ("tune" in cfg.stages)
+
+
+STAGE = Stage(
+    name="promote",
+    section="promote",
+    compute=compute,
+    needs=needs,
+    prepare=lambda ctx: candidates(ctx.cfg, ctx.upstream),
+    describe=model_name,
+    key=key,
+    has_output=False,
+    reusable=reusable,
+)

@@ -3,8 +3,8 @@
     albert-exp main --config experiments/toy.yaml        # on by default; leave `scratch` out of `stages:` to skip
 
 Same data, tokenizer, model size, seed and fine-tuning settings as the `finetune` stage; only the starting
-weights differ (a fresh `model:`-sized ALBERT). Its own work directory (`<workdir>/scratch/`, the output under
-the link `<workdir>/scratch/finetune`), its own child run (`finetune from scratch ...`, tag `stage=scratch`). Its
+weights differ (a fresh `model:`-sized ALBERT). Its own output (under the link `<workdir>/scratch/finetune`),
+its own child run (`scratch lr=...`, tag `stage=scratch`): fine-tuning's declaration with another config. Its
 identity is fine-tuning's under that config (albert_exp/identity.py): `main` reuses it while fine-tuning's
 settings, the labelled split, the tokenizer, `model:` and the code are unchanged (a new pretraining does not
 change it). The parent run then carries `gain/test/<metric>` =
@@ -15,41 +15,43 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
+from albert_exp import finetune
 from albert_exp.config import ExperimentConfig
 
 
 def applies(cfg: ExperimentConfig) -> bool:
     """Only when the `finetune` stage starts from pretrained weights: otherwise it *is* the from-scratch run."""
-    return "scratch" in cfg.stages and ("pretrain" in cfg.stages or bool(cfg.finetune.model_dir))
+    return "pretrain" in cfg.stages or bool(cfg.finetune.model_dir)
 
 
 def scratch_config(cfg: ExperimentConfig) -> ExperimentConfig:
-    """`cfg` (as the finetune stage got it) with random initial weights and its own work directory."""
-    from albert_exp.tune import trial_config
-
+    """`cfg` with random initial weights, reading the tokenizer fine-tuning reads (the pretrained model's own,
+    where finetune.model_dir names one)."""
     f = cfg.finetune
-    # trial_config pins the data and tokenizer paths (absolute) so that the new workdir does not move them
-    t = trial_config(cfg, cfg.root / "scratch", f.learning_rate, f.epochs)
+    tokenizer = str(finetune.data_paths(cfg)["tokenizer"])
     # freeze_embeddings keeps what pretraining learned; random embeddings hold nothing worth keeping (frozen, the
     # realistic toy's scratch tagger reaches val phrase F1 0.15 instead of 0.76), so the control trains them
-    return dataclasses.replace(
-        t,
-        finetune=dataclasses.replace(
-            t.finetune, model_dir=None, select_metric=f.select_metric, freeze_embeddings=False
-        ),
-    )
+    f = dataclasses.replace(f, model_dir=None, tokenizer_dir=tokenizer, freeze_embeddings=False)
+    return dataclasses.replace(cfg, finetune=f)
 
 
 def output_link(cfg: ExperimentConfig) -> Path:
     """The link that names the current from-scratch output (`<workdir>/scratch/finetune`)."""
-    return scratch_config(cfg).stage_dir("finetune")
+    return cfg.root / "scratch" / "finetune"
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    from albert_exp import finetune
-    from albert_exp.tracking import run_tags
+def describe(cfg: ExperimentConfig) -> str:
+    return f"lr={cfg.finetune.learning_rate:g}"
 
-    with run_tags({"stage": "scratch"}):  # overrides the `finetune` stage tag: the UI tells the two apart
-        return finetune.run(scratch_config(cfg))
+
+# fine-tuning's declaration under scratch_config: the same work, inputs and identity rule, its own output and run
+STAGE = dataclasses.replace(
+    finetune.STAGE,
+    name="scratch",
+    needs=lambda cfg: tuple(n for n in finetune.needs(cfg) if n != "pretrain"),
+    configure=lambda cfg, upstream: scratch_config(cfg),
+    link=output_link,
+    describe=describe,
+    applies=applies,
+)

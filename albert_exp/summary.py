@@ -71,10 +71,9 @@ def _trial(tuned: dict[str, Any]) -> str:
 def champion_run(results: dict[str, Any]) -> str | None:
     """The run whose model is champion now, where this `main` registered it."""
     pr = results.get("promote") or {}
-    for key in ("promote", "promote_finetune"):
-        r = results.get(key) or {}
-        if r and str(r.get("version")) == str(pr.get("champion_version")):
-            return r.get("source_run_id")
+    for decision in pr.get("decisions") or [pr]:  # each candidate this promotion registered, in turn
+        if decision and str(decision.get("version")) == str(pr.get("champion_version")):
+            return decision.get("source_run_id")
     return None
 
 

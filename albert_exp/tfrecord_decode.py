@@ -72,6 +72,48 @@ def _count(buf, lo, hi, tag):
 
 
 @numba.njit(cache=True)
+def _entry(buf, pos, end):
+    """The map entry {1: key, 2: Feature} at buf[pos:end], in the writers' layout (the Feature holds one list
+    holding one packed field): (where the next entry starts, key start, key end, the list's tag, values start,
+    values end, how many values); a count of -1 where the entry has another layout."""
+    elo, ehi = _field(buf, pos, end, _TAG_1)
+    if elo < 0:
+        return end, 0, 0, 0, 0, 0, -1
+    klo, khi = _field(buf, elo, ehi, _TAG_1)
+    flo, fhi = _field(buf, khi, ehi, _TAG_2) if klo >= 0 else (-1, -1)
+    if flo < 0 or fhi != ehi or flo == fhi:
+        return ehi, 0, 0, 0, 0, 0, -1
+    tag = np.int64(buf[flo])
+    llo, lhi = _field(buf, flo, fhi, tag)  # the Feature's one list
+    if (tag != FLOAT and tag != INT64) or llo < 0 or lhi != fhi or llo == lhi:
+        return ehi, 0, 0, 0, 0, 0, -1
+    vlo, vhi = _field(buf, llo, lhi, _TAG_1)  # its one packed field
+    if vlo < 0 or vhi != lhi:
+        return ehi, 0, 0, 0, 0, 0, -1
+    return ehi, klo, khi, tag, vlo, vhi, _count(buf, vlo, vhi, tag)
+
+
+@numba.njit(cache=True)
+def _wanted(buf, klo, khi, keys, key_off, n_feat):
+    """Which wanted feature the key buf[klo:khi] names: its index, -1 (another feature, ASCII: skipped) or -2
+    (another feature whose key is not ASCII: decode_example decides)."""
+    for g in range(n_feat):
+        klen = key_off[g + 1] - key_off[g]
+        if klen == khi - klo:
+            same = True
+            for k in range(klen):
+                if buf[klo + k] != keys[key_off[g] + k]:
+                    same = False
+                    break
+            if same:
+                return g
+    for k in range(klo, khi):
+        if buf[k] >= 0x80:
+            return -2
+    return -1
+
+
+@numba.njit(cache=True)
 def locate(buf, offsets, keys, key_off, kinds, spans):
     """Fill spans[i, f] = (start, end, values) of wanted feature f's packed values in example i
     (buf[offsets[i]:offsets[i + 1]]); wanted feature f is named keys[key_off[f]:key_off[f + 1]] and of kind
@@ -84,40 +126,13 @@ def locate(buf, offsets, keys, key_off, kinds, spans):
             return i
         found = 0
         while pos < end:
-            elo, ehi = _field(buf, pos, end, _TAG_1)  # a map entry {1: key, 2: Feature}
-            if elo < 0:
-                return i
-            pos = ehi
-            klo, khi = _field(buf, elo, ehi, _TAG_1)
-            flo, fhi = _field(buf, khi, ehi, _TAG_2) if klo >= 0 else (-1, -1)
-            if flo < 0 or fhi != ehi or flo == fhi:
-                return i
-            tag = buf[flo]
-            llo, lhi = _field(buf, flo, fhi, tag)  # the Feature's one list
-            if (tag != FLOAT and tag != INT64) or llo < 0 or lhi != fhi or llo == lhi:
-                return i
-            vlo, vhi = _field(buf, llo, lhi, _TAG_1)  # its one packed field
-            if vlo < 0 or vhi != lhi:
-                return i
-            count = _count(buf, vlo, vhi, tag)
+            pos, klo, khi, tag, vlo, vhi, count = _entry(buf, pos, end)
             if count < 0:
                 return i
-            f = -1
-            for g in range(n_feat):
-                klen = key_off[g + 1] - key_off[g]
-                if klen == khi - klo:
-                    same = True
-                    for k in range(klen):
-                        if buf[klo + k] != keys[key_off[g] + k]:
-                            same = False
-                            break
-                    if same:
-                        f = g
-                        break
+            f = _wanted(buf, klo, khi, keys, key_off, n_feat)
+            if f == -2:  # a key decode_example reads as UTF-8 and that is not ASCII: left to it
+                return i
             if f < 0:
-                for k in range(klo, khi):  # a key decode_example reads as UTF-8: ASCII is sure to be
-                    if buf[k] >= 0x80:
-                        return i
                 continue
             if spans[i, f, 0] >= 0 or kinds[f] != tag:  # repeated (the last would count), or another type
                 return i

@@ -15,8 +15,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 STYLES = [
     "spicy",
@@ -266,28 +264,3 @@ def _split_sentences(text: str) -> list[str]:
     if text[start:].strip():
         out.append(text[start:].strip())
     return out
-
-
-def write_corpus(cfg: Any, out: Path) -> dict[str, Any]:
-    """The toy corpus of `cfg.corpus` into `out`: labelled train/val/test CSVs and the pretraining shards.
-
-    `toy_mode: parts` is the original generator above; `realistic` is albert_exp/toy_real.py (chat-style
-    reviews, test dishes with unseen words, an unlabelled corpus that never copies a labelled test review)."""
-    from albert_exp import toy_real
-    from albert_exp.corpus import ShardWriter, write_labelled_csv
-
-    c = cfg.corpus
-    gen = toy_real if c.toy_mode == "realistic" else None
-    sizes = {"train": c.toy_train_rows, "val": c.toy_val_rows, "test": c.toy_test_rows}
-    test_texts: set[str] = set()
-    for split, n in sizes.items():
-        make_rows = gen.labelled_rows if gen else labelled_rows
-        rows = list(make_rows(cfg.seed, split, n, c.negative_share, c.max_dishes_per_review))
-        write_labelled_csv(out / f"{split}.csv", ((r.text, r.phrases) for r in rows))
-        if split == "test":
-            test_texts = {r.text for r in rows}
-    writer = ShardWriter(out, c.lines_per_shard)
-    docs = gen.unlabelled_documents(cfg.seed, c.toy_documents, test_texts) if gen else None
-    for doc in docs or pretraining_documents(cfg.seed, c.toy_documents):
-        writer.add(doc)
-    return writer.finish({"source": "toy", "toy_mode": c.toy_mode, "seed": cfg.seed})

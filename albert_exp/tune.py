@@ -28,20 +28,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from albert_exp import finetune
 from albert_exp.config import ExperimentConfig, flatten, to_dict
 from albert_exp.errors import UserError
+from albert_exp.stage import Context, Stage, StageResult
 from albert_exp.tracking import (
-    KEY,
     PID,
     close_runs,
     current_run_id,
     owner_alive,
     rename_run,
     run_tags,
-    stage_run,
     tracking_uri,
     who,
-    write_results,
 )
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -49,20 +48,11 @@ FINISHED = ("COMPLETE", "PRUNED")
 
 def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epochs: int) -> ExperimentConfig:
     """The fine-tuning config of one trial: its own workdir (its own checkpoint), the shared data and tokenizer."""
-    from albert_exp.finetune import data_paths
+    from albert_exp.finetune import pinned
 
-    p = data_paths(cfg)
-    ft = dataclasses.replace(
-        cfg.finetune,
-        learning_rate=learning_rate,
-        epochs=epochs,
-        select_metric=cfg.tune.objective,
-        tokenizer_dir=str(p["tokenizer"].resolve()),
-        train_csv=str(p["train"].resolve()),
-        val_csv=str(p["val"].resolve()),
-        test_csv=str(p["test"].resolve()),
-    )
-    return dataclasses.replace(cfg, workdir=str(workdir), finetune=ft)
+    t = pinned(cfg, workdir)
+    f = dataclasses.replace(t.finetune, learning_rate=learning_rate, epochs=epochs, select_metric=cfg.tune.objective)
+    return dataclasses.replace(t, finetune=f)
 
 
 def study_name(cfg: ExperimentConfig) -> str:
@@ -71,9 +61,11 @@ def study_name(cfg: ExperimentConfig) -> str:
     version, and the tracking store. A rerun with other inputs starts a new study instead of mixing results."""
     if cfg.tune.study_name:
         return cfg.tune.study_name
-    from albert_exp.identity import NOT_IN_KEY, stage_inputs, stage_key
+    from albert_exp.digest import stage_key
+    from albert_exp.finetune import inputs as finetune_inputs
+    from albert_exp.identity import input_digests, settings
 
-    fixed = {k: v for k, v in to_dict(cfg.finetune).items() if k not in NOT_IN_KEY["finetune"]}
+    fixed = settings(cfg, "finetune")
     sections = {
         "finetune": {k: v for k, v in fixed.items() if k not in ("learning_rate", "epochs")},
         "space": {k: getattr(cfg.tune, k) for k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")},
@@ -81,7 +73,7 @@ def study_name(cfg: ExperimentConfig) -> str:
         "seed": cfg.seed,
         "name": cfg.name,
     }
-    inputs = {**stage_inputs(cfg, "finetune"), "tracking": tracking_uri()}
+    inputs = {**input_digests(finetune_inputs(cfg)), "tracking": tracking_uri()}
     return f"{cfg.name}-{stage_key('tune', sections, inputs)[:10]}"
 
 
@@ -269,10 +261,13 @@ def trial_with(study: Any, params: dict[str, Any], states: tuple | None = None) 
     return None
 
 
-def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
+def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any, run_stage: Any, known: Any = None) -> Any:
+    """Each trial is a `finetune` stage in its own workdir, run by the executor (`run_stage`): resumable, one
+    MLflow run, results.json. A trial whose fine-tuning identity is that of `known` (the `finetune` stage's
+    result) is that run: recorded, per-epoch values included, instead of trained again."""
     import optuna
 
-    from albert_exp import finetune
+    from albert_exp.identity import key_of
 
     t = cfg.tune
 
@@ -298,6 +293,8 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: val/{t.objective}={val[t.objective]:.4f} below the median")
 
+        if known is not None and f"val/{t.objective}" in known.values and key_of(finetune.STAGE, tcfg) == known.key:
+            return _same_as(trial, known, t.objective)
         tags = {"optuna_study": trial.study.study_name, "optuna_trial": trial.number, "optuna_worker": t.worker}
         if origin is not None:
             tags["optuna_retry_of"] = origin
@@ -305,14 +302,14 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
         name = trial_run_name(trial.number, lr, epochs, base=base)
         try:
             with run_tags(tags, early_stop=(optuna.TrialPruned,)):
-                res = finetune.run(tcfg, on_epoch=on_epoch)
+                res = run_stage("finetune", tcfg, {"on_epoch": on_epoch})
         except optuna.TrialPruned:
             name += " pruned"
             raise
         finally:  # the run name tells the trials apart in the UI's table (they would all be `finetune from ...`)
             if trial.user_attrs.get("mlflow_run_id"):
                 rename_run(trial.user_attrs["mlflow_run_id"], name)
-        trial.set_user_attr("mlflow_run_id", res["run_id"])
+        trial.set_user_attr("mlflow_run_id", res.run_id)
         for key in (
             "model_uri",
             "hf_model_uri",
@@ -321,11 +318,25 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any) -> Any:
             "test/token_accuracy",
             "test/phrase_f1",
         ):
-            if key in res:
+            if key in res.values:
                 trial.set_user_attr(key, res[key])
         return float(res[f"val/{t.objective}"])
 
     return objective
+
+
+def _same_as(trial: Any, run: StageResult, objective: str) -> float:
+    """Record the finished fine-tuning run `run` as this trial: its per-epoch values (what the pruner compares
+    other trials with), its run and model, its result."""
+    for h in run["val_history"]:
+        trial.report(h[f"val/{objective}"], h["epoch"])
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    trial.set_user_attr("same_as_run", run.run_id)
+    for key in ("model_uri", "hf_model_uri", "dataset_digest", "best_epoch", "test/token_accuracy", "test/phrase_f1"):
+        if key in run.values:
+            trial.set_user_attr(key, run[key])
+    print(f"trial {trial.number}: the finetune run {run.run_id} has these settings and inputs: its result, not trained")
+    return float(run[f"val/{objective}"])
 
 
 def _log_plots(study: Any, tracker: Any) -> list[str]:
@@ -358,25 +369,25 @@ def _log_plots(study: Any, tracker: Any) -> list[str]:
     return logged
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    import optuna
-
-    t = cfg.tune
+def prepare(ctx: Context) -> Any:
+    """The tokenizer and the three CSVs checked (a bad CSV is one line now, not a failed trial's traceback from
+    Optuna), then the study opened, its dead trials closed, the fine-tuning config queued as a trial."""
+    from albert_exp.data import read_labelled_csv
     from albert_exp.finetune import data_paths
 
+    cfg = ctx.cfg
+    t, f = cfg.tune, cfg.finetune
     if not (data_paths(cfg)["tokenizer"] / "tokenizer_config.json").is_file():
         raise UserError(
             "no tokenizer found",
             where=str(data_paths(cfg)["tokenizer"]),
             fix="run `albert-exp vocab` first, or set finetune.tokenizer_dir / finetune.model_dir",
         )
-    from albert_exp.data import read_labelled_csv
-
-    f = cfg.finetune
-    for split in ("train", "val", "test"):  # a bad CSV is one line now, not a failed trial's traceback from Optuna
+    for split in ("train", "val", "test"):
         read_labelled_csv(data_paths(cfg)[split], f.text_column, f.phrase_column, f.phrase_separator)
-    name = study_name(cfg)
-    study_dir = cfg.stage_dir("tune") / name
+    import optuna
+
+    name = ctx.key if not ctx.fresh else f"{ctx.key}-{time.strftime('%Y%m%dT%H%M%S')}"  # --rerun: a new study
     study = checked_study(cfg, name)
     optuna.storages.fail_stale_trials(study)  # a rerun after a kill closes the dead trial first
     fail_dead_trials(study)  # ... and at once where the dead worker ran on this host
@@ -386,10 +397,15 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     if enqueue_base(study, cfg):
         print(f"queued the finetune config as a trial: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
         remaining = max(remaining, 1)  # into a study that had run its n_trials: one more
-    # the search space as params; the fine-tuning settings every trial shares, without the searched two (the base
-    # values read as if they were searched)
+    return study, remaining, done
+
+
+def params(ctx: Context) -> dict[str, Any]:
+    """The search space as params; the fine-tuning settings every trial shares, without the searched two (the
+    base values read as if they were searched)."""
+    cfg, t = ctx.cfg, ctx.cfg.tune
     fixed = {k: v for k, v in to_dict(cfg.finetune).items() if k not in ("learning_rate", "epochs")}
-    extra = {
+    return {
         **flatten(fixed, "finetune."),
         "space.learning_rate": f"log-uniform [{t.lr_min:g}, {t.lr_max:g}]",
         "space.epochs": f"int [{t.epochs_min}, {t.epochs_max}]",
@@ -398,82 +414,118 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
             if base_in_space(cfg)
             else "none: the finetune config is outside the space"
         ),
-        "derived.study_name": name,
+        "derived.study_name": ctx.prepared[0].study_name,
     }
-    with stage_run(cfg, "tune", name, section="tune", extra_params=extra) as tracker:
-        tracker.set_tags(
-            {"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker, KEY: name}
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    cfg, tracker = ctx.cfg, ctx.tracker
+    t = cfg.tune
+    study, remaining, done = ctx.prepared
+    name = study.study_name
+    study_dir = cfg.stage_dir("tune") / name
+    tracker.set_tags({"optuna_study": name, "optuna_storage": _masked(t.storage), "optuna_worker": t.worker})
+    mine: list[int] = []
+
+    def after_trial(study: Any, trial: Any) -> None:
+        mine.append(trial.number)
+        if trial.value is not None:
+            tracker.log_metrics({f"trial/val_{t.objective}": trial.value}, step=trial.number)
+        finished = sum(1 for tr in study.get_trials(deepcopy=False) if tr.state.name in FINISHED)
+        if finished >= t.n_trials:  # the study is done, whichever worker finished it
+            study.stop()
+
+    if remaining:
+        study.optimize(
+            make_objective(cfg, study_dir, tracker, ctx.run, ctx.upstream.get("finetune")),
+            n_trials=remaining,
+            timeout=t.timeout_s,
+            callbacks=[after_trial],
+            gc_after_trial=True,
         )
-        mine: list[int] = []
+    else:
+        print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
+    return _report(cfg, study, study_dir, tracker, mine)
 
-        def after_trial(study: Any, trial: Any) -> None:
-            mine.append(trial.number)
-            if trial.value is not None:
-                tracker.log_metrics({f"trial/val_{t.objective}": trial.value}, step=trial.number)
-            finished = sum(1 for tr in study.get_trials(deepcopy=False) if tr.state.name in FINISHED)
-            if finished >= t.n_trials:  # the study is done, whichever worker finished it
-                study.stop()
 
-        if remaining:
-            study.optimize(
-                make_objective(cfg, study_dir, tracker),
-                n_trials=remaining,
-                timeout=t.timeout_s,
-                callbacks=[after_trial],
-                gc_after_trial=True,
-            )
-        else:
-            print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
-        counts = _counts(study)
-        complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
-        if not complete:
-            raise UserError(
-                f"no trial of study {name} completed ({counts})",
-                where="tune",
-                fix="look at the failed trials' MLflow runs; raise tune.n_trials",
-            )
-        best = study.best_trial
-        results = {
-            "study_name": name,
-            "storage": _masked(t.storage),
-            "objective": f"val/{t.objective}",
-            "best_trial": best.number,
-            "best_params": best.params,
-            "best_value": best.value,
-            **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "owner", "mlflow_parent_run_id")},
-            "trials": counts,
-            "n_pruned": counts.get("PRUNED", 0),
-            "n_complete": counts.get("COMPLETE", 0),
-            "this_worker_trials": mine,
-            "output_dir": str(study_dir),
-            "run_id": tracker.run_id,
+def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mine: list[int]) -> dict[str, Any]:
+    """The best trial, the counts, the trials table and Optuna's plots, on the worker's run."""
+    t, name = cfg.tune, study.study_name
+    counts = _counts(study)
+    complete = [tr for tr in study.trials if tr.state.name == "COMPLETE"]
+    if not complete:
+        raise UserError(
+            f"no trial of study {name} completed ({counts})",
+            where="tune",
+            fix="look at the failed trials' MLflow runs; raise tune.n_trials",
+        )
+    best = study.best_trial
+    results = {
+        "study_name": name,
+        "storage": _masked(t.storage),
+        "objective": f"val/{t.objective}",
+        "best_trial": best.number,
+        "best_params": best.params,
+        "best_value": best.value,
+        **{k: v for k, v in best.user_attrs.items() if k not in ("worker", "owner", "mlflow_parent_run_id")},
+        "best_trial_run_id": best.user_attrs.get("mlflow_run_id"),
+        "trials": counts,
+        "n_pruned": counts.get("PRUNED", 0),
+        "n_complete": counts.get("COMPLETE", 0),
+        "this_worker_trials": mine,
+        "study_dir": str(study_dir),
+    }
+    tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
+    tracker.log_metrics(
+        {
+            f"best/val_{t.objective}": best.value,
+            "tune/complete": len(complete),
+            "tune/pruned": counts.get("PRUNED", 0),
+            "tune/failed": counts.get("FAIL", 0),
+            **{f"best/{k}": v for k, v in best.user_attrs.items() if k.startswith("test/")},
+        },
+        step=0,
+    )
+    tracker.set_tags(
+        {
+            "best_model_uri": best.user_attrs.get("model_uri", ""),
+            "dataset_digest": best.user_attrs.get("dataset_digest", ""),
         }
-        tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
-        tracker.log_metrics(
-            {
-                f"best/val_{t.objective}": best.value,
-                "tune/complete": len(complete),
-                "tune/pruned": counts.get("PRUNED", 0),
-                "tune/failed": counts.get("FAIL", 0),
-                **{f"best/{k}": v for k, v in best.user_attrs.items() if k.startswith("test/")},
-            },
-            step=0,
-        )
-        tracker.set_tags(
-            {
-                "best_model_uri": best.user_attrs.get("model_uri", ""),
-                "dataset_digest": best.user_attrs.get("dataset_digest", ""),
-            }
-        )
-        df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
-        study_dir.mkdir(parents=True, exist_ok=True)
-        df.to_csv(study_dir / "trials.csv", index=False)
-        tracker.log_artifact(study_dir / "trials.csv")
-        results["plots"] = _log_plots(study, tracker)
-        write_results(study_dir, results, tracker)
-        write_results(cfg.stage_dir("tune"), results)  # the latest study's result, for `promote`
+    )
+    df = study.trials_dataframe(attrs=("number", "state", "value", "params", "user_attrs", "duration"))
+    study_dir.mkdir(parents=True, exist_ok=True)
+    df.to_csv(study_dir / "trials.csv", index=False)
+    tracker.log_artifact(study_dir / "trials.csv")
+    results["plots"] = _log_plots(study, tracker)
     print(
         f"best trial {best.number}: lr={best.params['learning_rate']:.3g} epochs={best.params['epochs']} "
         f"val/{t.objective}={best.value:.4f}; {counts}"
     )
     return results
+
+
+def reusable(cfg: ExperimentConfig, upstream: Any, results: dict[str, Any]) -> bool:
+    """A finished search of the same study is reused while the study holds the fine-tuning config as a trial
+    (a rerun with another finetune.learning_rate or epochs adds that trial instead) and has its n_trials."""
+    if cfg.tune.study_name:  # a named (shared) study: every invocation is a worker
+        return False
+    study = checked_study(cfg, results["study_name"])
+    finished = sum(_counts(study).get(s, 0) for s in FINISHED)
+    return holds_base(study, cfg) and finished >= cfg.tune.n_trials
+
+
+STAGE = Stage(
+    name="tune",
+    section="tune",
+    compute=compute,
+    inputs=lambda cfg: {},
+    needs=lambda cfg: finetune.needs(cfg),
+    uses=lambda cfg: ("finetune",),  # its run is the base trial, when the settings and inputs are the same
+    configure=lambda cfg, upstream: finetune.configure(cfg, upstream),
+    prepare=prepare,
+    params=params,
+    describe=lambda cfg: study_name(cfg),
+    key=lambda cfg, upstream: study_name(cfg),
+    has_output=False,
+    reusable=reusable,
+)

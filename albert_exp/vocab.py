@@ -25,8 +25,7 @@ from typing import Any
 from albert_exp.config import ExperimentConfig
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
-from albert_exp.identity import output_of
-from albert_exp.tracking import stage_run, write_results
+from albert_exp.stage import Context, Stage
 
 SPECIALS = ["<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -130,8 +129,15 @@ def sample(sentences: Iterator[str], k: int, seed: int) -> list[str]:
 
 
 def train_sentencepiece(
-    lines: list[str], prefix: Path, vocab_size: int, model_type: str, character_coverage: float
+    lines: list[str],
+    prefix: Path,
+    vocab_size: int,
+    model_type: str,
+    character_coverage: float,
+    hard_vocab_limit: bool = False,
 ) -> None:
+    """`<prefix>.model` trained on `lines`. With `hard_vocab_limit`, a corpus too small for `vocab_size` pieces is
+    a user error saying how many it allows (SentencePiece's own setting; off, the vocabulary is silently smaller)."""
     import sentencepiece as spm
 
     if not lines:
@@ -151,22 +157,51 @@ def train_sentencepiece(
             bos_id=-1,
             eos_id=-1,
             control_symbols=SPECIALS[2:],
-            hard_vocab_limit=False,
+            hard_vocab_limit=hard_vocab_limit,
             shuffle_input_sentence=False,
             num_threads=1,
             minloglevel=2,
         )  # one thread, no shuffling: the same model on every run
     except RuntimeError as exc:
-        m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(exc))
-        if not m:
-            raise
-        raise UserError(
+        raise _vocab_error(str(exc), vocab_size) from None
+    finally:
+        text_file.unlink(missing_ok=True)
+    _drop_paths(prefix.with_suffix(".model"))
+
+
+def _vocab_error(message: str, vocab_size: int) -> Exception:
+    m = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if m:
+        return UserError(
             f"vocab_size {vocab_size} is below the {m.group(2)} distinct characters (and specials) the sample needs",
             where="vocab.vocab_size",
             fix=f"set vocab.vocab_size above {m.group(2)}, or lower vocab.character_coverage",
-        ) from None
-    finally:
-        text_file.unlink(missing_ok=True)
+        )
+    m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if m:
+        return UserError(
+            f"vocab_size {vocab_size} asked for, but the corpus sample allows at most {m.group(2)} pieces",
+            where="vocab.vocab_size",
+            fix=f"set vocab.vocab_size to {m.group(2)} or less, give a larger corpus (vocab.sample_sentences), or "
+            "allow a smaller vocabulary with vocab.hard_vocab_limit=false",
+        )
+    return RuntimeError(message)
+
+
+def _drop_paths(model: Path) -> None:
+    """SentencePiece records where it was trained (the sample file and the output prefix, absolute paths) in the
+    model: two workdirs with the same corpus would hold different bytes, and every stage after the vocabulary
+    another identity. The model keeps the names only."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model.read_bytes())
+    spec = proto.trainer_spec
+    inputs = [Path(i).name for i in spec.input]
+    del spec.input[:]
+    spec.input.extend(inputs)
+    spec.model_prefix = Path(spec.model_prefix).name
+    model.write_bytes(proto.SerializeToString())
 
 
 def build_hf_tokenizer(spm_model: Path, out_dir: Path, *, lowercase: bool, keep_accents: bool):
@@ -220,11 +255,24 @@ def check_sentencepiece(source: Path) -> dict[str, Any]:
     }
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
+def _label(cfg: ExperimentConfig) -> str:
     v = cfg.vocab
-    label = f"from {Path(v.from_spm).name}" if v.from_spm else f"{v.model_type} {v.vocab_size}"
-    # The inputs are read and checked before the MLflow run starts: bad input is one line, not a failed run.
+    return f"from {Path(v.from_spm).name}" if v.from_spm else f"{v.model_type} {v.vocab_size}"
+
+
+def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
+    paths: dict[str, Path | list[Path]] = {"corpus_manifest": cfg.stage_dir("corpus") / "manifest.json"}
+    if cfg.vocab.from_spm:
+        paths["spm"] = Path(cfg.vocab.from_spm)
+    return paths
+
+
+def prepare(ctx: Context) -> tuple[list[str], dict[str, Any] | None]:
+    """The normalised sample sentences (and the imported SentencePiece model's facts), checked."""
+    cfg = ctx.cfg
+    v = cfg.vocab
     manifest = cfg.stage_dir("corpus") / "manifest.json"
+    spm_info = None
     if v.from_spm:  # the corpus, when there is one, only measures the unknown-token rate
         spm_info = check_sentencepiece(Path(v.from_spm))
         n = min(v.sample_sentences, 20000)  # enough for the unknown-token rate
@@ -232,43 +280,47 @@ def run(cfg: ExperimentConfig) -> dict[str, Any]:
     else:
         lines = sample(corpus_sentences(manifest), v.sample_sentences, cfg.seed)
     check_accent_policy(lines, v.keep_accents, where=f"{cfg.source}: vocab.keep_accents")
-    lines = [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines]
-    # Written into the work directory of its identity, renamed into place when complete (albert_exp/identity.py):
-    # a failed run leaves the old vocabulary.
-    output = output_of(cfg, "vocab")
-    tmp = output.start(fresh=True)
-    with stage_run(cfg, "vocab", label, output=output) as tracker:
-        imported = None
-        if v.from_spm:
-            imported = spm_info
-            shutil.copyfile(v.from_spm, tmp / "spiece.model")
-        else:
-            train_sentencepiece(lines, tmp / "spiece", v.vocab_size, v.model_type, v.character_coverage)
-        tok = build_hf_tokenizer(
-            tmp / "spiece.model", tmp / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
-        )
-        assert tok.convert_ids_to_tokens(list(range(5))) == SPECIALS, "special token ids differ from ALBERT's"
-        unk = sum(t == tok.unk_token_id for s in lines[:2000] for t in tok(s)["input_ids"])
-        total = sum(len(tok(s)["input_ids"]) for s in lines[:2000])
-        metrics = {"vocab/size": len(tok), "vocab/sample_sentences": len(lines), "vocab/unk_rate": unk / max(total, 1)}
-        tracker.log_metrics(metrics, step=0)
-        # The normalisation every later stage applies (the tokenizer stores it too): recorded beside the model.
-        normalisation = {"lowercase": v.lowercase, "keep_accents": v.keep_accents, **(imported or {})}
-        if imported is None:
-            normalisation["spm_normalizer"] = "nmt_nfkc"  # SentencePiece's default, used when training here
-        (tmp / "tokenizer" / "normalization.json").write_text(json.dumps(normalisation, indent=1) + "\n")
-        tracker.set_tags({f"vocab.{key}": val for key, val in normalisation.items() if key != "source"})
-        tracker.log_artifacts(tmp / "tokenizer", "tokenizer")
-        results = {
-            "output_dir": str(output.done),
-            "key": output.key,
-            "tokenizer_dir": str(output.done / "tokenizer"),
-            "spm_model": str(output.done / "spiece.model"),
-            "vocab_size": len(tok),
-            "unk_rate": metrics["vocab/unk_rate"],
-            "normalization": normalisation,
-            "run_id": tracker.run_id,
-        }
-        write_results(tmp, results, tracker)
-    output.commit()
-    return results
+    return [normalize(s, lowercase=v.lowercase, keep_accents=v.keep_accents) for s in lines], spm_info
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    cfg, tmp, tracker = ctx.cfg, ctx.work, ctx.tracker
+    v = cfg.vocab
+    lines, imported = ctx.prepared
+    if v.from_spm:
+        shutil.copyfile(v.from_spm, tmp / "spiece.model")
+    else:
+        train_sentencepiece(lines, tmp / "spiece", v.vocab_size, v.model_type, v.character_coverage, v.hard_vocab_limit)
+    tok = build_hf_tokenizer(
+        tmp / "spiece.model", tmp / "tokenizer", lowercase=v.lowercase, keep_accents=v.keep_accents
+    )
+    assert tok.convert_ids_to_tokens(list(range(5))) == SPECIALS, "special token ids differ from ALBERT's"
+    unk = sum(t == tok.unk_token_id for s in lines[:2000] for t in tok(s)["input_ids"])
+    total = sum(len(tok(s)["input_ids"]) for s in lines[:2000])
+    metrics = {"vocab/size": len(tok), "vocab/sample_sentences": len(lines), "vocab/unk_rate": unk / max(total, 1)}
+    tracker.log_metrics(metrics, step=0)
+    # The normalisation every later stage applies (the tokenizer stores it too): recorded beside the model.
+    normalisation = {"lowercase": v.lowercase, "keep_accents": v.keep_accents, **(imported or {})}
+    if imported is None:
+        normalisation["spm_normalizer"] = "nmt_nfkc"  # SentencePiece's default, used when training here
+    (tmp / "tokenizer" / "normalization.json").write_text(json.dumps(normalisation, indent=1) + "\n")
+    tracker.set_tags({f"vocab.{key}": val for key, val in normalisation.items() if key != "source"})
+    tracker.log_artifacts(tmp / "tokenizer", "tokenizer")
+    return {
+        "tokenizer_dir": str(ctx.done / "tokenizer"),
+        "spm_model": str(ctx.done / "spiece.model"),
+        "vocab_size": len(tok),
+        "unk_rate": metrics["vocab/unk_rate"],
+        "normalization": normalisation,
+    }
+
+
+STAGE = Stage(
+    name="vocab",
+    section="vocab",
+    compute=compute,
+    inputs=inputs,
+    needs=lambda cfg: ("corpus",) if not cfg.vocab.from_spm else (),
+    prepare=prepare,
+    describe=_label,
+)

@@ -56,8 +56,6 @@ def scores(
     cross-entropy and the number of labelled tokens."""
     import torch
 
-    from albert_exp.data import collate
-
     model.eval()
     out: list[list[float]] = []
     loss_sum, n = 0.0, 0
@@ -137,3 +135,22 @@ def evaluate(
         **span_metrics(data.texts, data.spans, pred_spans, data.train_words),
     }
     return metrics, pred_spans
+
+
+def collate(input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int) -> dict[str, Any]:
+    """Pad a batch to its longest sequence (cheaper than padding everything to max_seq_length)."""
+    import torch
+
+    width = max(len(x) for x in input_ids)
+    ids = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.long)
+    for i, x in enumerate(input_ids):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if labels is not None:
+        lab = torch.full((len(labels), width), IGNORE, dtype=torch.long)
+        for i, y in enumerate(labels):
+            lab[i, : len(y)] = torch.tensor(y)
+        batch["labels"] = lab
+    return batch

@@ -192,3 +192,10 @@ def _no_leaked_mlflow_run_id():
     before = os.environ.get("MLFLOW_RUN_ID")
     yield
     assert os.environ.get("MLFLOW_RUN_ID") == before, "the test left MLFLOW_RUN_ID changed in os.environ"
+
+
+def stage_runner(name: str):
+    """`cfg -> results dict` of one declared stage, run by the executor as `albert-exp <name>` runs it."""
+    from albert_exp.executor import run_stage
+
+    return lambda cfg, **kw: run_stage(name, cfg, **kw).as_dict()

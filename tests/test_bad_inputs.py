@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, tracking_in
+from tests.conftest import ROOT, stage_runner, tracking_in
 
 VOCAB = 300
 
@@ -41,7 +41,6 @@ def good(tmp_path_factory):
     """Good outputs of corpus, vocab, pretraining-data and convert, and broken variants of their inputs."""
     import torch
 
-    from albert_exp import corpus, pretraining_data, vocab
     from albert_exp.config import load_config
     from albert_exp.convert import hf, mapping, mark_output
     from albert_exp.tracking import write_results
@@ -64,9 +63,9 @@ def good(tmp_path_factory):
                 "pretrain.max_predictions_per_seq=5",
             ],
         )
-        corpus.run(cfg)
-        vocab.run(cfg)
-        pretraining_data.run(cfg)
+        stage_runner("corpus")(cfg)
+        stage_runner("vocab")(cfg)
+        stage_runner("pretraining-data")(cfg)
     w = root / "w"
     # A tiny HF ALBERT with this vocabulary, and its TF checkpoint (a previous good `convert` output).
     torch.manual_seed(0)
@@ -222,12 +221,21 @@ def test_pretraining_data_full_disk(good, tmp_path):
             args[args.index("40")] = "400"  # ... while the shard does not
             line = run_bad(good, tmp_path, args, ["File too large", "limit"], limit_fsize=limit)
         assert str(out) in line
+        assert not _running(good), "a failed command left its run RUNNING"
         left = [p.relative_to(disk) for p in disk.rglob("*") if p.is_file()]
         # only the staging dir's run record (which MLflow run a rerun reattaches to) may stay
         assert not [p for p in left if p.name != "run.json"], f"a partial output was left: {left}"
     finally:
         if mounted:
             subprocess.run(["umount", str(disk)], check=True)
+
+
+def _running(good) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(good["env"]["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in client.search_experiments()]
+    return [r.info.run_id for r in client.search_runs(exps, "attributes.status = 'RUNNING'")]
 
 
 def _mount(path: Path, options: str) -> bool:
@@ -264,7 +272,8 @@ def _ft(good, workdir: Path) -> list:
     """A one-epoch fine-tune of a tiny model on the fixture's toy split, its outputs under `workdir`."""
     w = good["w"]
     sets = [f"finetune.{s}_csv={w / 'corpus' / f'{s}.csv'}" for s in ("train", "val", "test")]
-    sets += ["finetune.epochs=1", "finetune.max_train_rows=64", "model.embedding_size=16", "model.hidden_size=32"]
+    sets += ["stages=[finetune]", "finetune.epochs=1", "finetune.max_train_rows=64", "model.embedding_size=16"]
+    sets += ["model.hidden_size=32"]
     sets += ["model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=37"]
     args = ["finetune", "--workdir", workdir, "--tokenizer-dir", w / "vocab" / "tokenizer"]
     return [*args, *[x for s in sets for x in ("--set", s)]]
@@ -295,14 +304,19 @@ def test_finetune_read_only_workdir(good, tmp_path):
 
 
 def _vocab_workdir(good, tmp_path: Path, shard: bytes | None = None, manifest_text: str | None = None) -> Path:
-    """A workdir holding a copy of the good vocabulary and a broken corpus."""
+    """A workdir holding a copy of the good vocabulary (its link and output) and a broken corpus that says it is
+    complete (its results.json): the vocabulary stage reads it and must say what is wrong with it."""
     w = tmp_path / "w"
-    _copy(good["w"] / "vocab", w / "vocab")
+    link = good["w"] / "vocab"
+    w.mkdir()
+    shutil.copytree(link.resolve(), w / link.resolve().name)
+    (w / "vocab").symlink_to(link.resolve().name)
     if shard is not None:
         _manifest_like(good, w / "corpus", shard)
     else:
         (w / "corpus").mkdir(parents=True)
         (w / "corpus" / "manifest.json").write_text(manifest_text or "")
+    (w / "corpus" / "results.json").write_text('{"stage": "corpus", "key": "broken", "run_id": null}')
     return w
 
 
@@ -320,6 +334,20 @@ def test_vocab_size_below_the_characters(good, tmp_path):
     w = _vocab_workdir(good, tmp_path, shard="".join(chr(0x4E00 + i) for i in range(300)).encode() + b"\n")
     args = ["vocab", "--workdir", w, "--vocab-size", "40", "--character-coverage", "1.0"]
     run_bad(good, tmp_path, args, ["vocab.vocab_size", "distinct characters"], [w / "vocab"])
+
+
+def test_vocab_size_the_corpus_cannot_give_stops_unless_allowed(good, tmp_path):
+    """SentencePiece would silently make a smaller vocabulary: say what was asked and what is possible."""
+    w = _vocab_workdir(good, tmp_path, shard=b"a few words only\nand a few more\n")
+    args = ["vocab", "--workdir", w, "--vocab-size", "100000", "--character-coverage", "1.0"]
+    line = run_bad(good, tmp_path, args, ["vocab.vocab_size", "100000", "hard_vocab_limit=false"], [w / "vocab"])
+    assert "at most" in line
+
+
+def test_pretraining_data_length_that_pretraining_cannot_read_is_refused_at_load(good, tmp_path):
+    args = _pd(good, good["w"] / "corpus" / "manifest.json", "--max-seq-length", "16")
+    args += ["--set", "pretrain.max_seq_length=32"]
+    run_bad(good, tmp_path, args, ["pretraining_data.max_seq_length", "16 vs 32"], [good["w"] / "pretraining_data"])
 
 
 @pytest.mark.parametrize("what", ["garbage", "missing"])
@@ -437,5 +465,5 @@ def test_pretrain_init_from_a_truncated_model(good, tmp_path):
 def test_tune_bad_csv_is_one_line_before_any_trial(good, tmp_path):
     (tmp_path / "train.csv").write_text("review,dish\nnice soup,soup\n")
     args = ["tune", "--workdir", good["w"], "--set", f"finetune.train_csv={tmp_path / 'train.csv'}"]
-    args += ["--set", f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}"]
+    args += ["--set", f"tune.storage=sqlite:///{tmp_path / 'optuna.db'}", "--set", "stages=[tune]"]
     run_bad(good, tmp_path, args, [tmp_path / "train.csv", "missing column 'text'"])

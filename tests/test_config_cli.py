@@ -66,10 +66,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_empty_flag_values_mean_as_in_the_config(tmp_path, monkeypatch):
-    import albert_exp.finetune as ft
+    import albert_exp.executor as ex
+    from albert_exp.stage import StageResult
 
     seen = []
-    monkeypatch.setattr(ft, "run", lambda cfg: seen.append(cfg) or {})
+    monkeypatch.setattr(
+        ex, "run_stage", lambda name, cfg, **kw: seen.append(cfg) or StageResult(name, None, "", None, {})
+    )
     f = tmp_path / "e.yaml"
     f.write_text("finetune:\n  epochs: 7\n  learning_rate: 0.002\n")
     assert main(["finetune", "--config", str(f), "--epochs", "", "--learning-rate", "", "--set", ""]) == 0

@@ -88,7 +88,9 @@ def test_a_file_without_blank_lines_is_cut_into_documents(tmp_path):
 
 
 def test_corpus_stage_runs_from_the_cli_table(tmp_path, mlflow_store):
-    from albert_exp.corpus import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("corpus")
 
     _write(tmp_path)
     res = run(_cfg(tmp_path, f"corpus.inputs={tmp_path / 'in' / 'a.txt'}"))

@@ -138,7 +138,9 @@ def test_pretrain_on_dynamic_data_and_resume(data, tmp_path, mlflow_store):
     """pretrain reads the dynamic manifest, and a run killed after its step-3 checkpoint and run again
     continues identically (loader workers: test_batches_depend_only_on_the_index_not_on_workers_or_ranks)."""
     from albert_exp.config import load_config
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
     from tests.test_pretrain import TINY_MODEL
 
     def cfg(name: str, **pretrain):
@@ -184,7 +186,11 @@ def test_pretrain_on_dynamic_data_and_resume(data, tmp_path, mlflow_store):
 
         from albert_exp import checkpoint
 
-        for d in checkpoint.checkpoint_dirs(Path(a["output_dir"])):
+        done = Path(a["output_dir"])  # back to the work directory a killed run leaves, before its last checkpoint
+        work = done.with_name(done.name + ".partial")
+        done.rename(work)
+        (work / "results.json").unlink()
+        for d in checkpoint.checkpoint_dirs(work):
             if int(d.name.split("-")[1]) > 3:
                 shutil.rmtree(d)
         c = run(cfg("a", num_workers=0))

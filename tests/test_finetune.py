@@ -7,7 +7,7 @@ import torch
 
 from albert_exp import finetune
 from albert_exp.config import load_config
-from albert_exp.corpus import write_labelled_csv
+from albert_exp.corpus_files import write_labelled_csv
 from albert_exp.data import encode
 from albert_exp.toy import labelled_rows
 from albert_exp.tracking import FakeTracker

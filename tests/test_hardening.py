@@ -59,7 +59,7 @@ def test_local_ray_instance_listens_on_loopback_only(tmp_path):
 @pytest.fixture(scope="module")
 def corpus_and_tokenizer(tmp_path_factory) -> tuple[Path, Path]:
     from albert_exp import toy
-    from albert_exp.corpus import ShardWriter
+    from albert_exp.corpus_files import ShardWriter
     from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
 
     root = tmp_path_factory.mktemp("pd")

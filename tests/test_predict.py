@@ -14,14 +14,14 @@ from tests.test_tune import TINY, make_data
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
     """One tiny model, logged once for the module into its own SQLite store."""
-    from albert_exp import finetune
     from albert_exp.config import load_config
+    from tests.conftest import stage_runner
 
     tmp = tmp_path_factory.mktemp("predict")
     with tracking_in(tmp) as uri:
         make_data(tmp)
         cfg = load_config(None, [*TINY, f"workdir={tmp}", "finetune.epochs=2", "finetune.learning_rate=0.01"])
-        yield {"model_uri": finetune.run(cfg)["model_uri"], "tracking_uri": uri, "tmp": tmp}
+        yield {"model_uri": stage_runner("finetune")(cfg)["model_uri"], "tracking_uri": uri, "tmp": tmp}
 
 
 @pytest.fixture(scope="module")

@@ -306,7 +306,9 @@ def test_plateau_stops_on_flat_loss_only():
 def test_pretrain_learns_logs_and_checkpoints(tmp_path, mlflow_store):
     from transformers import AlbertForTokenClassification
 
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     cfg, _ = cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=60, keep_checkpoints=2, log_checkpoints=True))
     res = run(cfg)
@@ -334,7 +336,9 @@ def test_pretrain_learns_logs_and_checkpoints(tmp_path, mlflow_store):
 
 
 def test_plateau_stop_is_logged(tmp_path, mlflow_store):
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     cfg, _ = cfg_from(
         tmp_path,
@@ -367,7 +371,9 @@ def test_losses_come_to_the_host_once_per_log_step_or_checkpoint(tmp_path, mlflo
     """Every step's losses stay on the device until a log step or a checkpoint (one copy, one all-reduce under
     DDP), where they reach the train/ means and the plateau check in step order: the logged means are those of
     a run that logs every step."""
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
     from albert_exp.pretrain.loop import Trainer
 
     syncs = []
@@ -405,7 +411,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path, mlflow_store
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(d))
         runs[name] = path
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     threads = torch.get_num_threads()
     try:  # the uninterrupted reference runs in-process (one subprocess start-up less)
@@ -454,7 +462,9 @@ def test_other_settings_train_apart_and_keep_the_earlier_output(tmp_path, mlflow
     earlier output: it trains into its own directory and the link moves when it is complete."""
     from transformers import AlbertForPreTraining
 
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     first = run(cfg_from(tmp_path, tiny_config(tmp_path, num_train_steps=10, eval_input=[]))[0])
     weights = (Path(first["model_dir"]) / "model.safetensors").read_bytes()
@@ -476,7 +486,9 @@ def _losses(res) -> list[float]:
 
 
 def test_gradient_accumulation_equals_the_full_batch(tmp_path, mlflow_store):
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     # Ragged mask weights (1..PRED real predictions per example): the micro-batches hold different numbers of
     # predictions, so normalising the MLM loss per micro-batch instead of over the whole batch would differ.
@@ -507,7 +519,9 @@ def test_gradient_accumulation_equals_the_full_batch(tmp_path, mlflow_store):
 def test_init_from_hf_dir_and_tf_checkpoint_start_from_the_same_weights(tmp_path, mlflow_store):
     pytest.importorskip("tensorflow")
     from albert_exp.convert import hf
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     torch.manual_seed(3)
     model = hf.build_model({**TINY_MODEL, "hidden_act": "gelu_new"})
@@ -557,7 +571,9 @@ def test_cli_stops_on_a_corrupt_shard_or_skips_and_counts(tmp_path, mlflow_store
 
 
 def test_bf16_autocast_runs_and_vocab_mismatch_is_a_user_error(tmp_path, mlflow_store):
-    from albert_exp.pretrain import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
 
     d = tiny_config(tmp_path, num_train_steps=3, eval_input=[], precision="bf16", output_dir=str(tmp_path / "bf"))
     res = run(cfg_from(tmp_path, d)[0])

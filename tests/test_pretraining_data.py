@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from albert_exp.config import PretrainConfig, PretrainingDataConfig, load_config
-from albert_exp.corpus import ShardWriter
-from albert_exp.pretraining_data import run
+from albert_exp.corpus_files import ShardWriter
 from albert_exp.pretraining_data.instances import is_word_start
 from albert_exp.tfrecord import FEATURES, decode_example, iter_records
-from tests.conftest import free_port
+from tests.conftest import free_port, stage_runner
+
+run = stage_runner("pretraining-data")
 
 SEQ, PRED = 64, 10
 

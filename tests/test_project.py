@@ -127,9 +127,127 @@ def test_every_setting_has_help_shown_by_stage_help_and_the_readme_table():
                 assert f.metadata.get("help"), f"{cls.__name__}.{name} has no help text (config.setting)"
     stage_help = build_stage_parser("finetune", COMMANDS["finetune"]).format_help()
     assert "AdamW learning rate; default: 5e-05" in " ".join(stage_help.split())
-    spec = importlib.util.spec_from_file_location("settings_table", ROOT / "scripts" / "settings_table.py")
+    spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "scripts" / "readme_tables.py")
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
     readme = (ROOT / "README.md").read_text()
-    assert table.with_table(readme) == readme, "README's table of settings is stale: python scripts/settings_table.py"
+    assert table.with_tables(readme) == readme, "a README table is stale: python scripts/readme_tables.py"
     assert "| `finetune.learning_rate` | `5.0e-05` | AdamW learning rate |" in readme
+
+
+# The layers of albert_exp, lowest first: a module imports only its own layer and those below it, and no two
+# modules import each other through any chain (imports inside functions count: they are the same dependency,
+# only later). Everything not named is a helper (data, models, metrics, file formats).
+LAYERS = {
+    "floor": (
+        "errors",
+        "config",
+        "scaling",
+        "files",
+        "digest",
+        "outputs",
+        "locks",
+        "ranks",
+        "extras",
+        "processes",
+        "stage",
+        "identity",
+    ),
+    "tracking": ("tracking",),
+    "helpers": (),
+    "stages": (
+        "corpus",
+        "vocab",
+        "pretraining_data",
+        "heldout",
+        "pretrain",
+        "finetune",
+        "scratch",
+        "baseline",
+        "tune",
+        "promote",
+        "summary",
+        "lineage",
+        "predict",
+        "convert",
+        "tpu_logs",
+    ),
+    "top": ("executor", "scheduler", "stages", "pipeline", "cli", "__main__", "tpu_logs.cli"),
+}
+HELPERS_INSIDE = ("convert.hf", "convert.mapping", "convert.reference", "convert.tf_checkpoint")
+
+
+def _layer(module: str) -> int:
+    name = module.removeprefix("albert_exp").removeprefix(".")
+    if name in HELPERS_INSIDE:
+        return 2
+    best, found = -1, 2
+    for rank, prefixes in enumerate(LAYERS.values()):
+        for p in prefixes:
+            if (name == p or name.startswith(p + ".")) and len(p) > best:
+                best, found = len(p), rank
+    return found
+
+
+def _import_graph() -> dict[str, set[str]]:
+    import ast
+
+    files = {}
+    for path in (ROOT / "albert_exp").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                # `from pkg import sub` depends on the submodule; `from mod import name` on the module
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module for a in node.names
+                ]
+            for t in targets:
+                while t and t not in files:
+                    t = t.rpartition(".")[0]
+                if t and t != name and t.startswith("albert_exp"):
+                    deps.add(t)
+        graph[name] = deps - {"albert_exp"}
+    return graph
+
+
+def test_no_import_cycle_and_layers_import_only_downward():
+    graph = _import_graph()
+    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
+    assert not upward, f"imports from a higher layer: {upward}"
+    # Tarjan's strongly connected components: any of two or more modules is a cycle
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+    assert "albert_exp.stage" in graph and not any(d.startswith("albert_exp.") for d in graph["albert_exp.digest"])

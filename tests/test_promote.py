@@ -13,14 +13,13 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import served_model, tracking_in
+from tests.conftest import served_model, stage_runner, tracking_in
 from tests.test_tune import TINY, make_data
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A module-wide SQLite MLflow store, a tiny dataset, and three finetune runs: good, its twin, and bad."""
-    from albert_exp import finetune
     from albert_exp.config import load_config
 
     tmp = tmp_path_factory.mktemp("promote")
@@ -41,12 +40,11 @@ def store(tmp_path_factory):
                     f"finetune.tokenizer_dir={data / 'vocab' / 'tokenizer'}",
                 ],
             )
-            runs[key] = finetune.run(cfg)["run_id"]
+            runs[key] = stage_runner("finetune")(cfg)["run_id"]
         yield {"uri": uri, "tmp": tmp, "data": data, "runs": runs}
 
 
 def _promote(store, model: str, run: str, *extra: str) -> dict:
-    from albert_exp import promote
     from albert_exp.config import load_config
 
     cfg = load_config(
@@ -60,7 +58,7 @@ def _promote(store, model: str, run: str, *extra: str) -> dict:
             *extra,
         ],
     )
-    return promote.run(cfg)
+    return stage_runner("promote")(cfg)
 
 
 def test_decide():

@@ -92,7 +92,7 @@ def test_main_twice_reuses_every_stage_explicitly(first):
     b = json.loads((tmp / "runs" / "results.json").read_text())
     for stage in (*REUSABLE, "tune", "promote"):
         assert f"{stage}: reusing run " in out.stdout, stage
-    every = (*REUSABLE, "tune", "promote_finetune", "promote")
+    every = (*REUSABLE, "tune", "promote")
     assert sorted(b["reused"]) == sorted(stage.replace("-", "_") for stage in every)
     kids = children(tmp, b["parent_run_id"])
     first_kids = children(tmp, a["parent_run_id"])
@@ -231,7 +231,7 @@ def test_rerun_scratch_and_baseline_recomputes_them_alone(first):
             b[stage]["output_dir"]
         )
     assert sorted(b["reused"]) == sorted(
-        ["corpus", "vocab", "pretraining_data", "pretrain", "finetune", "tune", "promote_finetune", "promote"]
+        ["corpus", "vocab", "pretraining_data", "pretrain", "finetune", "tune", "promote"]
     )
 
 
@@ -242,19 +242,22 @@ def test_pretrain_stopped_at_max_steps_continues_the_same_output_and_run(tmp_pat
     from mlflow import MlflowClient
 
     from albert_exp.errors import UserError
-    from albert_exp.identity import key_of, reached
-    from albert_exp.pretrain import run
+    from albert_exp.identity import key_of
+    from albert_exp.pretrain import STAGE
+    from tests.conftest import stage_runner
+
+    run = stage_runner("pretrain")
     from tests.test_pretrain import _losses, cfg_from, tiny_config
 
     base = {"num_train_steps": 8, "save_checkpoints_steps": 4, "eval_input": []}
     stopped_cfg = cfg_from(tmp_path, tiny_config(tmp_path, max_steps=3, **base))[0]
     full_cfg = cfg_from(tmp_path, tiny_config(tmp_path, **base))[0]
-    assert key_of(stopped_cfg, "pretrain") == key_of(full_cfg, "pretrain")
+    assert key_of(STAGE, stopped_cfg) == key_of(STAGE, full_cfg)
     stopped = run(stopped_cfg)
-    assert stopped["step"] == 3 and reached(stopped_cfg, "pretrain", stopped)
-    assert not reached(full_cfg, "pretrain", stopped)  # `main` continues it rather than reusing it
+    assert stopped["step"] == 3 and STAGE.reached(stopped_cfg, stopped)
+    assert not STAGE.reached(full_cfg, stopped)  # `main` continues it rather than reusing it
     continued = run(full_cfg)
-    assert continued["step"] == 8 and reached(full_cfg, "pretrain", continued)
+    assert continued["step"] == 8 and STAGE.reached(full_cfg, continued)
     assert continued["output_dir"] == stopped["output_dir"] and continued["run_id"] == stopped["run_id"]
     assert Path(continued["resumed_from"]).name == "step-00000003"
     steps = [m.step for m in MlflowClient().get_metric_history(continued["run_id"], "train/loss")]

@@ -22,4 +22,5 @@ def test_scratch_trains_its_random_embeddings_and_keeps_every_other_setting(tmp_
     f = scratch.scratch_config(cfg).finetune
     assert f.model_dir is None and f.freeze_embeddings is False
     assert (f.learning_rate, f.epochs, f.select_metric, f.augment_mentions) == (0.001, 3, "phrase_f1", 1)
-    assert scratch.scratch_config(cfg).root == tmp_path / "scratch"
+    assert f.tokenizer_dir == "/models/pretrained"  # the pretrained model's vocabulary, as fine-tuning reads it
+    assert scratch.STAGE.output_link(cfg) == tmp_path / "scratch" / "finetune"  # its own output beside finetune's

@@ -6,15 +6,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from albert_exp import corpus, tracking
+from albert_exp import tracking
 from albert_exp.config import load_config
+from tests.conftest import stage_runner
 
 
 def test_a_stage_runs_offline_through_the_fake(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [f"workdir={tmp_path / 'w'}", "corpus.toy=true", "corpus.toy_documents=20"])
     with tracking.offline() as runs:
-        res = corpus.run(cfg)
+        res = stage_runner("corpus")(cfg)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
     (run,) = runs
     assert run.tags["corpus_sha256"] == res["corpus_sha256"]

@@ -18,6 +18,7 @@ import pytest
 # A model of ~25k parameters on 240 reviews: an epoch takes about a second on one core.
 TINY = [
     "corpus.toy=true",
+    "stages=[corpus,vocab,finetune,tune,promote]",  # fine-tuning from a fresh model: no pretraining
     "model.embedding_size=16",
     "model.hidden_size=32",
     "model.num_hidden_layers=1",
@@ -37,7 +38,7 @@ TINY = [
 def make_data(root: Path, *, rows: int = 240, seed: int = 0) -> Path:
     """Toy CSVs and a SentencePiece tokenizer under root/{corpus,vocab} (the default finetune inputs)."""
     from albert_exp import toy
-    from albert_exp.corpus import write_labelled_csv
+    from albert_exp.corpus_files import write_labelled_csv
     from albert_exp.vocab import build_hf_tokenizer, normalize, train_sentencepiece
 
     corpus, vocab = root / "corpus", root / "vocab"
@@ -51,6 +52,8 @@ def make_data(root: Path, *, rows: int = 240, seed: int = 0) -> Path:
         [normalize(s, lowercase=True, keep_accents=False) for s in lines], vocab / "spiece", 400, "unigram", 1.0
     )
     build_hf_tokenizer(vocab / "spiece.model", vocab / "tokenizer", lowercase=True, keep_accents=False)
+    for stage, d in (("corpus", corpus), ("vocab", vocab)):  # complete stage outputs, as far as fine-tuning asks
+        (d / "results.json").write_text(json.dumps({"stage": stage, "run_id": None, "key": "test-data"}))
     return root
 
 
@@ -249,7 +252,7 @@ def test_a_trial_with_a_finished_trials_parameters_is_pruned_before_training(tmp
     study.optimize(lambda t: t.suggest_float("learning_rate", 0.001, 0.01, log=True) + t.suggest_int("epochs", 1, 3), 1)
     assert tune.duplicate_of(study, point) == 0 and tune.duplicate_of(study, {**point, "epochs": 3}) is None
     study.enqueue_trial(point)  # as a sampler with a repeated seed would draw it
-    study.optimize(tune.make_objective(cfg, tmp_path, parent=None), 1)  # would fail if it reached fine-tuning
+    study.optimize(tune.make_objective(cfg, tmp_path, None, run_stage=None), 1)  # would fail if it reached training
     again = study.trials[-1]
     assert again.state == optuna.trial.TrialState.PRUNED and again.user_attrs["duplicate_of"] == 0
     assert not any(tmp_path.iterdir())  # nothing trained, no trial directory

@@ -126,7 +126,9 @@ def test_vocab_from_an_existing_sentencepiece_model(tmp_path, mlflow_store):
     import json
 
     from albert_exp.config import load_config
-    from albert_exp.vocab import run
+    from tests.conftest import stage_runner
+
+    run = stage_runner("vocab")
 
     _vocab(tmp_path / "given", keep_accents=False, langs=("la", "ru"))
     given = tmp_path / "given" / "spiece.model"

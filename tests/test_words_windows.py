@@ -119,7 +119,7 @@ def test_a_20000_character_review_is_tagged_to_the_end(tiny_tokenizer):
 
 
 def test_evaluation_counts_every_gold_mention_of_long_texts(tmp_path, tiny_tokenizer):
-    from albert_exp.corpus import write_labelled_csv
+    from albert_exp.corpus_files import write_labelled_csv
     from albert_exp.data import encode
     from albert_exp.windows import evaluate
 

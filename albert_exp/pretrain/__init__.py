@@ -18,12 +18,15 @@ ranks, DDP, what rank 0 alone does), and the shared albert_exp/checkpoint.py.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from albert_exp.errors import UserError
 from albert_exp.hf_local import load_tokenizer
+from albert_exp.identity import settings
+from albert_exp.stage import Stage
 
 
 def vocab_size(cfg) -> int:
@@ -137,20 +140,20 @@ def _resume(output, pc, main: bool) -> tuple[Path, dict] | None:
     return point
 
 
-def prepare(cfg) -> Setup:
+def prepare(ctx) -> Setup:
+    """Model, optimiser, schedule and data position, resumed or fresh (on every rank, before the run opens)."""
     import torch
 
     from albert_exp import checkpoint
-    from albert_exp.identity import output_of, pretraining_files
     from albert_exp.modeling import build
     from albert_exp.pretrain import data
     from albert_exp.pretrain.loop import State
     from albert_exp.pretrain.optim import Plateau, make_optimizer, make_schedule
 
-    pc = cfg.pretrain
+    cfg, output = ctx.cfg, ctx.output
+    pc = dataclasses.replace(cfg.pretrain, resume=cfg.pretrain.resume and not ctx.fresh)
     files = pretraining_files(cfg)  # TFRecords, or a dynamic manifest
     eval_files = data.resolve_eval_inputs(pc.eval_input)  # TFRecords, or a dynamic manifest
-    output = output_of(cfg, "pretrain", output_link(cfg))
     scaled = pc.scaled()
     stop = last_step(pc)
     if pc.torch_threads:
@@ -222,78 +225,155 @@ def prepare(cfg) -> Setup:
     )
 
 
-def run(cfg) -> dict:
-    return _train(cfg, prepare(cfg))
-
-
-def _train(cfg, s: Setup) -> dict:
+def compute(ctx) -> dict:
     from albert_exp import checkpoint
     from albert_exp.pretrain import ddp
     from albert_exp.pretrain.loop import Trainer
-    from albert_exp.tracking import stage_run, write_results
 
+    cfg, s, tracker = ctx.cfg, ctx.prepared, ctx.tracker
     pc, scaled = cfg.pretrain, cfg.pretrain.scaled()
-    n_params = s.derived["derived.parameters"]
     dist = ddp.current()
     out = s.output.work
-    description = f"{n_params / 1e6:.1f}M lr={scaled.learning_rate:g}"
-    with stage_run(
-        cfg,
-        "pretrain",
-        description,
-        extra_params=s.derived,
-        output=s.output,
-        enabled=dist.main,  # rank 0 alone logs: one MLflow run per training
-    ) as tracker:
-        if dist.main:
-            print(
-                f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
-                f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
-                + (f"resuming at step {s.state.step}" if s.resume_from else f"init: {s.init_info.get('format')}")
-                + f"; {dist.world} processes" * (dist.world > 1)
-            )
-        extra = {"mlflow_run_id": tracker.run_id, "key": s.output.key, "init": s.init_info, "world_size": dist.world}
-        trainer = Trainer(
-            s.model,
-            s.optimizer,
-            s.scheduler,
-            pc=pc,
-            files=s.files,
-            eval_data=s.eval_data,
-            output_dir=out,
-            tracker=tracker,
-            seed=cfg.seed,
-            total_steps=scaled.num_train_steps,
-            device=s.device,
-            state=s.state,
-            plateau=s.plateau,
-            extra_state=extra,
-            compile=pc.compile,
-            dist=dist,
-        )
-        if s.resume_from and dist.main:
-            pending = checkpoint.load_trainer_state(s.resume_from).get("pending_metrics", [])
-            trainer.flush(s.resume_from, [(step, m) for step, m in pending], resuming=True)
-        result = trainer.train(s.last_step)
-        done = s.output.done
-        last = result["last_checkpoint"]  # None on other ranks than 0 (they write nothing)
-        last_done = str(done / Path(last).relative_to(out)) if last else None
-        results = {
-            **result,
-            "last_checkpoint": last_done,
-            "model_dir": str(done / "best") if (out / "best").is_dir() else last_done,
-            "output_dir": str(done),
-            "key": s.output.key,
-            "input_files": s.files,
-            "resumed_from": str(s.resume_from) if s.resume_from else None,
-            "derived": s.derived,
-            "mlflow_run_id": tracker.run_id,
-            "run_id": tracker.run_id,
-        }
-        if dist.main:
-            if (out / "best").is_dir():  # the weights fine-tuning starts from, beside the periodic checkpoints
-                tracker.log_artifacts(out / "best", "best")
-            write_results(out, results, tracker)
     if dist.main:
-        s.output.commit()
+        print(
+            f"pretrain: {scaled.rule}; batch {scaled.batch_size} -> {scaled.num_train_steps} steps, "
+            f"{scaled.num_warmup_steps} warm-up, lr {scaled.learning_rate:g}; "
+            + (f"resuming at step {s.state.step}" if s.resume_from else f"init: {s.init_info.get('format')}")
+            + f"; {dist.world} processes" * (dist.world > 1)
+        )
+    extra = {"mlflow_run_id": tracker.run_id, "key": s.output.key, "init": s.init_info, "world_size": dist.world}
+    trainer = Trainer(
+        s.model,
+        s.optimizer,
+        s.scheduler,
+        pc=pc,
+        files=s.files,
+        eval_data=s.eval_data,
+        output_dir=out,
+        tracker=tracker,
+        seed=cfg.seed,
+        total_steps=scaled.num_train_steps,
+        device=s.device,
+        state=s.state,
+        plateau=s.plateau,
+        extra_state=extra,
+        compile=pc.compile,
+        dist=dist,
+    )
+    if s.resume_from and dist.main:
+        pending = checkpoint.load_trainer_state(s.resume_from).get("pending_metrics", [])
+        trainer.flush(s.resume_from, [(step, m) for step, m in pending], resuming=True)
+    result = trainer.train(s.last_step)
+    done = s.output.done
+    last = result["last_checkpoint"]  # None on other ranks than 0 (they write nothing)
+    last_done = str(done / Path(last).relative_to(out)) if last else None
+    results = {
+        **result,
+        "last_checkpoint": last_done,
+        "model_dir": str(done / "best") if (out / "best").is_dir() else last_done,
+        "input_files": s.files,
+        "resumed_from": str(s.resume_from) if s.resume_from else None,
+        "derived": s.derived,
+        "mlflow_run_id": tracker.run_id,
+    }
+    if dist.main and (out / "best").is_dir():  # the weights fine-tuning starts from, beside the checkpoints
+        _with_tokenizer(cfg, out / "best")
+        tracker.log_artifacts(out / "best", "best")
     return results
+
+
+def _with_tokenizer(cfg, best: Path) -> None:
+    """The best weights carry the vocabulary they were trained with, so `finetune --model-dir <workdir>/pretrain/best`
+    finds its tokenizer there (the model files and the tokenizer's have different names)."""
+    import shutil
+
+    tokenizer = cfg.stage_dir("vocab") / "tokenizer"
+    if not cfg.pretrain.init_from and (tokenizer / "tokenizer_config.json").is_file():
+        shutil.copytree(tokenizer, best, dirs_exist_ok=True)
+
+
+def pretraining_files(cfg) -> list[str]:
+    """The TFRecords pretraining reads (or the manifest of dynamic data): `pretrain.input` if given, else exactly
+    the files the pretraining-data manifest lists (never a glob over the directory, which would pick up files of
+    other runs)."""
+    import json
+
+    from albert_exp.pretraining_data import output_link as data_link
+
+    if cfg.pretrain.input:
+        from albert_exp.pretrain.data import resolve_inputs
+
+        return resolve_inputs(cfg.pretrain.input, cfg.stage_dir("pretraining-data"))
+    manifest = data_link(cfg) / "manifest.json"
+    if not manifest.is_file():
+        raise UserError(
+            "pretraining-data manifest not found",
+            where=str(manifest),
+            fix="run `albert-exp pretraining-data` first, or set pretrain.input to TFRecord files or globs",
+        )
+    listed = json.loads(manifest.read_text())
+    if listed.get("mode") == "dynamic":  # documents masked on the fly: the loader reads the manifest
+        return [str(manifest.resolve())]
+    return [str(manifest.resolve().parent / s["path"]) for s in listed["shards"]]
+
+
+def inputs(cfg) -> dict[str, Path | list[Path]]:
+    """The TFRecords (exactly those pretrain.input or the pretraining-data manifest names), the weights it starts
+    from, the held-out records, and the tokenizer when the vocabulary size comes from it."""
+    from albert_exp.pretraining_data import output_link as data_link
+
+    pc = cfg.pretrain
+    paths: dict[str, Path | list[Path]] = {}
+    if pc.input:
+        paths["tfrecords"] = [Path(f) for f in pretraining_files(cfg)]
+    else:
+        paths["pretraining_data_manifest"] = data_link(cfg) / "manifest.json"
+    if pc.init_from:
+        paths["init_from"] = Path(pc.init_from)
+    if pc.eval_input:
+        from albert_exp.pretrain.data import resolve_eval_inputs
+
+        paths["eval"] = [Path(f) for f in resolve_eval_inputs(pc.eval_input)]
+    if not pc.init_from and not cfg.model.vocab_size:
+        paths["tokenizer"] = cfg.stage_dir("vocab") / "tokenizer"  # the vocabulary size comes from it
+    return paths
+
+
+def needs(cfg) -> tuple[str, ...]:
+    from albert_exp import heldout
+
+    pc = cfg.pretrain
+    return (
+        ("pretraining-data",) * (not pc.input)
+        + ("vocab",) * (not pc.init_from and not cfg.model.vocab_size)
+        + ("heldout",) * heldout.applies(cfg)
+    )
+
+
+def configure(cfg, upstream):
+    """The toy's pretraining evaluates on the held-out records (albert_exp/heldout.py), in `main` and alone."""
+    if "heldout" not in upstream:
+        return cfg
+    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=upstream["heldout"]["files"]))
+
+
+def _describe(cfg) -> str:
+    return f"lr={cfg.pretrain.scaled().learning_rate:g}"
+
+
+STAGE = Stage(
+    name="pretrain",
+    section="pretrain",
+    compute=compute,
+    inputs=inputs,
+    needs=needs,
+    key_extra=lambda cfg: {} if cfg.pretrain.init_from else {"model": settings(cfg, "model")},  # a fresh model
+    configure=configure,
+    prepare=prepare,
+    params=lambda ctx: ctx.prepared.derived,
+    link=output_link,
+    describe=_describe,
+    resumable=True,
+    reached=lambda cfg, results: reached(cfg.pretrain, results),
+    distributed=True,
+)

@@ -28,10 +28,9 @@ from typing import Any
 from albert_exp.config import ExperimentConfig
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
-from albert_exp.identity import output_of
-from albert_exp.tracking import stage_run, write_results
+from albert_exp.stage import Context, Stage
 
-__all__ = ["run", "build_tasks", "execute", "summarize", "write_manifest"]
+__all__ = ["STAGE", "build_tasks", "execute", "summarize", "write_manifest"]
 
 
 def _tokenizer_settings(tokenizer_dir: Path) -> tuple[bool, bool]:
@@ -51,8 +50,9 @@ def output_link(cfg: ExperimentConfig) -> Path:
     return Path(c.output_dir) if c.output_dir else cfg.stage_dir("pretraining-data")
 
 
-def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, Path, dict]:
-    """One task per corpus shard, writing into `out` (default: the configured output directory)."""
+def build_tasks(cfg: ExperimentConfig, out: Path | None = None, check_only: bool = False) -> tuple[list, Path, dict]:
+    """One task per corpus shard, writing into `out` (default: the configured output directory). `check_only`:
+    read and check the inputs (corpus manifest, tokenizer, lengths), make nothing."""
     from albert_exp.pretraining_data.shards import ShardTask
 
     c = cfg.pretraining_data
@@ -69,6 +69,8 @@ def build_tasks(cfg: ExperimentConfig, out: Path | None = None) -> tuple[list, P
             where=cfg.source,
             fix="use max_seq_length >= 5",
         )
+    if check_only:
+        return [], Path(), {}
     out = out or output_link(cfg)
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".arrow" if c.mode == "dynamic" else ".tfrecord.gz" if c.compress else ".tfrecord"
@@ -267,62 +269,89 @@ def write_manifest(cfg: ExperimentConfig, out: Path, info: dict, entries: list[d
     return totals
 
 
-def run(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Writes into the work directory of its key (a rerun with the same key skips complete shards and logs into
-    the same run) and renames it into place when every shard is done (albert_exp/identity.py)."""
+def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
     c = cfg.pretraining_data
-    output = output_of(cfg, "pretraining-data", output_link(cfg))
-    tasks, out, info = build_tasks(cfg, output.start())
+    return {
+        "corpus_manifest": Path(c.input) if c.input else cfg.stage_dir("corpus") / "manifest.json",
+        "tokenizer": Path(c.tokenizer_dir) if c.tokenizer_dir else cfg.stage_dir("vocab") / "tokenizer",
+    }
+
+
+def _describe(cfg: ExperimentConfig) -> str:
+    p = cfg.pretraining_data.resolved(cfg.pretrain)
+    return f"seq {p.max_seq_length} " + ("dynamic" if p.mode == "dynamic" else f"dupe {p.dupe_factor}")
+
+
+def compute(ctx: Context) -> dict[str, Any]:
+    """Every shard into the work directory of its identity (a rerun with the same identity skips the complete
+    shards and logs into the same run)."""
+    cfg, tracker = ctx.cfg, ctx.tracker
+    c = cfg.pretraining_data
+    tasks, out, info = build_tasks(cfg, ctx.work)
     p = tasks[0].params
-    what = "dynamic" if c.mode == "dynamic" else f"dupe {p.dupe_factor}"
-    with stage_run(cfg, "pretraining-data", f"seq {p.max_seq_length} {what}", output=output) as tracker:
-        tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
-        entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
-        if c.mode != "dynamic" and not sum(e.get("records", 0) for e in entries):
-            raise UserError(
-                f"no pretraining instances from {sum(e['lines'] for e in entries)} lines: every document was too "
-                "short (a single token)",
-                where=info["corpus_manifest"],
-                fix="give a corpus with sentences of several words",
-            )
-        totals = write_manifest(cfg, out, info, entries, p)
-        for e in entries:  # per shard, step = shard index
-            s = e["stats"]
-            per_shard = (
-                {"pretraining_data/shard_tokens": e["tokens"], "pretraining_data/shard_documents": e["documents"]}
-                if c.mode == "dynamic"  # no instances yet: the loader draws them
-                else {
-                    "pretraining_data/shard_instances": s["instances"],
-                    "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
-                    "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
-                }
-            )
-            tracker.log_metrics({**per_shard, "pretraining_data/shard_seconds": e["seconds"]}, step=e["index"])
-        scalars = {f"pretraining_data/{k}": v for k, v in totals.items() if isinstance(v, (int, float))}
-        if c.mode == "dynamic":
-            keep = ("stored_documents", "stored_tokens", "bytes", "lines")
-            scalars = {k: v for k, v in scalars.items() if k.split("/")[1] in keep}
-        else:
-            scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
-        tracker.log_metrics(scalars, step=0)
-        tracker.log_artifact(out / "manifest.json")
-        tracker.set_tags({"manifest_sha256": file_digest(out / "manifest.json")})
-        skipped = sum(1 for e in entries if e.get("skipped"))
-        results = {
-            "output_dir": str(output.done),
-            "key": output.key,
-            "manifest": str(output.done / "manifest.json"),
-            "files": [str(output.done / e["path"]) for e in entries],
-            "records": totals["records"],
-            "bytes": totals["bytes"],
-            "shards": len(entries),
-            "shards_skipped": skipped,
-            "masked_share": totals["masked_share"],
-            "sop_swapped_share": totals["sop_swapped_share"],
-            "max_seq_length": p.max_seq_length,
-            "max_predictions_per_seq": p.max_predictions_per_seq,
-            "run_id": tracker.run_id,
-        }
-        write_results(out, results, tracker)
-    output.commit()
-    return results
+    tracker.set_tags({"corpus_sha256": info["corpus_sha256"]})
+    entries = execute(tasks, c.executor, c.workers, c.address, info["lines"])
+    if c.mode != "dynamic" and not sum(e.get("records", 0) for e in entries):
+        raise UserError(
+            f"no pretraining instances from {sum(e['lines'] for e in entries)} lines: every document was too "
+            "short (a single token)",
+            where=info["corpus_manifest"],
+            fix="give a corpus with sentences of several words",
+        )
+    totals = write_manifest(cfg, out, info, entries, p)
+    for e in entries:  # per shard, step = shard index
+        s = e["stats"]
+        per_shard = (
+            {"pretraining_data/shard_tokens": e["tokens"], "pretraining_data/shard_documents": e["documents"]}
+            if c.mode == "dynamic"  # no instances yet: the loader draws them
+            else {
+                "pretraining_data/shard_instances": s["instances"],
+                "pretraining_data/shard_masked_share": s["masked"] / max(s["tokens"], 1),
+                "pretraining_data/shard_sop_swapped_share": s["sop_swapped"] / max(s["instances"], 1),
+            }
+        )
+        tracker.log_metrics({**per_shard, "pretraining_data/shard_seconds": e["seconds"]}, step=e["index"])
+    scalars = {f"pretraining_data/{k}": v for k, v in totals.items() if isinstance(v, (int, float))}
+    if c.mode == "dynamic":
+        keep = ("stored_documents", "stored_tokens", "bytes", "lines")
+        scalars = {k: v for k, v in scalars.items() if k.split("/")[1] in keep}
+    else:
+        scalars.update({f"pretraining_data/ngram_{i + 1}_share": v for i, v in enumerate(totals["ngram_share"])})
+    tracker.log_metrics(scalars, step=0)
+    tracker.log_artifact(out / "manifest.json")
+    tracker.set_tags({"manifest_sha256": file_digest(out / "manifest.json")})
+    skipped = sum(1 for e in entries if e.get("skipped"))
+    return {
+        "manifest": str(ctx.done / "manifest.json"),
+        "files": [str(ctx.done / e["path"]) for e in entries],
+        "records": totals["records"],
+        "bytes": totals["bytes"],
+        "shards": len(entries),
+        "shards_skipped": skipped,
+        "masked_share": totals["masked_share"],
+        "sop_swapped_share": totals["sop_swapped_share"],
+        "max_seq_length": p.max_seq_length,
+        "max_predictions_per_seq": p.max_predictions_per_seq,
+    }
+
+
+STAGE = Stage(
+    name="pretraining-data",
+    section="pretraining_data",
+    compute=compute,
+    inputs=inputs,
+    needs=lambda cfg: (
+        ("corpus",) * (not cfg.pretraining_data.input) + ("vocab",) * (not cfg.pretraining_data.tokenizer_dir)
+    ),
+    # the two lengths default to pretraining's
+    key_extra=lambda cfg: {"lengths": _lengths(cfg)},
+    prepare=lambda ctx: build_tasks(ctx.cfg, check_only=True),
+    link=output_link,
+    describe=_describe,
+    resumable=True,
+)
+
+
+def _lengths(cfg: ExperimentConfig) -> list[int]:
+    p = cfg.pretraining_data.resolved(cfg.pretrain)
+    return [p.max_seq_length, p.max_predictions_per_seq]

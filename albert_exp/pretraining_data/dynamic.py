@@ -42,7 +42,7 @@ def write_shard(task, tok, blocks, progress=None) -> dict:
     {"blocks", "documents", "sentences", "tokens", "lines", "bytes", "sha256"}."""
     import pyarrow as pa
 
-    from albert_exp.pretraining_data.shards import block_arrays
+    from albert_exp.pretraining_data.instances import block_arrays
 
     out = Path(task.output_path)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -402,3 +403,18 @@ def ngram_cdf(p: PretrainingDataConfig) -> np.ndarray:
         cdf[a, :a] = np.cumsum(pv[:a]) / pv[:a].sum()
         cdf[a, a:] = 1.0
     return cdf
+
+
+def block_arrays(docs: list[list[str]], tok: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tokenised block: (ids, seg_start, doc_seg) as `make_instances` takes them. A line with no tokens is
+    dropped, as google's script does; so is a document left with no lines."""
+    lines = [s for d in docs for s in d]
+    ids, lens = tok.encode_lines(lines)
+    doc_of_line = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+    keep = lens > 0
+    seg_start = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
+    np.cumsum(lens[keep], out=seg_start[1:])
+    doc_of_seg = doc_of_line[keep]
+    docs_kept = np.unique(doc_of_seg)
+    doc_seg = np.searchsorted(doc_of_seg, np.append(docs_kept, len(docs)), side="left")
+    return ids, seg_start, doc_seg

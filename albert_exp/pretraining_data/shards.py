@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from albert_exp.config import PretrainingDataConfig, to_dict
+from albert_exp.config import PretrainingDataConfig, identity_settings
 from albert_exp.digest import file_digest
 from albert_exp.errors import UserError
 from albert_exp.pretraining_data.instances import (
     BlockStats,
     RecordBuffer,
     VocabInfo,
+    block_arrays,
     make_instances,
     make_records,
 )
@@ -72,9 +73,7 @@ class ShardTask:
 def instance_settings(p: PretrainingDataConfig) -> dict[str, Any]:
     """The settings that decide a shard's bytes: the section less where and how fast it runs (the stage key's
     rule, albert_exp/identity.py)."""
-    from albert_exp.identity import NOT_IN_KEY
-
-    return {k: v for k, v in to_dict(p).items() if k not in NOT_IN_KEY["pretraining_data"]}
+    return identity_settings(p)
 
 
 def normalize_text(text: str, *, lowercase: bool, keep_accents: bool) -> str:
@@ -149,21 +148,6 @@ def read_blocks(path: Path, block_lines: int) -> Iterator[list[list[str]]]:
         block.append(doc)
     if block:
         yield block
-
-
-def block_arrays(docs: list[list[str]], tok: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tokenised block: (ids, seg_start, doc_seg) as `make_instances` takes them. A line with no tokens is
-    dropped, as google's script does; so is a document left with no lines."""
-    lines = [s for d in docs for s in d]
-    ids, lens = tok.encode_lines(lines)
-    doc_of_line = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
-    keep = lens > 0
-    seg_start = np.zeros(int(keep.sum()) + 1, dtype=np.int64)
-    np.cumsum(lens[keep], out=seg_start[1:])
-    doc_of_seg = doc_of_line[keep]
-    docs_kept = np.unique(doc_of_seg)
-    doc_seg = np.searchsorted(doc_of_seg, np.append(docs_kept, len(docs)), side="left")
-    return ids, seg_start, doc_seg
 
 
 def block_instances(

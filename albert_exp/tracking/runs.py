@@ -265,6 +265,16 @@ def _close_run(run_id: str, status: str) -> None:
         store_client().set_terminated(run_id, status=status)
 
 
+PARENT_RUN_ENV = "ALBERT_EXP_PARENT_RUN_ID"  # set by `main --jobs` for the stage processes it starts
+
+
+def _parent_from_env() -> MlflowTracker | None:
+    """The run of `main` that started this stage process (albert_exp/scheduler.py), taken once: the stage's
+    run nests under it, the runs the stage opens nest under the stage's."""
+    run_id = os.environ.pop(PARENT_RUN_ENV, None)
+    return MlflowTracker(run_id) if run_id else None
+
+
 @contextlib.contextmanager
 def stage_run(
     cfg: ExperimentConfig,
@@ -293,7 +303,7 @@ def stage_run(
         return
     import mlflow
 
-    parent = _CURRENT.get()
+    parent = _CURRENT.get() or _parent_from_env()
     if output is not None and resume_run_id is None:
         resume_run_id = _recorded_run(output.work)
     run_id = _open_run(cfg, f"{stage} {description}".strip(), parent, resume_run_id)
@@ -307,7 +317,7 @@ def stage_run(
                 _note_resume(tracker)
             if output is not None:
                 (output.work / RUN_FILE).write_text(json.dumps({"run_id": run_id}))
-            if parent is None:
+            if parent is None:  # (a stage `main --jobs` started: its main swept already)
                 sweep_dead_runs([tracker.experiment_id])
             # MLflow's model logging (pyfunc.log_model) writes into the active run: make ours active while open
             mlflow.start_run(run_id=run_id, nested=True)
