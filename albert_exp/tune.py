@@ -429,8 +429,7 @@ def compute(ctx: Context) -> dict[str, Any]:
 
     def after_trial(study: Any, trial: Any) -> None:
         mine.append(trial.number)
-        if trial.value is not None:
-            tracker.log_metrics({f"trial/val_{t.objective}": trial.value}, step=trial.number)
+        _log_trial(study, trial, tracker, t.objective)
         finished = sum(1 for tr in study.get_trials(deepcopy=False) if tr.state.name in FINISHED)
         if finished >= t.n_trials:  # the study is done, whichever worker finished it
             study.stop()
@@ -446,6 +445,21 @@ def compute(ctx: Context) -> dict[str, Any]:
     else:
         print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
     return _report(cfg, study, study_dir, tracker, mine)
+
+
+def _log_trial(study: Any, trial: Any, tracker: Any, objective: str) -> None:
+    """On the worker's run, at step = trial number: the trial's value if it completed (a pruned trial's value is
+    its last epoch's, not a result), and the best value the study holds by then (`best/val_<objective>`)."""
+    from optuna.trial import TrialState
+
+    values = {}
+    if trial.state == TrialState.COMPLETE:
+        values[f"trial/val_{objective}"] = trial.value
+    best = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if best:
+        values[f"best/val_{objective}"] = max(best)
+    if values:
+        tracker.log_metrics(values, step=trial.number)
 
 
 def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mine: list[int]) -> dict[str, Any]:
@@ -476,9 +490,11 @@ def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mi
         "study_dir": str(study_dir),
     }
     tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
+    # the running best's last point: at the last finished trial's step (its history is one point per trial)
+    last = max(tr.number for tr in study.trials if tr.state.name in FINISHED)
+    tracker.log_metrics({f"best/val_{t.objective}": best.value}, step=last)
     tracker.log_metrics(
         {
-            f"best/val_{t.objective}": best.value,
             "tune/complete": len(complete),
             "tune/pruned": counts.get("PRUNED", 0),
             "tune/failed": counts.get("FAIL", 0),

@@ -113,17 +113,25 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
         lr, ep = t.params["learning_rate"], t.params["epochs"]
         assert r.info.run_name.startswith(f"trial {t.number} lr={lr:.2g} ep={ep}")
         assert r.info.run_name.endswith(" pruned") == (t.state.name == "PRUNED")
+        # a pruned trial stopped on purpose: FINISHED (not red as a crash), told apart by its tag and name
+        assert r.info.status == "FINISHED"
         if t.state.name == "PRUNED":
-            assert r.info.status == "KILLED" and r.data.tags.get("pruned") == "true"
-            assert len(steps) < t.params["epochs"]
+            assert r.data.tags.get("pruned") == "true" and len(steps) < t.params["epochs"]
         else:
-            assert r.info.status == "FINISHED" and "test/phrase_f1" in r.data.metrics
+            assert "pruned" not in r.data.tags and "test/phrase_f1" in r.data.metrics
     # 1e-5 for a fresh model learns nothing in 2 epochs: the median pruner must have cut something
     assert res["n_pruned"] >= 1, res["trials"]
     assert parent.info.status == "FINISHED"
     assert (
         parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res["best_value"]
     )
+    # the parent's per-trial curves: completed trials' values only, and the running best at every finished trial
+    history = client.get_metric_history(parent.info.run_id, "trial/val_token_accuracy")
+    assert {m.step: m.value for m in history} == {t.number: t.value for t in finished if t.state.name == "COMPLETE"}
+    best = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, "best/val_token_accuracy")}
+    for n, value in best.items():
+        assert value == max(t.value for t in finished if t.state.name == "COMPLETE" and t.number <= n)
+    assert best[max(best)] == res["best_value"] and max(best) == max(t.number for t in finished)
     # the search space, not the base values, as the tune run's params
     assert parent.data.params["space.learning_rate"] == "log-uniform [1e-05, 0.03]"
     assert parent.data.params["space.epochs"] == "int [2, 3]"

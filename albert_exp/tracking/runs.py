@@ -43,6 +43,7 @@ REUSED = "reused_run_id"  # on a stage run of `main` that reused an earlier run'
 RUN_FILE = "run.json"  # in a stage's work directory: the run computing it
 UPSTREAM = "upstream."  # tag prefix: upstream.<stage> = the run that produced an input
 RESUMED_AFTER = "albert_exp.resumed_after"  # on a run a rerun continued: why it had stopped
+PRUNED = "pruned"  # "true" on a run stopped early on purpose (Optuna pruner): FINISHED, but not a result
 
 
 def git_commit() -> str:
@@ -62,8 +63,9 @@ _OFFLINE: contextvars.ContextVar[list[FakeTracker] | None] = contextvars.Context
 
 @contextlib.contextmanager
 def run_tags(tags: dict[str, Any], early_stop: tuple[type, ...] = ()) -> Iterator[None]:
-    """Stage runs opened inside get `tags`; an exception of an `early_stop` type ends them KILLED with the tag
-    `pruned=true` (stopped early on purpose: not a failure, not finished)."""
+    """Stage runs opened inside get `tags`; an exception of an `early_stop` type ends them FINISHED with the tag
+    `pruned=true`: stopped early on purpose (an Optuna pruner), not a failure. MLflow has no PRUNED status, and
+    KILLED shows red in the UI as if the run had crashed."""
     token = _EXTRA_TAGS.set({**(_EXTRA_TAGS.get() or {}), **tags})
     stop = _EARLY_STOP.set(_EARLY_STOP.get() + tuple(early_stop))
     try:
@@ -244,14 +246,15 @@ def _stage_tags(
 
 
 def _final_status(exc: BaseException | None, tracker: Tracker) -> str:
-    """How the run ends: FINISHED, KILLED (interrupted, or pruned by Optuna: tagged `pruned`) or FAILED."""
+    """How the run ends: FINISHED (also when pruned by Optuna: tagged `pruned=true`), KILLED (interrupted) or
+    FAILED."""
     if exc is None:
         return "FINISHED"
     if isinstance(exc, KeyboardInterrupt):
         return "KILLED"
     if isinstance(exc, Exception) and isinstance(exc, _EARLY_STOP.get()):  # stopped early on purpose
-        tracker.set_tags({"pruned": "true"})
-        return "KILLED"
+        tracker.set_tags({PRUNED: "true"})
+        return "FINISHED"
     return "FAILED"
 
 
@@ -388,9 +391,11 @@ def get_run(run_id: str) -> RunView | None:
 
 
 def finished_run(run_id: str | None) -> RunView | None:
-    """The run `run_id` if this store has it and it FINISHED (the run a complete output names as its maker)."""
+    """The run `run_id` if this store has it and it FINISHED (the run a complete output names as its maker); a
+    pruned run ends FINISHED too but computed no result."""
     run = get_run(run_id) if run_id else None
-    return run if run is not None and run.status == "FINISHED" else None
+    ok = run is not None and run.status == "FINISHED" and run.tags.get(PRUNED) != "true"
+    return run if ok else None
 
 
 def run_url(run: RunView) -> str:
