@@ -42,6 +42,7 @@ from albert_exp.tracking import (
     tracking_uri,
     who,
 )
+from albert_exp.tracking.store import OPTUNA_LOCK_KEY, schema_lock
 
 FINISHED = ("COMPLETE", "PRUNED")
 
@@ -135,49 +136,56 @@ def fail_dead_trials(study: Any) -> list[int]:
     return [storage.get_trial(i).number for i in failed]
 
 
+SQLITE_BUSY_S = 60  # how long a sqlite writer waits for another's lock (default 5 s: parallel trials time out)
+
+
 def open_study(cfg: ExperimentConfig, name: str) -> Any:
+    """The study `name` in tune.storage, created if new. Workers started together race to create Optuna's
+    tables and the study in an empty database (PostgreSQL: DuplicateTable, UniqueViolation), so that runs under
+    a lock (an advisory lock in PostgreSQL, a file lock beside a sqlite file): the first creates, the others
+    find them."""
     import optuna
 
     t = cfg.tune
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: "experimental"
-    storage = optuna.storages.RDBStorage(
-        t.storage,
-        heartbeat_interval=t.heartbeat_s,
-        grace_period=t.grace_s,
-        heartbeat_stale_trial_callback=CloseRunsAndRetry(t.max_retry),
-    )
-    sampler = optuna.samplers.TPESampler(
-        seed=cfg.seed + 1000 * t.worker, constant_liar=True, n_startup_trials=max(2, min(10, t.n_trials // 3))
-    )
-    pruner = optuna.pruners.MedianPruner(
-        n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_epochs
-    )
-    study = optuna.create_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True
-    )
+    sqlite = t.storage.startswith("sqlite")
+    with schema_lock(t.storage, OPTUNA_LOCK_KEY):
+        storage = optuna.storages.RDBStorage(
+            t.storage,
+            engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}} if sqlite else None,
+            heartbeat_interval=t.heartbeat_s,
+            grace_period=t.grace_s,
+            heartbeat_stale_trial_callback=CloseRunsAndRetry(t.max_retry),
+        )
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            sampler=_sampler(cfg, 0),
+            pruner=_pruner(cfg),
+            load_if_exists=True,
+            direction="maximize",
+        )
     # A rerun of the same worker draws new random start-up points (the same seed would repeat the finished
     # trials' parameters): the seed moves on with the trials the study already has.
     if study.trials:
-        study.sampler = optuna.samplers.TPESampler(
-            seed=cfg.seed + 1000 * t.worker + len(study.trials),
-            constant_liar=True,
-            n_startup_trials=max(2, min(10, t.n_trials // 3)),
-        )
+        study.sampler = _sampler(cfg, len(study.trials))
     return study
 
 
-def open_study_retrying(cfg: ExperimentConfig, name: str, attempts: int = 5) -> Any:
-    """Workers started together race to create Optuna's tables in an empty database: the loser sees a unique
-    violation and simply tries again (the tables are there by then)."""
-    import sqlalchemy.exc
+def _sampler(cfg: ExperimentConfig, offset: int) -> Any:
+    import optuna
 
-    for attempt in range(attempts):
-        try:
-            return open_study(cfg, name)
-        except sqlalchemy.exc.IntegrityError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1 + attempt)
+    t = cfg.tune
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed + 1000 * t.worker + offset, constant_liar=True, n_startup_trials=max(2, min(10, t.n_trials // 3))
+    )
+
+
+def _pruner(cfg: ExperimentConfig) -> Any:
+    import optuna
+
+    t = cfg.tune
+    return optuna.pruners.MedianPruner(n_startup_trials=t.pruner_startup_trials, n_warmup_steps=t.pruner_warmup_epochs)
 
 
 def checked_study(cfg: ExperimentConfig, name: str) -> Any:
@@ -189,7 +197,7 @@ def checked_study(cfg: ExperimentConfig, name: str) -> Any:
 
         require("postgres", "a PostgreSQL Optuna storage (tune.storage)")
     try:
-        return open_study_retrying(cfg, name)
+        return open_study(cfg, name)
     except (ImportError, ModuleNotFoundError) as exc:
         raise UserError(
             f"cannot open the Optuna storage: {exc}",
@@ -394,7 +402,9 @@ def prepare(ctx: Context) -> Any:
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
     remaining = max(0, t.n_trials - done)
     print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
-    if enqueue_base(study, cfg):
+    with schema_lock(t.storage, OPTUNA_LOCK_KEY):  # workers started together queue it once, not once each
+        queued = enqueue_base(study, cfg)
+    if queued:
         print(f"queued the finetune config as a trial: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
         remaining = max(remaining, 1)  # into a study that had run its n_trials: one more
     return study, remaining, done

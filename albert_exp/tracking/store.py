@@ -17,6 +17,7 @@ def tracking_uri() -> str:
 
 _READY: set[str] = set()  # stores this process has initialised
 _LOCK_KEY = 0x616C62657274  # PostgreSQL advisory lock id ("albert") for the schema set-up
+OPTUNA_LOCK_KEY = 0x616C6F707475  # ("aloptu") for an Optuna storage's: a database may hold both schemas
 
 
 def store_client() -> Any:
@@ -32,14 +33,17 @@ def store_client() -> Any:
             from albert_exp.extras import require
 
             require("postgres", "a PostgreSQL tracking store (MLFLOW_TRACKING_URI)")
-        with _store_lock(uri):
+        with schema_lock(uri):
             MlflowClient().search_experiments(max_results=1)
         _READY.add(uri)
     return MlflowClient()
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
+def schema_lock(uri: str, key: int = _LOCK_KEY) -> Iterator[None]:
+    """Held while a process creates or checks a database schema (MLflow's, or with `key=OPTUNA_LOCK_KEY` an
+    Optuna storage's): a file lock beside a sqlite database, an advisory lock in PostgreSQL (across machines);
+    nothing for other URLs."""
     if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
         import fcntl
 
@@ -55,11 +59,11 @@ def _store_lock(uri: str) -> Iterator[None]:
         engine = sqlalchemy.create_engine(uri)
         try:
             with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
                 try:
                     yield
                 finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
         finally:
             engine.dispose()
         return
