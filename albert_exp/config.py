@@ -48,7 +48,7 @@ def identity_settings(section: Any) -> dict[str, Any]:
     }
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """ALBERT architecture for a model built from scratch (ignored when a model directory is given)."""
 
@@ -72,7 +72,7 @@ class ModelConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class CorpusConfig:
     """Corpus stage: shard real text files, or generate the synthetic toy corpus (`toy: true`)."""
 
@@ -118,7 +118,7 @@ class CorpusConfig:
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VocabConfig:
     """SentencePiece vocabulary with ALBERT's special tokens, plus a Hugging Face tokenizer directory."""
 
@@ -150,7 +150,7 @@ class VocabConfig:
         _require(0.9 <= self.character_coverage <= 1.0, f"{key}.character_coverage", "must be in [0.9, 1]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainingDataConfig:
     """TFRecord shards with google-research/albert's features (SOP, n-gram whole-word masking), one per
     corpus shard, in parallel over local processes or a Ray cluster."""
@@ -227,7 +227,7 @@ class PretrainingDataConfig:
             _require(getattr(self, name) is None or getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining settings shared by `pretrain` (PyTorch) and `tpu-logs command` (google's run_pretraining.py).
 
@@ -357,7 +357,7 @@ class PretrainConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Fine-tuning AlbertForTokenClassification (2 labels: outside / inside the wanted phrase)."""
 
@@ -396,6 +396,24 @@ class FinetuneConfig:
     )
     max_train_rows: int | None = setting(None, "cap for quick runs")
     torch_threads: int = setting(0, "torch threads; 0: torch's default", in_key=False)
+    gradient_accumulation_steps: int = setting(
+        1,
+        "batch_size is the global batch per optimiser step; each of N torchrun ranks runs this many micro-batches "
+        "of batch_size / (N x this)",
+    )
+    device: Literal["auto", "cpu", "cuda"] = setting(
+        "auto", "where training and evaluation run; auto: CUDA when present, else the CPU", in_key=False
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = setting(
+        "auto",
+        "autocast dtype; auto: bf16 on cards that have it, fp16 with a gradient scaler on those that do not, fp32 "
+        "on the CPU",
+    )
+    num_workers: int = setting(
+        0,
+        "DataLoader processes that pad the batches (0: in the training process); pinned memory on CUDA",
+        in_key=False,
+    )
     # Phrase extraction (albert_exp/windows.py, albert_exp/words.py), the same in training, metrics and serving:
     window_stride: int = setting(
         16,
@@ -426,9 +444,16 @@ class FinetuneConfig:
         )
         _require(self.augment_mentions >= 0, f"{key}.augment_mentions", "must be >= 0")
         _require(0 <= self.classifier_dropout < 1, f"{key}.classifier_dropout", "must be in [0, 1)")
+        _require(self.gradient_accumulation_steps >= 1, f"{key}.gradient_accumulation_steps", "must be >= 1")
+        _require(
+            self.batch_size % self.gradient_accumulation_steps == 0,
+            f"{key}.gradient_accumulation_steps",
+            f"must divide batch_size {self.batch_size}",
+        )
+        _require(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuneConfig:
     """Optuna search of the fine-tuning learning rate (log scale) and epochs; one nested MLflow run per trial."""
 
@@ -486,7 +511,7 @@ class TuneConfig:
         )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PromoteConfig:
     """Register a fine-tuned model, alias it `challenger`, and move `champion` only when it is better."""
 
@@ -516,7 +541,7 @@ class PromoteConfig:
         _require(self.lock_timeout_s > 0 and self.lock_stale_s > 0, f"{key}.lock_timeout_s/lock_stale_s", "must be > 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class BaselineConfig:
     """The classic baseline (`baseline` stage, albert_exp/baseline.py): the textbook linear-chain CRF (word
     window, affixes, shape, bigrams, every transition; characters in scripts without spaces: albert_exp/crf.py),
@@ -538,7 +563,7 @@ class BaselineConfig:
 MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "baseline", "tune", "promote")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment: shared settings plus one section per stage."""
 
@@ -766,9 +791,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = _build(ExperimentConfig, data, "")
     except ConfigError as exc:
         raise ConfigError(exc.what, where=source + (" + command line" if overrides else ""), fix=exc.fix) from None
-    cfg.source = source
-    cfg.overrides = tuple(overrides or ())
-    return cfg
+    return dataclasses.replace(cfg, source=source, overrides=tuple(overrides or ()))
+
+
+def with_overrides(cfg: ExperimentConfig, changes: dict[str, Any]) -> ExperimentConfig:
+    """`cfg` with `changes` ({"finetune.model_dir": path, "workdir": ...}), each changed section validated as when
+    loaded: the one way derived configs are made (a config is frozen once loaded)."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            sections.setdefault(head, {})[rest] = value
+        else:
+            top[key] = value
+    for name, fields in sections.items():
+        section = getattr(cfg, name)
+        unknown = set(fields) - set(config_fields(type(section)))
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)} in {name}", where="with_overrides")
+        top[name] = dataclasses.replace(section, **fields)
+        top[name].validate(name)
+    out = dataclasses.replace(cfg, **top)
+    out.validate("ExperimentConfig")
+    return out
 
 
 def to_dict(cfg: Any) -> dict:

@@ -174,12 +174,17 @@ def _run_only(
 
 def latest_finished_run(experiment: str, stage: str, key: str) -> str | None:
     """The latest FINISHED run of `stage` with identity `key` that computed something (not a recorded reuse)."""
+    import os
+
     client = store_client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")  # where this command's runs go (tracking/runs.py)
+    if not exp_id:
+        exp = client.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment)
+        if exp is None:
+            return None
+        exp_id = exp.experiment_id
     query = f"tags.stage = '{stage}' and tags.`{KEY}` = '{key}' and attributes.status = 'FINISHED'"
-    for r in client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"]):
+    for r in client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"]):
         if REUSED not in r.data.tags:
             return r.info.run_id
     return None

@@ -10,11 +10,10 @@ to compare. Under `torchrun` rank 0 alone makes it. A real corpus holds out data
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from albert_exp.config import ExperimentConfig, identity_settings
+from albert_exp.config import ExperimentConfig, identity_settings, with_overrides
 from albert_exp.stage import Context, Stage
 
 SEED_OFFSET = 7919  # another seed: documents the training corpus does not contain
@@ -27,20 +26,22 @@ def applies(cfg: ExperimentConfig) -> bool:
 
 def held_config(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
     """The toy corpus and pretraining data settings of the held-out documents, written under `out`."""
-    c, p = cfg.corpus, cfg.pretraining_data
-    return dataclasses.replace(
+    sizes = {"toy_documents": DOCUMENTS, "toy_train_rows": 1, "toy_val_rows": 1, "toy_test_rows": 1}
+    data = {
+        "input": str(out / "corpus" / "manifest.json"),
+        "output_dir": None,
+        "tokenizer_dir": str(cfg.stage_dir("vocab") / "tokenizer"),
+        "dupe_factor": 1,
+        "workers": 1,
+    }
+    return with_overrides(
         cfg,
-        seed=cfg.seed + SEED_OFFSET,
-        workdir=str(out),
-        corpus=dataclasses.replace(c, toy_documents=DOCUMENTS, toy_train_rows=1, toy_val_rows=1, toy_test_rows=1),
-        pretraining_data=dataclasses.replace(
-            p,
-            input=str(out / "corpus" / "manifest.json"),
-            output_dir=None,
-            tokenizer_dir=str(cfg.stage_dir("vocab") / "tokenizer"),
-            dupe_factor=1,
-            workers=1,
-        ),
+        {
+            "seed": cfg.seed + SEED_OFFSET,
+            "workdir": str(out),
+            **{f"corpus.{k}": v for k, v in sizes.items()},
+            **{f"pretraining_data.{k}": v for k, v in data.items()},
+        },
     )
 
 

@@ -22,6 +22,7 @@ the files). Promotion is reused only while the champion is the one that earlier 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from albert_exp.config import MAIN_STAGES, ExperimentConfig
@@ -55,7 +56,7 @@ def run(cfg: ExperimentConfig, rerun: str = "") -> dict[str, Any]:
 
 
 def _run(cfg: ExperimentConfig, forced: set[str]) -> dict[str, Any]:
-    from albert_exp.summary import publish
+    from albert_exp.summary import plain, publish
     from albert_exp.tracking import stage_run, tracking_uri, write_results
 
     t0 = time.time()
@@ -79,7 +80,7 @@ def _run(cfg: ExperimentConfig, forced: set[str]) -> dict[str, Any]:
         note = publish(parent, cfg.name, results) if "finetune" in done else ""
         write_results(cfg.root, results, parent)
     if note:
-        print("\n" + note)
+        print("\n" + plain(note))
     _report(
         cfg,
         results,
@@ -118,26 +119,55 @@ def _log_summary(parent: Any, results: dict[str, Any]) -> dict[str, float]:
 
 def _report(cfg, results, tuned, pr, summary, ft, uri, experiment_id) -> None:
     from albert_exp.summary import runs_url
+    from albert_exp.tracking import store_client
 
     if tuned:
         print(
             f"\nsearch: best trial {tuned['best_trial']} lr={tuned['best_params']['learning_rate']:.3g} "
             f"epochs={tuned['best_params']['epochs']} val={tuned['best_value']:.4f}, {tuned['n_pruned']} pruned"
         )
+    unseen = summary.get("test/unseen_mentions", 0) > 0  # the split has mentions of dishes training never saw
+    what = "test metrics (dish names never seen in training)" if unseen else "test metrics"
     if pr:
         print(f"promote: {pr['model_name']} v{pr['version']} {pr['decision']} ({pr['why']})")
-        print(f"\n== champion v{pr['champion_version']}: test metrics (dish names never seen in training) ==")
+        print(f"\n== champion v{pr['champion_version']}: {what} ==")
     elif summary:
-        print("\n== fine-tuned model: test metrics (dish names never seen in training) ==")
+        print(f"\n== fine-tuned model: {what} ==")
     for k, v in summary.items():
         print(f"  {k:36s} {v:.4f}")
     if results["reused"]:
         print(f"\nreused (same identity as an earlier run): {', '.join(results['reused'])}")
-    print(f"\nruns: {uri}; parent run {results['parent_run_id']} in experiment '{cfg.name}'")
-    print(f"open the UI:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    experiment = store_client().get_experiment(experiment_id).name if experiment_id else cfg.name
+    tool = _tool()
+    print(f"\nruns: {uri}; parent run {results['parent_run_id']} in experiment '{experiment}'")
+    print(f"open the UI:  {tool('mlflow')} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     print(f"runs table:   {runs_url(experiment_id)}")
     model_uri = pr["champion_uri"] if pr else ft.get("model_uri")
     if model_uri:
-        print(f'serve it:     mlflow models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001')
-        print(f'predict:      albert-exp predict --model "{model_uri}" --input reviews.txt --output out.jsonl')
-        print(f"lineage:      albert-exp lineage {model_uri}")
+        serve = f'{tool("mlflow")} models serve -m "{model_uri}" --env-manager local --host 127.0.0.1 -p 5001'
+        print(f"serve it:     {serve}")
+        print(
+            f'predict:      {tool("albert-exp")} predict --model "{model_uri}" --input reviews.txt --output out.jsonl'
+        )
+        print(f"lineage:      {tool('albert-exp')} lineage {model_uri}")
+
+
+def _tool():
+    """How to call a command of this environment from here: `.venv/bin/mlflow` after `make demo` (the README
+    never asks to activate the venv), the bare name where the environment is on PATH (conda, `mlflow run`)."""
+    import os
+    import shutil
+    import sys
+
+    bindir = Path(sys.executable).parent
+
+    def tool(name: str) -> str:
+        path = bindir / name
+        if not path.exists() or shutil.which(name) == str(path):
+            return name
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return os.path.relpath(path) if len(os.path.relpath(path)) < len(str(path)) else str(path)
+
+    return tool

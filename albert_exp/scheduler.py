@@ -138,6 +138,7 @@ def _start(
     env = {**os.environ, IN_MAIN: "1", RESULT_FILE: str(result), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
     if parent_run_id:
         env[PARENT_RUN] = parent_run_id
+    env["MLFLOW_TRACKING_URI"] = _tracking_uri()  # the store this `main` logs to, however it was set
     env.pop("MLFLOW_RUN_ID", None)
     if _gpus():
         env["CUDA_VISIBLE_DEVICES"] = str(slot)
@@ -145,6 +146,12 @@ def _start(
     with open(log, "w") as fh:  # the child holds its own descriptor
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return _Child(stage, proc, log, result, slot)
+
+
+def _tracking_uri() -> str:
+    from albert_exp.tracking import tracking_uri
+
+    return tracking_uri()
 
 
 def _finish(child: _Child, done: dict[str, StageResult], failed: dict[str, str]) -> None:

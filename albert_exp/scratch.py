@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from albert_exp import finetune
-from albert_exp.config import ExperimentConfig
+from albert_exp.config import ExperimentConfig, with_overrides
 
 
 def applies(cfg: ExperimentConfig) -> bool:
@@ -28,12 +28,11 @@ def applies(cfg: ExperimentConfig) -> bool:
 def scratch_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """`cfg` with random initial weights, reading the tokenizer fine-tuning reads (the pretrained model's own,
     where finetune.model_dir names one)."""
-    f = cfg.finetune
     tokenizer = str(finetune.data_paths(cfg)["tokenizer"])
     # freeze_embeddings keeps what pretraining learned; random embeddings hold nothing worth keeping (frozen, the
     # realistic toy's scratch tagger reaches val phrase F1 0.15 instead of 0.76), so the control trains them
-    f = dataclasses.replace(f, model_dir=None, tokenizer_dir=tokenizer, freeze_embeddings=False)
-    return dataclasses.replace(cfg, finetune=f)
+    changes = {"model_dir": None, "tokenizer_dir": tokenizer, "freeze_embeddings": False}
+    return with_overrides(cfg, {f"finetune.{k}": v for k, v in changes.items()})
 
 
 def output_link(cfg: ExperimentConfig) -> Path:

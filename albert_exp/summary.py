@@ -39,9 +39,14 @@ def runs_url(experiment_id: str | None, base: str = UI) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def _run_link(experiment_id: str | None, run_id: str | None, text: str = "run") -> str:
+Where = str | dict[str, str] | None  # the experiment of every run (a dict: run id -> experiment id, "" default)
+
+
+def _run_link(where: Where, run_id: str | None, text: str = "run") -> str:
+    """A link the UI opens: to the run in its own experiment (a reused run may live in another one)."""
     if not run_id:
         return ""
+    experiment_id = where.get(run_id, where.get("")) if isinstance(where, dict) else where
     if not experiment_id:
         return f"`{run_id[:8]}`"
     return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
@@ -52,10 +57,27 @@ def _test(res: dict[str, Any] | None) -> dict[str, float]:
     return {k[5:]: float(v) for k, v in (res or {}).items() if k.startswith("test/") and isinstance(v, int | float)}
 
 
+# the test figures where more is better: a difference of two of them is a gain (a difference of losses, of
+# false-positive rates, of all-negative baselines or of mention counts is not)
+GAINS = (
+    "token_accuracy",
+    "phrase_precision",
+    "phrase_recall",
+    "phrase_f1",
+    "overlap_recall",
+    "word_accuracy",
+    "seen_phrase_recall",
+    "unseen_phrase_recall",
+    "unseen_phrase_precision",
+    "unseen_phrase_f1",
+)
+
+
 def gains(pretrained: dict[str, Any], scratch: dict[str, Any]) -> dict[str, float]:
-    """`gain/test/<metric>`: the pretrained fine-tune minus the from-scratch one, for every test metric both have."""
+    """`gain/test/<metric>`: the pretrained fine-tune minus the from-scratch one, for every test figure where
+    more is better that both have."""
     a, b = _test(pretrained), _test(scratch)
-    return {f"gain/test/{k}": a[k] - b[k] for k in a if k in b}
+    return {f"gain/test/{k}": a[k] - b[k] for k in GAINS if k in a and k in b}
 
 
 def _fmt(v: float | None) -> str:
@@ -100,7 +122,7 @@ def headline(name: str, results: dict[str, Any]) -> str:
     return f"{name}: " + " · ".join(parts) if parts else f"{name}: no candidate finished"
 
 
-def _details(results: dict[str, Any], experiment_id: str | None) -> list[str]:
+def _details(results: dict[str, Any], experiment_id: Where) -> list[str]:
     """One bullet per answer: the champion, the best fine-tuning settings, the pretraining gain."""
     lines = []
     pr, tuned, ft, sc = (results.get(k) for k in ("promote", "tune", "finetune", "scratch"))
@@ -125,7 +147,7 @@ def _details(results: dict[str, Any], experiment_id: str | None) -> list[str]:
     return lines
 
 
-def _candidates_table(results: dict[str, Any], experiment_id: str | None) -> list[str]:
+def _candidates_table(results: dict[str, Any], experiment_id: Where) -> list[str]:
     """One row per candidate that finished, one column per test metric that some candidate has."""
     rows = [(label, results[key]) for key, label in CANDIDATES if results.get(key)]
     cols = [c for c in COLUMNS if any(c in _test(r) for _, r in rows)]
@@ -142,12 +164,62 @@ def _candidates_table(results: dict[str, Any], experiment_id: str | None) -> lis
     return lines
 
 
-def markdown(name: str, results: dict[str, Any], experiment_id: str | None = None) -> str:
+def markdown(name: str, results: dict[str, Any], experiment_id: Where = None) -> str:
     """The summary as markdown: the headline, details, then one table row per candidate."""
     lines = [headline(name, results), "", *_details(results, experiment_id), *_candidates_table(results, experiment_id)]
     if experiment_id and results.get("parent_run_id"):
         lines += ["", f"Parent run: {_run_link(experiment_id, results['parent_run_id'], results['parent_run_id'])}."]
     return "\n".join(lines)
+
+
+def plain(text: str) -> str:
+    """The markdown summary as a terminal shows it: no emphasis or link syntax (a run link becomes the run's
+    short id), the table as aligned columns."""
+    import re
+
+    text = re.sub(r"\[([^\]]*)\]\(#/experiments/\d+/runs/([0-9a-f]+)\)", lambda m: _short(m[1], m[2]), text)
+    text = text.replace("**", "").replace("`", "")
+    out, table = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-: "):
+                table.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if table:
+            widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(len(table[0]))]
+            out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in table]
+            table = []
+        out.append(line)
+    return "\n".join(out).rstrip()
+
+
+def _short(text: str, run_id: str) -> str:
+    return run_id[:8] if text in ("run", run_id) else f"{text} ({run_id[:8]})"
+
+
+def _experiments_of(results: dict[str, Any]) -> dict[str, str]:
+    """The experiment of every run the results name (a reused run lives where it was computed)."""
+    from albert_exp.tracking import get_run
+
+    ids = {v for r in results.values() if isinstance(r, dict) for k, v in r.items() if k.endswith("run_id") and v}
+    for r in results.values():
+        for d in (r.get("decisions") or []) if isinstance(r, dict) else []:
+            ids.add(d.get("source_run_id"))
+    return {i: run.experiment_id for i in ids - {None} if (run := get_run(i)) is not None}
+
+
+def _champion_now(results: dict[str, Any]) -> str:
+    """A line when the registry's champion is no longer the one this run's promotion left (another run moved
+    it meanwhile); nothing otherwise."""
+    from albert_exp.tracking import Registry
+
+    pr = results.get("promote") or {}
+    if not pr.get("model_name"):
+        return ""
+    now = Registry().by_alias(pr["model_name"], "champion")
+    if now is None or str(now.version) == str(pr.get("champion_version")):
+        return ""
+    return f"\n\nThe registry's champion is now v{now.version} (moved after this run's promotion)."
 
 
 def publish(parent: Any, name: str, results: dict[str, Any]) -> str:
@@ -156,7 +228,7 @@ def publish(parent: Any, name: str, results: dict[str, Any]) -> str:
 
     if results.get("finetune") and results.get("scratch"):
         parent.log_metrics(gains(results["finetune"], results["scratch"]), step=0)
-    text = markdown(name, results, parent.experiment_id)
+    text = markdown(name, results, {"": parent.experiment_id, **_experiments_of(results)}) + _champion_now(results)
     parent.set_tags({NOTE: text})
     if parent.experiment_id:
         set_experiment_tags(parent.experiment_id, {NOTE: text, **EXPERIMENT_KIND})

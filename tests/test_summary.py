@@ -71,6 +71,7 @@ def test_runs_url_opens_the_model_training_view():
 
 SMALL = [
     *TINY,
+    "stages=[corpus,vocab,pretraining-data,pretrain,finetune,scratch,baseline,tune,promote]",  # every stage
     "corpus.toy_documents=300",
     "corpus.toy_train_rows=240",
     "corpus.toy_val_rows=80",

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from albert_exp.config import with_overrides
 from albert_exp.errors import UserError
 from albert_exp.hf_local import load_tokenizer
 from albert_exp.identity import settings
@@ -354,7 +355,7 @@ def configure(cfg, upstream):
     """The toy's pretraining evaluates on the held-out records (albert_exp/heldout.py), in `main` and alone."""
     if "heldout" not in upstream:
         return cfg
-    return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, eval_input=upstream["heldout"]["files"]))
+    return with_overrides(cfg, {"pretrain.eval_input": upstream["heldout"]["files"]})
 
 
 def _describe(cfg) -> str:

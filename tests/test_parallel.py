@@ -1,0 +1,77 @@
+"""`main --jobs N` (issue 28): stages side by side in their own processes, the same results as one at a time, a
+failing stage that stops only its dependents, and a SIGTERM that leaves nothing RUNNING. Through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_reruns import TINY, cli, runs
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    return tmp_path
+
+
+def _figures(results: dict) -> dict:
+    """Every stage's metrics (test/, val/, the pretraining losses) and the champion, as results.json holds them."""
+    out = {}
+    for stage in ("pretrain", "finetune", "scratch", "baseline"):
+        r = results[stage]
+        out[stage] = {k: v for k, v in r.items() if k.split("/")[0] in ("test", "val", "loss") or k == "best"}
+    out["champion"] = results["promote"]["champion_metrics"]
+    return out
+
+
+@pytest.mark.slow  # two whole `main`s (~3 min on 2 cores); the failure and SIGTERM cases below run by default
+def test_two_jobs_give_the_same_metrics_as_one(tmp_path):
+    figures = []
+    for jobs in ("1", "2"):
+        w = tmp_path / f"jobs{jobs}"
+        w.mkdir()
+        (w / "tiny.yaml").write_text(TINY)
+        out = cli(w, "main", "--config", "tiny.yaml", "--jobs", jobs)
+        assert ("started (log:" in out.stdout) == (jobs == "2")
+        figures.append(_figures(json.loads((w / "runs" / "results.json").read_text())))
+    assert figures[0] == figures[1]
+
+
+def test_a_failing_stage_stops_its_dependents_and_lets_the_others_finish(tiny):
+    (tiny / "runs").mkdir()
+    (tiny / "runs" / "baseline").write_text("a user's file where the baseline's output goes\n")
+    out = cli(tiny, "main", "--config", "tiny.yaml", "--jobs", "2", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert "stage `baseline` failed" in line and "did not create" in line
+    assert "baseline: FAILED" in out.stdout
+    assert (tiny / "runs" / "finetune" / "results.json").is_file(), "the pretrained side finished"
+    assert (tiny / "runs" / "baseline").read_text().startswith("a user's file")
+    assert all(r.info.status != "RUNNING" for r in runs(tiny))
+
+
+def test_sigterm_stops_every_stage_and_a_rerun_resumes(tiny):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tiny / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
+    env.pop("MLFLOW_RUN_ID", None)
+    cmd = [sys.executable, "-m", "albert_exp", "main", "--config", "tiny.yaml", "--jobs", "2"]
+    proc = subprocess.Popen(cmd, cwd=tiny, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (tiny / "runs" / "logs" / "pretrain.log").is_file():
+        assert proc.poll() is None and time.time() < deadline, "finished or stuck before pretraining started"
+        time.sleep(0.1)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
+    assert all(r.info.status != "RUNNING" for r in runs(tiny)), [(r.info.run_name, r.info.status) for r in runs(tiny)]
+    out = cli(tiny, "main", "--config", "tiny.yaml", "--jobs", "2")
+    assert "corpus: done" in out.stdout and json.loads((tiny / "runs" / "results.json").read_text())["promote"]
+    assert all(r.info.status != "RUNNING" for r in runs(tiny))
