@@ -7,7 +7,8 @@ Output: one row per input line (blank lines too; a .txt is split on "\n" only) o
 .jsonl (one JSON object per review: line, text, phrases, spans) or .csv (line, text, phrases joined by `|`,
 spans as JSON). Reviews go through the model in batches, with a progress bar. Bytes that are not UTF-8, an
 output path that is a directory or the input itself (also through a link), a --threshold outside [0, 1] and a
---model URI of a kind we do not load (MODEL_URIS) stop with one line (exit 2) before anything is read or written.
+--model URI of a kind we do not load (MODEL_URIS) and --device cuda on a host without CUDA stop with one line
+(exit 2) before anything is read or written. The model runs on the GPU when the host has one (--device auto).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-column", default="text", help="the CSV column holding the review (default: text)")
     parser.add_argument("--batch-size", type=int, default=256, help="reviews per model call (default: 256)")
     parser.add_argument("--threshold", type=float, default=0.5, help="tag probability of a phrase token")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where the model runs (default: auto, CUDA when this host has it)",
+    )
 
 
 def read_texts(path: Path, text_column: str) -> list[tuple[int, str]]:
@@ -55,15 +62,26 @@ def read_texts(path: Path, text_column: str) -> list[tuple[int, str]]:
 
 
 def predict(
-    model_uri: str, texts: list[tuple[int, str]], batch_size: int = 256, threshold: float = 0.5
+    model_uri: str, texts: list[tuple[int, str]], batch_size: int = 256, threshold: float = 0.5, device: str = "auto"
 ) -> list[dict[str, Any]]:
-    """One output row per input (line number, text), in order."""
+    """One output row per input (line number, text), in order. `device`: where an ALBERT phrase extractor runs
+    (auto: CUDA when present; extractors logged before the setting existed always run on auto)."""
     import mlflow
     import pandas as pd
     from tqdm import tqdm
 
+    from albert_exp.tracking.store import missing_sqlite_store
+
+    missing = missing_sqlite_store() if model_uri.startswith(("models:", "runs:")) else None
+    if missing:  # opening it would leave an empty mlflow.db behind
+        raise UserError(
+            f"no MLflow store at {missing}",
+            where=model_uri,
+            fix="run from the directory that holds mlflow.db, or set MLFLOW_TRACKING_URI to the store",
+        )
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        # auto is what a served extractor does by itself (and the CRF's has no device: MLflow would warn)
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"device": device} if device != "auto" else None)
     except mlflow.exceptions.MlflowException as exc:
         raise UserError(
             f"cannot load the model: {str(exc).splitlines()[0]}",
@@ -132,8 +150,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("the output is a directory", where=str(output), fix="give a file name ending in .jsonl or .csv")
     if args.batch_size < 1:
         raise UserError("--batch-size must be >= 1", where="--batch-size")
+    from albert_exp.devices import resolve_device
+
+    resolve_device(args.device, "--device")  # cuda on a host without it: one line, before anything is read
     texts = read_texts(Path(args.input), args.text_column)
-    rows = predict(args.model, texts, args.batch_size, args.threshold)
+    rows = predict(args.model, texts, args.batch_size, args.threshold, args.device)
     write_rows(rows, output)
     with_phrases = sum(1 for r in rows if r["phrases"])
     return {

@@ -8,7 +8,8 @@
 
 `mlflow.transformers`' own pyfunc for token classification returns labels without spans, so we serve our own.
 The pyfunc carries the HF model directory as an artifact and this package as code, and loads weights from
-safetensors only.
+safetensors only. It runs on the serving host's GPU when it has one (bf16 where the card has it), else on
+the CPU; `model_config={"device": "cpu"}` at load time (`albert-exp predict --device cpu`) keeps it there.
 
 Served (`mlflow models serve`), one request holds at most 1,000 rows (ALBERT_EXP_SERVE_MAX_ROWS) and 100,000
 characters of text in all (ALBERT_EXP_SERVE_MAX_CHARS), both read from the server's environment; a larger
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 MAX_ROWS_ENV, DEFAULT_MAX_ROWS = "ALBERT_EXP_SERVE_MAX_ROWS", 1_000
 MAX_CHARS_ENV, DEFAULT_MAX_CHARS = "ALBERT_EXP_SERVE_MAX_CHARS", 100_000  # 100x a typical review
@@ -168,19 +170,23 @@ class PhraseExtractor(mlflow.pyfunc.PythonModel):
         import torch
         from transformers import AlbertForTokenClassification
 
+        from albert_exp.devices import on_device
         from albert_exp.hf_local import load_model, load_tokenizer
 
         model_dir = context.artifacts["hf_model"]
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.tokenizer = load_tokenizer(model_dir)
-        self.model = load_model(AlbertForTokenClassification, model_dir, use_safetensors=True)
         config = context.model_config or {}
+        model = load_model(AlbertForTokenClassification, model_dir, use_safetensors=True)
+        # the host's GPU when it has one (models logged before this setting existed: auto too)
+        self.model = on_device(model, str(config.get("device") or "auto"), "the model's device")
         self.max_seq_length = int(config.get("max_seq_length", 64))
         self.stride = config.get("window_stride")
         self.aggregation = str(config.get("aggregation", "average"))
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        import pandas as pd
+    # A DataFrame hint: MLflow infers no schema from it (the logged signature validates the input, and a list
+    # of texts is still accepted), and does not warn on every load that the method has no type hints.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
 
         threshold = float((params or {}).get("threshold", 0.5))
@@ -243,7 +249,12 @@ def log_phrase_extractor(
 
     example = pd.DataFrame({"text": example_texts})
     holder = PhraseExtractor()
-    config = {"max_seq_length": max_seq_length, "window_stride": window_stride, "aggregation": aggregation}
+    config = {
+        "max_seq_length": max_seq_length,
+        "window_stride": window_stride,
+        "aggregation": aggregation,
+        "device": "auto",  # where it serves: CUDA when the host has it; load_model(..., model_config=) overrides it
+    }
 
     class _Ctx:  # infer the output schema from a real prediction of this model
         artifacts = {"hf_model": str(model_dir)}
@@ -262,6 +273,7 @@ def log_phrase_extractor(
 MODULES = (
     "__init__.py",
     "errors.py",
+    "devices.py",
     "hf_local.py",
     "labels.py",
     "data.py",

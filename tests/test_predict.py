@@ -204,3 +204,47 @@ def test_served_model_answers_400_to_a_text_that_is_not_a_string(logged):
         assert status == 200
         tokens = answer["predictions"][1]["tokens"]
         assert tokens[-1]["end"] >= len(long.rstrip()) - 1  # the whole review was tagged, not its start
+
+
+def test_predict_device(model_uri, tmp_path, capsys, caplog):
+    """--device cpu reaches the extractor (logged with device auto) without MLflow's warning about unknown keys
+    and gives auto's answers here; --device cuda on a host without CUDA is one line, before anything is read."""
+    import torch
+
+    from albert_exp.cli import main
+
+    (tmp_path / "r.txt").write_text("We loved the crispy tofu bao.\nSlow service.\n")
+    outs = {}
+    for device in ("auto", "cpu"):
+        outs[device] = tmp_path / f"{device}.jsonl"
+        args = ["--model", model_uri, "--input", tmp_path / "r.txt", "--output", outs[device], "--device", device]
+        assert main(["predict", *map(str, args)]) == 0
+    assert outs["auto"].read_text() == outs["cpu"].read_text()
+    assert "were ignored" not in caplog.text
+    if torch.cuda.is_available():
+        return
+    capsys.readouterr()
+    args = ["--model", model_uri, "--input", tmp_path / "missing.txt", "--output", tmp_path / "o.jsonl"]
+    assert main(["predict", *map(str, args), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "--device: device cuda asked for, but this machine has no CUDA device" in err and "missing" not in err
+
+
+def test_predict_creates_no_store_and_prints_no_mlflow_warning(logged, tmp_path):
+    """Run where there is no mlflow.db, predict says so and leaves none behind; with the store, it prints no
+    warning the user cannot act on (MLflow's "Add type hints to the `predict` method")."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    (tmp_path / "r.txt").write_text("The waiter was lovely.\n")
+    cmd = [sys.executable, "-m", "albert_exp", "predict", "--input", "r.txt", "--output", "o.jsonl", "--model"]
+    out = subprocess.run([*cmd, "models:/toy@champion"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 2 and "no MLflow store at" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "mlflow.db").exists()
+    env["MLFLOW_TRACKING_URI"] = logged["tracking_uri"]
+    out = subprocess.run([*cmd, logged["model_uri"]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and "Add type hints" not in out.stderr, out.stderr[-2000:]
