@@ -79,6 +79,9 @@ def test_promotion_rules_and_records(store):
     m = "rules"
     first = _promote(store, m, "bad")
     assert first["promoted"] and first["why"] == "no champion yet" and first["version"] == 1
+    # registered by the logged model's own URI (a runs:/ URI makes MLflow 3 warn "no artifacts at artifact path")
+    v1 = client.get_model_version(m, "1")
+    assert v1.source.startswith("models:/m-") and v1.run_id == store["runs"]["bad"]
     good = _promote(store, m, "good")
     assert good["promoted"] and good["challenger_score"] > good["champion_score"] == first["challenger_score"]
     v2 = client.get_model_version(m, "2")

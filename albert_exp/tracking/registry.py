@@ -23,6 +23,22 @@ def has_model(uri: str) -> bool:
     return True
 
 
+def logged_model_uri(model_uri: str) -> tuple[str | None, str]:
+    """(run id, `models:/<model id>`) of the model a run logged under `runs:/<run>/<name>` (the latest, if it
+    logged several of that name); any other URI as it is, with no run."""
+    if not model_uri.startswith("runs:/"):
+        return None, model_uri
+    run_id, _, name = model_uri.removeprefix("runs:/").partition("/")
+    client = store_client()
+    experiment = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models(
+        experiment_ids=[experiment], filter_string=f"name = '{name}' and source_run_id = '{run_id}'"
+    )
+    if not models:
+        return run_id, model_uri  # a model from before MLflow 3, in the run's own artifacts
+    return run_id, f"models:/{max(models, key=lambda m: m.creation_timestamp).model_id}"
+
+
 class Registry:
     """The model-registry calls `promote` and `lineage` make."""
 
@@ -77,9 +93,16 @@ class Registry:
             return None
 
     def register(self, model_uri: str, name: str, tags: dict[str, str]) -> Any:
+        """A new version of `name` from `model_uri`; a run's model (`runs:/<run>/<name>`) is registered by its
+        logged model's own URI (`models:/m-...`, where MLflow 3 keeps its files: the runs:/ URI makes MLflow warn
+        that the run has no artifacts at that path), with the run as the version's run."""
         import mlflow
 
-        return mlflow.register_model(model_uri, name, tags=tags)
+        run_id, uri = logged_model_uri(model_uri)
+        version = mlflow.register_model(uri, name, tags=tags)
+        if run_id and version.run_id != run_id:
+            raise RuntimeError(f"version {version.version} of {name} lost its run {run_id}")
+        return version
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._client.set_registered_model_alias(name, alias, version)

@@ -70,6 +70,20 @@ def schema_lock(uri: str, key: int = _LOCK_KEY) -> Iterator[None]:
     yield  # a tracking server (http) sets up its own store
 
 
+def missing_sqlite_store() -> str | None:
+    """The sqlite file the tracking or registry URI names, when it does not exist: opening it would create an
+    empty store, so a command that only reads one (predict) stops first. None when the store is there (or is
+    not a sqlite file)."""
+    import mlflow
+
+    for uri in (mlflow.get_tracking_uri(), mlflow.get_registry_uri()):
+        if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+            path = Path(uri.removeprefix("sqlite:///"))
+            if not path.is_file():
+                return str(path.absolute())
+    return None
+
+
 def create_experiment(client: Any, name: str) -> str:
     """The id of a new experiment `name` (or of the one a process started at the same time created)."""
     from mlflow.exceptions import MlflowException
