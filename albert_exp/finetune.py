@@ -15,7 +15,7 @@ RNG, epoch); a rerun of the same config on the same data and code resumes from i
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import hashlib
 import math
 import random
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from albert_exp.config import ExperimentConfig, to_dict
+from albert_exp.config import ExperimentConfig, to_dict, with_overrides
 from albert_exp.errors import UserError
 from albert_exp.hf_local import check_model_dir, load_model, load_tokenizer
 from albert_exp.identity import settings
@@ -86,32 +86,241 @@ def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple
     return opt, sched
 
 
-def evaluate(model: Any, data: Any, batch_size: int, pad_id: int) -> tuple[dict[str, float], list]:
-    """Mean token loss and the metrics over whole texts (albert_exp.windows.evaluate), and the predicted spans."""
+def evaluate(
+    model: Any, data: Any, batch_size: int, pad_id: int, device: Any = "auto", precision: str | None = None
+) -> tuple[dict[str, float], list]:
+    """Mean token loss and the metrics over whole texts (albert_exp.windows.evaluate), and the predicted spans.
+    `device`: a torch.device or a choice (auto: CUDA when present); `precision`: the autocast dtype (None: bf16
+    where the card has it, else fp32)."""
+    from albert_exp.devices import OnDevice, on_device
     from albert_exp.windows import evaluate as evaluate_windows
 
-    return evaluate_windows(model, data, batch_size, pad_id)
+    if precision is None or isinstance(device, str):
+        run = on_device(model, device if isinstance(device, str) else device.type, "finetune.device")
+    else:
+        run = model if device.type == "cpu" and precision == "fp32" else OnDevice(model, device, precision)
+    return evaluate_windows(run, data, batch_size, pad_id)
 
 
-def _resume(out: Path, key: str, model: Any, opt: Any, sched: Any) -> tuple[Any, dict | None]:
-    """The model and loop state of the last epoch checkpoint written under `key` (None: start afresh)."""
+def token_loss(model: Any, batch: dict, encoder: Any, tokens: float) -> dict[str, Any]:
+    """The recipe's loss (mean cross-entropy over all real tokens of a batch), as this micro-batch's share of its
+    optimiser step: its summed token cross-entropy / `tokens`, the global batch's real tokens / world size. Summed
+    over a rank's micro-batches and averaged over ranks (DDP's gradient average) that is the global batch's mean,
+    however it is split: the one normalisation of one process with accumulation and of N ranks."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE, reduction="sum")
+    return {"loss": ce / tokens, "ce": ce.detach()}
+
+
+class Steps:
+    """One epoch's optimiser steps for a DataLoader: step b is this rank's micro-batches of the global batch b
+    (the epoch's seeded order), padded on the CPU, with the global batch's count of real tokens.
+
+    The global batch is cut into world x accumulation parts of batch / parts rows; part g goes to rank g % world
+    (as pretraining's data does), so each part is the same rows, padded alike, whatever the world size. A short
+    last batch may leave parts empty: they get one row with no labelled token (nothing to learn, a zero share)
+    so that every rank still runs its forward and backward."""
+
+    def __init__(self, data: Any, order: list[int], batch: int, parts: int, rank: int, world: int, pad: int):
+        self.data, self.order, self.batch, self.parts, self.pad = data, order, batch, parts, pad
+        self.mine = range(rank, parts, world)
+        self.tokens = [sum(y != IGNORE for y in labels) for labels in data.labels]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch)
+
+    def __getitem__(self, b: int) -> tuple[list[tuple[int, dict]], int]:
+        from albert_exp.windows import collate
+
+        rows = self.order[b * self.batch : (b + 1) * self.batch]
+        size = self.batch // self.parts
+        out = []
+        for g in self.mine:
+            part = rows[g * size : (g + 1) * size]
+            ids = [self.data.input_ids[k] for k in part or rows[:1]]
+            labels = [self.data.labels[k] for k in part] if part else [[IGNORE] * len(ids[0])]
+            out.append((g, collate(ids, labels, self.pad)))
+        return out, sum(self.tokens[k] for k in rows)
+
+
+def _from_main(dist: Any, fn: Callable[[], Any]) -> Any:
+    """`fn()` on rank 0, its value (or its error) on every rank (a world of one: just `fn()`)."""
+    from albert_exp import ranks
+
+    if dist.world == 1:
+        return fn()
+    outcome: tuple[str, Any] | None = None
+    if dist.main:
+        try:
+            outcome = ("ok", fn())
+        except Exception as exc:  # every rank raises it, none waits for a rank that failed
+            outcome = ("error", exc)
+    status, value = ranks.share(outcome)
+    if status == "error":
+        raise value
+    return value
+
+
+def _resume(out: Path, key: str, model: Any, opt: Any, sched: Any, scaler: Any, dist: Any) -> dict | None:
+    """Loads the last epoch checkpoint written under `key` into model, optimiser, schedule (and scaler); returns
+    its loop state (None: start afresh). Rank 0 looks and cleans up, the others read what it found."""
     import shutil
 
     from albert_exp import checkpoint
 
-    point = checkpoint.resume_point(out, key)
+    def look() -> tuple[str, dict] | None:
+        point = checkpoint.resume_point(out, key)
+        if point is None:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)  # another identity's: never resumed
+            return None
+        checkpoint.ensure_best(out, point[1]["best"]["epoch"] or None, BEST)
+        return str(point[0]), point[1]
+
+    point = _from_main(dist, look)
     if point is None:
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)  # another identity's: never resumed
-        return model, None
-    ckpt, state = point
+        return None
+    ckpt, state = Path(point[0]), point[1]
     model.load_state_dict(load_model(type(model), ckpt, use_safetensors=True).state_dict(), strict=True)
     checkpoint.restore(ckpt, opt, sched)
-    checkpoint.ensure_best(out, state["best"]["epoch"] or None, BEST)
-    print(f"resuming fine-tuning after epoch {state['step']} from {ckpt}")
-    return model, state
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if dist.main:
+        print(f"resuming fine-tuning after epoch {state['step']} from {ckpt}")
+    return state
 
 
 BEST = "best_model"
+LOG_EVERY = 20  # optimiser steps between two finetune/batch_loss points (each one syncs the host)
+
+
+def _micro_seed(seed: int, step: int, part: int) -> int:
+    """The dropout seed of one part of one step: the same masks whatever rank or accumulation slot runs it."""
+    return (seed * 1_000_003 + step) * 1_009 + part
+
+
+def _step(loop: Any, parts: list[tuple[int, dict]], tokens: int, step: int) -> Any:
+    """One optimiser step over this rank's parts of the global batch; returns their summed token cross-entropy
+    (on the device, no host sync)."""
+    import torch
+
+    ce = None
+    for i, (g, batch) in enumerate(parts):
+        torch.manual_seed(_micro_seed(loop.seed, step, g))
+        batch = {k: v.to(loop.device, non_blocking=True) for k, v in batch.items()}
+        with loop.no_sync(i < len(parts) - 1):  # one all-reduce per step
+            with loop.cast():
+                out = loop.forward(batch, tokens / loop.dist.world)
+            (loop.scaler.scale(out["loss"]) if loop.scaler else out["loss"]).backward()
+        ce = out["ce"].double() if ce is None else ce + out["ce"].double()  # float64, as the sum over ranks
+    if loop.scaler:
+        loop.scaler.unscale_(loop.opt)
+    torch.nn.utils.clip_grad_norm_(loop.params, loop.max_grad_norm)
+    if loop.scaler:
+        loop.scaler.step(loop.opt)
+        loop.scaler.update()
+    else:
+        loop.opt.step()
+    loop.sched.step()
+    loop.opt.zero_grad(set_to_none=True)
+    return ce
+
+
+def _setup(cfg: ExperimentConfig, tokenizer: Any, steps_per_epoch: int) -> Any:
+    """Device, precision, model, optimiser, scaler and the (DDP) forward of one training, as one namespace."""
+    import types
+
+    import torch
+
+    from albert_exp.devices import autocast, grad_scaler, resolve_precision
+    from albert_exp.pretrain.ddp import Dist
+
+    f = cfg.finetune
+    dist = Dist.init(f.device, where="finetune.device")  # torchrun: this rank (NCCL on GPUs, Gloo on CPU)
+    dist.check(f, None, "finetune.batch_size")
+    precision = resolve_precision(f.precision, dist.device, "finetune.precision")
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if f.torch_threads:
+        torch.set_num_threads(f.torch_threads)
+    model = build_model(cfg, tokenizer).to(dist.device)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch * f.epochs)
+    forward, no_sync = dist.wrap(model, token_loss)
+    return types.SimpleNamespace(
+        dist=dist,
+        device=dist.device,
+        precision=precision,
+        model=model,
+        opt=opt,
+        sched=sched,
+        scaler=grad_scaler(dist.device, precision),
+        forward=forward,
+        no_sync=no_sync,
+        cast=lambda: autocast(dist.device, precision),
+        params=[p for p in model.parameters() if p.requires_grad],
+        max_grad_norm=f.max_grad_norm,
+        seed=cfg.seed,
+    )
+
+
+def _batches(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, pad: int) -> Any:
+    import torch
+
+    f = cfg.finetune
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+    parts = loop.dist.world * f.gradient_accumulation_steps
+    steps = Steps(data, order, f.batch_size, parts, loop.dist.rank, loop.dist.world, pad)
+    return torch.utils.data.DataLoader(
+        steps, batch_size=None, num_workers=f.num_workers, pin_memory=loop.device.type == "cuda"
+    )
+
+
+def _epoch(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, steps: int, pad: int, tracker: Tracker) -> float:
+    """One pass over the training windows; returns the mean token loss of the epoch (the global batches')."""
+    import torch
+    from tqdm import tqdm
+
+    f, dist = cfg.finetune, loop.dist
+    loop.model.train()
+    ce_sum = torch.zeros((), dtype=torch.float64, device=loop.device)  # on the device: no host sync per step
+    tokens = 0
+    bar = tqdm(desc=f"epoch {epoch}/{f.epochs}", total=steps, unit="batch", disable=not dist.main or None, leave=False)
+    for b, (parts, n) in enumerate(_batches(loop, cfg, data, epoch, pad)):
+        step = (epoch - 1) * steps + b + 1
+        ce = _step(loop, parts, n, step)
+        ce_sum += ce
+        tokens += n
+        bar.update(1)
+        # every metric of the run is at the optimizer step (updates done); the last batch's step is the epoch's
+        if b % LOG_EVERY == 0 and b < steps - 1:
+            batch_loss = dist.sum(ce).item() / max(n, 1)  # the global batch's mean: one sync per log step
+            bar.set_postfix(loss=f"{batch_loss:.4f}")
+            tracker.log_metrics(
+                {"finetune/batch_loss": batch_loss, "finetune/lr": loop.sched.get_last_lr()[0]}, step=step
+            )
+    bar.close()
+    return dist.sum(ce_sum).item() / max(tokens, 1)
+
+
+def _validate(loop: Any, data: Any, batch_size: int, pad: int, train_loss: float) -> tuple[dict, dict]:
+    """(the epoch's metrics row, the val metrics): rank 0's evaluation on the training device and precision."""
+    val, _ = evaluate(loop.model, data, batch_size, pad, loop.device, loop.precision)
+    return {"finetune/train_loss": train_loss, **{f"val/{k}": v for k, v in val.items()}}, val
+
+
+def _save(
+    loop: Any, out: Path, epoch: int, state: dict, improved: bool, tokenizer: Any, on_epoch: Any, val: dict
+) -> None:
+    """Rank 0: the epoch's checkpoint (and best model), then the caller's hook (which may stop the run)."""
+    from albert_exp import checkpoint
+
+    ckpt = checkpoint.save(out, epoch, loop.model, loop.opt, loop.sched, state, extra_files=tokenizer.save_pretrained)
+    if improved:
+        checkpoint.update_best(out, ckpt, BEST)
+    checkpoint.prune(out, 1, state["best"]["epoch"])
+    if on_epoch is not None:
+        on_epoch(epoch, val)
 
 
 def train(
@@ -125,25 +334,16 @@ def train(
     key: str | None = None,
 ) -> dict[str, Any]:
     """Train with a checkpoint per epoch (albert_exp/checkpoint.py); resumes the last one written under `key`
-    (default: this config, the data digests and the code version)."""
-    import torch
-    from tqdm import tqdm
-
-    from albert_exp import checkpoint
+    (default: this config, the data digests and the code version). Under torchrun every rank trains its share
+    of each global batch (DDP); rank 0 alone evaluates, checkpoints and logs."""
     from albert_exp.digest import stage_key
-    from albert_exp.windows import collate
 
     f = cfg.finetune
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if f.torch_threads:
-        torch.set_num_threads(f.torch_threads)
-    model = build_model(cfg, tokenizer)
     steps_per_epoch = math.ceil(len(train_data) / f.batch_size)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch * f.epochs)
-    pad = tokenizer.pad_token_id
+    loop = _setup(cfg, tokenizer, steps_per_epoch)
+    dist, model, pad = loop.dist, loop.model, tokenizer.pad_token_id
     key = key or stage_key("finetune", {"config": to_dict(cfg)}, {"train": train_data.digest, "val": val_data.digest})
-    model, state = _resume(out, key, model, opt, sched)
+    state = _resume(out, key, model, loop.opt, loop.sched, loop.scaler, dist)
     history: list[dict[str, float]] = state["history"] if state else []
     best = state["best"] if state else {"epoch": 0, "value": -math.inf}
     start_epoch = state["step"] + 1 if state else 1
@@ -151,64 +351,38 @@ def train(
     tracker.log_params(
         {
             "derived.parameters": params,
-            "derived.trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "derived.trainable_parameters": sum(p.numel() for p in loop.params),
             "derived.steps_per_epoch": steps_per_epoch,
             "derived.train_rows": len(train_data),
+            "derived.precision": loop.precision,
         }
     )
+    # where it ran may change between a run and its resume: tags, not params (which MLflow keeps immutable)
+    tracker.set_tags({"finetune.ran_on": str(loop.device), "finetune.world_size": str(dist.world)})
     for epoch in range(start_epoch, f.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        loss_sum = tokens = 0.0
-        bar = tqdm(
-            range(0, len(order), f.batch_size),
-            desc=f"epoch {epoch}/{f.epochs}",
-            unit="batch",
-            disable=None,
-            leave=False,
-        )
-        for b, i in enumerate(bar):
-            idx = order[i : i + f.batch_size].tolist()
-            batch = collate([train_data.input_ids[k] for k in idx], [train_data.labels[k] for k in idx], pad)
-            # the model's loss: mean cross-entropy over the real tokens of all samples in the batch
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), f.max_grad_norm)
-            opt.step()
-            sched.step()
-            n = int((batch["labels"] != IGNORE).sum())
-            loss_sum += loss.item() * n
-            tokens += n
-            bar.set_postfix(loss=f"{loss_sum / tokens:.4f}")
-            # every metric of the run is at the optimizer step (updates done); the last batch's step is the epoch's
-            if b % 20 == 0 and b < steps_per_epoch - 1:
-                tracker.log_metrics(
-                    {"finetune/batch_loss": loss.item(), "finetune/lr": sched.get_last_lr()[0]},
-                    step=(epoch - 1) * steps_per_epoch + b + 1,
-                )
-        val, _ = evaluate(model, val_data, f.eval_batch_size, pad)
-        row = {"finetune/train_loss": loss_sum / max(tokens, 1), **{f"val/{k}": v for k, v in val.items()}}
+        train_loss = _epoch(loop, cfg, train_data, epoch, steps_per_epoch, pad, tracker)
+        evaluated = functools.partial(_validate, loop, val_data, f.eval_batch_size, pad, train_loss)
+        row, val = _from_main(dist, evaluated)
         tracker.log_metrics({**row, "epoch": epoch}, step=epoch * steps_per_epoch)
         history.append({"epoch": epoch, **row})
-        print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
+        if dist.main:
+            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         value = val[f.select_metric]
         improved = value > best["value"]
         if improved:
             best = {"epoch": epoch, "value": value}
         state = {"key": key, "history": history, "best": best, "mlflow_run_id": tracker.run_id}
-        ckpt = checkpoint.save(out, epoch, model, opt, sched, state, extra_files=tokenizer.save_pretrained)
-        if improved:
-            checkpoint.update_best(out, ckpt, BEST)
-        checkpoint.prune(out, 1, best["epoch"])
-        if on_epoch is not None:
-            on_epoch(epoch, val)
+        if loop.scaler is not None:  # fp16: the loss scale continues where it was
+            state["scaler"] = loop.scaler.state_dict()
+        save = functools.partial(_save, loop, out, epoch, state, improved, tokenizer, on_epoch, val)
+        _from_main(dist, save)
     return {
         "history": history,
         "best_epoch": best["epoch"],
         "best_step": best["epoch"] * steps_per_epoch,
         "best_value": best["value"],
         "parameters": params,
+        "precision": loop.precision,
     }
 
 
@@ -270,9 +444,18 @@ def compute(ctx: Context) -> dict[str, Any]:
         )
     on_epoch = ctx.hooks.get("on_epoch")
     trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=ctx.key)
+    from albert_exp.pretrain import ddp
+
+    # rank 0 alone scores the best epoch on test and logs the models; every rank returns its results
+    return _from_main(ddp.current(), lambda: _finish(ctx, tracker, tokenizer, data, trained, digest))
+
+
+def _finish(ctx: Context, tracker: Tracker, tokenizer: Any, data: dict, trained: dict, digest: str) -> dict[str, Any]:
+    cfg, out = ctx.cfg, ctx.work
+    f = cfg.finetune
     best_dir = out / BEST
     model = build_model(cfg, tokenizer, best_dir)
-    test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id)
+    test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id, f.device)
     # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
     tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
     tracker.log_dict({"history": trained["history"]}, "history.json")
@@ -298,14 +481,11 @@ def pinned(cfg: ExperimentConfig, workdir: Path) -> ExperimentConfig:
     """`cfg` with its own workdir (its own checkpoints) and the data and tokenizer it reads now, as absolute
     paths, so that the new workdir does not move them (a search trial, the from-scratch control)."""
     p = data_paths(cfg)
-    f = dataclasses.replace(
-        cfg.finetune,
-        tokenizer_dir=str(p["tokenizer"].resolve()),
-        train_csv=str(p["train"].resolve()),
-        val_csv=str(p["val"].resolve()),
-        test_csv=str(p["test"].resolve()),
-    )
-    return dataclasses.replace(cfg, workdir=str(workdir), finetune=f)
+    pinned = {f"finetune.{k}": str(p[s].resolve()) for k, s in _PATHS.items()}
+    return with_overrides(cfg, {"workdir": str(workdir), **pinned})
+
+
+_PATHS = {"tokenizer_dir": "tokenizer", "train_csv": "train", "val_csv": "val", "test_csv": "test"}
 
 
 def inputs(cfg: ExperimentConfig) -> dict[str, Path | list[Path]]:
@@ -334,19 +514,29 @@ def configure(cfg: ExperimentConfig, upstream: Mapping[str, StageResult]) -> Exp
         return cfg
     f = cfg.finetune
     tokenizer = f.tokenizer_dir or (upstream["vocab"]["tokenizer_dir"] if "vocab" in upstream else None)
-    return dataclasses.replace(
-        cfg,
-        finetune=dataclasses.replace(f, model_dir=upstream["pretrain"]["model_dir"], tokenizer_dir=tokenizer),
+    return with_overrides(
+        cfg, {"finetune.model_dir": upstream["pretrain"]["model_dir"], "finetune.tokenizer_dir": tokenizer}
     )
 
 
 def key_extra(cfg: ExperimentConfig) -> dict[str, Any]:
-    return {} if cfg.finetune.model_dir else {"model": settings(cfg, "model")}  # a fresh model: its architecture
+    """A fresh model's architecture; the precision it trains in on this host (auto is fp32 here, bf16 there)."""
+    from albert_exp.devices import resolve_device, resolve_precision
+
+    f = cfg.finetune
+    precision = resolve_precision(f.precision, resolve_device(f.device, "finetune.device"), "finetune.precision")
+    return {"precision": precision, **({} if f.model_dir else {"model": settings(cfg, "model")})}
 
 
 def describe(cfg: ExperimentConfig) -> str:
     f = cfg.finetune
-    return f"{'from ' + Path(f.model_dir).name if f.model_dir else 'from scratch'} lr={f.learning_rate:g}"
+    if not f.model_dir:
+        start = "from scratch"
+    elif Path(f.model_dir).parent.name.startswith("pretrain@"):  # the pretrain stage's weights
+        start = "pretrained"
+    else:
+        start = f"from {Path(f.model_dir).name}"
+    return f"{start} lr={f.learning_rate:g}"
 
 
 STAGE = Stage(
@@ -360,6 +550,7 @@ STAGE = Stage(
     prepare=prepare,
     describe=describe,
     resumable=True,
+    distributed=True,  # every torchrun rank trains its share of each batch; rank 0 alone writes and logs
 )
 
 

@@ -103,3 +103,95 @@ def test_classifier_dropout_is_the_setting_whatever_the_start(tmp_path, tiny_tok
     fresh.save_pretrained(tmp_path / "ckpt")
     loaded = finetune.build_model(cfg, tiny_tokenizer, model_dir=tmp_path / "ckpt")
     assert fresh.dropout.p == loaded.dropout.p == 0.3
+
+
+def test_device_and_precision_choices(monkeypatch):
+    """auto: CUDA when present, else the CPU; precision auto: bf16 where the card has it natively, fp16 (with a
+    gradient scaler) where not, fp32 on the CPU; what the host cannot do is a UserError naming the setting."""
+    from albert_exp import devices
+    from albert_exp.errors import UserError
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device("auto") == devices.resolve_device("cpu") == cpu
+    with pytest.raises(UserError, match=r"finetune.device: device cuda asked for, but this machine has no CUDA"):
+        devices.resolve_device("cuda", "finetune.device")
+    assert devices.resolve_precision("auto", cpu) == "fp32"
+    assert devices.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        devices.resolve_precision("fp16", cpu)
+    assert devices.grad_scaler(cpu, "fp32") is None
+    gpu = torch.device("cuda", 0)
+    for native, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(devices, "bf16_native", lambda d, n=native: n)
+        assert devices.resolve_precision("auto", gpu) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "Tesla T4")
+    with pytest.raises(UserError, match="Tesla T4 has no native bf16"):
+        devices.resolve_precision("bf16", gpu)
+    model = finetune.build_model(load_config(None, TINY), _Tok())
+    assert devices.on_device(model, "auto") is model  # the CPU: the model as it is
+
+
+class _Tok:
+    pad_token_id = 0
+
+    def __len__(self) -> int:
+        return 300
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this host has CUDA")
+def test_cuda_without_cuda_is_one_line(tmp_path, tiny_tokenizer, splits):
+    from tests.test_bad_inputs import cli_error
+
+    csvs = [f"finetune.{s}_csv={tmp_path / 'train.csv'}" for s in ("train", "val", "test")]
+    write_labelled_csv(tmp_path / "train.csv", ((r.text, r.phrases) for r in labelled_rows(1, "train", 8, 0.5, 2)))
+    tok = f"finetune.tokenizer_dir={tiny_tokenizer.name_or_path}"
+    args = [
+        "finetune",
+        "--workdir",
+        tmp_path / "w",
+        "--set",
+        " ".join(["stages=[finetune]", *csvs, tok, "finetune.device=cuda"]),
+    ]
+    cli_error(args, ["finetune.device", "no CUDA device", "set it to auto"], cwd=tmp_path, env={})
+
+
+def test_steps_split_a_global_batch_the_same_way_for_any_world(tiny_tokenizer, splits):
+    """world x accumulation parts of batch / parts rows; a rank takes parts rank, rank + world, ...; a short last
+    batch's empty parts are one row without labels. So 2 ranks x 1 and 1 process x 2 run the same parts."""
+    from albert_exp.labels import IGNORE
+
+    data, pad = splits["train"], tiny_tokenizer.pad_token_id
+    order = list(range(len(data)))[:40]  # batch 16: 16, 16, 8 rows
+    one = finetune.Steps(data, order, 16, 4, 0, 1, pad)
+    ranks = [finetune.Steps(data, order, 16, 4, r, 2, pad) for r in (0, 1)]
+    assert len(one) == 3
+    for b in range(3):
+        parts, n = one[b]
+        assert [g for g, _ in parts] == [0, 1, 2, 3]
+        assert n == sum(int((y != IGNORE).sum()) for _, x in parts for y in x["labels"])
+        by_rank = [r[b] for r in ranks]
+        assert all(m == n for _, m in by_rank)  # every rank knows the global batch's token count
+        mine = {g: x for r, _ in by_rank for g, x in r}
+        assert sorted(mine) == [0, 1, 2, 3] and [g for g, _ in by_rank[1][0]] == [1, 3]
+        for g, x in parts:
+            assert all(torch.equal(x[k], mine[g][k]) for k in x)
+    last = one[2][0]
+    assert [len(x["input_ids"]) for _, x in last] == [4, 4, 1, 1]  # the empty parts: one unlabelled row
+    assert (last[3][1]["labels"] == IGNORE).all()
+
+
+def test_accumulation_computes_what_one_batch_computes(tmp_path, tiny_tokenizer, splits):
+    """The same global batch in 1 or 4 micro-batches (each padded to its own longest row): the same losses and
+    weights to float round-off. Without dropout: its masks are drawn per part (the same parts for 2 ranks and 1
+    process x 2: tests/test_finetune_ddp.py), so 1 part and 4 parts draw different ones."""
+    from safetensors.torch import load_file
+
+    no_dropout = ("finetune.epochs=2", "finetune.classifier_dropout=0")
+    a, out_a = _train(tmp_path / "a", tiny_tokenizer, splits, *no_dropout)
+    b, out_b = _train(tmp_path / "b", tiny_tokenizer, splits, *no_dropout, "finetune.gradient_accumulation_steps=4")
+    for x, y in zip(a["history"], b["history"], strict=True):
+        assert x == pytest.approx(y, rel=1e-4, abs=1e-6)
+    wa, wb = (load_file(str(o / "checkpoints" / "step-00000002" / "model.safetensors")) for o in (out_a, out_b))
+    dweight = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    assert dweight < 1e-4, dweight

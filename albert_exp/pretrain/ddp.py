@@ -49,24 +49,37 @@ class Dist:
         return self.rank == 0
 
     @classmethod
-    def init(cls) -> Dist:
-        """From torchrun's environment: a process group (NCCL on GPUs, Gloo on CPU) when WORLD_SIZE > 1."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        cuda = torch.cuda.is_available()
+    def init(cls, device: str = "auto", where: str = "device") -> Dist:
+        """From torchrun's environment: a process group (NCCL on GPUs, Gloo on CPU) when WORLD_SIZE > 1. `device`:
+        auto (CUDA when present, as pretraining runs), cpu or cuda (albert_exp/devices.py; fine-tuning's setting).
+        Inside ranks.alone() (rank 0 computing a stage for every rank) this is a world of one."""
+        from albert_exp import ranks
+        from albert_exp.devices import resolve_device
+
+        world = ranks.world()
+        rank = int(os.environ.get("RANK", "0")) if world > 1 else 0
+        local = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else 0
+        dev = resolve_device(device, where, local)
+        cuda = dev.type == "cuda"
         if cuda:
-            torch.cuda.set_device(local)
-        device = torch.device(f"cuda:{local}" if cuda else "cpu")
+            torch.cuda.set_device(dev)
         global _CURRENT
-        _CURRENT = cls(rank, world, local, device)
+        _CURRENT = cls(rank, world, local, dev)
         if world > 1:
             import atexit
 
             import torch.distributed as dist
 
             if not dist.is_initialized():
-                dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+                dist.init_process_group("nccl" if cuda else "gloo", device_id=dev if cuda else None)
                 atexit.register(_CURRENT.close)
+            elif not cuda and dist.get_backend() == "nccl":  # ranks made the group: NCCL wherever CUDA is
+                raise UserError(
+                    "a CPU run under torchrun on a host with CUDA: the process group is NCCL, which has no CPU "
+                    "collectives",
+                    where=where,
+                    fix="use the GPUs (auto or cuda), or hide them for this job: CUDA_VISIBLE_DEVICES=''",
+                )
         return _CURRENT
 
     def close(self) -> None:
