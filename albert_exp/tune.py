@@ -5,8 +5,13 @@
 
 One MLflow parent run per worker invocation (`tune <study>`); every trial is a nested `finetune` run tagged
 `optuna_study` / `optuna_trial` with its params, per-epoch metrics and result. The parent gets the best params
-and value, the trials table and Optuna's plots. Seeded TPE sampler (each worker seeds `seed + 1000 * worker`, so
-two workers do not draw the same random start-up points), median pruner fed with the per-epoch validation value.
+and value, the trials table and Optuna's plots. Seeded TPE sampler (a random start-up point is drawn from the
+seed and its trial number, whichever worker draws it), median pruner fed with the per-epoch validation value.
+
+`--jobs N` (config `jobs`; 0: one per GPU, else the cores / finetune.torch_threads) runs N trial processes on
+this machine: this one and N-1 workers it starts (`tune.worker` w+1..w+N-1, logs in <workdir>/logs/, runs nested
+under this one), stopped with it on Ctrl-C or SIGTERM. A trial's result depends on its parameters and the seed
+only; which trials the sampler proposes after the start-up ones depends on what had finished when it asked.
 
 The study lives in an RDB storage (default `sqlite:///optuna.db`; PostgreSQL for several workers on several
 machines). `n_trials` is the number of finished (complete or pruned) trials the *study* should reach, so a rerun
@@ -23,6 +28,10 @@ of the study (enqueue_base): its first, and one more after a rerun with another 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +42,7 @@ from albert_exp.config import ExperimentConfig, flatten, to_dict
 from albert_exp.errors import UserError
 from albert_exp.stage import Context, Stage, StageResult
 from albert_exp.tracking import (
+    PARENT_RUN_ENV,
     PID,
     close_runs,
     current_run_id,
@@ -160,25 +170,32 @@ def open_study(cfg: ExperimentConfig, name: str) -> Any:
         study = optuna.create_study(
             study_name=name,
             storage=storage,
-            sampler=_sampler(cfg, 0),
+            sampler=_sampler(cfg),
             pruner=_pruner(cfg),
             load_if_exists=True,
             direction="maximize",
         )
-    # A rerun of the same worker draws new random start-up points (the same seed would repeat the finished
-    # trials' parameters): the seed moves on with the trials the study already has.
-    if study.trials:
-        study.sampler = _sampler(cfg, len(study.trials))
     return study
 
 
-def _sampler(cfg: ExperimentConfig, offset: int) -> Any:
+def _sampler(cfg: ExperimentConfig) -> Any:
+    """TPE (constant liar: running trials count as tried), whose random start-up points are a function of the
+    seed and the trial number alone, so they are the same whichever worker draws them and in whatever order
+    (one sampler seed per worker made them depend on which worker asked first); a rerun's new trials have new
+    numbers, hence new points."""
+    import zlib
+
     import optuna
 
-    t = cfg.tune
-    return optuna.samplers.TPESampler(
-        seed=cfg.seed + 1000 * t.worker + offset, constant_liar=True, n_startup_trials=max(2, min(10, t.n_trials // 3))
-    )
+    class TrialSeeded(optuna.samplers.TPESampler):
+        def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+            if trial.number >= startup:
+                return super().sample_independent(study, trial, name, distribution)
+            seed = zlib.crc32(f"{cfg.seed}/{trial.number}/{name}".encode())
+            return optuna.samplers.RandomSampler(seed).sample_independent(study, trial, name, distribution)
+
+    startup = max(2, min(10, cfg.tune.n_trials // 3))
+    return TrialSeeded(seed=cfg.seed + 1000 * cfg.tune.worker, constant_liar=True, n_startup_trials=startup)
 
 
 def _pruner(cfg: ExperimentConfig) -> Any:
@@ -440,11 +457,16 @@ def compute(ctx: Context) -> dict[str, Any]:
     def after_trial(study: Any, trial: Any) -> None:
         mine.append(trial.number)
         _log_trial(study, trial, tracker, t.objective)
-        finished = sum(1 for tr in study.get_trials(deepcopy=False) if tr.state.name in FINISHED)
-        if finished >= t.n_trials:  # the study is done, whichever worker finished it
+        states = [tr.state.name for tr in study.get_trials(deepcopy=False)]
+        # done, whichever worker finished it, or about to be with the trials other workers are running
+        if sum(s in FINISHED for s in states) + states.count("RUNNING") >= t.n_trials:
             study.stop()
 
-    if remaining:
+    if not remaining:
+        print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
+        return _report(cfg, study, study_dir, tracker, mine)
+    workers = start_workers(cfg, name, min(trial_workers(cfg), remaining), tracker.run_id)
+    try:
         study.optimize(
             make_objective(cfg, study_dir, tracker, ctx.run, ctx.upstream.get("finetune")),
             n_trials=remaining,
@@ -452,20 +474,127 @@ def compute(ctx: Context) -> dict[str, Any]:
             callbacks=[after_trial],
             gc_after_trial=True,
         )
-    else:
-        print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
+        wait_workers(workers, tracker)
+    except BaseException:  # Ctrl-C, SIGTERM, a failed trial: the other workers stop too, their runs KILLED
+        stop_workers(workers)
+        raise
+    for tr in sorted(study.get_trials(deepcopy=False), key=lambda tr: tr.number):
+        if workers and tr.number not in mine and tr.state.name in FINISHED:  # the other workers' trials too
+            _log_trial(study, tr, tracker, t.objective)
     return _report(cfg, study, study_dir, tracker, mine)
+
+
+def trial_workers(cfg: ExperimentConfig) -> int:
+    """Trial processes on this machine: `jobs`, or (0) one per GPU, else the cores divided by a trial's torch
+    threads (1 where torch takes every core). scheduler.default_jobs' rule for the trials' own threads."""
+    if cfg.jobs:
+        return cfg.jobs
+    gpus = _cuda_ids()
+    if gpus:
+        return len(gpus)
+    threads = cfg.finetune.torch_threads
+    return max(1, (os.cpu_count() or 1) // threads) if threads else 1
+
+
+def _cuda_ids() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (empty: none)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+
+
+# The file the parent `main --jobs` reads this process's result from (scheduler.RESULT_FILE): not a worker's.
+RESULT_FILE_ENV = "ALBERT_EXP_RESULT_FILE"
+
+
+def start_workers(cfg: ExperimentConfig, study: str, n: int, run_id: str | None) -> list[Any]:
+    """Workers 1..n-1 of this search (this process is the first): `python -m albert_exp tune` with the same
+    config and overrides, the study pinned by name, `tune.worker` = this worker's + k (so a machine started
+    with --worker w --jobs n holds workers w..w+n-1: give the next machine --worker w+n), one trial process
+    each, their runs nested under this one; each in its own process group (Ctrl-C reaches this process alone,
+    which stops them) and killed if this process dies. Their console output goes to <workdir>/logs/."""
+    if n <= 1 or run_id is None:
+        return []
+    from functools import partial
+
+    from albert_exp.processes import die_with_parent
+
+    logs = cfg.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    base = [sys.executable, "-m", "albert_exp", "tune"]
+    base += [] if cfg.source.startswith("<") else ["--config", cfg.source]
+    for override in cfg.overrides:
+        base += ["--set", override]
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", RESULT_FILE_ENV)}
+    # the store this process logs to, however it was set (a test's set_tracking_uri, a relative default)
+    env.update(
+        {PARENT_RUN_ENV: run_id, "MLFLOW_TRACKING_URI": tracking_uri(), "TQDM_DISABLE": env.get("TQDM_DISABLE", "1")}
+    )
+    gpus, workers = _cuda_ids(), []
+    for k in range(1, n):
+        w = cfg.tune.worker + k
+        log = logs / f"tune-worker{w}.log"
+        devices = {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} if gpus else {}
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(
+                [*base, "--set", f"tune.worker={w} tune.study_name={study} jobs=1"],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env={**env, **devices},
+                start_new_session=True,
+                preexec_fn=partial(die_with_parent, os.getpid()),
+            )
+        workers.append((w, proc, log))
+    print(f"trial workers {', '.join(str(w) for w, _, _ in workers)} started beside this one (logs: {logs})")
+    return workers
+
+
+def wait_workers(workers: list[Any], tracker: Any) -> None:
+    """Wait for the other workers; their logs go into this run. A failed worker is one line naming its log."""
+    failed = []
+    for w, proc, log in workers:
+        proc.wait()
+        tracker.log_artifact(log, "logs")
+        if proc.returncode:
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            errors = [x for x in lines if x.startswith("error:")]
+            failed.append((w, log, (errors or lines or [f"exit status {proc.returncode}"])[-1]))
+    if failed:
+        w, log, why = failed[0]
+        raise UserError(
+            f"tune worker {w} failed: {why}", where=str(log), fix="read its log; a rerun of `tune` continues the study"
+        )
+
+
+def stop_workers(workers: list[Any], grace_s: float = 60) -> None:
+    """SIGTERM to each worker's process group (each ends its runs KILLED, as after Ctrl-C), then wait; one that
+    does not end within `grace_s` is killed."""
+    for _, proc, _ in workers:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for _, proc, _ in workers:
+        try:
+            proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _log_trial(study: Any, trial: Any, tracker: Any, objective: str) -> None:
     """On the worker's run, at step = trial number: the trial's value if it completed (a pruned trial's value is
-    its last epoch's, not a result), and the best value the study holds by then (`best/val_<objective>`)."""
+    its last epoch's, not a result), and the best value the study held when it finished (`best/val_<objective>`:
+    with parallel workers, trials finish out of number order)."""
     from optuna.trial import TrialState
 
     values = {}
     if trial.state == TrialState.COMPLETE:
         values[f"trial/val_{objective}"] = trial.value
-    best = [tr.value for tr in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = [tr.value for tr in complete if tr.datetime_complete <= trial.datetime_complete]
     if best:
         values[f"best/val_{objective}"] = max(best)
     if values:
@@ -500,8 +629,8 @@ def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mi
         "study_dir": str(study_dir),
     }
     tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
-    # the running best's last point: at the last finished trial's step (its history is one point per trial)
-    last = max(tr.number for tr in study.trials if tr.state.name in FINISHED)
+    # the running best's last point, at the step of the trial that finished last (one point per trial)
+    last = max((tr for tr in study.trials if tr.state.name in FINISHED), key=lambda tr: tr.datetime_complete).number
     tracker.log_metrics({f"best/val_{t.objective}": best.value}, step=last)
     tracker.log_metrics(
         {

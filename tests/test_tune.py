@@ -86,9 +86,10 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
         "tune.n_trials=6",
         "tune.epochs_min=2",
         f"tune.storage={storage}",
-        "tune.pruner_startup_trials=1",
+        "tune.pruner_startup_trials=2",  # a study whose only complete trial was lucky prunes every other
         "tune.lr_min=1e-5",
         "tune.study_name=search",
+        "jobs=1",  # one trial process (tests/test_tune_parallel.py runs several)
     )
     code = main(["tune", *args])
     assert code == 0
@@ -202,6 +203,7 @@ def test_kill_mid_trial_then_rerun_resumes_the_study(mlflow_store, data_root, tm
         "tune.pruner_startup_trials=5",
         f"tune.storage={storage}",
         "tune.study_name=killed",
+        "jobs=1",
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store}
     proc = subprocess.Popen(
