@@ -27,6 +27,7 @@ of the study (enqueue_base): its first, and one more after a rerun with another 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -253,9 +254,11 @@ def enqueue_base(study: Any, cfg: ExperimentConfig) -> bool:
     study's first; after a rerun with another finetune.learning_rate or epochs (the same study: those two are
     searched, not part of its name) one more. Only inside the search space (a space that leaves it out is a
     choice), and not when the study holds these parameters already (in any state). True when queued."""
-    if holds_base(study, cfg):
-        return False
-    study.enqueue_trial(_base(cfg))
+    url = getattr(study._storage, "url", None)  # an RDB storage's (an in-memory study has no other workers)
+    with schema_lock(url, OPTUNA_LOCK_KEY) if url else contextlib.nullcontext():  # workers started together:
+        if holds_base(study, cfg):  # the first queues it, the others find it
+            return False
+        study.enqueue_trial(_base(cfg))
     return True
 
 
@@ -419,9 +422,7 @@ def prepare(ctx: Context) -> Any:
     done = sum(_counts(study).get(s, 0) for s in FINISHED)
     remaining = max(0, t.n_trials - done)
     print(f"study {name} in {_masked(t.storage)}: {done} finished trials, {remaining} to run (worker {t.worker})")
-    with schema_lock(t.storage, OPTUNA_LOCK_KEY):  # workers started together queue it once, not once each
-        queued = enqueue_base(study, cfg)
-    if queued:
+    if enqueue_base(study, cfg):
         print(f"queued the finetune config as a trial: lr={cfg.finetune.learning_rate:g} epochs={cfg.finetune.epochs}")
         remaining = max(remaining, 1)  # into a study that had run its n_trials: one more
     return study, remaining, done

@@ -115,15 +115,16 @@ ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():
     time.sleep(0.005)
-sys.exit(albert_exp.cli.main(sys.argv[3:]))
 """
+RUN_CLI = "sys.exit(albert_exp.cli.main(sys.argv[3:]))"
 
 
-def start_together(cmds: list[list[str]], where: Path, **kw) -> list[subprocess.Popen]:
-    """Start the CLI commands as processes held at a barrier until all are ready, then release them at once."""
+def start_together(cmds: list[list[str]], where: Path, run: str = RUN_CLI, **kw) -> list[subprocess.Popen]:
+    """Start processes held at a barrier until all are ready, then release them at once; each then runs `run`
+    (default: the CLI with its command's arguments)."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", BARRIER, str(where / f"ready{i}"), str(where / "go"), *cmd],
+            [sys.executable, "-c", BARRIER + run, str(where / f"ready{i}"), str(where / "go"), *cmd],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -138,6 +139,32 @@ def start_together(cmds: list[list[str]], where: Path, **kw) -> list[subprocess.
         time.sleep(0.05)
     (where / "go").touch()
     return procs
+
+
+OPEN_STUDY = """
+cfg = albert_exp.config.load_config(None, sys.argv[3:])
+albert_exp.tune.enqueue_base(albert_exp.tune.open_study(cfg, "race"), cfg)
+"""
+
+
+def test_open_study_at_the_same_instant_on_a_fresh_storage(postgres, tmp_path):
+    """The race itself, without the seconds a worker spends before it: four processes released together create
+    or find Optuna's tables and the study and queue the base config, in three fresh databases: every one
+    succeeds, one study, the base config queued once."""
+    import optuna
+
+    for i in range(3):
+        storage = postgres.create_db(f"race{i}")
+        where = tmp_path / f"round{i}"
+        where.mkdir()
+        args = [f"tune.storage={storage}", "finetune.learning_rate=0.0001", "tune.lr_min=1e-5", "tune.lr_max=1e-3"]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        procs = start_together([args] * 4, where, run="import albert_exp.config" + OPEN_STUDY, env=env)
+        outs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, [o[-3000:] for o in outs]
+        assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["race"]
+        trials = optuna.load_study(study_name="race", storage=storage).trials
+        assert [t.state.name for t in trials] == ["WAITING"], "the base config queued once"
 
 
 @pytest.mark.parametrize("workers", [2, 4])
