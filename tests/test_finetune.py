@@ -195,3 +195,28 @@ def test_accumulation_computes_what_one_batch_computes(tmp_path, tiny_tokenizer,
     wa, wb = (load_file(str(o / "checkpoints" / "step-00000002" / "model.safetensors")) for o in (out_a, out_b))
     dweight = max(float((wa[k] - wb[k]).abs().max()) for k in wa)
     assert dweight < 1e-4, dweight
+
+
+def test_fp16_with_a_gradient_scaler_trains_and_resumes_exactly(tmp_path, tiny_tokenizer, splits, monkeypatch):
+    """The path of cards without bf16 (the recipe's T4): fp16 autocast and a GradScaler, here on the CPU (torch
+    runs both there); the scaler's state travels in the checkpoint and a resumed run equals an uninterrupted one
+    (the toy never overflows, so its scale stays at the initial one: this does not tell a restored scale from a
+    fresh one)."""
+    from albert_exp import devices
+
+    monkeypatch.setattr(devices, "resolve_precision", lambda choice, device, where="": "fp16")
+    full, out = _train(tmp_path / "full", tiny_tokenizer, splits, "finetune.epochs=2")
+    assert full["precision"] == "fp16" and full["history"][-1]["finetune/train_loss"] < 0.69
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", tiny_tokenizer, splits, "finetune.epochs=2", hook=stop_after_first)
+    import json
+
+    saved = json.loads(next((tmp_path / "cut" / "ft" / "checkpoints").glob("step-*/trainer_state.json")).read_text())
+    assert saved["scaler"]["scale"] > 0
+    resumed, _ = _train(tmp_path / "cut", tiny_tokenizer, splits, "finetune.epochs=2")
+    assert resumed["history"] == full["history"]
