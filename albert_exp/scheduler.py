@@ -161,8 +161,11 @@ def _finish(child: _Child, done: dict[str, StageResult], failed: dict[str, str])
         data = json.loads(child.result.read_text())
         result = StageResult(**data)
         done[name] = result
-        how = f"reused run {result.run_id}" if result.reused else f"run {result.run_id}"
-        print(f"{name}: done in {seconds:.0f} s ({how})", flush=True)
+        if result.reused:  # the line the stage prints in one process
+            same = "same settings, inputs and code"
+            print(f"{name}: reusing run {result.run_id} ({same}; `--rerun {name}` computes it again)", flush=True)
+        else:
+            print(f"{name}: done in {seconds:.0f} s (run {result.run_id})", flush=True)
         _log_to_run(result.recorded_by or result.run_id, child.log)
         return
     lines = [x for x in child.log.read_text(errors="replace").splitlines() if x.strip()]

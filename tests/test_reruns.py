@@ -25,6 +25,7 @@ TINY = """\
 name: reruns
 seed: 1
 workdir: runs
+jobs: 1  # one stage at a time: a process per stage costs more than these stages take (tests/test_parallel.py: 2)
 corpus: {toy: true, toy_documents: 150, toy_train_rows: 160, toy_val_rows: 48, toy_test_rows: 48}
 vocab: {vocab_size: 300}
 model: {embedding_size: 16, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64,

@@ -61,7 +61,8 @@ def test_two_mains_on_one_workdir_one_waits_its_turn_and_no_link_dangles(tiny):
     while time.time() < deadline and not (lock.is_file() and lock.read_text()):
         time.sleep(0.05)
     second = subprocess.run([*cmd, "--set", DATA], cwd=tiny, env=env, capture_output=True, text=True, timeout=300)
-    assert first.wait(timeout=300) == 0, first.stderr[-2000:]
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
     assert second.returncode == 2, second.stdout[-1000:] + second.stderr[-1000:]
     (line,) = second.stderr.strip().splitlines()
     assert "in use by `albert-exp main`" in line and f"pid {first.pid}" in line and "Traceback" not in line
@@ -147,12 +148,20 @@ def test_the_mlproject_runs_a_data_only_subset(tiny):
     venv = Path(sys.executable).parent  # the MLproject's command runs `python` from PATH, as in an activated venv
     env["PATH"] = f"{venv}{os.pathsep}{env['PATH']}"
     cmd = [str(venv / "mlflow"), "run", str(ROOT), "-e", "main", "--env-manager", "local"]
-    cmd += ["--experiment-name", "reruns"]
+    cmd += ["--experiment-name", "newcomer"]  # not the YAML's name: the runs and every printed line follow it
     cmd += ["-P", f"config={tiny / 'tiny.yaml'}", "-P", f"set={DATA} workdir={tiny / 'runs'}"]
     out = subprocess.run(cmd, cwd=tiny, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tiny / "runs" / "pretraining_data" / "manifest.json").is_file()
     assert not (tiny / "runs" / "pretrain").exists()
+    assert "in experiment 'newcomer'" in out.stdout and "'reruns'" not in out.stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tiny / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("newcomer")
+    names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+    assert "main reruns" in names and {"corpus toy", "pretraining-data seq 64 dupe 1"} <= names, names
+    assert client.get_experiment_by_name("reruns") is None
 
 
 def test_finetune_from_the_pretrained_best_finds_its_tokenizer(tiny):
