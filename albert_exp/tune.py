@@ -28,7 +28,6 @@ of the study (enqueue_base): its first, and one more after a rerun with another 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import subprocess
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp import finetune
-from albert_exp.config import ExperimentConfig, flatten, to_dict
+from albert_exp.config import ExperimentConfig, flatten, to_dict, with_overrides
 from albert_exp.errors import UserError
 from albert_exp.stage import Context, Stage, StageResult
 from albert_exp.tracking import (
@@ -63,8 +62,8 @@ def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epo
     from albert_exp.finetune import pinned
 
     t = pinned(cfg, workdir)
-    f = dataclasses.replace(t.finetune, learning_rate=learning_rate, epochs=epochs, select_metric=cfg.tune.objective)
-    return dataclasses.replace(t, finetune=f)
+    searched = {"learning_rate": learning_rate, "epochs": epochs, "select_metric": cfg.tune.objective}
+    return with_overrides(t, {f"finetune.{k}": v for k, v in searched.items()})
 
 
 def study_name(cfg: ExperimentConfig) -> str:

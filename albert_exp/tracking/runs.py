@@ -197,6 +197,16 @@ def _recorded_run(work: Path) -> str | None:
     return run_id if run_id and get_run(run_id) is not None else None
 
 
+def experiment_id(client: Any, name: str) -> str:
+    """The experiment a new run goes into: MLFLOW_EXPERIMENT_ID or MLFLOW_EXPERIMENT_NAME when set (as `mlflow
+    run --experiment-name` and users set them), else the experiment YAML's `name` (created when new)."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or name
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else create_experiment(client, name)
+
+
 def _open_run(cfg: ExperimentConfig, run_name: str, parent: Tracker | None, resume_run_id: str | None) -> str:
     """The id of the run to log into: a resumed one, the one `mlflow run` made, or a new (child) run. A new run
     is created with the tags naming its process, so the dead-run sweep can close it whatever fails next."""
@@ -206,13 +216,13 @@ def _open_run(cfg: ExperimentConfig, run_name: str, parent: Tracker | None, resu
     if resume_run_id:
         return resume_run_id
     env_run = os.environ.pop("MLFLOW_RUN_ID", None) if parent is None else None
-    if env_run:
+    if env_run:  # `mlflow run` made it (with a random name): ours names it as our runs are named
+        client.set_tag(env_run, MLFLOW_RUN_NAME, run_name)
         return env_run
     if parent is not None and parent.experiment_id:
         exp_id = parent.experiment_id
     else:
-        exp = client.get_experiment_by_name(cfg.name)
-        exp_id = exp.experiment_id if exp else create_experiment(client, cfg.name)
+        exp_id = experiment_id(client, cfg.name)
     tags = {MLFLOW_RUN_NAME: run_name, **who()}
     if parent is not None and parent.run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent.run_id
