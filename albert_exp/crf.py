@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from albert_exp.labels import no_space_script
 from albert_exp.words import word_spans
@@ -187,9 +188,9 @@ class CRFExtractor(mlflow.pyfunc.PythonModel):
         self.tagger = pycrfsuite.Tagger()
         self.tagger.open(context.artifacts["crf_model"])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
-        import pandas as pd
-
+    # A DataFrame hint, as the ALBERT extractor's (albert_exp/serving.py): no schema inferred from it, and no
+    # warning on every load that the method has no type hints.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from albert_exp.serving import input_texts
 
         rows = tag(self.tagger, input_texts(model_input))

@@ -141,7 +141,8 @@ def test_world_size_must_divide_the_batch_and_match_the_checkpoint(tmp_path, mlf
     # A checkpoint of one process, resumed by two: refused, naming both counts.
     cfg = _cfg(tmp_path, "resume", max_steps=4)
     _single(cfg, tmp_path, "resume")
-    proc = _torchrun(cfg, tmp_path, "resume")
+    further = {**cfg, "pretrain": {**cfg["pretrain"], "max_steps": 8}}  # continues it (4 steps are reused as done)
+    proc = _torchrun(further, tmp_path, "resume")
     log = proc.communicate(timeout=600)[0].decode()
     assert proc.returncode != 0 and "written by 1 process(es), this run has 2" in log, log[-3000:]
 
