@@ -99,6 +99,7 @@ def tracking_in(tmp: Path):
     import mlflow
 
     old_cwd, old_env = os.getcwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    old_registry = os.environ.get("MLFLOW_REGISTRY_URI")  # set_registry_uri exports it
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.chdir(tmp)
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -114,6 +115,10 @@ def tracking_in(tmp: Path):
             os.environ["MLFLOW_TRACKING_URI"] = old_env
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
+        if old_registry is None:
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        else:
+            os.environ["MLFLOW_REGISTRY_URI"] = old_registry
 
 
 @pytest.fixture
@@ -124,6 +129,9 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # set_registry_uri exports MLFLOW_REGISTRY_URI: set through monkeypatch, so that it is gone after the test
+    # (else every later subprocess registers its models in this test's store)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -73,5 +73,5 @@ def test_sigterm_stops_every_stage_and_a_rerun_resumes(tiny):
     assert proc.returncode != 0 and "Traceback" not in err, err[-2000:]
     assert all(r.info.status != "RUNNING" for r in runs(tiny)), [(r.info.run_name, r.info.status) for r in runs(tiny)]
     out = cli(tiny, "main", "--config", "tiny.yaml", "--jobs", "2")
-    assert "corpus: done" in out.stdout and json.loads((tiny / "runs" / "results.json").read_text())["promote"]
+    assert "corpus: reusing run" in out.stdout and json.loads((tiny / "runs" / "results.json").read_text())["promote"]
     assert all(r.info.status != "RUNNING" for r in runs(tiny))

@@ -62,7 +62,7 @@ def test_two_mains_on_one_workdir_one_waits_its_turn_and_no_link_dangles(tiny):
         time.sleep(0.05)
     second = subprocess.run([*cmd, "--set", DATA], cwd=tiny, env=env, capture_output=True, text=True, timeout=300)
     _, first_err = first.communicate(timeout=300)
-    assert first.returncode == 0, first_err[-2000:]
+    assert first.returncode == 0, first_err[-6000:]
     assert second.returncode == 2, second.stdout[-1000:] + second.stderr[-1000:]
     (line,) = second.stderr.strip().splitlines()
     assert "in use by `albert-exp main`" in line and f"pid {first.pid}" in line and "Traceback" not in line
