@@ -16,6 +16,7 @@ back as float32 on the CPU (that code reads them there anyway). Shipped with the
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -100,3 +101,12 @@ def on_device(model: torch.nn.Module, choice: str = "auto", where: str = "device
     if device.type == "cpu":
         return model
     return OnDevice(model, device, "bf16" if bf16_native(device) else "fp32")
+
+
+def parallel_slots(threads: int) -> int:
+    """How many stage or trial processes this machine runs side by side: one per visible GPU, else the CPU cores
+    divided by each process's torch threads (0: torch takes every core, so one at a time)."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        return gpus
+    return max(1, (os.cpu_count() or 1) // threads) if threads else 1

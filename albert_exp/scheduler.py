@@ -40,12 +40,9 @@ RESULT_FILE = "ALBERT_EXP_RESULT_FILE"  # where the child writes its StageResult
 def default_jobs(cfg: ExperimentConfig) -> int:
     """One stage per GPU; on CPUs, the cores divided by a training stage's torch threads (0: torch takes every
     core, so one stage at a time)."""
-    gpus = _gpus()
-    if gpus:
-        return gpus
-    cores = os.cpu_count() or 1
-    threads = max(cfg.pretrain.torch_threads, cfg.finetune.torch_threads) or cores
-    return max(1, cores // threads)
+    from albert_exp.devices import parallel_slots
+
+    return parallel_slots(max(cfg.pretrain.torch_threads, cfg.finetune.torch_threads))
 
 
 def _gpus() -> int:

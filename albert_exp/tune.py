@@ -486,14 +486,10 @@ def compute(ctx: Context) -> dict[str, Any]:
 
 def trial_workers(cfg: ExperimentConfig) -> int:
     """Trial processes on this machine: `jobs`, or (0) one per GPU, else the cores divided by a trial's torch
-    threads (1 where torch takes every core). scheduler.default_jobs' rule for the trials' own threads."""
-    if cfg.jobs:
-        return cfg.jobs
-    gpus = _cuda_ids()
-    if gpus:
-        return len(gpus)
-    threads = cfg.finetune.torch_threads
-    return max(1, (os.cpu_count() or 1) // threads) if threads else 1
+    threads (1 where torch takes every core): devices.parallel_slots, as `main --jobs` counts stages."""
+    from albert_exp.devices import parallel_slots
+
+    return cfg.jobs or parallel_slots(cfg.finetune.torch_threads)
 
 
 def _cuda_ids() -> list[str]:
