@@ -72,6 +72,12 @@ COMMANDS: dict[str, Command] = {
         "baseline",
         stage=True,
     ),
+    "curve": Command(
+        "albert_exp.curve",
+        "the label-efficiency curve: pretrained vs from scratch vs CRF on seeded subsets of the labelled split",
+        "curve",
+        stage=True,
+    ),
     "tpu-logs": Command("albert_exp.tpu_logs.cli", "ingest console logs of a TPU pretraining run into MLflow", None),
     "tune": Command(
         "albert_exp.tune",

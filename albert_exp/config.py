@@ -565,9 +565,35 @@ MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "s
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+@dataclass(frozen=True)
+class CurveConfig:
+    """The label-efficiency curve (`curve` stage, albert_exp/curve.py): after one pretraining, each candidate on
+    seeded, nested subsets of the labelled training split (val and test untouched); test phrase F1 and negative
+    false-positive rate, mean ± spread over the seeds, per number of labelled reviews."""
+
+    label_budgets: list[int | Literal["all"]] = setting(
+        [100, 300, 1000, "all"], "labelled training reviews per point of the curve (`all`: the whole training split)"
+    )
+    seeds: int = setting(3, "subsets (each with its own fine-tuning seed) per budget: the spread is over them")
+    candidates: list[Literal["pretrained", "scratch", "crf"]] = setting(
+        ["pretrained", "scratch", "crf"],
+        "what is trained on each subset: the pretrained tagger (finetune), the same from random weights, the CRF",
+    )
+
+    def validate(self, key: str) -> None:
+        sizes = [b for b in self.label_budgets if b != "all"]
+        _require(bool(self.label_budgets), f"{key}.label_budgets", "give at least one budget (e.g. [100, all])")
+        _require(min(sizes, default=1) >= 1, f"{key}.label_budgets", "a budget must be >= 1 (or `all`)")
+        _require(self.seeds >= 1, f"{key}.seeds", "must be >= 1")
+        _require(bool(self.candidates), f"{key}.candidates", "name at least one of pretrained, scratch, crf")
+
+
     """A whole experiment: shared settings plus one section per stage."""
 
     name: str = setting("albert-exp", "MLflow experiment name")
+# allowed in `stages:` but not run unless named: the label-efficiency curve (many fine-tunings, albert_exp/curve.py)
+OPTIONAL_STAGES = ("curve",)
+KNOWN_STAGES = MAIN_STAGES + OPTIONAL_STAGES
     description: str = setting("", "what the experiment is for (shown with its runs)")
     seed: int = setting(42, "random seed of every stage")
     workdir: str | None = setting(None, "where stage outputs go; none: runs/<name>")
@@ -580,7 +606,8 @@ class ExperimentConfig:
         list(MAIN_STAGES),
         "what `main` runs (any subset, in dependency order; a stage's inputs come from the subset or from the "
         "outputs already in the workdir); leave out pretraining-data + pretrain to fine-tune from scratch, "
-        "tune + promote to stop after one fine-tuning run, everything after pretraining-data to prepare data",
+        "tune + promote to stop after one fine-tuning run, everything after pretraining-data to prepare data; add "
+        "`curve` (never run unless named) for the label-efficiency curve",
     )
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -598,8 +625,9 @@ class ExperimentConfig:
     overrides: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
 
     def validate(self, key: str) -> None:
-        unknown = [s for s in self.stages if s not in MAIN_STAGES]
-        _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(MAIN_STAGES)}")
+    curve: CurveConfig = field(default_factory=CurveConfig)
+        unknown = [s for s in self.stages if s not in KNOWN_STAGES]
+        _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(KNOWN_STAGES)}")
         _require(self.jobs >= 0, "jobs", "must be >= 0 (0: what the machine allows)")
         d, p = self.pretraining_data, self.pretrain
         for name in ("max_seq_length", "max_predictions_per_seq"):  # the records must fit what pretraining reads

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from albert_exp.config import MAIN_STAGES, ExperimentConfig
+from albert_exp.config import KNOWN_STAGES, ExperimentConfig
 from albert_exp.errors import UserError
 from albert_exp.executor import check_plan, run_stage
 from albert_exp.locks import workdir_lock
@@ -37,13 +37,13 @@ from albert_exp.stages import in_order
 def parse_rerun(text: str) -> set[str]:
     names = {s.strip() for s in (text or "").split(",") if s.strip()}
     if "all" in names:
-        return set(MAIN_STAGES)
-    unknown = names - set(MAIN_STAGES)
+        return set(KNOWN_STAGES)
+    unknown = names - set(KNOWN_STAGES)
     if unknown:
         raise UserError(
             f"unknown stage(s) {sorted(unknown)} in --rerun",
             where="--rerun",
-            fix=f"name stages among {', '.join(MAIN_STAGES)}, or `all`",
+            fix=f"name stages among {', '.join(KNOWN_STAGES)}, or `all`",
         )
     return names
 
@@ -77,7 +77,7 @@ def _run(cfg: ExperimentConfig, forced: set[str]) -> dict[str, Any]:
         results["reused"] = [name.replace("-", "_") for name, r in done.items() if r.reused]
         results["seconds"] = round(time.time() - t0, 1)
         parent.set_tags({"reused_stages": ",".join(results["reused"])})
-        note = publish(parent, cfg.name, results) if "finetune" in done else ""
+        note = publish(parent, cfg.name, results) if {"finetune", "curve"} & set(done) else ""
         write_results(cfg.root, results, parent)
     if note:
         print("\n" + plain(note))

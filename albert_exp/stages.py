@@ -8,10 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from albert_exp import baseline, corpus, finetune, heldout, pretrain, pretraining_data, promote, scratch, tune, vocab
+from albert_exp import (
+    baseline,
+    corpus,
+    curve,
+    finetune,
+    heldout,
+    pretrain,
+    pretraining_data,
+    promote,
+    scratch,
+    tune,
+    vocab,
+)
 from albert_exp.stage import Stage
 
-MODULES = (corpus, vocab, pretraining_data, heldout, pretrain, finetune, scratch, baseline, tune, promote)
+MODULES = (corpus, vocab, pretraining_data, heldout, pretrain, finetune, scratch, baseline, curve, tune, promote)
 STAGES: dict[str, Stage] = {m.STAGE.name: m.STAGE for m in MODULES}
 # what an experiment's `stages:` may name (a stage made on demand is not listed)
 LISTED = tuple(name for name, s in STAGES.items() if not s.auto)

@@ -3,8 +3,9 @@
 The parent run's description and the experiment's description (the banner above the runs table; MLflow keeps
 both in the tag `mlflow.note.content`) get one markdown summary: the champion and its test metrics, the search's
 best learning rate and epochs, pretrained vs from scratch (and the CRF baseline when it ran), with links to the
-runs. The parent run gets `gain/test/<metric>` = pretrained minus from-scratch on the test split. `make demo`
-prints the same text. Everything here but `publish` is a plain function of the stages' results.
+runs, and the label-efficiency curve's sentence and table when the `curve` stage ran. The parent run gets
+`gain/test/<metric>` = pretrained minus from-scratch on the test split. `make demo` prints the same text.
+Everything here but `publish` is a plain function of the stages' results.
 """
 
 from __future__ import annotations
@@ -119,7 +120,27 @@ def headline(name: str, results: dict[str, Any]) -> str:
             "**pretraining gain** vs scratch: "
             + ", ".join(f"{k} {v:+.4f}" for k, v in (("acc", acc), ("F1", f1)) if v is not None)
         )
+    parts += _curve_headline(results.get("curve"))
     return f"{name}: " + " · ".join(parts) if parts else f"{name}: no candidate finished"
+
+
+def _curve_headline(curve: dict[str, Any] | None) -> list[str]:
+    """The curve's answer in a few words: how many times the labels pretraining is worth."""
+    if not curve or curve.get("reference_f1") is None:
+        return []
+    k, x = curve.get("labels_worth"), curve["reference_f1"]
+    if k is None:
+        return [f"**pretraining** never reaches scratch's F1 {x:.3f} with the most labels"]
+    return [f"**pretraining worth** ~{k:.2g}× the labels at F1 {x:.3f}"]
+
+
+def _curve_section(curve: dict[str, Any] | None, experiment_id: Where) -> list[str]:
+    """The label-efficiency curve (albert_exp/curve.py): its sentence and its table, with a link to its run."""
+    if not curve or not curve.get("table"):
+        return []
+    link = _run_link(experiment_id, curve.get("run_id"), "the curve's run")
+    said = f": {curve['sentence']}." if curve.get("sentence") else "."
+    return ["", f"**Label efficiency** ({link or 'curve'}){said}", "", curve["table"]]
 
 
 def _details(results: dict[str, Any], experiment_id: Where) -> list[str]:
@@ -167,6 +188,7 @@ def _candidates_table(results: dict[str, Any], experiment_id: Where) -> list[str
 def markdown(name: str, results: dict[str, Any], experiment_id: Where = None) -> str:
     """The summary as markdown: the headline, details, then one table row per candidate."""
     lines = [headline(name, results), "", *_details(results, experiment_id), *_candidates_table(results, experiment_id)]
+    lines += _curve_section(results.get("curve"), experiment_id)
     if experiment_id and results.get("parent_run_id"):
         lines += ["", f"Parent run: {_run_link(experiment_id, results['parent_run_id'], results['parent_run_id'])}."]
     return "\n".join(lines)

@@ -164,6 +164,7 @@ LAYERS = {
         "finetune",
         "scratch",
         "baseline",
+        "curve",
         "tune",
         "promote",
         "summary",
