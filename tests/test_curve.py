@@ -156,6 +156,27 @@ def test_adding_a_budget_computes_only_that_budgets_points(first):
     assert [r["budget"] for r in bigger["stats"] if r["candidate"] == "crf"] == [40, 80, ROWS]
 
 
+def test_main_with_the_curve_prints_and_publishes_its_sentence_and_table(first, capsys):
+    from mlflow import MlflowClient
+
+    from albert_exp.cli import main
+
+    root, uri, results = first
+    args = [
+        "main",
+        "--workdir",
+        str(root),
+        "--set",
+        " ".join([*FAST, "stages=[curve]", "curve.label_budgets=[40,all]"]),
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "curve: reusing run" in out and results["sentence"] in out and "ALBERT from scratch" in out
+    parent = json.loads((root / "results.json").read_text())["parent_run_id"]
+    note = MlflowClient(uri).get_run(parent).data.tags["mlflow.note.content"]
+    assert results["sentence"] in note and results["table"] in note
+
+
 def test_a_budget_larger_than_the_split_stops_with_one_line_before_any_run(first, capsys):
     from albert_exp.cli import main
 
