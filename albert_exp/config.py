@@ -387,12 +387,16 @@ class FinetuneConfig:
     warmup_ratio: float = setting(0.0, "share of steps of linear warm-up")
     max_grad_norm: float = setting(1.0, "gradient-norm clipping")
     train_encoder: bool = setting(True, "train the encoder too; false: only the classification head is trained")
-    freeze_embeddings: bool = setting(False, "keep the word embeddings as they are (see the README's realistic toy)")
+    freeze_embeddings: bool = setting(
+        True,
+        "keep the pretrained word embeddings as they are (unseen names stay near the seen ones pretraining put them "
+        "by; README, the realistic toy); from random weights (no model_dir, the `scratch` stage) they are trained",
+    )
     classifier_dropout: float = setting(
         0.1, "dropout before the tagging head, from scratch and from a checkpoint alike"
     )
     select_metric: Literal["token_accuracy", "phrase_f1"] = setting(
-        "token_accuracy", "the val metric that picks the best epoch"
+        "phrase_f1", "the val metric that picks the best epoch (both are logged; token_accuracy is the recipe's)"
     )
     max_train_rows: int | None = setting(None, "cap for quick runs")
     torch_threads: int = setting(0, "torch threads; 0: torch's default", in_key=False)
@@ -425,7 +429,7 @@ class FinetuneConfig:
         "token -> word phrase probability (HF's names)",
     )
     augment_mentions: int = setting(
-        0,
+        1,
         "mention-replaced copies of each training review with a phrase (albert_exp/augment.py)",
     )
 
@@ -466,7 +470,10 @@ class TuneConfig:
     lr_max: float = setting(1e-3, "largest learning rate tried")
     epochs_min: int = setting(1, "fewest epochs tried")
     epochs_max: int = setting(8, "most epochs tried")
-    objective: Literal["token_accuracy", "phrase_f1"] = setting("token_accuracy", "val/<objective>, maximised")
+    objective: Literal["token_accuracy", "phrase_f1"] | None = setting(
+        None,
+        "val/<objective>, maximised; none: finetune.select_metric (then the search's base trial is the finetune run)",
+    )
     storage: str = setting(
         "sqlite:///optuna.db",
         "Optuna storage URL; postgresql://user@host:port/db for several workers (needs the `postgres` extra)",
@@ -558,13 +565,6 @@ class BaselineConfig:
         _require(self.max_iterations >= 1, f"{key}.max_iterations", "must be >= 1")
 
 
-# scratch: the fine-tuning again from random weights, the control for the pretraining gain (albert_exp/scratch.py)
-# baseline: the classic CRF on the same split (albert_exp/baseline.py)
-MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "baseline", "tune", "promote")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
 @dataclass(frozen=True)
 class CurveConfig:
     """The label-efficiency curve (`curve` stage, albert_exp/curve.py): after one pretraining, each candidate on
@@ -588,12 +588,19 @@ class CurveConfig:
         _require(bool(self.candidates), f"{key}.candidates", "name at least one of pretrained, scratch, crf")
 
 
-    """A whole experiment: shared settings plus one section per stage."""
-
-    name: str = setting("albert-exp", "MLflow experiment name")
+# scratch: the fine-tuning again from random weights, the control for the pretraining gain (albert_exp/scratch.py)
+# baseline: the classic CRF on the same split (albert_exp/baseline.py)
+MAIN_STAGES = ("corpus", "vocab", "pretraining-data", "pretrain", "finetune", "scratch", "baseline", "tune", "promote")
 # allowed in `stages:` but not run unless named: the label-efficiency curve (many fine-tunings, albert_exp/curve.py)
 OPTIONAL_STAGES = ("curve",)
 KNOWN_STAGES = MAIN_STAGES + OPTIONAL_STAGES
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: shared settings plus one section per stage."""
+
+    name: str = setting("albert-exp", "MLflow experiment name")
     description: str = setting("", "what the experiment is for (shown with its runs)")
     seed: int = setting(42, "random seed of every stage")
     workdir: str | None = setting(None, "where stage outputs go; none: runs/<name>")
@@ -618,6 +625,7 @@ KNOWN_STAGES = MAIN_STAGES + OPTIONAL_STAGES
     tune: TuneConfig = field(default_factory=TuneConfig)
     promote: PromoteConfig = field(default_factory=PromoteConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    curve: CurveConfig = field(default_factory=CurveConfig)
 
     # Where the config came from (not a config key): shown in errors and logged as a tag.
     source: str = field(default="<defaults>", repr=False, compare=False, metadata={"internal": True})
@@ -625,7 +633,6 @@ KNOWN_STAGES = MAIN_STAGES + OPTIONAL_STAGES
     overrides: tuple[str, ...] = field(default=(), repr=False, compare=False, metadata={"internal": True})
 
     def validate(self, key: str) -> None:
-    curve: CurveConfig = field(default_factory=CurveConfig)
         unknown = [s for s in self.stages if s not in KNOWN_STAGES]
         _require(not unknown, "stages", f"unknown stage(s) {unknown}; allowed: {', '.join(KNOWN_STAGES)}")
         _require(self.jobs >= 0, "jobs", "must be >= 0 (0: what the machine allows)")
@@ -642,6 +649,11 @@ KNOWN_STAGES = MAIN_STAGES + OPTIONAL_STAGES
     @property
     def root(self) -> Path:
         return Path(self.workdir or f"runs/{self.name}")
+
+    @property
+    def tune_objective(self) -> str:
+        """The val metric the search maximises and its trials pick their best epoch by."""
+        return self.tune.objective or self.finetune.select_metric
 
     def stage_dir(self, stage: str) -> Path:
         return self.root / stage.replace("-", "_")

@@ -40,6 +40,7 @@ class Encoded:
     phrases: list[str] = field(default_factory=list)  # every gold phrase, for the seen/unseen word split
     train_words: set[str] | None = None  # words of the training phrases; None: no seen/unseen metrics
     aggregation: str = "average"  # token -> word scores (albert_exp.words)
+    augmented: int = 0  # of `texts`, the mention-replaced copies (training only): the rest are the CSV's rows
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -191,7 +192,8 @@ def encode(
     if augment_copies:
         from albert_exp.augment import augment
 
-        kept = kept + augment(kept, augment_copies, seed)
+        copies = augment(kept, augment_copies, seed)
+        kept, out.augmented = kept + copies, len(copies)
     all_ids, all_offsets = tokenize(tokenizer, [t for _, t, _, _ in kept])
     for (_, text, spans, _), ids, offsets in zip(kept, all_ids, all_offsets, strict=True):
         labels = token_labels(offsets, [0] * len(offsets), spans)

@@ -81,7 +81,8 @@ def make_optimizer(model: Any, cfg: ExperimentConfig, total_steps: int) -> tuple
     if not f.train_encoder:  # head only: the encoder stays as pretrained
         for p in model.albert.parameters():
             p.requires_grad_(False)
-    if f.freeze_embeddings:  # the word embeddings stay as pretrained: names are read through what pretraining knew
+    # the word embeddings stay as pretrained: names are read through what pretraining knew (random ones are trained)
+    if f.freeze_embeddings and f.model_dir:
         model.albert.embeddings.word_embeddings.weight.requires_grad_(False)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -446,8 +447,9 @@ def compute(ctx: Context) -> dict[str, Any]:
             tracker.log_dict({"dropped": d.dropped}, f"data/{split}_dropped_rows.json")
         tracker.log_params(
             {
-                f"data.{split}_rows": len(d.texts),
+                f"data.{split}_rows": len(d.texts) - d.augmented,  # the CSV's rows used
                 f"data.{split}_dropped_rows": len(d.dropped),
+                **({f"data.{split}_augmented_rows": d.augmented} if d.augmented else {}),
                 f"data.{split}_windows": len(d),  # rows longer than one window are cut into several
                 f"data.{split}_windowed_rows": d.windowed_rows,
             }

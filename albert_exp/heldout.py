@@ -3,7 +3,8 @@
 On the toy corpus (when `pretrain.eval_input` is empty) pretraining needs this stage, which the executor makes
 on demand (`auto`: it is in no `stages:` list): further toy documents with another seed, made into TFRecords
 exactly as the training shards (same tokenizer, sequence length, masking; one pass), under
-`<workdir>/eval_data@<identity>/`. It has no MLflow run of its own: it is part of pretraining's input, not a stage
+`<workdir>/eval_data@<identity>/`, static TFRecords also when the training data is dynamic (an evaluation
+with fixed masks). It has no MLflow run of its own: it is part of pretraining's input, not a stage
 to compare. Under `torchrun` rank 0 alone makes it. A real corpus holds out data by naming its own files in
 `pretrain.eval_input`.
 """
@@ -33,6 +34,7 @@ def held_config(cfg: ExperimentConfig, out: Path) -> ExperimentConfig:
         "tokenizer_dir": str(cfg.stage_dir("vocab") / "tokenizer"),
         "dupe_factor": 1,
         "workers": 1,
+        "mode": "static",  # fixed masks, the same evaluation at every step, whichever mode the training data has
     }
     return with_overrides(
         cfg,

@@ -4,8 +4,8 @@
                    parent_run_id=tracker.run_id)
 
 Each worker is a fresh interpreter (spawn: no torch threads, CUDA state or active MLflow run inherited) that logs
-to the same store, takes one GPU of those visible (when there are any), writes its console output to
-`<logs>/<prefix>-worker-<k>.log` and dies with this process. A task's stage runs are children of
+to the same store, takes one GPU of those visible (when there are any) or its share of the cores, writes its
+console output to `<logs>/<prefix>-worker-<k>.log` and dies with this process. A task's stage runs are children of
 `parent_run_id` (the stage run takes its parent from ALBERT_EXP_PARENT_RUN_ID, as under `main --jobs`). A
 failing task, Ctrl-C or SIGTERM stops the others: running tasks get SIGTERM (their runs end KILLED, their partial
 outputs stay for a rerun to resume), queued ones never start.
@@ -19,16 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from albert_exp.tracking import PARENT_RUN_ENV, tracking_uri
-
-
-def cuda_ids() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (empty: none)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
 
 
 def in_pool(
@@ -51,7 +41,7 @@ def in_pool(
     for k in range(workers):
         slots.put(k)
     logs.mkdir(parents=True, exist_ok=True)
-    init = (tracking_uri(), str((logs / f"{prefix}-worker-").resolve()), slots, cuda_ids(), os.getpid())
+    init = (tracking_uri(), str((logs / f"{prefix}-worker-").resolve()), slots, workers, os.getpid())
     out: dict[Any, Any] = {}
     pool = cf.ProcessPoolExecutor(workers, mp_context=spawn, initializer=_start_worker, initargs=init)
     try:
@@ -69,16 +59,18 @@ def in_pool(
     return out
 
 
-def _start_worker(uri: str, log_prefix: str, slots: Any, gpus: list[str], parent_pid: int) -> None:
-    """A worker's setup: the parent's tracking store, one GPU (when there are any), its own log, no progress bars."""
+def _start_worker(uri: str, log_prefix: str, slots: Any, workers: int, parent_pid: int) -> None:
+    """A worker's setup: the parent's tracking store, one GPU (when there are any) or its share of the cores, its
+    own log, no progress bars."""
+    from albert_exp.devices import share_cores, side_by_side_env
     from albert_exp.processes import die_with_parent
 
     die_with_parent(parent_pid)
     slot = slots.get()
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"})
     os.environ.pop("MLFLOW_RUN_ID", None)
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    os.environ.update(side_by_side_env(slot, workers))
+    share_cores(workers)  # torch is imported already: its thread count is set, not read from the environment
     fd = os.open(f"{log_prefix}{slot}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -42,15 +42,8 @@ def default_jobs(cfg: ExperimentConfig) -> int:
     core, so one stage at a time)."""
     from albert_exp.devices import parallel_slots
 
-    return parallel_slots(max(cfg.pretrain.torch_threads, cfg.finetune.torch_threads))
-
-
-def _gpus() -> int:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    threads = (cfg.pretrain.torch_threads, cfg.finetune.torch_threads)
+    return parallel_slots(0 if 0 in threads else max(threads))
 
 
 class _Child:
@@ -111,7 +104,7 @@ class _Plan:
             elif not blocked and len(self.running) < self.jobs:
                 self.pending.remove(stage)
                 slot = min(set(range(self.jobs)) - {c.slot for c in self.running.values()})
-                self.running[stage.name] = _start(stage, self.cfg, self.forced, self.parent_run_id, self.logs, slot)
+                self.running[stage.name] = _start(stage, self, slot)
 
     def reap(self) -> None:
         for name, child in list(self.running.items()):
@@ -120,25 +113,26 @@ class _Plan:
                 _finish(child, self.done, self.failed)
 
 
-def _start(
-    stage: Stage, cfg: ExperimentConfig, forced: set[str], parent_run_id: str | None, logs: Path, slot: int
-) -> _Child:
-    log, result = logs / f"{stage.name}.log", logs / f"{stage.name}.result.json"
+def _start(stage: Stage, plan: _Plan, slot: int) -> _Child:
+    """`albert-exp <stage>` in its own process, with the slot's device and share of the cores."""
+    from albert_exp.devices import side_by_side_env
+
+    cfg, parent_run_id = plan.cfg, plan.parent_run_id
+    log, result = plan.logs / f"{stage.name}.log", plan.logs / f"{stage.name}.result.json"
     result.unlink(missing_ok=True)
     args = [sys.executable, "-m", "albert_exp", stage.name]
     if not cfg.source.startswith("<"):
         args += ["--config", cfg.source]
     for override in cfg.overrides:
         args += ["--set", override]
-    if stage.name in forced:
+    if stage.name in plan.forced:
         args.append("--rerun")
     env = {**os.environ, IN_MAIN: "1", RESULT_FILE: str(result), "TQDM_DISABLE": os.environ.get("TQDM_DISABLE", "1")}
     if parent_run_id:
         env[PARENT_RUN] = parent_run_id
     env["MLFLOW_TRACKING_URI"] = _tracking_uri()  # the store this `main` logs to, however it was set
     env.pop("MLFLOW_RUN_ID", None)
-    if _gpus():
-        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    env.update(side_by_side_env(slot, plan.jobs))
     print(f"{stage.name}: started (log: {log})", flush=True)
     with open(log, "w") as fh:  # the child holds its own descriptor
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -62,7 +62,7 @@ def trial_config(cfg: ExperimentConfig, workdir: Path, learning_rate: float, epo
     from albert_exp.finetune import pinned
 
     t = pinned(cfg, workdir)
-    searched = {"learning_rate": learning_rate, "epochs": epochs, "select_metric": cfg.tune.objective}
+    searched = {"learning_rate": learning_rate, "epochs": epochs, "select_metric": cfg.tune_objective}
     return with_overrides(t, {f"finetune.{k}": v for k, v in searched.items()})
 
 
@@ -79,7 +79,8 @@ def study_name(cfg: ExperimentConfig) -> str:
     fixed = settings(cfg, "finetune")
     sections = {
         "finetune": {k: v for k, v in fixed.items() if k not in ("learning_rate", "epochs")},
-        "space": {k: getattr(cfg.tune, k) for k in ("lr_min", "lr_max", "epochs_min", "epochs_max", "objective")},
+        "space": {k: getattr(cfg.tune, k) for k in ("lr_min", "lr_max", "epochs_min", "epochs_max")}
+        | {"objective": cfg.tune_objective},
         "model": to_dict(cfg.model),
         "seed": cfg.seed,
         "name": cfg.name,
@@ -296,7 +297,7 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any, run_stag
 
     from albert_exp.identity import key_of
 
-    t = cfg.tune
+    t, goal = cfg.tune, cfg.tune_objective
 
     def objective(trial: optuna.Trial) -> float:
         lr = trial.suggest_float("learning_rate", t.lr_min, t.lr_max, log=True)
@@ -316,12 +317,12 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any, run_stag
         def on_epoch(epoch: int, val: dict[str, float]) -> None:
             if "mlflow_run_id" not in trial.user_attrs and current_run_id():
                 trial.set_user_attr("mlflow_run_id", current_run_id())
-            trial.report(val[t.objective], epoch)
+            trial.report(val[goal], epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"epoch {epoch}: val/{t.objective}={val[t.objective]:.4f} below the median")
+                raise optuna.TrialPruned(f"epoch {epoch}: val/{goal}={val[goal]:.4f} below the median")
 
-        if known is not None and f"val/{t.objective}" in known.values and key_of(finetune.STAGE, tcfg) == known.key:
-            return _same_as(trial, known, t.objective)
+        if known is not None and f"val/{goal}" in known.values and key_of(finetune.STAGE, tcfg) == known.key:
+            return _same_as(trial, known, goal)
         tags = {"optuna_study": trial.study.study_name, "optuna_trial": trial.number, "optuna_worker": t.worker}
         if origin is not None:
             tags["optuna_retry_of"] = origin
@@ -329,7 +330,7 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any, run_stag
         name = trial_run_name(trial.number, lr, epochs, base=base)
         try:
             with run_tags(tags, early_stop=(optuna.TrialPruned,)):
-                res = run_stage("finetune", tcfg, {"on_epoch": on_epoch})
+                res = run_stage("finetune", tcfg, {"on_epoch": on_epoch, "label": f"trial {trial.number}"})
         except optuna.TrialPruned:
             name += " pruned"
             raise
@@ -347,7 +348,7 @@ def make_objective(cfg: ExperimentConfig, study_dir: Path, parent: Any, run_stag
         ):
             if key in res.values:
                 trial.set_user_attr(key, res[key])
-        return float(res[f"val/{t.objective}"])
+        return float(res[f"val/{goal}"])
 
     return objective
 
@@ -456,7 +457,7 @@ def compute(ctx: Context) -> dict[str, Any]:
 
     def after_trial(study: Any, trial: Any) -> None:
         mine.append(trial.number)
-        _log_trial(study, trial, tracker, t.objective)
+        _log_trial(study, trial, tracker, cfg.tune_objective)
         states = [tr.state.name for tr in study.get_trials(deepcopy=False)]
         # done, whichever worker finished it, or about to be with the trials other workers are running
         if sum(s in FINISHED for s in states) + states.count("RUNNING") >= t.n_trials:
@@ -466,6 +467,10 @@ def compute(ctx: Context) -> dict[str, Any]:
         print(f"study {name} already has {done} finished trials (n_trials={t.n_trials}): reporting its best")
         return _report(cfg, study, study_dir, tracker, mine)
     workers = start_workers(cfg, name, min(trial_workers(cfg), remaining), tracker.run_id)
+    if workers:  # this process is worker 0 of them: its share of the cores, as theirs (torch_threads wins)
+        from albert_exp.devices import share_cores
+
+        share_cores(len(workers) + 1)
     try:
         study.optimize(
             make_objective(cfg, study_dir, tracker, ctx.run, ctx.upstream.get("finetune")),
@@ -480,7 +485,7 @@ def compute(ctx: Context) -> dict[str, Any]:
         raise
     for tr in sorted(study.get_trials(deepcopy=False), key=lambda tr: tr.number):
         if workers and tr.number not in mine and tr.state.name in FINISHED:  # the other workers' trials too
-            _log_trial(study, tr, tracker, t.objective)
+            _log_trial(study, tr, tracker, cfg.tune_objective)
     return _report(cfg, study, study_dir, tracker, mine)
 
 
@@ -490,16 +495,6 @@ def trial_workers(cfg: ExperimentConfig) -> int:
     from albert_exp.devices import parallel_slots
 
     return cfg.jobs or parallel_slots(cfg.finetune.torch_threads)
-
-
-def _cuda_ids() -> list[str]:
-    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them (empty: none)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
 
 
 # The file the parent `main --jobs` reads this process's result from (scheduler.RESULT_FILE): not a worker's.
@@ -516,6 +511,7 @@ def start_workers(cfg: ExperimentConfig, study: str, n: int, run_id: str | None)
         return []
     from functools import partial
 
+    from albert_exp.devices import side_by_side_env
     from albert_exp.processes import die_with_parent
 
     logs = cfg.root / "logs"
@@ -529,11 +525,11 @@ def start_workers(cfg: ExperimentConfig, study: str, n: int, run_id: str | None)
     env.update(
         {PARENT_RUN_ENV: run_id, "MLFLOW_TRACKING_URI": tracking_uri(), "TQDM_DISABLE": env.get("TQDM_DISABLE", "1")}
     )
-    gpus, workers = _cuda_ids(), []
+    workers = []
     for k in range(1, n):
         w = cfg.tune.worker + k
         log = logs / f"tune-worker{w}.log"
-        devices = {"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} if gpus else {}
+        devices = side_by_side_env(k, n)
         with open(log, "w") as fh:
             proc = subprocess.Popen(
                 [*base, "--set", f"tune.worker={w} tune.study_name={study} jobs=1"],
@@ -612,7 +608,7 @@ def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mi
     results = {
         "study_name": name,
         "storage": _masked(t.storage),
-        "objective": f"val/{t.objective}",
+        "objective": f"val/{cfg.tune_objective}",
         "best_trial": best.number,
         "best_params": best.params,
         "best_value": best.value,
@@ -627,7 +623,7 @@ def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mi
     tracker.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
     # the running best's last point, at the step of the trial that finished last (one point per trial)
     last = max((tr for tr in study.trials if tr.state.name in FINISHED), key=lambda tr: tr.datetime_complete).number
-    tracker.log_metrics({f"best/val_{t.objective}": best.value}, step=last)
+    tracker.log_metrics({f"best/val_{cfg.tune_objective}": best.value}, step=last)
     tracker.log_metrics(
         {
             "tune/complete": len(complete),
@@ -650,7 +646,7 @@ def _report(cfg: ExperimentConfig, study: Any, study_dir: Path, tracker: Any, mi
     results["plots"] = _log_plots(study, tracker)
     print(
         f"best trial {best.number}: lr={best.params['learning_rate']:.3g} epochs={best.params['epochs']} "
-        f"val/{t.objective}={best.value:.4f}; {counts}"
+        f"val/{cfg.tune_objective}={best.value:.4f}; {counts}"
     )
     return results
 

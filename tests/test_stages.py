@@ -39,7 +39,9 @@ def test_a_second_main_with_a_search_reuses_finetuning_and_registers_nothing(tin
     study = optuna.load_study(study_name=first["tune"]["study_name"], storage=f"sqlite:///{tiny / 'optuna.db'}")
     (base,) = [tr for tr in study.trials if tr.params == {"learning_rate": 0.003, "epochs": 2}]
     assert base.user_attrs["same_as_run"] == base.user_attrs["mlflow_run_id"] == first["finetune"]["run_id"]
-    assert base.value == first["finetune"]["val/token_accuracy"] and len(base.intermediate_values) == 2
+    # the objective follows finetune.select_metric (phrase_f1 by default): the trial is the finetune run's
+    assert first["tune"]["objective"] == "val/phrase_f1"
+    assert base.value == first["finetune"]["val/phrase_f1"] and len(base.intermediate_values) == 2
     assert not [r for r in runs(tiny) if r.data.tags.get("optuna_trial") == str(base.number)], "base trial trained"
     client = MlflowClient(f"sqlite:///{tiny / 'mlflow.db'}")
     versions = len(client.search_model_versions("name='reruns-phrase-tagger'"))
@@ -172,3 +174,13 @@ def test_finetune_from_the_pretrained_best_finds_its_tokenizer(tiny):
     cli(tiny, "finetune", "--config", "tiny.yaml", "--model-dir", str(best), "--set", "finetune.epochs=1")
     result = json.loads((tiny / "runs" / "finetune" / "results.json").read_text())
     assert result["test/token_accuracy"] > 0 and result["run_id"]
+
+
+def test_dynamic_pretraining_data_keeps_the_toys_held_out_evaluation(tiny):
+    """With `pretraining_data.mode: dynamic` the held-out records stay static TFRecords (fixed masks: the same
+    evaluation at every step); they were Arrow files pretraining read as TFRecords ("bad length CRC")."""
+    dynamic = ("--set", "pretraining_data.mode=dynamic")
+    cli(tiny, "main", "--config", "tiny.yaml", "--set", "stages=[corpus,vocab,pretraining-data,pretrain]", *dynamic)
+    result = json.loads((tiny / "runs" / "pretrain" / "results.json").read_text())
+    assert result["best"]["metric"] == "eval/loss", result["best"]
+    assert list((tiny / "runs" / "eval_data" / "records").glob("*.tfrecord*"))

@@ -177,6 +177,7 @@ def test_logged_model_carries_the_best_epochs_metrics(small_main):
     assert "val/token_accuracy" in metrics and "finetune/batch_loss" not in metrics
     # row counts are params, not charts
     assert ft.data.params["data.train_rows"] == "240" and not any(k.startswith("data/") for k in ft.data.metrics)
+    assert int(ft.data.params["data.train_augmented_rows"]) > 0  # finetune.augment_mentions: 1 by default
 
 
 def test_one_digest_per_dataset_in_inputs_tags_and_registry(small_main):
