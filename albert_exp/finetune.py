@@ -468,8 +468,9 @@ def _finish(ctx: Context, tracker: Tracker, tokenizer: Any, data: dict, trained:
     best_dir = out / BEST
     model = build_model(cfg, tokenizer, best_dir)
     test, _ = evaluate(model, data["test"], f.eval_batch_size, tokenizer.pad_token_id, f.device)
-    # at the best epoch's step: the logged models carry that step's metrics (val, test, epoch)
-    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=trained["best_step"])
+    # one value each, not a point of the training curves: logged without a step (MLflow's step 0), which the run
+    # page draws as a bar, not as a dot at the best epoch's step; the logged models carry them (_log_models)
+    tracker.log_metrics({f"test/{k}": v for k, v in test.items()}, step=0)
     tracker.log_dict({"history": trained["history"]}, "history.json")
     results = {
         "model_dir": str(ctx.done / BEST),
@@ -568,11 +569,11 @@ STAGE = Stage(
 
 def _log_models(tracker: Tracker, best_dir: Path, examples: list[str], f: Any, step: int) -> None:
     """The HF model (artifacts, loadable back with from_pretrained for further training) and the pyfunc, whose
-    page in the UI shows the metrics of the best epoch's step (not MLflow's default, step 0)."""
+    page in the UI shows the metrics of the best epoch's step (val, epoch) and the test figures (step 0)."""
     from albert_exp.serving import log_phrase_extractor
 
     tracker.log_artifacts(best_dir, "hf_model")
     info = log_phrase_extractor(
         best_dir, examples, f.max_seq_length, window_stride=f.window_stride, aggregation=f.aggregation
     )
-    tracker.link_model_metrics(info.model_id, step)
+    tracker.link_model_metrics(info.model_id, 0, step)

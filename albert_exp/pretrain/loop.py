@@ -296,7 +296,9 @@ class Trainer:
             {
                 "train/lr": lr,
                 "train/seq_per_s": seqs / elapsed if elapsed else 0.0,
-                "data/corrupt_records": float(sum(st.corrupt)),
+                # skipped records (skip_corrupt), only once there are any: a flat zero would be the run page's
+                # first chart (MLflow orders chart sections by name); results.json always has the count
+                **({"data/corrupt_records": float(sum(st.corrupt))} if any(st.corrupt) else {}),
                 **({"data/epoch": float(meta["epoch"])} if "epoch" in meta else {}),  # dynamic data
             }
         )

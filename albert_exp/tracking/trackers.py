@@ -56,8 +56,8 @@ class Tracker(Protocol):
     def log_input_digest(self, name: str, source: str, digest: str, context: str = "input") -> None:
         """An input known by its content digest (a manifest, a model or tokenizer directory)."""
 
-    def link_model_metrics(self, model_id: str, step: int) -> None:
-        """The run's metrics at `step` become the logged model's (shown on its page in the UI)."""
+    def link_model_metrics(self, model_id: str, *steps: int) -> None:
+        """The run's metrics at these steps become the logged model's (shown on its page in the UI)."""
 
 
 class FakeTracker:
@@ -110,7 +110,7 @@ class FakeTracker:
     ) -> None:
         self.inputs.append({"name": name, "source": str(source), "context": context, "digest": digest or ""})
 
-    def link_model_metrics(self, model_id: str, step: int) -> None:
+    def link_model_metrics(self, model_id: str, *steps: int) -> None:
         pass
 
     def log_input_digest(self, name: str, source: str, digest: str, context: str = "input") -> None:
@@ -174,13 +174,13 @@ class MlflowTracker:
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self._client.log_figure(self.run_id, figure, artifact_file)
 
-    def link_model_metrics(self, model_id: str, step: int) -> None:
+    def link_model_metrics(self, model_id: str, *steps: int) -> None:
         from mlflow.entities import Metric
 
         metrics = []
         for key in self._client.get_run(self.run_id).data.metrics:
             for m in self._client.get_metric_history(self.run_id, key):
-                if m.step == step and m.model_id is None:
+                if m.step in steps and m.model_id is None:
                     metrics.append(Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=self.run_id))
         if metrics:
             self._client.log_batch(self.run_id, metrics=metrics)
