@@ -115,7 +115,7 @@ def _reuse_run(stage: Stage, cfg: ExperimentConfig, result: StageResult) -> str 
 def _compute(
     stage: Stage, cfg: ExperimentConfig, output: StageOutput, up: Mapping[str, StageResult], rerun: bool, hooks: Mapping
 ) -> StageResult:
-    ctx = Context(cfg, output, None, up, hooks, fresh=rerun, run=_nested)
+    ctx = Context(cfg, output, None, up, hooks, fresh=rerun, run=_nested, stage=stage.name)
     ctx.prepared = stage.prepare(ctx)
     paths = stage.inputs(cfg)
     digests = input_digests(paths)
@@ -161,7 +161,7 @@ def _run_only(
             )
             return StageResult(stage.name, result.run_id, key, None, result.values, True, recorded)
     where = cfg.stage_dir(stage.name)
-    ctx = Context(cfg, StageOutput(where, key), None, up, hooks, fresh=rerun, run=_nested)
+    ctx = Context(cfg, StageOutput(where, key), None, up, hooks, fresh=rerun, run=_nested, stage=stage.name)
     ctx.prepared = stage.prepare(ctx)
     with stage_run(cfg, stage.name, stage.describe(cfg), section=stage.section, extra_params=stage.params(ctx)) as t:
         t.set_tags({KEY: key})

@@ -287,8 +287,18 @@ def _batches(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, pad: int) 
     )
 
 
-def _epoch(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, steps: int, pad: int, tracker: Tracker) -> float:
-    """One pass over the training windows; returns the mean token loss of the epoch (the global batches')."""
+def _epoch(
+    loop: Any,
+    cfg: ExperimentConfig,
+    data: Any,
+    epoch: int,
+    steps: int,
+    pad: int,
+    tracker: Tracker,
+    label: str = "finetune",
+) -> float:
+    """One pass over the training windows; returns the mean token loss of the epoch (the global batches').
+    The progress bar names the run (`label`: finetune, scratch, trial 3) and the epoch."""
     import torch
     from tqdm import tqdm
 
@@ -296,7 +306,8 @@ def _epoch(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, steps: int, 
     loop.model.train()
     ce_sum = torch.zeros((), dtype=torch.float64, device=loop.device)  # on the device: no host sync per step
     tokens = 0
-    bar = tqdm(desc=f"epoch {epoch}/{f.epochs}", total=steps, unit="batch", disable=not dist.main or None, leave=False)
+    desc = f"{label} epoch {epoch}/{f.epochs}"
+    bar = tqdm(desc=desc, total=steps, unit="batch", disable=not dist.main or None, leave=False)
     for b, (parts, n) in enumerate(_batches(loop, cfg, data, epoch, pad)):
         step = (epoch - 1) * steps + b + 1
         ce = _step(loop, parts, n, step)
@@ -312,6 +323,15 @@ def _epoch(loop: Any, cfg: ExperimentConfig, data: Any, epoch: int, steps: int, 
             )
     bar.close()
     return dist.sum(ce_sum).item() / max(tokens, 1)
+
+
+def epoch_line(label: str, epoch: int, epochs: int, train_loss: float, val: dict, best: int) -> str:
+    """The terminal's line for an epoch: which run, the numbers a user reads, the best epoch so far (the full
+    set of metrics is in the run)."""
+    return (
+        f"{label} epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val phrase_f1 {val['phrase_f1']:.4f}, "
+        f"token_accuracy {val['token_accuracy']:.4f}; best epoch {best}"
+    )
 
 
 def _validate(loop: Any, data: Any, batch_size: int, pad: int, train_loss: float) -> tuple[dict, dict]:
@@ -343,10 +363,12 @@ def train(
     tracker: Tracker,
     on_epoch: EpochHook | None = None,
     key: str | None = None,
+    label: str = "finetune",
 ) -> dict[str, Any]:
     """Train with a checkpoint per epoch (albert_exp/checkpoint.py); resumes the last one written under `key`
     (default: this config, the data digests and the code version). Under torchrun every rank trains its share
-    of each global batch (DDP); rank 0 alone evaluates, checkpoints and logs."""
+    of each global batch (DDP); rank 0 alone evaluates, checkpoints and logs. `label` names the run in the
+    terminal (its progress bar and one line per epoch); every metric goes to the tracker."""
     from albert_exp.digest import stage_key
 
     f = cfg.finetune
@@ -371,17 +393,17 @@ def train(
     # where it ran may change between a run and its resume: tags, not params (which MLflow keeps immutable)
     tracker.set_tags({"finetune.ran_on": str(loop.device), "finetune.world_size": str(dist.world)})
     for epoch in range(start_epoch, f.epochs + 1):
-        train_loss = _epoch(loop, cfg, train_data, epoch, steps_per_epoch, pad, tracker)
+        train_loss = _epoch(loop, cfg, train_data, epoch, steps_per_epoch, pad, tracker, label)
         evaluated = functools.partial(_validate, loop, val_data, f.eval_batch_size, pad, train_loss)
         row, val = _from_main(dist, evaluated)
         tracker.log_metrics({**row, "epoch": epoch}, step=epoch * steps_per_epoch)
         history.append({"epoch": epoch, **row})
-        if dist.main:
-            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items()))
         value = val[f.select_metric]
         improved = value > best["value"]
         if improved:
             best = {"epoch": epoch, "value": value}
+        if dist.main:
+            print(epoch_line(label, epoch, f.epochs, train_loss, val, best["epoch"]), flush=True)
         state = {"key": key, "history": history, "best": best, "mlflow_run_id": tracker.run_id}
         if loop.scaler is not None:  # fp16: the loss scale continues where it was
             state["scaler"] = loop.scaler.state_dict()
@@ -455,7 +477,8 @@ def compute(ctx: Context) -> dict[str, Any]:
             }
         )
     on_epoch = ctx.hooks.get("on_epoch")
-    trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=ctx.key)
+    label = ctx.hooks.get("label") or ctx.stage or "finetune"  # a search's trial, else the stage: scratch, finetune
+    trained = train(cfg, tokenizer, data["train"], data["val"], out, tracker, on_epoch, key=ctx.key, label=label)
     from albert_exp.pretrain import ddp
 
     # rank 0 alone scores the best epoch on test and logs the models; every rank returns its results

@@ -98,12 +98,14 @@ class Context:
     output: StageOutput  # its output: it writes into `work`, results.json records paths under `done`
     tracker: Any  # albert_exp.tracking Tracker of its run (an in-memory one on ranks other than 0)
     upstream: Mapping[str, StageResult] = field(default_factory=dict)  # results of the stages it needs
-    hooks: Mapping[str, Any] = field(default_factory=dict)  # caller's callbacks (tune: on_epoch)
+    # caller's callbacks and labels (tune: on_epoch, and label `trial 3`, how the terminal names the run)
+    hooks: Mapping[str, Any] = field(default_factory=dict)
     fresh: bool = False  # computed again on purpose (`--rerun`): nothing of an earlier output is continued
     # runs another stage inside this one (a search's trials): executor.run_stage, handed in so that stage
     # modules never import the executor
     run: Callable[..., StageResult] | None = None
     prepared: Any = None  # what Stage.prepare returned
+    stage: str = ""  # the name it runs under (`scratch` is fine-tuning's declaration under another name)
 
     @property
     def work(self) -> Path:
