@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-CONFIG ?= experiments/toy.yaml
+CONFIG ?= experiments/toy_realistic.yaml
 PYTEST_ARGS ?=
 # Every optional extra (pyproject.toml): the demo and the tests cover all stages. A base install is `pip install .`
 EXTRAS ?= dev,ray,tf,postgres
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install  ## the main job, end to end, on the toy experiment
+demo: install  ## the main job, end to end, on the realistic toy (experiments/toy_realistic.yaml)
 	HF_HUB_OFFLINE=1 $(PY) -m albert_exp main --config $(CONFIG)
 
 test: install  ## the default test run (fast; `slow` tests excluded)
