@@ -81,19 +81,28 @@ def test_head_only_leaves_the_encoder_untouched(tmp_path, tiny_tokenizer, splits
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
 
 
-def test_frozen_embeddings_stay_and_the_rest_trains(tmp_path, tiny_tokenizer, splits):
-    frozen = ["finetune.epochs=1", "finetune.freeze_embeddings=true"]
-    cfg = load_config(None, TINY + frozen)
-    torch.manual_seed(cfg.seed)
-    before = finetune.build_model(cfg, tiny_tokenizer).state_dict()
-    _, out = _train(tmp_path, tiny_tokenizer, splits, *frozen)
+def test_pretrained_embeddings_stay_and_random_ones_train(tmp_path, tiny_tokenizer, splits):
+    """freeze_embeddings (the default) keeps a checkpoint's word embeddings and trains the rest; from random
+    weights (no model_dir: the scratch control) it does not apply: random embeddings hold nothing worth keeping."""
     from transformers import AlbertForTokenClassification
 
-    after = AlbertForTokenClassification.from_pretrained(out / "best_model").state_dict()
+    cfg = load_config(None, TINY)
+    assert cfg.finetune.freeze_embeddings
+    torch.manual_seed(cfg.seed)
+    finetune.build_model(cfg, tiny_tokenizer).save_pretrained(tmp_path / "ckpt")
+    before = AlbertForTokenClassification.from_pretrained(tmp_path / "ckpt").state_dict()
     words = "albert.embeddings.word_embeddings.weight"
+    _, out = _train(
+        tmp_path / "pre", tiny_tokenizer, splits, "finetune.epochs=1", f"finetune.model_dir={tmp_path / 'ckpt'}"
+    )
+    after = AlbertForTokenClassification.from_pretrained(out / "best_model").state_dict()
     assert torch.equal(before[words], after[words])
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert "albert.embeddings.position_embeddings.weight" in changed and "classifier.weight" in changed
+    _, out = _train(tmp_path / "fresh", tiny_tokenizer, splits, "finetune.epochs=1")
+    fresh = AlbertForTokenClassification.from_pretrained(out / "best_model").state_dict()
+    torch.manual_seed(cfg.seed)
+    assert not torch.equal(finetune.build_model(cfg, tiny_tokenizer).state_dict()[words], fresh[words])
 
 
 def test_classifier_dropout_is_the_setting_whatever_the_start(tmp_path, tiny_tokenizer):
