@@ -40,7 +40,7 @@ ui-screenshots: install  ## PNGs of the MLflow UI over the demo's store (after `
 	command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell fonts-dejavu-core >/dev/null; } || \
 		{ echo "ui-screenshots: install Debian's chromium-headless-shell (or chromium) first"; exit 2; }
-	$(PY) scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/ui
+	$(PY) scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/ui --config $(CONFIG)
 
 clean:
 	rm -rf runs mlruns/* mlflow.db optuna.db

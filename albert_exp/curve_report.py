@@ -94,6 +94,12 @@ def sentence(stats: Stats, n_train: int, unlabelled_lines: int | None = None) ->
     x, full, reached = found
     what = f"pretraining on {unlabelled_lines:,} unlabelled lines" if unlabelled_lines else "pretraining"
     labels = f"all {full:,} labels" if full == n_train else f"{full:,} labels"
+    if len(stats["pretrained"]) == 1:  # one budget: a comparison, not yet a curve
+        mine = stats["pretrained"][full]["phrase_f1"][0]
+        return (
+            f"with {labels}, {what} takes the tagger's F1 from {x:.3f} (from scratch) to {mine:.3f}; add smaller "
+            "curve.label_budgets to see how many labels it saves"
+        )
     if reached is None:
         best = max(ms["phrase_f1"][0] for ms in stats["pretrained"].values())
         return (

@@ -1,7 +1,7 @@
 """Screenshots of what a user sees in the MLflow UI after `make demo` (issue: "looked at in a browser").
 
     make ui-screenshots                      # after `make demo`: store ./mlflow.db, pictures in docs/ui/
-    python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/ui --experiment toy
+    python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/ui --config experiments/toy_realistic.yaml
 
 Starts `mlflow ui` on 127.0.0.1 (a free port; never another interface) over the store, finds the experiment's
 `main` parent run, a fine-tune run, the tune run and the registered model through MLflow's API, and saves one
@@ -203,12 +203,17 @@ def pages(store: str, experiment: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--store", default="sqlite:///mlflow.db", help="the tracking/registry store of the demo")
-    p.add_argument("--experiment", default="toy", help="experiment name (the YAML's `name:`)")
+    p.add_argument("--config", default="experiments/toy_realistic.yaml", help="the demo's experiment YAML")
+    p.add_argument("--experiment", default=None, help="experiment name; default: the config's `name:`")
     p.add_argument("--out", default="docs/ui", help="folder for the PNGs")
     args = p.parse_args(argv)
     os.environ.setdefault("MLFLOW_TRACKING_URI", args.store)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the UI server too: no network at run time
     browser = _browser()
+    if args.experiment is None:
+        from albert_exp.config import load_config
+
+        args.experiment = load_config(args.config).name
     routes = pages(args.store, args.experiment)
     with mlflow_ui(args.store, _free_port()) as base:
         for name, route in routes.items():

@@ -203,6 +203,10 @@ def test_sentence_reads_the_pretrained_curve_at_the_scratch_taggers_full_f1():
     assert stats["scratch"][3000]["phrase_f1"] == pytest.approx((0.705, 0.00707), abs=1e-5)
     never = curve_report.aggregate(rows("pretrained", [0.1, 0.2, 0.3, 0.4]) + rows("scratch", [0.3, 0.4, 0.6, 0.7]))
     assert "never reaches" in curve_report.sentence(never, 3000)
+    one = curve_report.aggregate([r for r in rows("pretrained", [0.5, 0.7, 0.8, 0.9]) if r["budget"] == 3000])
+    one.update(curve_report.aggregate([r for r in rows("scratch", [0.3, 0.4, 0.6, 0.7]) if r["budget"] == 3000]))
+    said = curve_report.sentence(one, 3000, 48_000)  # one budget: a comparison, no "~1x the labels"
+    assert "from 0.705 (from scratch) to 0.905" in said and "add smaller curve.label_budgets" in said
 
 
 def test_main_summary_carries_the_curve():
