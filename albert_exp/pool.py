@@ -69,8 +69,8 @@ def _start_worker(uri: str, log_prefix: str, slots: Any, workers: int, parent_pi
     slot = slots.get()
     os.environ.update({"MLFLOW_TRACKING_URI": uri, "TQDM_DISABLE": "1"})
     os.environ.pop("MLFLOW_RUN_ID", None)
-    os.environ.update(side_by_side_env(slot, workers))
-    share_cores(workers)  # torch is imported already: its thread count is set, not read from the environment
+    share_cores(workers)  # torch is imported already: its thread count is set (before the environment names one)
+    os.environ.update(side_by_side_env(slot, workers))  # for the processes this worker starts
     fd = os.open(f"{log_prefix}{slot}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)

@@ -93,3 +93,20 @@ def test_processes_side_by_side_share_the_cores(monkeypatch):
     both = ["pretrain.torch_threads=1", "finetune.torch_threads=1"]
     assert default_jobs(load_config(None, both)) == 8
     assert default_jobs(load_config(None, [both[0], "finetune.torch_threads=0"])) == 1
+
+
+def test_a_pool_worker_takes_its_share_of_the_cores(monkeypatch, tmp_path):
+    """The curve's workers are spawned interpreters that import torch before their setup runs: the share is set
+    on torch itself, not only in the environment."""
+    from albert_exp.pool import in_pool
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    got = in_pool(_threads, {0: (), 1: ()}, 2, logs=tmp_path, prefix="t", parent_run_id=None)
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert got == {0: share, 1: share}
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
