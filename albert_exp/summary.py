@@ -128,6 +128,8 @@ def _curve_headline(curve: dict[str, Any] | None) -> list[str]:
     """The curve's answer in a few words: how many times the labels pretraining is worth."""
     if not curve or curve.get("reference_f1") is None:
         return []
+    if len({p["budget"] for p in curve.get("points", [])}) < 2:  # one budget: a comparison (its sentence), no curve
+        return []
     k, x = curve.get("labels_worth"), curve["reference_f1"]
     if k is None:
         return [f"**pretraining** never reaches scratch's F1 {x:.3f} with the most labels"]

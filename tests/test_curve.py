@@ -218,10 +218,13 @@ def test_main_summary_carries_the_curve():
         "table": "| labelled reviews | ALBERT pretrained |\n|---|---|\n| 100 | 0.500 ± 0.010 |",
         "reference_f1": 0.7,
         "labels_worth": 3.0,
+        "points": [{"budget": 100}, {"budget": 300}],
     }
     text = markdown("toy", {"curve": curve_results}, "1")
     assert "**pretraining worth** ~3× the labels at F1 0.700" in text.splitlines()[0]
     assert "pretraining is worth ~3× the labels at F1 0.700" in plain(text) and "0.500 ± 0.010" in plain(text)
+    one_budget = {**curve_results, "points": [{"budget": 300}], "labels_worth": 1.0}  # a comparison, not a curve
+    assert "pretraining worth" not in markdown("toy", {"curve": one_budget}, "1").splitlines()[0]
 
 
 @pytest.mark.slow
