@@ -123,13 +123,12 @@ def test_search_nests_trials_prunes_and_logs_best_and_plots(mlflow_store, data_r
     # 1e-5 for a fresh model learns nothing in 2 epochs: the median pruner must have cut something
     assert res["n_pruned"] >= 1, res["trials"]
     assert parent.info.status == "FINISHED"
-    assert (
-        parent.data.params["best.learning_rate"] and parent.data.metrics["best/val_token_accuracy"] == res["best_value"]
-    )
+    goal = res["objective"].removeprefix("val/")  # finetune.select_metric (phrase_f1) unless tune.objective is set
+    assert parent.data.params["best.learning_rate"] and parent.data.metrics[f"best/val_{goal}"] == res["best_value"]
     # the parent's per-trial curves: completed trials' values only, and the running best at every finished trial
-    history = client.get_metric_history(parent.info.run_id, "trial/val_token_accuracy")
+    history = client.get_metric_history(parent.info.run_id, f"trial/val_{goal}")
     assert {m.step: m.value for m in history} == {t.number: t.value for t in finished if t.state.name == "COMPLETE"}
-    best = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, "best/val_token_accuracy")}
+    best = {m.step: m.value for m in client.get_metric_history(parent.info.run_id, f"best/val_{goal}")}
     for n, value in best.items():
         assert value == max(t.value for t in finished if t.state.name == "COMPLETE" and t.number <= n)
     assert best[max(best)] == res["best_value"] and max(best) == max(t.number for t in finished)
