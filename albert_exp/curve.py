@@ -145,19 +145,14 @@ def _complete(point: Point) -> bool:
     return output_of(stage, stage.configure(point.cfg, {})).complete() is not None
 
 
-def workers(cfg: ExperimentConfig) -> int:
-    """Point processes: `jobs`, or (0) devices.parallel_slots of a point's torch threads, as the search counts."""
-    from albert_exp.devices import parallel_slots
-
-    return cfg.jobs or parallel_slots(cfg.finetune.torch_threads)
-
-
 def run_points(points: list[Point], ctx: Context) -> list[StageResult]:
     """Every point's result, in `points` order: complete ones here (reused), the others in worker processes when
     more than one would run, else here one after another."""
     out: dict[int, StageResult] = {}
     todo = {i: p for i, p in enumerate(points) if not _complete(p)}
-    n = min(workers(ctx.cfg), len(todo))
+    from albert_exp.tune import trial_workers  # a point is a fine-tuning, as a trial is: the same count
+
+    n = min(trial_workers(ctx.cfg), len(todo))
     for i, p in enumerate(points):
         if n <= 1 or i not in todo:
             out[i] = run_point(p, ctx.run)
@@ -223,6 +218,8 @@ def compute(ctx: Context) -> dict[str, Any]:
     x, full, reached = curve_report.worth(stats) or (None, None, None)
     table = curve_report.tables(stats, len(rows))
     _log_curve(tracker, stats, len(rows), said, table)
+    if reached:
+        tracker.log_metrics({"curve/labels_worth": full / reached, "curve/scratch_full_f1": x}, step=0)
     print(f"\n{said}\n\n{table}" if said else f"\n{table}", flush=True)
     return {
         "train_rows": len(rows),
@@ -252,9 +249,6 @@ def _log_curve(tracker: Any, stats: curve_report.Stats, n_train: int, said: str,
                 for k, v in zip(("mean", "spread"), pair, strict=True)
             }
             tracker.log_metrics(values, step=budget)
-    x, full, reached = curve_report.worth(stats) or (None, None, None)
-    if reached:
-        tracker.log_metrics({"curve/labels_worth": full / reached, "curve/scratch_full_f1": x}, step=0)
     fig = curve_report.figure(stats, n_train)
     tracker.log_figure(fig, "curve/curve.png")
     plt.close(fig)
@@ -267,10 +261,6 @@ def needs(cfg: ExperimentConfig) -> tuple[str, ...]:
     f = cfg.finetune
     pretrained = "pretrained" in cfg.curve.candidates and not f.model_dir
     return tuple(n for n in finetune.needs(cfg) if n != "pretrain") + ("pretrain",) * pretrained
-
-
-def configure(cfg: ExperimentConfig, upstream: Any) -> ExperimentConfig:
-    return finetune.configure(cfg, upstream)
 
 
 def key_extra(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -297,7 +287,7 @@ STAGE = Stage(
     needs=needs,
     uses=lambda cfg: ("corpus",),  # its line count, for the sentence
     key_extra=key_extra,
-    configure=configure,
+    configure=finetune.configure,
     prepare=prepare,
     describe=describe,
     has_output=False,  # its run is the result; the points are outputs of their own stages under <workdir>/curve/

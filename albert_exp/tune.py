@@ -490,8 +490,9 @@ def compute(ctx: Context) -> dict[str, Any]:
 
 
 def trial_workers(cfg: ExperimentConfig) -> int:
-    """Trial processes on this machine: `jobs`, or (0) one per GPU, else the cores divided by a trial's torch
-    threads (1 where torch takes every core): devices.parallel_slots, as `main --jobs` counts stages."""
+    """Trial processes (and the curve's point processes) on this machine: `jobs`, or (0) one per GPU, else the cores
+    divided by a fine-tuning's torch threads (1 where torch takes every core): devices.parallel_slots, as `main
+    --jobs` counts stages."""
     from albert_exp.devices import parallel_slots
 
     return cfg.jobs or parallel_slots(cfg.finetune.torch_threads)
