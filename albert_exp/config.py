@@ -381,7 +381,12 @@ class FinetuneConfig:
     max_seq_length: int = setting(64, "tokens per window (longer texts are read in overlapping windows)")
     batch_size: int = setting(32, "training windows per step")
     eval_batch_size: int = setting(128, "windows per evaluation batch", in_key=False)
-    epochs: int = setting(5, "passes over the training split")
+    epochs: int = setting(5, "passes over the training split (more where min_steps asks for them)")
+    min_steps: int = setting(
+        1000,
+        "optimiser steps to train at least: a small training split gets as many epochs as that takes (val "
+        "evaluated `epochs` times, the best kept), a large one `epochs`; 0: `epochs` alone (README: the curve)",
+    )
     learning_rate: float = setting(5e-5, "AdamW learning rate")
     weight_decay: float = setting(0.01, "AdamW weight decay")
     warmup_ratio: float = setting(0.0, "share of steps of linear warm-up")
@@ -437,6 +442,7 @@ class FinetuneConfig:
         for name in ("max_seq_length", "batch_size", "eval_batch_size", "epochs"):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _require(self.max_seq_length >= 8, f"{key}.max_seq_length", "must be >= 8")
+        _require(self.min_steps >= 0, f"{key}.min_steps", "must be >= 0")
         _require(0 < self.learning_rate < 1, f"{key}.learning_rate", "must be in (0, 1)")
         _require(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
         _require(self.max_grad_norm > 0, f"{key}.max_grad_norm", "must be > 0")

@@ -17,9 +17,11 @@ for pruning, and the loop logs to MLflow itself (HF's MLflowCallback breaks run 
 
 Starts from an HF ALBERT directory (`model_dir`, e.g. a pretraining checkpoint) or a fresh model from the
 `model:` section. AdamW with weight-decay groups (no decay on biases and LayerNorm), linear schedule with
-warm-up, gradient clipping, seeded. After every epoch the state is checkpointed (model, optimiser, scheduler,
-RNG, epoch); a rerun of the same config on the same data and code resumes from it. The best epoch (by
-`select_metric` on val) is evaluated on test and logged twice: as an HF model and as a phrase-extractor pyfunc.
+warm-up, gradient clipping, seeded. Training length: `epochs`, or as many as `min_steps` optimiser steps take
+on a small training split (300 reviews make ~30 steps an epoch), val then evaluated `epochs` times (evaluated).
+After every evaluated epoch the state is checkpointed (model, optimiser, scheduler, RNG, epoch); a rerun of the
+same config on the same data and code resumes from it. The best epoch (by `select_metric` on val) is evaluated
+on test and logged twice: as an HF model and as a phrase-extractor pyfunc.
 """
 
 from __future__ import annotations
@@ -238,7 +240,20 @@ def _step(loop: Any, parts: list[tuple[int, dict]], tokens: int, step: int) -> A
     return ce
 
 
-def _setup(cfg: ExperimentConfig, tokenizer: Any, steps_per_epoch: int) -> Any:
+def planned_epochs(f: Any, steps_per_epoch: int) -> int:
+    """The epochs a training runs: `epochs`, or more where that many passes take fewer than `min_steps` steps
+    (a few hundred labelled reviews make an epoch of a few steps)."""
+    return max(f.epochs, math.ceil(f.min_steps / steps_per_epoch))
+
+
+def evaluated(epoch: int, epochs: int, f: Any) -> bool:
+    """Whether val is evaluated (and a checkpoint written) after `epoch` of `epochs`: every epoch, except where
+    min_steps raised them; then every ceil(epochs / f.epochs)-th and the last, as many evaluations as `epochs`
+    asks for (300 reviews of the realistic toy: 63 epochs, 112 s with 6 val passes, 153 s with 63)."""
+    return epoch % math.ceil(epochs / f.epochs) == 0 or epoch == epochs
+
+
+def _setup(cfg: ExperimentConfig, tokenizer: Any, steps_per_epoch: int, epochs: int) -> Any:
     """Device, precision, model, optimiser, scaler and the (DDP) forward of one training, as one namespace."""
     import types
 
@@ -256,7 +271,7 @@ def _setup(cfg: ExperimentConfig, tokenizer: Any, steps_per_epoch: int) -> Any:
     if f.torch_threads:
         torch.set_num_threads(f.torch_threads)
     model = build_model(cfg, tokenizer).to(dist.device)
-    opt, sched = make_optimizer(model, cfg, steps_per_epoch * f.epochs)
+    opt, sched = make_optimizer(model, cfg, steps_per_epoch * epochs)
     forward, no_sync = dist.wrap(model, token_loss)
     return types.SimpleNamespace(
         dist=dist,
@@ -272,6 +287,7 @@ def _setup(cfg: ExperimentConfig, tokenizer: Any, steps_per_epoch: int) -> Any:
         params=[p for p in model.parameters() if p.requires_grad],
         max_grad_norm=f.max_grad_norm,
         seed=cfg.seed,
+        epochs=epochs,
     )
 
 
@@ -302,11 +318,11 @@ def _epoch(
     import torch
     from tqdm import tqdm
 
-    f, dist = cfg.finetune, loop.dist
+    dist = loop.dist
     loop.model.train()
     ce_sum = torch.zeros((), dtype=torch.float64, device=loop.device)  # on the device: no host sync per step
     tokens = 0
-    desc = f"{label} epoch {epoch}/{f.epochs}"
+    desc = f"{label} epoch {epoch}/{loop.epochs}"
     bar = tqdm(desc=desc, total=steps, unit="batch", disable=not dist.main or None, leave=False)
     for b, (parts, n) in enumerate(_batches(loop, cfg, data, epoch, pad)):
         step = (epoch - 1) * steps + b + 1
@@ -373,7 +389,8 @@ def train(
 
     f = cfg.finetune
     steps_per_epoch = math.ceil(len(train_data) / f.batch_size)
-    loop = _setup(cfg, tokenizer, steps_per_epoch)
+    epochs = planned_epochs(f, steps_per_epoch)
+    loop = _setup(cfg, tokenizer, steps_per_epoch, epochs)
     dist, model, pad = loop.dist, loop.model, tokenizer.pad_token_id
     key = key or stage_key("finetune", {"config": to_dict(cfg)}, {"train": train_data.digest, "val": val_data.digest})
     state = _resume(out, key, model, loop.opt, loop.sched, loop.scaler, dist)
@@ -386,16 +403,20 @@ def train(
             "derived.parameters": params,
             "derived.trainable_parameters": sum(p.numel() for p in loop.params),
             "derived.steps_per_epoch": steps_per_epoch,
+            "derived.epochs": epochs,
             "derived.train_rows": len(train_data),
             "derived.precision": loop.precision,
         }
     )
     # where it ran may change between a run and its resume: tags, not params (which MLflow keeps immutable)
     tracker.set_tags({"finetune.ran_on": str(loop.device), "finetune.world_size": str(dist.world)})
-    for epoch in range(start_epoch, f.epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         train_loss = _epoch(loop, cfg, train_data, epoch, steps_per_epoch, pad, tracker, label)
-        evaluated = functools.partial(_validate, loop, val_data, f.eval_batch_size, pad, train_loss)
-        row, val = _from_main(dist, evaluated)
+        if not evaluated(epoch, epochs, f):
+            tracker.log_metrics({"finetune/train_loss": train_loss, "epoch": epoch}, step=epoch * steps_per_epoch)
+            continue
+        validate = functools.partial(_validate, loop, val_data, f.eval_batch_size, pad, train_loss)
+        row, val = _from_main(dist, validate)
         tracker.log_metrics({**row, "epoch": epoch}, step=epoch * steps_per_epoch)
         history.append({"epoch": epoch, **row})
         value = val[f.select_metric]
@@ -403,7 +424,7 @@ def train(
         if improved:
             best = {"epoch": epoch, "value": value}
         if dist.main:
-            print(epoch_line(label, epoch, f.epochs, train_loss, val, best["epoch"]), flush=True)
+            print(epoch_line(label, epoch, epochs, train_loss, val, best["epoch"]), flush=True)
         state = {"key": key, "history": history, "best": best, "mlflow_run_id": tracker.run_id}
         if loop.scaler is not None:  # fp16: the loss scale continues where it was
             state["scaler"] = loop.scaler.state_dict()

@@ -272,7 +272,8 @@ def _ft(good, workdir: Path) -> list:
     """A one-epoch fine-tune of a tiny model on the fixture's toy split, its outputs under `workdir`."""
     w = good["w"]
     sets = [f"finetune.{s}_csv={w / 'corpus' / f'{s}.csv'}" for s in ("train", "val", "test")]
-    sets += ["stages=[finetune]", "finetune.epochs=1", "finetune.max_train_rows=64", "model.embedding_size=16"]
+    sets += ["stages=[finetune]", "finetune.epochs=1", "finetune.min_steps=0", "finetune.max_train_rows=64"]
+    sets += ["model.embedding_size=16"]
     sets += ["model.hidden_size=32"]
     sets += ["model.num_hidden_layers=1", "model.num_attention_heads=2", "model.intermediate_size=37"]
     args = ["finetune", "--workdir", workdir, "--tokenizer-dir", w / "vocab" / "tokenizer"]

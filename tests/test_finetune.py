@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ TINY = [
     "model.intermediate_size=64",
     "model.max_position_embeddings=64",
     "finetune.batch_size=16",
+    "finetune.min_steps=0",  # the epochs a test names, however few steps its tiny split makes (default: 1,000)
     "finetune.learning_rate=0.003",
     "finetune.max_seq_length=48",
 ]
@@ -67,6 +70,45 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_tokenizer, sp
     # a different config does not resume from that checkpoint
     other, _ = _train(tmp_path / "cut", tiny_tokenizer, splits, "finetune.epochs=3", "finetune.learning_rate=0.001")
     assert other["history"][0] != resumed["history"][0]
+
+
+def test_min_steps_raises_the_epochs_of_a_small_split_only(tmp_path, tiny_tokenizer, splits):
+    """A split of k steps an epoch with min_steps 3k + 1 trains 4 epochs, the learning-rate schedule spanning the
+    4k steps, val evaluated as often as `epochs` asks (after epochs 2 and 4); a split that takes more steps in
+    `epochs` trains `epochs`, each evaluated."""
+    k = math.ceil(len(splits["train"]) / 16)  # batch 16
+    tracker = FakeTracker()
+    cfg = load_config(None, TINY + ["finetune.epochs=2", f"finetune.min_steps={3 * k + 1}", "finetune.warmup_ratio=0"])
+    out = finetune.train(cfg, tiny_tokenizer, splits["train"], splits["val"], tmp_path / "a", tracker)
+    assert [h["epoch"] for h in out["history"]] == [2, 4]
+    assert [step for step, _ in tracker.metrics["finetune/train_loss"]] == [k, 2 * k, 3 * k, 4 * k]
+    assert [step for step, _ in tracker.metrics["val/phrase_f1"]] == [2 * k, 4 * k]
+    assert out["best_epoch"] in (2, 4)
+    assert tracker.params["derived.epochs"] == "4"
+    (step, lr), *_ = tracker.metrics["finetune/lr"]
+    assert (step, lr) == (1, pytest.approx(0.003 * (4 * k - 1) / (4 * k)))  # decay over 4k steps, not 2k
+    assert finetune.planned_epochs(cfg.finetune, steps_per_epoch=2 * k) == 2  # 2 epochs reach min_steps already
+    default = load_config(None, ["finetune.epochs=3"]).finetune  # min_steps 1,000
+    assert [finetune.planned_epochs(default, spe) for spe in (1, 300, 334, 10_000)] == [1000, 4, 3, 3]
+    assert finetune.planned_epochs(load_config(None, ["finetune.min_steps=0"]).finetune, steps_per_epoch=1) == 5
+
+
+def test_a_run_lengthened_by_min_steps_resumes_to_the_same_result(tmp_path, tiny_tokenizer, splits):
+    """Killed after its first evaluation (epoch 2 of 4), the run resumes from that checkpoint to what an
+    uninterrupted run computes."""
+    k = math.ceil(len(splits["train"]) / 16)
+    longer = ("finetune.epochs=2", f"finetune.min_steps={3 * k + 1}")
+    full, _ = _train(tmp_path / "full", tiny_tokenizer, splits, *longer)
+
+    def stop_at_first_evaluation(epoch, metrics):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", tiny_tokenizer, splits, *longer, hook=stop_at_first_evaluation)
+    resumed, _ = _train(tmp_path / "cut", tiny_tokenizer, splits, *longer)
+    assert [h["epoch"] for h in resumed["history"]] == [2, 4]
+    for x, y in zip(full["history"], resumed["history"], strict=True):
+        assert x == pytest.approx(y, rel=1e-6, abs=1e-9)
 
 
 def test_head_only_leaves_the_encoder_untouched(tmp_path, tiny_tokenizer, splits):

@@ -34,7 +34,7 @@ pretraining_data: {dupe_factor: 1, workers: 1}
 pretrain: {max_seq_length: 64, max_predictions_per_seq: 10, batch_size: 16, num_train_steps: 6, num_warmup_steps: 1,
            learning_rate: 0.005, save_checkpoints_steps: 3, log_every_steps: 1, num_workers: 0, torch_threads: 1,
            log_checkpoints: false}
-finetune: {max_seq_length: 48, batch_size: 32, epochs: 2, learning_rate: 0.003, torch_threads: 1}
+finetune: {max_seq_length: 48, batch_size: 32, epochs: 2, min_steps: 0, learning_rate: 0.003, torch_threads: 1}
 tune: {n_trials: 2, lr_min: 0.001, lr_max: 0.01, epochs_min: 1, epochs_max: 1, storage: "sqlite:///optuna.db"}
 """
 

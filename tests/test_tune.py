@@ -27,6 +27,7 @@ TINY = [
     "model.max_position_embeddings=64",
     "finetune.max_seq_length=48",
     "finetune.batch_size=16",
+    "finetune.min_steps=0",  # the epochs a test names, however few steps its tiny split makes (default: 1,000)
     "finetune.torch_threads=1",
     "tune.lr_min=1e-4",
     "tune.lr_max=3e-2",
