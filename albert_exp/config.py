@@ -385,7 +385,7 @@ class FinetuneConfig:
     min_steps: int = setting(
         1000,
         "optimiser steps to train at least: a small training split gets as many epochs as that takes (val "
-        "evaluated `epochs` times, the best kept), a large one `epochs`; 0: `epochs` alone (README: the curve)",
+        "evaluated about `epochs` times, the best kept), a large one `epochs`; 0: `epochs` alone",
     )
     learning_rate: float = setting(5e-5, "AdamW learning rate")
     weight_decay: float = setting(0.01, "AdamW weight decay")

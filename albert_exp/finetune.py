@@ -18,10 +18,10 @@ for pruning, and the loop logs to MLflow itself (HF's MLflowCallback breaks run 
 Starts from an HF ALBERT directory (`model_dir`, e.g. a pretraining checkpoint) or a fresh model from the
 `model:` section. AdamW with weight-decay groups (no decay on biases and LayerNorm), linear schedule with
 warm-up, gradient clipping, seeded. Training length: `epochs`, or as many as `min_steps` optimiser steps take
-on a small training split (300 reviews make ~30 steps an epoch), val then evaluated `epochs` times (evaluated).
-After every evaluated epoch the state is checkpointed (model, optimiser, scheduler, RNG, epoch); a rerun of the
-same config on the same data and code resumes from it. The best epoch (by `select_metric` on val) is evaluated
-on test and logged twice: as an HF model and as a phrase-extractor pyfunc.
+on a small training split (300 reviews and their 3 mention copies: 28 steps an epoch), val then evaluated about
+`epochs` times. After every evaluated epoch the state is checkpointed (model, optimiser, scheduler, RNG, epoch);
+a rerun of the same config on the same data and code resumes from it. The best epoch (by `select_metric` on
+val) is evaluated on test and logged twice: as an HF model and as a phrase-extractor pyfunc.
 """
 
 from __future__ import annotations
@@ -248,8 +248,8 @@ def planned_epochs(f: Any, steps_per_epoch: int) -> int:
 
 def evaluated(epoch: int, epochs: int, f: Any) -> bool:
     """Whether val is evaluated (and a checkpoint written) after `epoch` of `epochs`: every epoch, except where
-    min_steps raised them; then every ceil(epochs / f.epochs)-th and the last, as many evaluations as `epochs`
-    asks for (300 reviews of the realistic toy: 63 epochs, 112 s with 6 val passes, 153 s with 63)."""
+    min_steps raised them; then after every ceil(epochs / f.epochs)-th and the last, at most f.epochs + 1 val
+    passes (300 reviews of the realistic toy: 63 epochs, 112 s with 6 val passes, 153 s with 63)."""
     return epoch % math.ceil(epochs / f.epochs) == 0 or epoch == epochs
 
 
