@@ -126,3 +126,29 @@ def bulk_log_matches_log_batch(monkeypatch) -> None:
 
 def test_bulk_log_into_sqlite_matches_log_batch(mlflow_store, monkeypatch):
     bulk_log_matches_log_batch(monkeypatch)
+
+
+def test_a_sigterm_while_a_run_opens_or_ends_waits_until_it_is_closable():
+    """SIGTERM inside interrupts_deferred (a run being created or ended) is raised as KeyboardInterrupt when the
+    block ends, not in the middle of it; outside it, at once."""
+    import os
+    import signal
+
+    import pytest
+
+    from albert_exp.tracking.runs import interrupts_deferred, signals_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    done = []
+    with pytest.raises(KeyboardInterrupt, match="signal 15"):
+        with signals_as_interrupt():
+            with interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("the block went on")
+            done.append("not reached")
+    assert done == ["the block went on"]
+    with pytest.raises(KeyboardInterrupt):
+        with signals_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("not reached")
+    assert done == ["the block went on"] and signal.getsignal(signal.SIGTERM) == before

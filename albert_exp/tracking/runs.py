@@ -319,12 +319,14 @@ def stage_run(
     parent = _CURRENT.get() or _parent_from_env()
     if output is not None and resume_run_id is None:
         resume_run_id = _recorded_run(output.work)
-    run_id = _open_run(cfg, f"{stage} {description}".strip(), parent, resume_run_id)
-    tracker = MlflowTracker(run_id)
-    token = _CURRENT.set(tracker)
+    run_id: str | None = None
     error: BaseException | None = None
     try:
         with signals_as_interrupt():  # a scheduler's SIGTERM closes the run as KILLED
+            with interrupts_deferred():  # a SIGTERM while the run is created waits until it can close it
+                run_id = _open_run(cfg, f"{stage} {description}".strip(), parent, resume_run_id)
+                tracker = MlflowTracker(run_id)
+                token = _CURRENT.set(tracker)
             tracker.set_tags(who())  # (a resumed run, or the one `mlflow run` made, names its new process)
             if resume_run_id:
                 _note_resume(tracker)
@@ -344,8 +346,10 @@ def stage_run(
         error = exc
         raise
     finally:
-        _CURRENT.reset(token)
-        _close_run(run_id, _final_status(error, tracker))
+        if run_id is not None:
+            _CURRENT.reset(token)
+            with interrupts_deferred():  # a SIGTERM while the run ends waits until it has ended
+                _close_run(run_id, _final_status(error, tracker))
 
 
 def write_results(out_dir: str | Path, results: dict[str, Any], tracker: Tracker | None = None) -> Path:
@@ -422,6 +426,9 @@ def signals_as_interrupt() -> Iterator[None]:
     so the caller's wrap-up runs; a second signal during that wrap-up is ignored."""
 
     def interrupt(signum: int, frame: Any) -> None:
+        if _Deferred.depth:  # a run is being opened or closed: raised when that is done
+            _Deferred.pending = signum
+            return
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -434,6 +441,29 @@ def signals_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Deferred:
+    """A SIGTERM held back by interrupts_deferred (signal handlers run in the main thread: one state a process)."""
+
+    depth = 0
+    pending: int | None = None
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Inside the block the KeyboardInterrupt of signals_as_interrupt waits, and is raised when the block ends: a
+    run is never cut between its creation and its guard, or half way through being ended (either would leave it
+    RUNNING while its process lives on to exit)."""
+    _Deferred.depth += 1
+    try:
+        yield
+    finally:
+        _Deferred.depth -= 1
+    if _Deferred.depth == 0 and _Deferred.pending is not None:
+        signum, _Deferred.pending = _Deferred.pending, None
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as after any interrupt: the wrap-up is not cut again
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def set_experiment_tags(experiment_id: str, tags: dict[str, str]) -> None:
