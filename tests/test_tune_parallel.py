@@ -106,8 +106,9 @@ def test_two_workers_started_together_on_fresh_sqlite_stores(data_root, tmp_path
 
 # Quarantined from the default run (2026-12-07): it passes alone and in its module, but failed in 3 of 3 full
 # `make test` runs this session (a trial's run and the search's run left RUNNING after the SIGTERM; the same trial,
-# lr 0.000130001, each time), also after tracking.interrupts_deferred closed one window. Open defect: see the
-# closing note of that session. `make test-all` runs it.
+# lr 0.000130001, each time), also after tracking.interrupts_deferred closed one window. Open defect; it reproduces
+# with `pytest -m "" tests/test_tune.py tests/test_tune_parallel.py` (not with this module alone), and not through
+# os.environ, the SIGTERM disposition or a process test_tune.py leaves behind (none is). `make test-all` runs it.
 @pytest.mark.slow
 def test_sigterm_stops_every_trial_worker(data_root, tmp_path):
     """SIGTERM to `tune --jobs 2` while both workers train: every process ends, every run ends KILLED (none
